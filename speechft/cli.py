@@ -1,0 +1,101 @@
+"""The `speechft` command: one thin subcommand per library module.
+
+Each subcommand lives in the module that implements it, as two functions:
+`add_arguments(parser)` and `main(args) -> int | None`. Only the chosen subcommand's
+module is imported, so `speechft --help` is fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import os
+import sys
+
+from .errors import SpeechFTError
+
+# name -> (module implementing it, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("speechft.demo", "the paper's main result in miniature, on the embedded default (Whisper tiny.en)"),
+    "data": ("speechft.data.cli", "make task folders: `synth` (synthetic mini-SUPERB), `prepare` (real corpora)"),
+    "encoder": ("speechft.encoders.cli", "encoder folders: `default`, `tiny`, `convert`, `info`"),
+    "finetune": ("speechft.train", "fine-tune an encoder on task(s): stable | regular | l2sp | lora | dora | early-stop"),
+    "pretrain": ("speechft.pretrain", "continued pre-training (HuBERT-style masked-unit prediction) on new audio"),
+    "merge": ("speechft.merge", "merge fine-tuned encoders into their pre-trained one (Speech-FT, TIES, DARE, ...)"),
+    "sweep": ("speechft.sweep", "sweep the merge coefficient alpha: target metric and feature similarity"),
+    "evaluate": ("speechft.probe", "SUPERB-style probing of frozen encoders on many tasks"),
+    "analyze": ("speechft.analysis", "feature similarity (CKA) and weight distance to the pre-trained encoder"),
+    "report": ("speechft.report", "tables and figures from results.json files"),
+    "doctor": ("speechft.doctor", "check an encoder or task folder and report every problem at once"),
+}
+
+
+def available_commands() -> dict[str, tuple[str, str]]:
+    return {n: v for n, v in COMMANDS.items() if importlib.util.find_spec(v[0]) is not None}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="speechft", description="Speech-FT: fine-tune speech encoders, merge them back with their pre-trained "
+        "weights, and prove cross-task generalisation, SUPERB-style.")
+    parser.add_argument("--version", action="version", version=f"speechft {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_) in available_commands().items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
+        if name == command:
+            importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def add_subcommands(parser: argparse.ArgumentParser, table: dict[str, tuple[str, str]], dest: str,
+                    chosen: str | None = None) -> None:
+    """Nested commands (`speechft data synth`, ...) use the same protocol one level down:
+    `table` maps a name to (module, help); the module has add_arguments/main."""
+    sub = parser.add_subparsers(dest=dest, metavar="SUBCOMMAND", required=True)
+    for name, (module, help_) in table.items():
+        if importlib.util.find_spec(module) is None:
+            continue
+        p = sub.add_parser(name, help=help_, description=help_)
+        importlib.import_module(module).add_arguments(p)
+
+
+def dispatch(args, table: dict[str, tuple[str, str]], dest: str) -> int | None:
+    return importlib.import_module(table[getattr(args, dest)][0]).main(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    debug = "--debug" in argv or os.environ.get("SPEECHFT_DEBUG") == "1"
+    try:
+        parser = build_parser(command if command in COMMANDS else None)
+        args = parser.parse_args(argv)
+        if not args.command:
+            parser.print_help()
+            return 0
+        module = importlib.import_module(COMMANDS[args.command][0])
+        rc = module.main(args)
+        return int(rc or 0)
+    except SpeechFTError as e:
+        if debug:
+            raise
+        print(f"speechft: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("speechft: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # an unexpected failure: one line, the traceback with --debug
+        if debug:
+            raise
+        msg = str(e).splitlines()[0] if str(e) else ""
+        print(f"speechft: error: unexpected {type(e).__name__}: {msg} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

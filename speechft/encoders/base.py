@@ -1,0 +1,254 @@
+"""One encoder wrapper for every family: waveforms + lengths -> all hidden states + frame lengths.
+
+An `Encoder` owns one Hugging Face model (`self.model`); the names of `self.model`'s
+parameters are exactly the keys in the folder's model.safetensors, so freezing, merging
+and analysis all speak the same names. Family adapters (hubert.py, whisper.py, ...) say
+only what differs: which config/model classes, how to run the forward pass, which
+parameters are the front end and which exist only for pre-training.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from ..errors import SpeechFTError
+from ..io_utils import atomic_dir, read_json, sha256_file, write_json
+
+PROVENANCE_FILE = "speechft.json"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class EncoderOutput:
+    hidden_states: list[torch.Tensor]  # L+1 tensors (B, F, D): input to layer 1, then each layer's output
+    frame_lengths: torch.Tensor  # (B,) int64 valid frames per item
+
+    @property
+    def padding_mask(self) -> torch.Tensor:
+        """(B, F) bool, True where a frame is real."""
+        f = self.hidden_states[0].shape[1]
+        return torch.arange(f, device=self.frame_lengths.device)[None, :] < self.frame_lengths[:, None]
+
+
+def key_padding_bias(valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, F) bool -> (B, 1, 1, F) additive attention bias (0 keep, very negative drop).
+
+    Works with both eager and SDPA attention in transformers."""
+    bias = torch.zeros(valid.shape, dtype=dtype, device=valid.device)
+    bias = bias.masked_fill(~valid, torch.finfo(dtype).min)
+    return bias[:, None, None, :]
+
+
+class Encoder(nn.Module):
+    """Base wrapper. Subclasses set the class attributes and implement `_forward` and
+    `frame_lengths`."""
+
+    family: ClassVar[str]
+    config_class: ClassVar[type]
+    model_class: ClassVar[type]
+    # Regexes (re.match) over parameter names of `self.model`.
+    frontend_patterns: ClassVar[tuple[str, ...]] = ()
+    pretraining_only_patterns: ClassVar[tuple[str, ...]] = ()
+    # Waveform samples per output frame (for sanity checks and docs; lengths always come
+    # from the model's own arithmetic).
+    nominal_hop: ClassVar[int] = 320
+
+    def __init__(self, model: nn.Module, provenance: dict | None = None):
+        super().__init__()
+        self.model = model
+        self.provenance = dict(provenance or {})
+        self._disable_training_noise()
+        self.train(model.training)  # the wrapper's mode follows the model's (eval after loading)
+
+    # ---- what the adapters provide -------------------------------------------------
+    def _forward(self, wavs: torch.Tensor, lengths: torch.Tensor) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @classmethod
+    def tiny_config(cls, **overrides):
+        raise NotImplementedError
+
+    def _disable_training_noise(self) -> None:
+        """Layerdrop and time/feature masking off: fine-tuning in Speech-FT uses neither
+        inside the encoder, and published configs often ship them on."""
+        cfg = self.model.config
+        for key in ("layerdrop", "encoder_layerdrop"):
+            if hasattr(cfg, key):
+                setattr(cfg, key, 0.0)
+        # The mask probabilities stay as published: they decide whether the checkpoint has
+        # a `masked_spec_embed`, and changing them would make the saved folder unloadable.
+        # apply_spec_augment=False is what switches masking off.
+        if hasattr(cfg, "apply_spec_augment"):
+            cfg.apply_spec_augment = False
+
+    # ---- shared behaviour ----------------------------------------------------------
+    def forward(self, wavs: torch.Tensor, lengths: torch.Tensor | None = None) -> EncoderOutput:
+        """wavs: (B, T) float32 at 16 kHz, zero-padded; lengths: (B,) valid samples."""
+        if wavs.dim() != 2:
+            raise ValueError(f"wavs must be (batch, samples), got shape {tuple(wavs.shape)}")
+        if lengths is None:
+            lengths = torch.full((wavs.shape[0],), wavs.shape[1], dtype=torch.long, device=wavs.device)
+        lengths = lengths.to(wavs.device)
+        states = self._forward(wavs, lengths)
+        return EncoderOutput(list(states), self.frame_lengths(lengths).to(wavs.device))
+
+    @property
+    def num_layers(self) -> int:
+        cfg = self.model.config
+        return int(getattr(cfg, "num_hidden_layers", None) or cfg.encoder_layers)
+
+    @property
+    def hidden_size(self) -> int:
+        cfg = self.model.config
+        return int(getattr(cfg, "hidden_size", None) or cfg.d_model)
+
+    @classmethod
+    def _matches(cls, name: str, patterns) -> bool:
+        return any(re.match(p, name) for p in patterns)
+
+    @classmethod
+    def is_frontend(cls, name: str) -> bool:
+        return cls._matches(name, cls.frontend_patterns)
+
+    @classmethod
+    def is_pretraining_only(cls, name: str) -> bool:
+        return cls._matches(name, cls.pretraining_only_patterns)
+
+    def frontend_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return [(n, p) for n, p in self.model.named_parameters() if self.is_frontend(n)]
+
+    def finetunable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """Everything but the front end and the pre-training-only parameters."""
+        return [(n, p) for n, p in self.model.named_parameters()
+                if not self.is_frontend(n) and not self.is_pretraining_only(n)]
+
+    @classmethod
+    def from_config(cls, config, provenance: dict | None = None, seed: int | None = None) -> "Encoder":
+        if seed is not None:
+            torch.manual_seed(seed)
+        model = cls.model_class(config)
+        model.eval()
+        return cls(model, provenance)
+
+    # ---- save / load ---------------------------------------------------------------
+    def save(self, out: str | os.PathLike, provenance: dict | None = None, overwrite: bool = False,
+             extra_files: dict[str, bytes] | None = None) -> Path:
+        """Write a HF `save_pretrained` folder + speechft.json, atomically."""
+        out = Path(out)
+        prov = {**self.provenance, **(provenance or {})}
+        with atomic_dir(out, overwrite=overwrite) as tmp:
+            with quiet_transformers():
+                self.model.save_pretrained(tmp)
+            weights = sorted(p.name for p in tmp.glob("*.safetensors"))
+            prov.update({
+                "format": FORMAT_VERSION,
+                "family": self.family,
+                "weights_sha256": {w: sha256_file(tmp / w) for w in weights},
+                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            })
+            prov.setdefault("source", "unknown")
+            prov.setdefault("parents", [])
+            write_json(tmp / PROVENANCE_FILE, prov)
+            for name, data in (extra_files or {}).items():
+                (tmp / name).write_bytes(data)
+        self.provenance = prov
+        return out
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, check_finite: bool = True) -> "Encoder":
+        path = Path(path)
+        try:
+            with quiet_transformers():
+                model, info = cls.model_class.from_pretrained(path, output_loading_info=True)
+        except (OSError, ValueError, RuntimeError) as e:
+            raise SpeechFTError(f"{path}: cannot load the {cls.family} weights ({str(e).splitlines()[0][:300]}); "
+                                "check that the folder is a complete, matching encoder folder") from None
+        problems = []
+        for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
+            keys = sorted(str(k) for k in info.get(kind, []) or [])
+            if keys:
+                problems.append(f"{kind.replace('_', ' ')}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}")
+        if problems:
+            raise SpeechFTError(f"{path}: model.safetensors does not match config.json ({'; '.join(problems)}); "
+                                "the weights belong to another architecture or were saved with a prefix")
+        if check_finite:
+            for name, t in model.state_dict().items():
+                if t.is_floating_point() and not torch.isfinite(t).all():
+                    raise SpeechFTError(f"{path}: weight '{name}' contains NaN or infinite values; "
+                                        "the checkpoint is corrupt (re-export or re-train it)")
+        model.eval()
+        prov = read_json(path / PROVENANCE_FILE) if (path / PROVENANCE_FILE).exists() else {}
+        return cls(model, prov)
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """Silence transformers' load reports and progress bars; speechft reports problems itself."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def read_provenance(path: str | os.PathLike) -> dict:
+    p = Path(path) / PROVENANCE_FILE
+    return read_json(p) if p.exists() else {}
+
+
+def detect_family(path: str | os.PathLike) -> str:
+    """The family of an encoder folder: speechft.json's `family`, else config.json's model_type."""
+    from . import FAMILIES, MODEL_TYPES
+
+    path = Path(path)
+    if not path.exists():
+        s = str(path)
+        if re.fullmatch(r"[\w.-]+/[\w.-]+", s) and not s.startswith((".", "/")):
+            raise SpeechFTError(f"'{s}' is not a local folder and looks like a Hugging Face Hub id; this tool runs "
+                                "offline: download the model elsewhere and pass its local folder")
+        raise SpeechFTError(f"{path}: encoder folder not found")
+    if not path.is_dir():
+        raise SpeechFTError(f"{path}: is a file; an encoder is a folder with config.json and model.safetensors")
+    prov = read_provenance(path)
+    if prov.get("family"):
+        fam = prov["family"]
+        if fam not in FAMILIES:
+            raise SpeechFTError(f"{path}/speechft.json: unknown family '{fam}'; known: {', '.join(FAMILIES)}")
+        return fam
+    cfg_path = path / "config.json"
+    if not cfg_path.exists():
+        raise SpeechFTError(f"{cfg_path}: missing; an encoder folder needs config.json and model.safetensors "
+                            "(convert fairseq/s3prl checkpoints with `speechft encoder convert`)")
+    model_type = read_json(cfg_path).get("model_type")
+    if model_type not in MODEL_TYPES:
+        raise SpeechFTError(f"{cfg_path}: model_type '{model_type}' is not a supported speech encoder; "
+                            f"supported: {', '.join(sorted(MODEL_TYPES))}")
+    return MODEL_TYPES[model_type]
+
+
+def config_summary(path: str | os.PathLike) -> dict:
+    """config.json without bookkeeping keys, for comparing two folders' architectures."""
+    cfg = read_json(Path(path) / "config.json")
+    for k in ("transformers_version", "_name_or_path", "architectures", "torch_dtype", "dtype", "auto_map",
+              "layerdrop", "encoder_layerdrop", "mask_time_prob", "mask_feature_prob", "apply_spec_augment"):
+        cfg.pop(k, None)
+    return json.loads(json.dumps(cfg, sort_keys=True))

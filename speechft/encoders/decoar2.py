@@ -1,0 +1,39 @@
+"""DeCoAR 2.0 adapter: the model itself lives in decoar2_hf.py (a transformers model with
+remote code, so its folders load with `AutoModel.from_pretrained(dir, trust_remote_code=True)`)."""
+from __future__ import annotations
+
+import torch
+from transformers import AutoConfig, AutoModel
+
+from .base import Encoder
+from .decoar2_hf import DeCoAR2Config, DeCoAR2Model
+
+# Saving writes auto_map into config.json and copies decoar2_hf.py into the folder.
+DeCoAR2Config.register_for_auto_class()
+DeCoAR2Model.register_for_auto_class("AutoModel")
+try:  # lets AutoModel load DeCoAR folders in-process when speechft is imported
+    AutoConfig.register("decoar2", DeCoAR2Config)
+    AutoModel.register(DeCoAR2Config, DeCoAR2Model)
+except ValueError:
+    pass
+
+
+class DeCoAR2Encoder(Encoder):
+    family, config_class, model_class = "decoar2", DeCoAR2Config, DeCoAR2Model
+    frontend_patterns = (r"feature_projection\.",)
+    pretraining_only_patterns = ()
+    nominal_hop = 160
+
+    def frame_lengths(self, lengths):
+        return self.model.get_output_lengths(lengths)
+
+    def _forward(self, wavs, lengths):
+        valid = torch.arange(wavs.shape[1], device=wavs.device)[None, :] < lengths[:, None]
+        return self.model(wavs, attention_mask=valid.long(), output_hidden_states=True).hidden_states
+
+    @classmethod
+    def tiny_config(cls, **overrides):
+        kw = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                  num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
+        kw.update(overrides)
+        return DeCoAR2Config(**kw)

@@ -1,0 +1,81 @@
+"""The wav2vec 2.0 family: HuBERT, wav2vec 2.0, WavLM and data2vec-audio.
+
+All four share transformers' convolutional waveform front end (`feature_extractor`) and
+its output-length arithmetic; each adapter only names its classes and its
+pre-training-only parameters.
+"""
+from __future__ import annotations
+
+import torch
+from transformers import (Data2VecAudioConfig, Data2VecAudioModel, HubertConfig, HubertModel, Wav2Vec2Config,
+                          Wav2Vec2Model, WavLMConfig, WavLMModel)
+
+from .base import Encoder
+
+
+class Wav2Vec2StyleEncoder(Encoder):
+    frontend_patterns = (r"feature_extractor\.",)
+    pretraining_only_patterns = (r"masked_spec_embed$",)
+    nominal_hop = 320
+
+    def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        # The model's own conv arithmetic (kernel/stride per layer), never samples/320.
+        return self.model._get_feat_extract_output_lengths(lengths).long()
+
+    @property
+    def normalize_waveform(self) -> bool:
+        """Models trained on normalized audio (HF's `do_normalize`, e.g. wav2vec2 large-lv60)."""
+        return bool(self.provenance.get("normalize_waveform", False))
+
+    def _forward(self, wavs, lengths):
+        valid = torch.arange(wavs.shape[1], device=wavs.device)[None, :] < lengths[:, None]
+        if self.normalize_waveform:
+            # Per-utterance zero mean / unit variance over the valid samples only.
+            n = lengths[:, None].clamp(min=1).to(wavs.dtype)
+            mean = (wavs * valid).sum(1, keepdim=True) / n
+            var = (((wavs - mean) * valid) ** 2).sum(1, keepdim=True) / n
+            wavs = (wavs - mean) / torch.sqrt(var + 1e-7) * valid
+        out = self.model(wavs, attention_mask=valid.long(), output_hidden_states=True)
+        return out.hidden_states
+
+    @classmethod
+    def tiny_config(cls, **overrides):
+        # Layer-norm front end so a padded batch gives the same outputs as each item alone
+        # (group-norm front ends, as in the Base models, normalise over time and cannot).
+        kw = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                  conv_dim=(32, 32, 32, 32), conv_stride=(5, 4, 4, 4), conv_kernel=(10, 8, 4, 4),
+                  num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, feat_extract_norm="layer",
+                  do_stable_layer_norm=False)
+        kw.update(overrides)
+        return cls.config_class(**kw)
+
+
+class HubertEncoder(Wav2Vec2StyleEncoder):
+    family, config_class, model_class = "hubert", HubertConfig, HubertModel
+    # fairseq/s3prl HuBERT checkpoints also carry the masked-prediction heads.
+    pretraining_only_patterns = (r"masked_spec_embed$", r"final_proj\.", r"label_embs_concat")
+
+
+class Wav2Vec2Encoder(Wav2Vec2StyleEncoder):
+    family, config_class, model_class = "wav2vec2", Wav2Vec2Config, Wav2Vec2Model
+    pretraining_only_patterns = (r"masked_spec_embed$", r"quantizer\.", r"project_q\.", r"project_hid\.")
+
+
+class WavLMEncoder(Wav2Vec2StyleEncoder):
+    family, config_class, model_class = "wavlm", WavLMConfig, WavLMModel
+
+    @classmethod
+    def tiny_config(cls, **overrides):
+        return super().tiny_config(**{"num_buckets": 32, "max_bucket_distance": 200, **overrides})
+
+
+class Data2VecAudioEncoder(Wav2Vec2StyleEncoder):
+    family, config_class, model_class = "data2vec", Data2VecAudioConfig, Data2VecAudioModel
+
+    @classmethod
+    def tiny_config(cls, **overrides):
+        # data2vec's front end is always layer-normed; its positional embedding is a
+        # stack of small convs.
+        kw = dict(num_conv_pos_embeddings=5, conv_pos_kernel_size=5, num_conv_pos_embedding_groups=2)
+        kw.pop("feat_extract_norm", None)
+        return super().tiny_config(**{**kw, **overrides})
