@@ -1,0 +1,205 @@
+"""Task heads shared by fine-tuning (train.py) and probing (probe.py).
+
+- `LayerSelect`: the last hidden state (the paper's fine-tuning setting) or SUPERB's
+  learnable softmax-weighted sum of all L+1 states (weights start at zero = uniform).
+- `ClassificationHead`: projector -> mean pooling over valid frames -> linear. Projection
+  and pooling are both linear, so mean(proj(x)) == proj(mean(x)): the probe can train on
+  cached mean-pooled per-layer vectors and get exactly the same model.
+- `CTCHead`: projector -> optional BiLSTM stack -> linear over the vocabulary + blank (id 0),
+  as in the paper's ASR recipe (768->256 projector, 3-layer BiLSTM of 256 per direction).
+- `TaskHead`: a layer selection plus the head for one task folder, with save/load.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .errors import SpeechFTError
+from .io_utils import atomic_dir, read_json, write_json
+
+
+@dataclass
+class HeadConfig:
+    layers: str = "last"  # "last" | "weighted"
+    proj_dim: int = 256
+    lstm_layers: int = 2  # CTC only; 0 = linear CTC head
+    lstm_hidden: int = 256  # per direction
+    dropout: float = 0.1
+
+    def __post_init__(self):
+        if self.layers not in ("last", "weighted"):
+            raise ValueError(f"layers must be 'last' or 'weighted', got {self.layers!r}")
+
+
+class LayerSelect(nn.Module):
+    def __init__(self, num_states: int, mode: str = "last"):
+        super().__init__()
+        self.mode, self.num_states = mode, num_states
+        if mode == "weighted":
+            self.weights = nn.Parameter(torch.zeros(num_states))
+
+    def forward(self, states: Sequence[torch.Tensor] | torch.Tensor) -> torch.Tensor:
+        if self.mode == "last":
+            return states[-1]
+        if len(states) != self.num_states:
+            raise ValueError(f"expected {self.num_states} hidden states, got {len(states)}")
+        w = torch.softmax(self.weights, dim=0)
+        stacked = torch.stack(list(states), dim=0) if not torch.is_tensor(states) else states
+        return torch.einsum("l,l...->...", w.to(stacked.dtype), stacked)
+
+    def layer_weights(self) -> list[float]:
+        if self.mode == "last":
+            return [0.0] * (self.num_states - 1) + [1.0]
+        return torch.softmax(self.weights.detach().float(), 0).tolist()
+
+
+def mean_pool(feats: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
+    """(B, F, D) -> (B, D), averaging valid frames only."""
+    valid = torch.arange(feats.shape[1], device=feats.device)[None, :] < frame_lengths[:, None]
+    summed = (feats * valid[..., None].to(feats.dtype)).sum(1)
+    return summed / frame_lengths.clamp(min=1)[:, None].to(feats.dtype)
+
+
+class ClassificationHead(nn.Module):
+    def __init__(self, input_dim: int, num_classes: int, cfg: HeadConfig):
+        super().__init__()
+        self.projector = nn.Linear(input_dim, cfg.proj_dim)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.classifier = nn.Linear(cfg.proj_dim, num_classes)
+
+    def forward_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(self.projector(pooled)))
+
+    def forward(self, feats: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
+        return self.forward_pooled(mean_pool(feats, frame_lengths))
+
+
+class CTCHead(nn.Module):
+    def __init__(self, input_dim: int, num_outputs: int, cfg: HeadConfig):
+        super().__init__()
+        self.projector = nn.Linear(input_dim, cfg.proj_dim)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.lstm = (nn.LSTM(cfg.proj_dim, cfg.lstm_hidden, num_layers=cfg.lstm_layers, bidirectional=True,
+                             batch_first=True, dropout=cfg.dropout if cfg.lstm_layers > 1 else 0.0)
+                     if cfg.lstm_layers > 0 else None)
+        self.output = nn.Linear(2 * cfg.lstm_hidden if self.lstm else cfg.proj_dim, num_outputs)
+
+    def forward(self, feats: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
+        x = self.dropout(self.projector(feats))
+        if self.lstm is not None:
+            # Packing keeps padded frames out of the recurrence: a padded batch gives each
+            # item what it would get alone.
+            packed = nn.utils.rnn.pack_padded_sequence(x, frame_lengths.cpu().clamp(min=1), batch_first=True,
+                                                       enforce_sorted=False)
+            out, _ = self.lstm(packed)
+            x, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=feats.shape[1])
+            x = self.dropout(x)
+        return torch.log_softmax(self.output(x).float(), dim=-1)
+
+
+def ctc_loss(log_probs: torch.Tensor, frame_lengths: torch.Tensor, targets: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Mean CTC loss per utterance (normalised by target length, like torch's 'mean')."""
+    flat = torch.tensor([t for seq in targets for t in seq], dtype=torch.long)
+    target_lengths = torch.tensor([len(seq) for seq in targets], dtype=torch.long)
+    return nn.functional.ctc_loss(log_probs.transpose(0, 1), flat, frame_lengths.cpu(), target_lengths, blank=0,
+                                  reduction="mean", zero_infinity=True)
+
+
+def greedy_ctc(log_probs: torch.Tensor, frame_lengths: torch.Tensor) -> list[list[int]]:
+    """Best path: argmax per frame, collapse repeats, drop blanks (id 0)."""
+    best = log_probs.argmax(-1).cpu()
+    out = []
+    for seq, n in zip(best, frame_lengths.cpu().tolist()):
+        ids = torch.unique_consecutive(seq[:n]).tolist()
+        out.append([i for i in ids if i != 0])
+    return out
+
+
+class TaskHead(nn.Module):
+    """Layer selection + head for one task. `labels`/`tokenizer` travel with it, so a saved
+    head decodes its own outputs without the task folder."""
+
+    def __init__(self, task_type: str, labels: list[str], input_dim: int, num_states: int,
+                 cfg: HeadConfig | None = None, tokenizer: str | None = None, name: str = "task", metric: str = ""):
+        super().__init__()
+        self.cfg = cfg or HeadConfig()
+        self.task_type, self.labels, self.tokenizer, self.name, self.metric = task_type, list(labels), tokenizer, name, metric
+        self.input_dim, self.num_states = input_dim, num_states
+        self.select = LayerSelect(num_states, self.cfg.layers)
+        if task_type == "classification":
+            self.head = ClassificationHead(input_dim, len(labels), self.cfg)
+        elif task_type == "ctc":
+            self.head = CTCHead(input_dim, len(labels) + 1, self.cfg)
+        else:
+            raise ValueError(f"unknown task type {task_type!r}")
+
+    @classmethod
+    def for_task(cls, task, input_dim: int, num_states: int, cfg: HeadConfig | None = None) -> "TaskHead":
+        return cls(task.type, task.labels, input_dim, num_states, cfg, task.tokenizer, task.name, task.metric)
+
+    def forward(self, states, frame_lengths: torch.Tensor) -> torch.Tensor:
+        return self.head(self.select(states), frame_lengths)
+
+    # ---- targets, loss, predictions --------------------------------------------------
+    def _tokens(self, text: str) -> list[str]:
+        if self.tokenizer == "space":
+            return text.split()
+        return ["|" if c == " " else c for c in text.strip()]
+
+    def encode(self, target: str):
+        index = {t: i for i, t in enumerate(self.labels)}
+        if self.task_type == "classification":
+            return index[target]
+        return [index[t] + 1 for t in self._tokens(target)]
+
+    def loss(self, output: torch.Tensor, frame_lengths: torch.Tensor, targets: Sequence[str]) -> torch.Tensor:
+        if self.task_type == "classification":
+            y = torch.tensor([self.encode(t) for t in targets], device=output.device)
+            return nn.functional.cross_entropy(output, y)
+        return ctc_loss(output, frame_lengths, [self.encode(t) for t in targets])
+
+    def predict(self, output: torch.Tensor, frame_lengths: torch.Tensor) -> list[str]:
+        if self.task_type == "classification":
+            return [self.labels[i] for i in output.argmax(-1).tolist()]
+        out = []
+        for ids in greedy_ctc(output, frame_lengths):
+            toks = [self.labels[i - 1] for i in ids]
+            out.append(" ".join(toks) if self.tokenizer == "space"
+                       else "".join(" " if t == "|" else t for t in toks))
+        return out
+
+    # ---- save / load -----------------------------------------------------------------
+    def describe(self) -> dict:
+        return {"name": self.name, "task_type": self.task_type, "labels": self.labels, "tokenizer": self.tokenizer,
+                "metric": self.metric, "input_dim": self.input_dim, "num_states": self.num_states,
+                "config": dataclasses.asdict(self.cfg)}
+
+    def save(self, out: str | os.PathLike, overwrite: bool = True) -> Path:
+        from safetensors.torch import save_file
+
+        with atomic_dir(out, overwrite=overwrite) as tmp:
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()},
+                      str(tmp / "head.safetensors"))
+            write_json(tmp / "head.json", self.describe())
+        return Path(out)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "TaskHead":
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        meta = read_json(path / "head.json")
+        try:
+            head = cls(meta["task_type"], meta["labels"], meta["input_dim"], meta["num_states"],
+                       HeadConfig(**meta["config"]), meta.get("tokenizer"), meta.get("name", "task"),
+                       meta.get("metric", ""))
+            head.load_state_dict(load_file(str(path / "head.safetensors")))
+        except (KeyError, TypeError, RuntimeError, FileNotFoundError) as e:
+            raise SpeechFTError(f"{path}: not a valid speechft head folder ({str(e).splitlines()[0][:200]})") from None
+        return head

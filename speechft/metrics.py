@@ -1,0 +1,111 @@
+"""Metrics: error rates by edit distance, accuracy, macro-F1, EER.
+
+Error rates are corpus-level: total edits / total reference tokens (what jiwer and
+SUPERB report), not a mean of per-utterance rates.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+# Lower is better for these; the SUPERB score and "best" marks need to know.
+LOWER_IS_BETTER = {"per", "cer", "wer", "eer"}
+
+
+def edit_distance(ref: Sequence, hyp: Sequence) -> int:
+    """Levenshtein distance (substitutions, insertions, deletions all cost 1)."""
+    if len(ref) < len(hyp):
+        ref, hyp = hyp, ref
+    prev = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        cur = [i] + [0] * len(hyp)
+        for j, h in enumerate(hyp, 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
+        prev = cur
+    return prev[-1]
+
+
+def error_rate(refs: Sequence[Sequence], hyps: Sequence[Sequence]) -> float:
+    if len(refs) != len(hyps):
+        raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses")
+    edits = sum(edit_distance(r, h) for r, h in zip(refs, hyps))
+    total = sum(len(r) for r in refs)
+    if total == 0:
+        raise ValueError("references are all empty: the error rate is undefined")
+    return edits / total
+
+
+def wer(refs: Sequence[str], hyps: Sequence[str]) -> float:
+    return error_rate([r.split() for r in refs], [h.split() for h in hyps])
+
+
+def cer(refs: Sequence[str], hyps: Sequence[str]) -> float:
+    # Characters including spaces, like jiwer.cer.
+    return error_rate([list(r) for r in refs], [list(h) for h in hyps])
+
+
+def per(refs: Sequence[str], hyps: Sequence[str]) -> float:
+    """Phone error rate: transcripts are space-separated phones."""
+    return wer(refs, hyps)
+
+
+def accuracy(refs: Sequence, hyps: Sequence) -> float:
+    if len(refs) != len(hyps) or not refs:
+        raise ValueError("accuracy needs equally many (>0) references and predictions")
+    return float(np.mean([r == h for r, h in zip(refs, hyps)]))
+
+
+def macro_f1(refs: Sequence, hyps: Sequence, labels: Sequence | None = None) -> float:
+    """Unweighted mean of per-class F1 over `labels` (default: classes seen in refs or hyps)."""
+    labels = sorted(set(refs) | set(hyps)) if labels is None else list(labels)
+    f1s = []
+    for c in labels:
+        tp = sum(r == c and h == c for r, h in zip(refs, hyps))
+        fp = sum(r != c and h == c for r, h in zip(refs, hyps))
+        fn = sum(r == c and h != c for r, h in zip(refs, hyps))
+        f1s.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(f1s))
+
+
+def eer(scores: Sequence[float], same: Sequence[bool]) -> float:
+    """Equal error rate of verification scores (higher = more likely the same speaker)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    same = np.asarray(same, dtype=bool)
+    if same.all() or (~same).all():
+        raise ValueError("EER needs both target and non-target trials")
+    order = np.argsort(-scores, kind="mergesort")
+    s, y = scores[order], same[order]
+    tp = np.cumsum(y)
+    fp = np.cumsum(~y)
+    # Evaluate only at the last index of each run of tied scores.
+    last = np.r_[s[1:] != s[:-1], True]
+    frr = np.r_[1.0, 1 - tp[last] / y.sum()]
+    far = np.r_[0.0, fp[last] / (~y).sum()]
+    i = int(np.argmin(np.abs(frr - far)))
+    # Linear interpolation between the two points that bracket FAR == FRR.
+    if i + 1 < len(frr) and (frr[i] - far[i]) * (frr[i + 1] - far[i + 1]) < 0:
+        d0, d1 = frr[i] - far[i], frr[i + 1] - far[i + 1]
+        t = d0 / (d0 - d1)
+        return float(far[i] + t * (far[i + 1] - far[i]))
+    return float((frr[i] + far[i]) / 2)
+
+
+def compute_metric(name: str, refs: Sequence, hyps: Sequence, labels: Sequence | None = None) -> float:
+    """Dispatch by the task.yaml metric name."""
+    if name == "per":
+        return per(refs, hyps)
+    if name == "cer":
+        return cer(refs, hyps)
+    if name == "wer":
+        return wer(refs, hyps)
+    if name == "accuracy":
+        return accuracy(refs, hyps)
+    if name == "macro_f1":
+        return macro_f1(refs, hyps, labels)
+    raise ValueError(f"unknown metric '{name}'")
+
+
+def is_better(metric: str, a: float, b: float) -> bool:
+    """True if value `a` is strictly better than `b` for `metric`."""
+    return a < b if metric in LOWER_IS_BETTER else a > b
