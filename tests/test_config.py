@@ -1,0 +1,61 @@
+"""Configs: YAML + --set overrides, typed, unknown keys rejected."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from speechft.config import apply_overrides, load_config, save_config
+from speechft.errors import SpeechFTError
+
+
+@dataclass
+class Optim:
+    lr: float = 1e-4
+    clip: float = 1.0
+
+
+@dataclass
+class Cfg:
+    steps: int = 100
+    method: str = "stable"
+    tasks: list[str] = field(default_factory=list)
+    verbose: bool = False
+    optim: Optim = field(default_factory=Optim)
+
+
+def test_defaults_yaml_and_overrides(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("steps: 50\noptim:\n  lr: 2.0e-4\n")
+    cfg = load_config(Cfg, p, ["optim.clip=0.5", "tasks=pr,sid", "verbose=true"])
+    assert cfg.steps == 50 and cfg.optim.lr == 2e-4 and cfg.optim.clip == 0.5
+    assert cfg.tasks == ["pr", "sid"] and cfg.verbose is True
+    save_config(cfg, tmp_path / "resolved.yaml")
+    assert load_config(Cfg, tmp_path / "resolved.yaml") == cfg
+
+
+def test_yaml_11_exponent_strings_are_numbers(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("optim:\n  lr: 1e-4\n")  # PyYAML reads this as a string
+    assert load_config(Cfg, p).optim.lr == 1e-4
+
+
+@pytest.mark.parametrize("override, match", [
+    ("stepz=3", "unknown key 'stepz' in config; valid keys: steps, method, tasks, verbose, optim"),
+    ("optim.beta=3", "unknown key 'beta' in optim; valid keys: lr, clip"),
+    ("steps=abc", "steps: expected an integer, got 'abc'"),
+    ("optim.lr=fast", "optim.lr: expected a number"),
+    ("verbose=maybe", "verbose: expected true or false"),
+    ("steps", "expected key=value"),
+    ("steps.x=1", "'steps' is a value, not a section"),
+])
+def test_bad_overrides(override, match):
+    with pytest.raises(SpeechFTError, match=match):
+        apply_overrides(Cfg(), [override])
+
+
+def test_unknown_key_in_file_names_the_file(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("optim:\n  lrr: 1\n")
+    with pytest.raises(SpeechFTError, match=r"c.yaml: optim: unknown key 'lrr'"):
+        load_config(Cfg, p)
