@@ -1,0 +1,165 @@
+"""`speechft doctor PATH`: check an encoder folder or a task folder and report every problem at once.
+
+Loading (`load_encoder`, `load_task`) stops at the first problem, which is what a run
+wants; a person fixing a folder wants the whole list. Doctor runs the same checks file
+by file, and adds the slower ones (decode every audio file, hash the weights, run the
+encoder once).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import SpeechFTError
+
+
+@dataclass
+class Finding:
+    level: str  # "error" | "warning" | "ok"
+    where: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"[{self.level}] {self.where}: {self.message}"
+
+
+def _safetensors_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.safetensors"))
+
+
+def check_encoder(folder: str | Path) -> list[Finding]:
+    """Every problem of an encoder folder (missing files, keys, shapes, NaN, stale hashes, forward)."""
+    import torch
+    from safetensors import safe_open
+
+    from .encoders import detect_family, family_class, read_provenance
+    from .io_utils import sha256_file
+
+    folder = Path(folder)
+    found: list[Finding] = []
+    try:
+        family = detect_family(folder)
+    except SpeechFTError as e:
+        return [Finding("error", str(folder), str(e))]
+    found.append(Finding("ok", str(folder), f"family {family}"))
+    files = _safetensors_files(folder)
+    if not files:
+        found.append(Finding("error", str(folder), "no *.safetensors weights; convert .pt/.bin checkpoints with "
+                                                   "`speechft encoder convert`"))
+        return found
+    prov = read_provenance(folder)
+    for f in files:
+        want = (prov.get("weights_sha256") or {}).get(f.name)
+        if want and sha256_file(f) != want:
+            found.append(Finding("warning", str(f), "sha256 differs from speechft.json: the weights changed after "
+                                                    "they were written (provenance is stale)"))
+        try:
+            with safe_open(str(f), framework="pt") as st:
+                for key in st.keys():
+                    t = st.get_tensor(key)
+                    if t.is_floating_point() and not torch.isfinite(t).all():
+                        bad = int((~torch.isfinite(t)).sum())
+                        found.append(Finding("error", f"{f.name}:{key}", f"{bad} NaN/infinite values"))
+        except Exception as e:  # safetensors raises several types for a corrupt header
+            found.append(Finding("error", str(f), f"unreadable safetensors file ({str(e).splitlines()[0][:200]})"))
+            return found
+    cls = family_class(family)
+    try:
+        enc = cls.load(folder, check_finite=False)
+    except SpeechFTError as e:
+        found.append(Finding("error", str(folder), str(e)))
+        return found
+    try:
+        with torch.no_grad():
+            out = enc(torch.zeros(1, 16000).normal_(0, 0.1), torch.tensor([16000]))
+        ok = all(torch.isfinite(h).all() for h in out.hidden_states)
+        found.append(Finding("ok" if ok else "error", str(folder),
+                             f"forward on 1 s: {len(out.hidden_states)} hidden states, {int(out.frame_lengths[0])} "
+                             f"frames, {'finite' if ok else 'NON-FINITE outputs'}"))
+    except Exception as e:
+        found.append(Finding("error", str(folder), f"forward pass failed: {type(e).__name__}: {e}"))
+    return found
+
+
+def check_task(folder: str | Path, decode_audio: bool = True, max_seconds: float = 60.0) -> list[Finding]:
+    """Every problem of a task folder: spec, each manifest, and (optionally) every audio file."""
+    import soundfile as sf
+
+    from .data.audio import load_audio
+    from .data.tasks import SPLITS, _load_spec, _read_manifest
+
+    folder = Path(folder)
+    try:
+        spec = _load_spec(folder)
+    except SpeechFTError as e:
+        return [Finding("error", str(folder), str(e))]
+    found = [Finding("ok", str(folder / "task.yaml"), f"{spec['type']} task '{spec['name']}', metric {spec['metric']}")]
+    splits = {}
+    for split in SPLITS:
+        try:
+            splits[split] = _read_manifest(folder, split, spec, bool(spec.get("allow_outside_paths", False)))
+            found.append(Finding("ok", f"{folder / split}.tsv", f"{len(splits[split])} examples"))
+        except SpeechFTError as e:
+            found.append(Finding("error", f"{folder / split}.tsv", str(e)))
+    if spec["type"] == "classification" and "train" in splits:
+        seen = {ex.target for ex in splits["train"]}
+        missing = [c for c in spec["labels"] if c not in seen]
+        if missing:
+            found.append(Finding("warning", f"{folder}/train.tsv", f"classes with no training example: {missing[:10]}"))
+    if "train" in splits and "test" in splits:
+        tr = {ex.speaker for ex in splits["train"] if ex.speaker}
+        te = {ex.speaker for ex in splits["test"] if ex.speaker}
+        if te and tr and te <= tr:
+            found.append(Finding("warning", str(folder), "every test speaker also appears in train "
+                                                        "(results measure seen speakers)"))
+    if decode_audio:
+        for split, examples in splits.items():
+            for ex in examples:
+                try:
+                    info = sf.info(str(ex.path))
+                    wav = load_audio(ex.path, max_seconds=max_seconds)
+                    notes = []
+                    if info.channels > 1:
+                        notes.append(f"{info.channels} channels (down-mixed)")
+                    if info.samplerate != 16000:
+                        notes.append(f"{info.samplerate} Hz (resampled)")
+                    if abs(len(wav) / 16000 - ex.duration) > max(0.1, 0.05 * ex.duration):
+                        notes.append(f"manifest duration {ex.duration} s but audio is {len(wav) / 16000:.2f} s")
+                    if float(abs(wav).max()) < 1e-4:
+                        notes.append("silent")
+                    if notes:
+                        found.append(Finding("warning", str(ex.path), "; ".join(notes)))
+                except SpeechFTError as e:
+                    found.append(Finding("error", f"{split}.tsv", str(e)))
+                except Exception as e:
+                    found.append(Finding("error", str(ex.path), f"cannot read audio ({str(e).splitlines()[0]})"))
+    return found
+
+
+def doctor(path: str | Path, decode_audio: bool = True) -> list[Finding]:
+    path = Path(path)
+    if (path / "task.yaml").exists() or (path / "train.tsv").exists():
+        return check_task(path, decode_audio=decode_audio)
+    return check_encoder(path)
+
+
+def add_arguments(p):
+    p.add_argument("paths", nargs="+", help="encoder folder(s) and/or task folder(s)")
+    p.add_argument("--no-audio", action="store_true", help="skip decoding every audio file of task folders")
+    p.add_argument("--json", action="store_true", help="print findings as JSON")
+    p.add_argument("--quiet", action="store_true", help="print only problems")
+
+
+def main(args):
+    findings = [f for p in args.paths for f in doctor(p, decode_audio=not args.no_audio)]
+    if args.json:
+        print(json.dumps([f.__dict__ for f in findings], indent=2))
+    else:
+        for f in findings:
+            if not (args.quiet and f.level == "ok"):
+                print(f)
+    errors = sum(f.level == "error" for f in findings)
+    warnings = sum(f.level == "warning" for f in findings)
+    print(f"doctor: {errors} error(s), {warnings} warning(s) in {len(args.paths)} folder(s)")
+    return 1 if errors else 0
