@@ -1,0 +1,140 @@
+"""`speechft data prepare NAME --root DIR --out DIR`: a real corpus -> a task folder.
+
+    speechft data prepare librispeech-pr --root /data/LibriSpeech --out tasks/pr \\
+        --lexicon librispeech-lexicon-200k-g2p.txt --lexicon librispeech-lexicon-allothers-g2p.txt
+    speechft data prepare voxceleb1-sid --root /data/VoxCeleb1 --out tasks/sid
+    speechft data prepare iemocap-er --root /data/IEMOCAP_full_release --fold 1 --out tasks/er1
+    speechft data prepare tedlium3-asr --root /data/TEDLIUM_release-3 --out tasks/ted10h
+
+PR transcripts: SUPERB's PR task is LibriSpeech with every word replaced by its phones
+(71 ARPAbet phones with stress marks in s3prl's vocabulary). Give the word -> phones
+lexicon with ``--lexicon`` (repeatable; s3prl uses librispeech-lexicon-200k-g2p.txt plus
+librispeech-lexicon-allothers-g2p.txt, which together cover all of LibriSpeech; the first
+pronunciation of a word wins, as in s3prl), or, if you already ran s3prl's SuperbPR data
+preparation, point ``--phone-csv`` at its csv folder (train-clean-100.csv, dev-clean.csv,
+test-clean.csv with phone transcriptions); their absolute wav paths are re-rooted at --root.
+
+What each corpus becomes (audio in place or generated, split rules, deviations from s3prl)
+is written into the task folder's README.md; see speechft/data/corpora.py.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from collections import Counter
+from pathlib import Path
+
+from ..errors import SpeechFTError
+from ..io_utils import atomic_dir
+from .corpora import CORPORA, corpus_reader
+from .tasks import load_task, write_task_folder
+
+
+def prepare_corpus(name: str, root, out, overwrite: bool = False, task_name: str | None = None, **opts) -> Path:
+    """Read corpus `name` under `root` and write a validated task folder at `out`.
+
+    Options (None = the corpus default) depend on the corpus: see `CORPORA`. `task_name`
+    replaces the task's name (by default the SUPERB key: pr, asr, sid, er, ks, ic, ...)."""
+    reader, accepted, _ = corpus_reader(name)
+    opts = {k: v for k, v in opts.items() if v is not None and v != () and v != []}
+    unknown = sorted(set(opts) - set(accepted))
+    if unknown:
+        raise SpeechFTError(f"{name} does not take option(s) {', '.join('--' + u.replace('_', '-') for u in unknown)}"
+                            f"; it takes {', '.join('--' + a.replace('_', '-') for a in accepted) or 'none'}")
+    root, out = Path(root).expanduser(), Path(out)
+    if not root.is_dir():
+        raise SpeechFTError(f"{root}: corpus folder not found; pass --root the folder you extracted the corpus into")
+    if out.exists() and not overwrite:
+        raise SpeechFTError(f"{out}: output folder already exists; choose another --out or pass --overwrite")
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        prep = reader(root.resolve(), tmp, **opts)
+        for split in ("train", "dev", "test"):
+            if not prep.splits.get(split):
+                raise SpeechFTError(f"{root}: the {name} {split} split came out empty; check --root and the options")
+        spec = dict(prep.spec)
+        if task_name:
+            spec["name"] = str(task_name)
+        spec["source"] = {"corpus": name, "root": str(root.resolve()), "options": {k: _plain(v) for k, v in opts.items()}}
+        # manifests via the shared writer (into a sub-folder, then moved up beside the audio)
+        sub = write_task_folder(tmp / ".manifests", spec, prep.splits,
+                                files={"README.md": _readme(name, root, prep).encode("utf-8")})
+        for f in sub.iterdir():
+            os.replace(f, tmp / f.name)
+        shutil.rmtree(sub)
+        for link, target in prep.links.items():
+            # absolute: task folders get copied around, corpora stay where they were extracted
+            os.symlink(Path(target).resolve(), tmp / link, target_is_directory=True)
+        try:
+            load_task(tmp)
+        except SpeechFTError as e:  # name the final folder, not the temporary one
+            raise SpeechFTError(str(e).replace(str(tmp), str(out))) from None
+    return out
+
+
+def _plain(v):
+    """An option value as YAML-safe data (paths become strings)."""
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v if isinstance(v, (bool, int, float, str)) else str(v)
+
+
+def _readme(name: str, root: Path, prep) -> str:
+    spec = prep.spec
+    lines = [f"# {spec['name']}", "", f"Prepared by `speechft data prepare {name}` from `{root.resolve()}`.", ""]
+    lines += [f"- {n}" for n in prep.notes]
+    lines += ["", "| split | utterances | hours |", "|---|---|---|"]
+    for split in ("train", "dev", "test"):
+        rows = prep.splits.get(split, [])
+        lines.append(f"| {split} | {len(rows)} | {sum(r['duration'] for r in rows) / 3600:.2f} |")
+    if spec["type"] == "classification":
+        counts = {s: Counter(r["label"] for r in prep.splits.get(s, [])) for s in ("train", "dev", "test")}
+        if len(spec["labels"]) <= 40:
+            lines += ["", "| label | train | dev | test |", "|---|---|---|---|"]
+            lines += [f"| {lab} | {counts['train'][lab]} | {counts['dev'][lab]} | {counts['test'][lab]} |"
+                      for lab in spec["labels"]]
+        else:
+            lines += ["", f"{len(spec['labels'])} classes."]
+    else:
+        lines += ["", f"{len(spec['vocabulary'])} output tokens ({spec['tokenizer']} tokenizer), metric {spec['metric']}."]
+    if prep.links:
+        lines += ["", "Audio is referenced in place: " + ", ".join(f"`{k}` -> `{Path(v).resolve()}`"
+                                                                   for k, v in prep.links.items())
+                  + " (symlinks; re-run prepare if the corpus moves)."]
+    return "\n".join(lines) + "\n"
+
+
+def add_arguments(p):
+    import argparse
+
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = "corpora:\n" + "\n".join(f"  {n:<18} {d}" for n, (_, _, d) in CORPORA.items())
+    p.add_argument("corpus", choices=list(CORPORA), metavar="NAME", help="corpus: " + ", ".join(CORPORA))
+    p.add_argument("--root", required=True, help="the folder the corpus was extracted into")
+    p.add_argument("--out", required=True, help="output task folder")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--name", help="task name in task.yaml (default: the SUPERB key, e.g. pr, sid, er)")
+    g = p.add_argument_group("corpus options (each applies to the corpora named)")
+    g.add_argument("--lexicon", action="append", help="librispeech-pr: word -> phones lexicon file (repeatable)")
+    g.add_argument("--phone-csv", help="librispeech-pr: folder of s3prl SuperbPR csv files with phone transcripts")
+    g.add_argument("--skip-oov", action="store_true", default=None,
+                   help="librispeech-pr: drop utterances with words missing from the lexicon instead of failing")
+    g.add_argument("--sets", help="librispeech-*: train,dev,test subsets (default train-clean-100,dev-clean,test-clean)")
+    g.add_argument("--split-file", help="voxceleb1-sid: iden_split.txt (default ROOT/iden_split.txt)")
+    g.add_argument("--fold", type=int, help="iemocap-er: session 1-5 held out as the test set (default 1)")
+    g.add_argument("--dev-fraction", type=float,
+                   help="iemocap-er (default 0.2), aishell3 (default 0.05): share of training utterances kept for dev")
+    g.add_argument("--test-root", help="speechcommands-ks: SUPERB's official test set speech_commands_test_set_v0.01")
+    g.add_argument("--hours", type=float, help="tedlium3-asr: training hours to keep (default 10, the paper's; 0 = all)")
+    g.add_argument("--min-seconds", type=float, help="tedlium3-asr: shortest segment kept (default 1)")
+    g.add_argument("--max-seconds", type=float, help="tedlium3-asr: longest segment kept (default 60)")
+
+
+def main(args):
+    opts = dict(lexicon=args.lexicon, phone_csv=args.phone_csv, skip_oov=args.skip_oov,
+                sets=args.sets.split(",") if args.sets else None, split_file=args.split_file, fold=args.fold,
+                dev_fraction=args.dev_fraction, test_root=args.test_root, hours=args.hours,
+                min_seconds=args.min_seconds, max_seconds=args.max_seconds)
+    out = prepare_corpus(args.corpus, args.root, args.out, overwrite=args.overwrite, task_name=args.name, **opts)
+    task = load_task(out)
+    sizes = ", ".join(f"{s} {len(task.splits[s])}" for s in ("train", "dev", "test"))
+    print(f"wrote task folder {out} ({task.name}: {task.type}, {task.num_outputs} outputs; {sizes} utterances)")
