@@ -1,0 +1,487 @@
+"""Merging: the methods' arithmetic, what is never merged, streaming I/O, refusals, provenance, CLI."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from speechft.encoders import load_encoder
+from speechft.errors import SpeechFTError
+from speechft.io_utils import sha256_file
+from speechft.merge import (METHODS, InterpolationPath, ShardedWriter, dare_keep_mask, disjoint_mean,
+                            merge_encoders, merge_state_dicts, trim_top_k)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def weights(folder) -> dict[str, torch.Tensor]:
+    """All tensors of an encoder folder, single-file or sharded, read with safetensors itself."""
+    folder = os.fspath(folder)
+    index = os.path.join(folder, "model.safetensors.index.json")
+    if os.path.exists(index):
+        files = sorted(set(json.load(open(index))["weight_map"].values()))
+    else:
+        files = ["model.safetensors"]
+    out = {}
+    for f in files:
+        out.update(load_file(os.path.join(folder, f)))
+    return out
+
+
+def rewrite(folder, sd) -> None:
+    save_file(sd, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    """Bit pattern of a float tensor, so equality is bit-exact (-0.0 != 0.0, NaN == NaN)."""
+    return t.contiguous().view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
+
+
+def assert_bit_equal(a: torch.Tensor, b: torch.Tensor) -> None:
+    assert a.dtype == b.dtype and a.shape == b.shape
+    assert torch.equal(bits(a), bits(b))
+
+
+@pytest.fixture
+def pair(tiny_encoder_dir, tmp_path):
+    """A tiny HuBERT (theta0) and 'fine-tuned' copies: theta0 plus seeded noise on every float tensor
+    (the pre-training-only masked_spec_embed too, so keeping theta0's value is visible)."""
+    pre = tiny_encoder_dir("hubert", seed=0, name="pre")
+
+    def finetuned(seed: int, scale: float = 0.05, name: str | None = None, dtype=None):
+        out = tmp_path / (name or f"ft{seed}")
+        enc = load_encoder(pre)
+        g = torch.Generator().manual_seed(100 + seed)
+        with torch.no_grad():
+            for p in enc.model.parameters():
+                p.add_(torch.randn(p.shape, generator=g) * scale)
+        if dtype is not None:
+            enc.model.to(dtype)
+        enc.save(out, provenance={"source": f"test fine-tune {seed}", "parents": [str(pre)]})
+        return out
+
+    return pre, finetuned
+
+
+def no_leftovers(out) -> None:
+    assert not out.exists()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")], "temp folder left behind"
+
+
+# ---------------------------------------------------------------- the arithmetic, on encoder folders
+
+
+def test_alpha_zero_is_theta0_bit_exact(pair, tmp_path):
+    pre, ft = pair
+    out = merge_encoders(pre, [ft(1)], alpha=0, out=tmp_path / "m")
+    got, want = weights(out), weights(pre)
+    assert got.keys() == want.keys()
+    for k in want:
+        assert_bit_equal(got[k], want[k])
+
+
+def test_alpha_one_is_the_finetuned_model(pair, tmp_path):
+    pre, ft = pair
+    f1 = ft(1)
+    out = merge_encoders(pre, [f1], alpha=1, out=tmp_path / "m")
+    got, p0, p1 = weights(out), weights(pre), weights(f1)
+    for k in p0:
+        # masked_spec_embed is pre-training-only: it keeps theta0's value at any alpha.
+        assert_bit_equal(got[k], p0[k] if k == "masked_spec_embed" else p1[k])
+    assert not torch.equal(p0["masked_spec_embed"], p1["masked_spec_embed"])
+
+
+def test_speech_ft_default_alpha_is_a_quarter_of_the_finetuned_model(pair, tmp_path):
+    pre, ft = pair
+    f1 = ft(1)
+    out = merge_encoders(pre, [f1], out=tmp_path / "m")  # linear, alpha 0.25 by default
+    got, p0, p1 = weights(out), weights(pre), weights(f1)
+    for k in p0:
+        if k != "masked_spec_embed":
+            torch.testing.assert_close(got[k], 0.75 * p0[k] + 0.25 * p1[k], rtol=1e-6, atol=1e-7)
+    assert json.load(open(out / "speechft.json"))["merge"]["params"] == {"alpha": 0.25}
+
+
+def test_n_model_average(pair, tmp_path):
+    pre, ft = pair
+    fts = [ft(s) for s in (1, 2, 3)]
+    out = merge_encoders(pre, fts, alpha=0.5, out=tmp_path / "m")
+    got, p0 = weights(out), weights(pre)
+    ps = [weights(f) for f in fts]
+    k = "encoder.layers.0.attention.q_proj.weight"
+    want = p0[k] + 0.5 * sum(p[k] - p0[k] for p in ps) / 3
+    torch.testing.assert_close(got[k], want, rtol=1e-6, atol=1e-7)
+
+
+def test_half_precision_is_merged_in_fp32_and_saved_as_fp16(pair, tmp_path):
+    pre, ft = pair
+    pre16 = ft(0, scale=0.0, name="pre16", dtype=torch.float16)
+    ft16 = ft(1, name="ft16", dtype=torch.float16)
+    out = merge_encoders(pre16, [ft16], alpha=0.25, out=tmp_path / "m")
+    got, p0, p1 = weights(out), weights(pre16), weights(ft16)
+    k = "encoder.layers.1.feed_forward.output_dense.weight"
+    assert got[k].dtype == torch.float16
+    assert torch.equal(got[k], torch.lerp(p0[k].float(), p1[k].float(), 0.25).half())
+
+
+# ---------------------------------------------------------------- the arithmetic, hand-computed, in memory
+
+
+def sd(*values, key="w"):
+    return {key: torch.tensor(values, dtype=torch.float32)}
+
+
+def test_task_arithmetic_hand_computed():
+    theta0, t1, t2 = sd(1, 2, 3), sd(2, 2, 2), sd(0, 4, 3)
+    # task vectors [1, 0, -1] and [-1, 2, 0]; sum [0, 2, -1]; alpha (lambda) 0.5
+    out = merge_state_dicts(theta0, [t1, t2], method="task-arithmetic", alpha=0.5)
+    torch.testing.assert_close(out["w"], torch.tensor([1.0, 3.0, 2.5]))
+    assert torch.equal(merge_state_dicts(theta0, [t1, t2], method="task-arithmetic", **{"lambda": 1})["w"],
+                       torch.tensor([1.0, 4.0, 2.0]))
+
+
+def test_ties_hand_computed():
+    theta0 = sd(10, 10, 10, 10, 10)
+    t1 = sd(13, 9, 10.5, 8, 10.1)   # task vector [3, -1, .5, -2, .1] -> top 60%: [3, -1, 0, -2, 0]
+    t2 = sd(9, 7, 10.2, 11, 10.4)   # task vector [-1, -3, .2, 1, .4] -> top 60%: [-1, -3, 0, 1, 0]
+    # summed [2, -4, 0, -1, 0] elects [+, -, +, -, +]; agreeing entries averaged: [3, -2, 0, -2, 0]
+    out = merge_state_dicts(theta0, [t1, t2], method="ties", k=60, alpha=1)
+    torch.testing.assert_close(out["w"], torch.tensor([13.0, 8.0, 10.0, 8.0, 10.0]))
+    out = merge_state_dicts(theta0, [t1, t2], method="ties", k=60, alpha=0.5)
+    torch.testing.assert_close(out["w"], torch.tensor([11.5, 9.0, 10.0, 9.0, 10.0]))
+    # k = 100 trims nothing
+    torch.testing.assert_close(trim_top_k(torch.tensor([3.0, -1.0, 0.5]), 100), torch.tensor([3.0, -1.0, 0.5]))
+    torch.testing.assert_close(disjoint_mean([torch.tensor([1.0, -2.0]), torch.tensor([3.0, 1.0])]),
+                               torch.tensor([2.0, -2.0]))
+
+
+def test_dare_hand_computed_from_its_masks():
+    g = torch.Generator().manual_seed(0)
+    theta0 = {"w": torch.randn(4, 6, generator=g)}
+    thetas = [{"w": theta0["w"] + torch.randn(4, 6, generator=g)} for _ in range(2)]
+    p, seed = 0.5, 7
+    masks = [dare_keep_mask(seed, "w", i, (4, 6), p) for i in range(2)]
+    deltas = [(t["w"] - theta0["w"]) * m / (1 - p) for t, m in zip(thetas, masks)]
+    out = merge_state_dicts(theta0, thetas, method="dare", p=p, seed=seed)  # combine linear, alpha 0.25
+    torch.testing.assert_close(out["w"], theta0["w"] + 0.25 * (deltas[0] + deltas[1]) / 2, rtol=1e-6, atol=1e-6)
+    out = merge_state_dicts(theta0, thetas, method="dare", p=p, seed=seed, combine="ties")  # alpha 1.0
+    torch.testing.assert_close(out["w"], theta0["w"] + disjoint_mean(deltas), rtol=1e-6, atol=1e-6)
+    # p = 0 drops nothing: DARE-linear is the linear merge
+    torch.testing.assert_close(merge_state_dicts(theta0, thetas, method="dare", p=0)["w"],
+                               merge_state_dicts(theta0, thetas, method="linear")["w"])
+
+
+def test_dare_masks_are_seeded_and_drop_at_rate_p():
+    m = dare_keep_mask(3, "layer.weight", 0, (100, 100), 0.3)
+    assert torch.equal(m, dare_keep_mask(3, "layer.weight", 0, (100, 100), 0.3))
+    assert not torch.equal(m, dare_keep_mask(4, "layer.weight", 0, (100, 100), 0.3))
+    assert not torch.equal(m, dare_keep_mask(3, "layer.weight", 1, (100, 100), 0.3))
+    assert abs(m.float().mean().item() - 0.7) < 0.02  # 10k draws: std 0.0046
+
+
+def test_dare_from_files_equals_dare_in_memory(pair, tmp_path):
+    pre, ft = pair
+    fts = [ft(1), ft(2)]
+    out = merge_encoders(pre, fts, method="dare", p=0.4, seed=5, out=tmp_path / "m", max_shard_size=30_000)
+    mem = merge_state_dicts(weights(pre), [weights(f) for f in fts], method="dare", family="hubert", p=0.4, seed=5)
+    got = weights(out)
+    for k in mem:
+        assert_bit_equal(got[k], mem[k])
+
+
+def test_interpolation_path_matches_direct_merges():
+    g = torch.Generator().manual_seed(1)
+    theta0 = {"a": torch.randn(5, 3, generator=g), "n": torch.tensor([3, 4])}
+    thetas = [{"a": theta0["a"] + torch.randn(5, 3, generator=g), "n": torch.tensor([9, 9])} for _ in range(2)]
+    path = InterpolationPath(theta0, thetas, method="ties", k=50)
+    for alpha in (0.0, 0.3, 1.0):
+        direct = merge_state_dicts(theta0, thetas, method="ties", k=50, alpha=alpha)
+        got = path.at(alpha)
+        torch.testing.assert_close(got["a"], direct["a"], rtol=1e-6, atol=1e-6)
+        assert torch.equal(got["n"], theta0["n"])
+    assert_bit_equal(path.at(0.0)["a"], theta0["a"])
+
+
+# ---------------------------------------------------------------- what is never merged
+
+
+def test_integer_excluded_and_pretraining_only_tensors_keep_theta0():
+    g = torch.Generator().manual_seed(2)
+    theta0 = {"final_proj.weight": torch.randn(3, 3, generator=g), "encoder.norm.weight": torch.randn(3, generator=g),
+              "encoder.lin.weight": torch.randn(3, 3, generator=g), "bn.num_batches_tracked": torch.tensor(5),
+              "flags": torch.tensor([True, False])}
+    ft = {k: (v + 1 if v.is_floating_point() else (v + 7 if v.dtype != torch.bool else ~v)) for k, v in theta0.items()}
+    out = merge_state_dicts(theta0, [ft], family="hubert", exclude=[r"norm\."], alpha=1)
+    for k in ("final_proj.weight", "encoder.norm.weight", "bn.num_batches_tracked", "flags"):
+        assert torch.equal(out[k], theta0[k]), k
+    assert torch.equal(out["encoder.lin.weight"], ft["encoder.lin.weight"])
+
+
+def test_files_keep_integer_excluded_and_pretraining_only_tensors(pair, tmp_path):
+    pre, ft = pair
+    f1 = ft(1)
+    for folder, value in ((pre, 3), (f1, 11)):  # an integer buffer that differs between the two
+        w = weights(folder)
+        w["encoder.counter"] = torch.tensor([value, value], dtype=torch.int64)
+        rewrite(folder, w)
+    out = merge_encoders(pre, [f1], alpha=1, out=tmp_path / "m", exclude=[r"^encoder\.layers\.1\."])
+    got, p0, p1 = weights(out), weights(pre), weights(f1)
+    assert got["encoder.counter"].tolist() == [3, 3]
+    assert torch.equal(got["masked_spec_embed"], p0["masked_spec_embed"])
+    assert torch.equal(got["encoder.layers.1.attention.q_proj.weight"], p0["encoder.layers.1.attention.q_proj.weight"])
+    assert torch.equal(got["encoder.layers.0.attention.q_proj.weight"], p1["encoder.layers.0.attention.q_proj.weight"])
+    copied = json.load(open(out / "speechft.json"))["merge"]["copied_tensors"]
+    assert copied["integer"] == ["encoder.counter"] and copied["pretraining-only"] == ["masked_spec_embed"]
+    assert all(k.startswith("encoder.layers.1.") for k in copied["excluded"]) and len(copied["excluded"]) > 5
+
+
+# ---------------------------------------------------------------- refusals write nothing
+
+
+def _nan_in(folder):
+    w = weights(folder)
+    w["encoder.layers.1.attention.v_proj.weight"][0, 0] = float("nan")
+    rewrite(folder, w)
+
+
+def _prefixed(folder):
+    rewrite(folder, {f"module.{k}": v for k, v in weights(folder).items()})
+
+
+def _reshaped(folder):
+    w = weights(folder)
+    w["encoder.layers.0.attention.q_proj.bias"] = torch.zeros(33)
+    rewrite(folder, w)
+
+
+def _truncated(folder):
+    path = os.path.join(folder, "model.safetensors")
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) - 100])
+
+
+@pytest.mark.parametrize("damage, message", [
+    (_nan_in, "'encoder.layers.1.attention.v_proj.weight' contains NaN"),
+    (_prefixed, "extra prefix 'module.'"),
+    (_reshaped, "/model.safetensors: tensor 'encoder.layers.0.attention.q_proj.bias' has shape [33]"),
+    (_truncated, "truncated"),
+])
+def test_damaged_finetuned_checkpoint_is_refused_and_nothing_written(pair, tmp_path, damage, message):
+    pre, ft = pair
+    f1 = ft(1)
+    damage(f1)
+    out = tmp_path / "m"
+    with pytest.raises(SpeechFTError, match="^" + str(f1).replace("\\", "\\\\") + ".*" + _re(message)):
+        merge_encoders(pre, [f1], out=out)
+    no_leftovers(out)
+
+
+def _re(s):
+    import re
+
+    return re.escape(s)
+
+
+def test_nan_in_theta0_and_failed_overwrite_keep_the_old_output(pair, tmp_path):
+    pre, ft = pair
+    f1 = ft(1)
+    out = merge_encoders(pre, [f1], out=tmp_path / "m")
+    before = sha256_file(out / "model.safetensors")
+    _nan_in(pre)
+    with pytest.raises(SpeechFTError, match=r"pre/model.safetensors: tensor 'encoder.layers.1.attention.v_proj"):
+        merge_encoders(pre, [f1], out=out, overwrite=True)
+    assert sha256_file(out / "model.safetensors") == before
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".m.")]
+
+
+def test_other_family_other_config_and_prefix_lacking_are_refused(pair, tiny_encoder_dir, tmp_path):
+    from speechft.encoders import tiny_encoder
+
+    pre, ft = pair
+    out = tmp_path / "m"
+    w2v = tiny_encoder_dir("wav2vec2", seed=1)
+    with pytest.raises(SpeechFTError, match="is a wav2vec2 encoder but .* is hubert"):
+        merge_encoders(pre, [w2v], out=out)
+    wide = tiny_encoder("hubert", seed=1, intermediate_size=80).save(tmp_path / "wide")
+    with pytest.raises(SpeechFTError, match=r"config.json differs .*intermediate_size 80 vs 64"):
+        merge_encoders(pre, [wide], out=out)
+    f1 = ft(1)
+    rewrite(f1, {k.removeprefix("encoder."): v for k, v in weights(f1).items()})
+    with pytest.raises(SpeechFTError, match="lack the prefix 'encoder.'"):
+        merge_encoders(pre, [f1], out=out)
+    no_leftovers(out)
+
+
+@pytest.mark.parametrize("method, params, message", [
+    ("linear", {"alpha": "abc"}, "alpha='abc' for method 'linear' must be a number"),
+    ("linear", {"alpha": float("nan")}, "must be a finite number"),
+    ("dare", {"p": 1.0}, "p=1.0 for method 'dare' must be in [0, 1)"),
+    ("dare", {"p": -0.1}, "must be in [0, 1)"),
+    ("dare", {"combine": "mean"}, "must be one of linear, ties"),
+    ("ties", {"k": 0}, "k=0 for method 'ties' must be in (0, 100]"),
+    ("ties", {"k": 101}, "must be in (0, 100]"),
+    ("ties", {"density": 0.2}, "has no parameter 'density'; its parameters: k, alpha"),
+    ("slerp", {}, "unknown merge method 'slerp'"),
+])
+def test_nonsense_parameters_are_refused_before_reading(pair, tmp_path, method, params, message):
+    pre, ft = pair
+    out = tmp_path / "m"
+    with pytest.raises(SpeechFTError, match=_re(message)) as e:
+        merge_encoders(pre, [ft(1)], method=method, out=out, **params)
+    assert "\n" not in str(e.value)
+    no_leftovers(out)
+
+
+def test_existing_output_and_output_equal_to_input_are_refused(pair, tmp_path):
+    pre, ft = pair
+    f1 = ft(1)
+    (tmp_path / "m").mkdir()
+    with pytest.raises(SpeechFTError, match="already exists"):
+        merge_encoders(pre, [f1], out=tmp_path / "m")
+    with pytest.raises(SpeechFTError, match="is one of the inputs"):
+        merge_encoders(pre, [f1], out=f1, overwrite=True)
+    assert load_encoder(f1)  # untouched
+
+
+# ---------------------------------------------------------------- I/O: shards, hashes, loading, provenance
+
+
+def test_sharded_output_loads_everywhere_and_equals_single_file(pair, tmp_path):
+    from transformers import HubertModel
+
+    pre, ft = pair
+    fts = [ft(1), ft(2)]
+    single = merge_encoders(pre, fts, out=tmp_path / "single")
+    sharded = merge_encoders(pre, fts, out=tmp_path / "sharded", max_shard_size="40kB")
+    index = json.load(open(sharded / "model.safetensors.index.json"))
+    files = sorted(set(index["weight_map"].values()))
+    assert len(files) > 3 and not (sharded / "model.safetensors").exists()
+    a, b = weights(single), weights(sharded)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    prov = json.load(open(sharded / "speechft.json"))
+    assert prov["weights_sha256"] == {f: sha256_file(sharded / f) for f in files}
+    hf = HubertModel.from_pretrained(sharded)
+    assert all(torch.equal(v, b[k]) for k, v in hf.state_dict().items())
+    # a sharded folder is a valid theta0 for the next round
+    again = merge_encoders(sharded, [fts[0]], alpha=0, out=tmp_path / "again")
+    assert all(torch.equal(v, b[k]) for k, v in weights(again).items())
+
+
+def test_merged_folder_loads_and_runs(pair, tmp_path):
+    pre, ft = pair
+    out = merge_encoders(pre, [ft(1)], out=tmp_path / "m")
+    enc = load_encoder(out)
+    wavs = torch.randn(2, 8000) * 0.1
+    with torch.no_grad():
+        states = enc(wavs, torch.tensor([8000, 6000])).hidden_states
+    assert len(states) == enc.num_layers + 1 and all(torch.isfinite(s).all() for s in states)
+    assert (out / "config.json").read_bytes() == (pre / "config.json").read_bytes()
+
+
+@pytest.mark.parametrize("family", ["hubert", "wav2vec2", "wavlm", "data2vec", "whisper"])
+def test_every_family_merges_into_a_loadable_encoder(tiny_encoder_dir, tmp_path, family):
+    pre, f1 = tiny_encoder_dir(family, seed=0), tiny_encoder_dir(family, seed=1)
+    out = merge_encoders(pre, f1, alpha=0.5, out=tmp_path / "m")
+    merged, a, b = (load_encoder(p).model.state_dict() for p in (out, pre, f1))
+    for k, v in merged.items():
+        kind = "copied" if k == "masked_spec_embed" else "merged"
+        want = a[k] if kind == "copied" else torch.lerp(a[k], b[k], 0.5)
+        torch.testing.assert_close(v, want, rtol=1e-6, atol=1e-7, msg=f"{family} {kind} {k}")
+
+
+def test_decoar_remote_code_is_copied_so_the_merge_loads(tiny_encoder_dir, tmp_path):
+    pre, f1 = tiny_encoder_dir("decoar2", seed=0), tiny_encoder_dir("decoar2", seed=1)
+    out = merge_encoders(pre, [f1], out=tmp_path / "m")
+    assert (out / "decoar2_hf.py").read_bytes() == (pre / "decoar2_hf.py").read_bytes()
+    assert load_encoder(out).family == "decoar2"
+
+
+def test_input_hashes_are_right_even_when_read_out_of_order(pair, tmp_path):
+    pre, ft = pair
+    f1 = ft(1)
+    # Rewrite the fine-tuned file in reverse order: the single-pass hash must fall back.
+    w = weights(f1)
+    spec = {k: (v.dtype, tuple(v.shape)) for k, v in w.items()}
+    os.remove(f1 / "model.safetensors")
+    writer = ShardedWriter(f1, spec, sorted(w, reverse=True))
+    for k in sorted(w, reverse=True):
+        writer.write(k, w[k])
+    writer.close()
+    assert load_encoder(f1)  # our writer's files load with transformers
+    out = merge_encoders(pre, [f1], out=tmp_path / "m")
+    merge = json.load(open(out / "speechft.json"))["merge"]
+    assert merge["pretrained"]["weights_sha256"] == {"model.safetensors": sha256_file(pre / "model.safetensors")}
+    assert merge["finetuned"][0]["weights_sha256"] == {"model.safetensors": sha256_file(f1 / "model.safetensors")}
+
+
+def test_sequential_speech_ft_records_the_chain(pair, tmp_path):
+    pre, ft = pair
+    f1, f2 = ft(1), ft(2)
+    round1 = merge_encoders(pre, [f1], out=tmp_path / "r1")
+    round2 = merge_encoders(round1, [f2], method="ties", k=50, out=tmp_path / "r2")
+    prov = json.load(open(round2 / "speechft.json"))
+    assert prov["merge"]["round"] == 2 and prov["family"] == "hubert"
+    assert [s["method"] for s in prov["merge_chain"]] == ["linear", "ties"]
+    assert prov["merge_chain"][0]["pretrained"]["path"] == str(pre.resolve())
+    assert prov["parents"][0]["role"] == "pretrained" and prov["parents"][0]["path"] == str(round1.resolve())
+    r1_sha = json.load(open(round1 / "speechft.json"))["weights_sha256"]
+    assert prov["parents"][0]["weights_sha256"] == r1_sha
+    assert prov["merge"]["params"] == {"k": 50.0, "alpha": 1.0}
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def test_cli_end_to_end(pair, tmp_path, capsys):
+    from speechft.cli import main
+
+    pre, ft = pair
+    f1, f2 = ft(1), ft(2)
+    out = tmp_path / "m"
+    rc = main(["merge", "--pretrained", str(pre), "--finetuned", str(f1), str(f2), "--method", "dare",
+               "--alpha", "0.5", "--set", "p=0.2", "--set", "combine=ties", "--exclude", "layer_norm",
+               "--out", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {out}" in printed and "copied from theta0" in printed
+    merge = json.load(open(out / "speechft.json"))["merge"]
+    assert merge["params"] == {"p": 0.2, "combine": "ties", "seed": 0, "alpha": 0.5}
+    assert merge["exclude"] == ["layer_norm"] and merge["copied_tensors"]["excluded"]
+    rc = main(["merge", "--pretrained", str(pre), "--finetuned", str(f1), "--set", "p=2", "--method", "dare",
+               "--out", str(tmp_path / "bad")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "p='2' for method 'dare' must be in [0, 1)" in err
+    no_leftovers(tmp_path / "bad")
+
+
+def test_every_method_declares_a_reference_and_valid_defaults():
+    for m in METHODS.values():
+        assert "arXiv" in m.reference
+        params = m.resolve({})
+        assert "alpha" in params and params == m.resolve(params)
+
+
+def test_interpolation_path_from_folders_equals_the_streamed_merge(pair, tmp_path):
+    pre, ft = pair
+    fts = [ft(1), ft(2)]
+    path = InterpolationPath.from_folders(pre, fts, method="ties", k=30)
+    for alpha in (0.25, 0.6):
+        out = merge_encoders(pre, fts, method="ties", k=30, alpha=alpha, out=tmp_path / f"m{alpha}")
+        got, mem = weights(out), path.at(alpha)
+        assert got.keys() == mem.keys() and all(torch.equal(got[k], mem[k]) for k in got)
+    _nan_in(fts[1])
+    with pytest.raises(SpeechFTError, match=_re(f"{fts[1]}/model.safetensors: tensor 'encoder.layers.1.")):
+        InterpolationPath.from_folders(pre, fts)
+
+
+def test_result_that_overflows_half_precision_is_refused():
+    theta0 = {"w": torch.tensor([60000.0, 1.0], dtype=torch.float16)}
+    ft = {"w": torch.tensor([65000.0, 2.0], dtype=torch.float16)}
+    # within range: fine
+    assert merge_state_dicts(theta0, [ft], method="task-arithmetic", alpha=0.5)["w"][1].item() == 1.5
+    with pytest.raises(SpeechFTError, match="merged tensor 'w' overflows float16 with alpha=2"):
+        merge_state_dicts(theta0, [ft], method="task-arithmetic", alpha=2)
