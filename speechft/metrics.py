@@ -41,8 +41,9 @@ def wer(refs: Sequence[str], hyps: Sequence[str]) -> float:
 
 
 def cer(refs: Sequence[str], hyps: Sequence[str]) -> float:
-    # Characters including spaces, like jiwer.cer.
-    return error_rate([list(r) for r in refs], [list(h) for h in hyps])
+    # Characters including inner spaces; leading/trailing whitespace is not text (jiwer.cer
+    # strips it too, and the two must agree).
+    return error_rate([list(r.strip()) for r in refs], [list(h.strip()) for h in hyps])
 
 
 def per(refs: Sequence[str], hyps: Sequence[str]) -> float:
@@ -82,13 +83,15 @@ def eer(scores: Sequence[float], same: Sequence[bool]) -> float:
     last = np.r_[s[1:] != s[:-1], True]
     frr = np.r_[1.0, 1 - tp[last] / y.sum()]
     far = np.r_[0.0, fp[last] / (~y).sum()]
-    i = int(np.argmin(np.abs(frr - far)))
-    # Linear interpolation between the two points that bracket FAR == FRR.
-    if i + 1 < len(frr) and (frr[i] - far[i]) * (frr[i + 1] - far[i + 1]) < 0:
-        d0, d1 = frr[i] - far[i], frr[i + 1] - far[i + 1]
-        t = d0 / (d0 - d1)
-        return float(far[i] + t * (far[i + 1] - far[i]))
-    return float((frr[i] + far[i]) / 2)
+    # FRR falls and FAR rises along the thresholds, so frr - far crosses zero once: take
+    # the first point at or past the crossing and interpolate linearly from the one before
+    # (the ROC segment between two thresholds is a straight line).
+    d = frr - far
+    j = int(np.argmax(d <= 0))  # exists: the last point has frr = 0, far = 1
+    if d[j] == 0:
+        return float(far[j])
+    t = d[j - 1] / (d[j - 1] - d[j])
+    return float(far[j - 1] + t * (far[j] - far[j - 1]))
 
 
 def compute_metric(name: str, refs: Sequence, hyps: Sequence, labels: Sequence | None = None) -> float:

@@ -1,0 +1,181 @@
+"""The SUPERB aggregate score: one number per model over many tasks.
+
+    SUPERB_S = 1000/|T| * sum_t mean_{m in metrics(t)} (m - m_baseline) / (m_reference - m_baseline)
+
+Each term is 0 at the baseline and 1 at the reference, whichever direction the metric
+runs (for an error rate the reference is below the baseline, so the fraction is still
+positive when the model improves), so lower-is-better metrics need no special case.
+
+Baseline and reference values come from a YAML config (speechft/configs/*.yaml). A value
+may be a number (in the config's units, percent by default) or the name of a model in the
+results, e.g. `fbank`: the filterbank pseudo-encoder scored by the same protocol.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import SpeechFTError
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+DEFAULT_CONFIG = CONFIG_DIR / "superb_synthetic.yaml"
+UNITS = {"percent": 100.0, "fraction": 1.0}
+
+
+@dataclass
+class ScoreConfig:
+    name: str
+    units: str = "percent"
+    score_tasks: list[str] | None = None  # None: every task in the results that has values
+    defaults: dict = field(default_factory=dict)  # metric -> {baseline, reference}
+    tasks: dict = field(default_factory=dict)  # task -> {metric -> {baseline, reference}}
+    path: str | None = None
+
+    def task_metrics(self, task: str, metric: str | None) -> dict[str, dict] | None:
+        """{metric: {baseline, reference}} for `task` (its own entry, else the default for
+        its metric), or None when the config has no values for it."""
+        if task in self.tasks:
+            return self.tasks[task]
+        if metric and metric in self.defaults:
+            return {metric: self.defaults[metric]}
+        return None
+
+
+def load_score_config(path: str | os.PathLike | None = None) -> ScoreConfig:
+    """Load a score config; `None` gives the synthetic default. A bare name such as
+    `superb_paper` is looked up in speechft/configs/."""
+    if path is None:
+        path = DEFAULT_CONFIG
+    path = Path(path)
+    if not path.exists() and (CONFIG_DIR / f"{path.name}.yaml").exists():
+        path = CONFIG_DIR / f"{path.name}.yaml"
+    if not path.exists():
+        known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("superb_*.yaml")))
+        raise SpeechFTError(f"{path}: score config not found; pass a YAML file or one of: {known}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise SpeechFTError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise SpeechFTError(f"{path}: must be a mapping with keys name, units, score_tasks, defaults, tasks")
+    unknown = sorted(set(raw) - {"name", "units", "score_tasks", "defaults", "tasks"})
+    if unknown:
+        raise SpeechFTError(f"{path}: unknown key(s) {unknown}; valid: name, units, score_tasks, defaults, tasks")
+    units = raw.get("units", "percent")
+    if units not in UNITS:
+        raise SpeechFTError(f"{path}: units '{units}' must be one of {', '.join(UNITS)}")
+    defaults = raw.get("defaults") or {}
+    tasks = raw.get("tasks") or {}
+    if not isinstance(tasks, dict):
+        raise SpeechFTError(f"{path}: tasks must map task names to {{metric: {{baseline, reference}}}}")
+    for where, metrics in [("defaults", defaults)] + [(f"tasks.{t}", v) for t, v in tasks.items()]:
+        if not isinstance(metrics, dict):
+            raise SpeechFTError(f"{path}: {where} must map metric names to {{baseline, reference}}")
+        for metric, vals in metrics.items():
+            if not isinstance(vals, dict) or set(vals) != {"baseline", "reference"}:
+                raise SpeechFTError(f"{path}: {where}.{metric} must be {{baseline: X, reference: Y}}, got {vals!r}")
+            for k in ("baseline", "reference"):
+                if not isinstance(vals[k], (int, float, str)) or isinstance(vals[k], bool):
+                    raise SpeechFTError(f"{path}: {where}.{metric}.{k} must be a number or a model name, "
+                                        f"got {vals[k]!r}")
+    score_tasks = raw.get("score_tasks")
+    if score_tasks is not None and not (isinstance(score_tasks, list) and all(isinstance(t, str) for t in score_tasks)):
+        raise SpeechFTError(f"{path}: score_tasks must be a list of task names or null")
+    return ScoreConfig(name=str(raw.get("name", path.stem)), units=units, score_tasks=score_tasks,
+                       defaults=defaults, tasks=tasks, path=str(path))
+
+
+def metric_values(task_result: dict) -> dict[str, float]:
+    """All test metrics of one task result: `metrics` if present, plus the main one."""
+    vals = dict(task_result.get("metrics") or {})
+    if task_result.get("test") is not None:
+        vals[task_result["metric"]] = task_result["test"]
+    return vals
+
+
+def _find_model(models: list[dict], name: str) -> dict | None:
+    for m in models:
+        if m.get("name") == name or m.get("encoder") == name:
+            return m
+    return None
+
+
+def superb_scores(models: list[dict], config: ScoreConfig | None = None) -> dict:
+    """Score every model of a results list.
+
+    Returns {"config", "tasks": [scored tasks], "scores": {model: score or None},
+    "per_task": {model: {task: normalised term}}, "notes": {model: why it has no score}}.
+    A model missing a scored task, or a baseline that cannot be resolved, gets None and a
+    note rather than a score over fewer tasks (which would not be comparable).
+    """
+    config = config or load_score_config()
+    scale = UNITS[config.units]
+    if config.score_tasks is not None:
+        tasks = list(config.score_tasks)
+    else:
+        seen: dict[str, str] = {}
+        for m in models:
+            for t, r in m.get("tasks", {}).items():
+                seen.setdefault(t, r.get("metric"))
+        tasks = [t for t, metric in seen.items() if config.task_metrics(t, metric) is not None]
+
+    def resolve(value, task: str, metric: str) -> float:
+        if isinstance(value, (int, float)):
+            return float(value)
+        ref_model = _find_model(models, value)
+        if ref_model is None:
+            raise LookupError(f"baseline/reference '{value}' for {task}/{metric} needs the results of model "
+                              f"'{value}' (evaluate it too, e.g. --encoder {value})")
+        r = ref_model.get("tasks", {}).get(task)
+        if r is None or metric not in metric_values(r):
+            raise LookupError(f"model '{value}' has no {metric} result on task {task}")
+        return metric_values(r)[metric] * scale
+
+    # A task on which the baseline already reaches the reference cannot tell models apart
+    # and makes the formula divide by zero: it is left out for every model, and said so.
+    dropped = {}
+    for t in list(tasks):
+        spec = config.task_metrics(t, next((m["tasks"][t].get("metric") for m in models if t in m.get("tasks", {})),
+                                           None))
+        for metric, vals in (spec or {}).items():
+            try:
+                base, ref = resolve(vals["baseline"], t, metric), resolve(vals["reference"], t, metric)
+            except LookupError:
+                continue  # reported per model below
+            if base == ref:
+                dropped[t] = f"baseline equals reference ({metric} {ref:g})"
+                tasks.remove(t)
+                break
+    out = {"config": config.name, "config_path": config.path, "units": config.units, "tasks": tasks,
+           "dropped_tasks": dropped, "scores": {}, "per_task": {}, "notes": {}}
+    for m in models:
+        name = m["name"]
+        terms, note = {}, None
+        try:
+            for t in tasks:
+                r = m.get("tasks", {}).get(t)
+                if r is None:
+                    raise LookupError(f"no result on task {t}")
+                spec = config.task_metrics(t, r.get("metric"))
+                if spec is None:
+                    raise LookupError(f"the score config has no values for task {t}")
+                have = metric_values(r)
+                parts = []
+                for metric, vals in spec.items():
+                    if metric not in have:
+                        raise LookupError(f"task {t} has no {metric} result")
+                    base, ref = resolve(vals["baseline"], t, metric), resolve(vals["reference"], t, metric)
+                    parts.append((have[metric] * scale - base) / (ref - base))
+                terms[t] = sum(parts) / len(parts)
+        except LookupError as e:
+            note = str(e)
+        if note or not tasks:
+            out["scores"][name] = None
+            out["notes"][name] = note or "no task to score"
+        else:
+            out["scores"][name] = 1000.0 * sum(terms.values()) / len(tasks)
+        out["per_task"][name] = terms
+    return out
