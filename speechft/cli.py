@@ -7,8 +7,8 @@ module is imported, so `speechft --help` is fast.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
-import importlib.util
 import os
 import sys
 
@@ -30,14 +30,32 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def module_exists(module: str) -> bool:
+    """Whether a speechft module's file exists, without importing its package (find_spec would
+    import speechft.encoders and so transformers just to print --help)."""
+    from pathlib import Path
+
+    parts = module.split(".")[1:]
+    base = Path(__file__).parent.joinpath(*parts)
+    return base.with_suffix(".py").exists() or (base / "__init__.py").exists()
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with its usage errors as one line (the CLI's contract for every error);
+    `--help` still prints the usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
 def available_commands() -> dict[str, tuple[str, str]]:
-    return {n: v for n, v in COMMANDS.items() if importlib.util.find_spec(v[0]) is not None}
+    return {n: v for n, v in COMMANDS.items() if module_exists(v[0])}
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="speechft", description="Speech-FT: fine-tune speech encoders, merge them back with their pre-trained "
         "weights, and prove cross-task generalisation, SUPERB-style.")
     parser.add_argument("--version", action="version", version=f"speechft {__version__}")
@@ -57,7 +75,7 @@ def add_subcommands(parser: argparse.ArgumentParser, table: dict[str, tuple[str,
     `table` maps a name to (module, help); the module has add_arguments/main."""
     sub = parser.add_subparsers(dest=dest, metavar="SUBCOMMAND", required=True)
     for name, (module, help_) in table.items():
-        if importlib.util.find_spec(module) is None:
+        if not module_exists(module):
             continue
         p = sub.add_parser(name, help=help_, description=help_)
         importlib.import_module(module).add_arguments(p)
@@ -80,10 +98,22 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(COMMANDS[args.command][0])
         rc = module.main(args)
         return int(rc or 0)
+    except SystemExit as e:  # argparse: --help, --version, usage errors (already printed)
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     except SpeechFTError as e:
         if debug:
             raise
         print(f"speechft: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if debug:
+            raise
+        if e.errno not in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            return _unexpected(e)
+        # A full disk outside speechft's atomic writers (which name their file themselves).
+        where = f" while writing {e.filename}" if e.filename else ""
+        print(f"speechft: error: {os.strerror(e.errno).lower()}{where}; free some space or write to another folder, "
+              "then rerun", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("speechft: interrupted", file=sys.stderr)
@@ -91,10 +121,14 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # an unexpected failure: one line, the traceback with --debug
         if debug:
             raise
-        msg = str(e).splitlines()[0] if str(e) else ""
-        print(f"speechft: error: unexpected {type(e).__name__}: {msg} (rerun with --debug for the traceback)",
-              file=sys.stderr)
-        return 1
+        return _unexpected(e)
+
+
+def _unexpected(e: BaseException) -> int:
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    print(f"speechft: error: unexpected {type(e).__name__}: {msg} (rerun with --debug for the traceback)",
+          file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

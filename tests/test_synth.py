@@ -1,0 +1,294 @@
+"""The espeak-ng driver and the synthetic mini-SUPERB (`speechft data synth`).
+
+The small benchmark is generated once per session (espeak-ng only, so the result does not
+depend on which optional engines a machine has) into a tmp folder with a tmp cache.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("espeakng_loader")
+
+from speechft.data import load_audio, load_task  # noqa: E402
+from speechft.data import espeak, synth  # noqa: E402
+from speechft.data import synth_text as T  # noqa: E402
+from speechft.errors import SpeechFTError  # noqa: E402
+
+CONTENT_TASKS = ("pr", "asr", "ks", "lid", "style")
+
+
+@pytest.fixture(scope="session")
+def synth_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("synth_cache")
+
+
+@pytest.fixture(scope="session")
+def small_bench(tmp_path_factory, synth_cache):
+    out = tmp_path_factory.mktemp("bench") / "small"
+    summary = synth.synthesize_benchmark(out, size="small", seed=0, cache_dir=synth_cache,
+                                         engines=["espeak-ng"], progress=False)
+    return out, summary
+
+
+def fingerprint(root: Path, tasks) -> dict:
+    """Manifest bytes and the sha256 of every audio file each manifest names."""
+    fp = {}
+    for task in tasks:
+        t = load_task(root / task)
+        fp[task] = {s: (t.manifest_hash(s), [(e.id, hashlib.sha256(e.path.read_bytes()).hexdigest())
+                                             for e in t.splits[s]]) for s in ("train", "dev", "test")}
+        fp[task]["task.yaml"] = (root / task / "task.yaml").read_bytes()
+    return fp
+
+
+def variant(voice: str) -> str:
+    return voice.split("+", 1)[1] if "+" in voice else ""
+
+
+# ------------------------------------------------------------------ espeak driver
+def test_espeak_gives_16k_audio_and_monotonic_phoneme_onsets():
+    r = espeak.synthesize("turn left at the old bridge", voice="en-us+f3")
+    assert r.sample_rate == 16000 and r.audio.dtype == np.float32 and r.audio.ndim == 1
+    assert 0.8 < r.duration < 3.0 and 0.01 < np.abs(r.audio).max() <= 1.0
+    onsets = [t for _, t in r.phonemes]
+    assert len(onsets) >= 15
+    assert all(b >= a for a, b in zip(onsets, onsets[1:])), onsets
+    assert 0 <= onsets[0] and onsets[-1] < r.duration
+    phones, unmapped = T.to_phones([p for p, _ in r.phonemes])
+    assert unmapped == []
+    assert phones[:4] == ["t", "ɝ", "n", "l"]
+
+
+def test_espeak_phonemes_follow_the_words():
+    assert T.to_phones([p for p, _ in espeak.synthesize("yes", voice="en-us").phonemes])[0] == ["j", "ɛ", "s"]
+    assert T.to_phones([p for p, _ in espeak.synthesize("stop", voice="en-us").phonemes])[0] == ["s", "t", "ɑ", "p"]
+
+
+def test_espeak_is_deterministic_whatever_came_before():
+    # libespeak-ng carries state between utterances; the forked worker must hide that.
+    a = espeak.synthesize("hello world, turn left now", voice="en-us+klatt", rate=160, pitch=40).audio
+    espeak.synthesize("Guten Tag, ich bin 47 Jahre alt", voice="de+croak")
+    espeak.synthesize("a completely different sentence", voice="en-us+klatt")
+    b = espeak.synthesize("hello world, turn left now", voice="en-us+klatt", rate=160, pitch=40).audio
+    assert np.array_equal(a, b)
+
+
+def test_espeak_rate_and_pitch_change_the_audio():
+    base = espeak.synthesize("seven", voice="en-us", rate=175, pitch=50)
+    slow = espeak.synthesize("seven", voice="en-us", rate=100, pitch=50)
+    high = espeak.synthesize("seven", voice="en-us", rate=175, pitch=90)
+    assert slow.duration > 1.3 * base.duration
+    assert not np.array_equal(high.audio[: len(base.audio)], base.audio[: len(high.audio)])
+
+
+def test_refused_voice_and_bad_parameters_raise_one_line_errors():
+    with pytest.raises(SpeechFTError, match="en-sc.*refused"):
+        espeak.synthesize("hello", voice="en-sc")
+    with pytest.raises(SpeechFTError, match="rate"):
+        espeak.synthesize("hello", rate=1000)
+    with pytest.raises(SpeechFTError, match="pitch"):
+        espeak.synthesize("hello", pitch=-1)
+    with pytest.raises(SpeechFTError, match="non-empty"):
+        espeak.synthesize("   ")
+    # the worker survives a refusal
+    assert espeak.synthesize("hello").duration > 0.2
+
+
+def test_a_dead_worker_is_restarted():
+    espeak.synthesize("one")
+    proc = espeak._worker.proc
+    proc.kill()
+    proc.wait()
+    assert espeak.synthesize("two").duration > 0.2
+    assert espeak._worker.proc.pid != proc.pid
+
+
+def test_list_voices_has_languages_and_variants():
+    langs = {v.languages[0] for v in espeak.list_voices() if v.languages}
+    assert {"en-us", "de", "es"} <= langs and any(x.startswith("fr") for x in langs)
+    variants = espeak.variant_names()
+    assert {"f3", "m3", "klatt"} <= set(variants)
+    assert espeak.check_voice("en-us+f3") and not espeak.check_voice("en-gb+m3")
+
+
+# ------------------------------------------------------------------ augmentation
+def test_augment_is_seeded_and_hits_the_requested_snr():
+    rng = np.random.default_rng(0)
+    wav = (0.5 * np.sin(2 * np.pi * 220 * np.arange(32000) / 16000)).astype(np.float32)
+    spec = {"snr": (10.0, 10.0), "seed": 3}
+    a, b = synth.augment(wav, spec), synth.augment(wav, spec)
+    assert np.array_equal(a, b)
+    noise = a.astype(np.float64) - wav
+    snr = 10 * np.log10(np.mean(wav.astype(np.float64) ** 2) / np.mean(noise ** 2))
+    assert abs(snr - 10.0) < 0.5
+    assert not np.array_equal(a, synth.augment(wav, dict(spec, seed=4)))
+    cropped = synth.augment(wav + 0 * rng.standard_normal(32000).astype(np.float32),
+                            {"crop": (1.0, 1.5), "seed": 1})
+    assert 16000 <= len(cropped) <= 24000
+    padded = synth.augment(wav[:8000], {"pad_to": 1.0, "peak": (0.5, 0.5), "seed": 2})
+    assert len(padded) == 16000 and abs(np.abs(padded).max() - 0.5) < 1e-4
+
+
+# ------------------------------------------------------------------ the benchmark
+def test_every_task_folder_loads_with_audio_that_matches_the_manifest(small_bench):
+    out, summary = small_bench
+    assert sorted(p.name for p in out.iterdir() if (p / "task.yaml").exists()) == sorted(synth.TASKS)
+    assert (out / "README.md").exists() and (out / "summary.json").exists()
+    for task in synth.TASKS:
+        t = load_task(out / task)
+        assert (out / task / "README.md").read_text().startswith(f"# synth_{task}")
+        for split in ("train", "dev", "test"):
+            assert len(t.splits[split]) == summary["tasks"][task]["clips"][split] > 0
+            for e in t.splits[split]:
+                t.encode(e.target)  # every label / token is in the vocabulary
+            e = t.splits[split][0]
+            wav = load_audio(e.path)
+            assert abs(len(wav) / 16000 - e.duration) < 1e-3
+        longest = max(e.duration for s in t.splits.values() for e in s)
+        assert longest <= (2.5 if task == "sid" else 3.6), (task, longest)
+
+
+def test_labels_and_vocabularies(small_bench):
+    out, _ = small_bench
+    pr = load_task(out / "pr")
+    assert pr.type == "ctc" and pr.tokenizer == "space" and pr.metric == "per"
+    assert 38 <= len(pr.labels) <= 42 and pr.labels == list(T.PHONES)
+    used = {p for e in pr.splits["train"] for p in pr.tokens(e.target)}
+    assert len(used) >= 30
+    asr = load_task(out / "asr")
+    assert asr.tokenizer == "char" and asr.metric == "cer" and asr.labels == ["|"] + list("abcdefghijklmnopqrstuvwxyz")
+    assert [e.target for e in asr.splits["test"]] == [e.extra["text"] for e in pr.splits["test"]]
+    assert [e.path.resolve() for e in asr.splits["test"]] == [e.path.resolve() for e in pr.splits["test"]]
+
+    ks = load_task(out / "ks")
+    assert len(ks.labels) == 21 and "unknown" in ks.labels and set(T.KEYWORDS) <= set(ks.labels)
+    assert {e.target for e in ks.splits["train"]} == set(ks.labels)
+    unknown_words = {e.extra["text"] for e in ks.splits["train"] if e.target == "unknown"}
+    assert unknown_words and not unknown_words & set(T.KEYWORDS)
+    assert len({(e.extra["rate"], e.extra["pitch"]) for e in ks.splits["train"]}) >= 5
+
+    sid = load_task(out / "sid")
+    assert len(sid.labels) >= 20
+    for split in ("train", "test"):
+        assert {e.target for e in sid.splits[split]} == set(sid.labels)
+    texts = {s: {e.extra["text"] for e in sid.splits[s]} for s in ("train", "dev", "test")}
+    assert not texts["train"] & texts["test"] and not texts["train"] & texts["dev"]
+
+    lid = load_task(out / "lid")
+    assert len(lid.labels) >= 8 and {e.target for e in lid.splits["test"]} == set(lid.labels)
+    assert all(e.extra["text"].replace(" ", "").isdigit() for e in lid.splits["train"])
+
+    style = load_task(out / "style")
+    assert len(style.labels) == 9 and not any("emotion" in x for x in style.labels)
+    fast = [int(e.extra["rate"]) for e in style.splits["train"] if e.target.startswith("fast")]
+    slow = [int(e.extra["rate"]) for e in style.splits["train"] if e.target.startswith("slow")]
+    assert min(fast) > max(slow)
+
+
+def test_held_out_voices_never_speak_in_training(small_bench):
+    out, summary = small_bench
+    for task in CONTENT_TASKS:
+        t = load_task(out / task)
+        train = {e.speaker for e in t.splits["train"]}
+        for split in ("dev", "test"):
+            held = {e.speaker for e in t.splits[split]}
+            assert held and not held & train, (task, split)
+            # not even the same voice variant with another accent or language
+            assert not {variant(v) for v in held} & {variant(v) for v in train}, (task, split)
+    v = summary["variants"]
+    assert not set(v["test"]) & set(v["train"]) and not set(v["dev"]) & set(v["train"])
+
+
+def test_same_seed_is_byte_identical_with_a_fresh_cache(small_bench, tmp_path):
+    out, _ = small_bench
+    again = tmp_path / "again"
+    s = synth.synthesize_benchmark(again, size="small", seed=0, tasks=["ks", "lid"], cache_dir=tmp_path / "cache",
+                                   engines=["espeak-ng"], progress=False)
+    assert s["cache_hits"] == 0  # everything synthesised anew, in another order than the first run
+    assert fingerprint(again, ["ks", "lid"]) == fingerprint(out, ["ks", "lid"])
+
+
+def test_another_seed_gives_another_benchmark(small_bench, synth_cache, tmp_path):
+    out, _ = small_bench
+    other = tmp_path / "seed1"
+    synth.synthesize_benchmark(other, size="small", seed=1, tasks=["lid"], cache_dir=synth_cache,
+                               engines=["espeak-ng"], progress=False)
+    a, b = fingerprint(out, ["lid"])["lid"], fingerprint(other, ["lid"])["lid"]
+    for split in ("train", "dev", "test"):
+        assert a[split][0] != b[split][0]
+        assert not {h for _, h in a[split][1]} & {h for _, h in b[split][1]}
+
+
+def test_killed_run_leaves_no_folder_and_resumes_from_the_cache(small_bench, tmp_path, monkeypatch):
+    out, _ = small_bench
+    cache = tmp_path / "cache"
+    calls = {"n": 0}
+    real = synth.augment
+
+    def dies_after_20(wav, aug, sr=16000):
+        calls["n"] += 1
+        if calls["n"] > 20:
+            raise KeyboardInterrupt
+        return real(wav, aug, sr)
+
+    monkeypatch.setattr(synth, "augment", dies_after_20)
+    with pytest.raises(KeyboardInterrupt):
+        synth.synthesize_benchmark(tmp_path / "b", tasks=["style"], cache_dir=cache, engines=["espeak-ng"],
+                                   progress=False)
+    assert not (tmp_path / "b").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".b.")]  # no temp folder left either
+    monkeypatch.setattr(synth, "augment", real)
+    s = synth.synthesize_benchmark(tmp_path / "b", tasks=["style"], cache_dir=cache, engines=["espeak-ng"],
+                                   progress=False)
+    assert s["cache_hits"] == 20
+    assert fingerprint(tmp_path / "b", ["style"]) == fingerprint(out, ["style"])
+    # a rerun reuses every clip
+    s = synth.synthesize_benchmark(tmp_path / "b", tasks=["style"], cache_dir=cache, engines=["espeak-ng"],
+                                   progress=False, overwrite=True)
+    assert s["cache_hits"] == s["clips"]
+
+
+def test_bad_requests_raise_speechft_errors(small_bench, tmp_path):
+    out, _ = small_bench
+    with pytest.raises(SpeechFTError, match="size"):
+        synth.synthesize_benchmark(tmp_path / "x", size="huge")
+    with pytest.raises(SpeechFTError, match="unknown task"):
+        synth.synthesize_benchmark(tmp_path / "x", tasks=["pr", "emotion"])
+    with pytest.raises(SpeechFTError, match="already exists"):
+        synth.synthesize_benchmark(out, tasks=["ks"])
+    with pytest.raises(SpeechFTError, match="seed"):
+        synth.synthesize_benchmark(tmp_path / "x", seed=-1)
+    with pytest.raises(SpeechFTError, match="engines"):
+        synth.synthesize_benchmark(tmp_path / "x", engines=["festival"])
+
+
+def test_cli_writes_the_folder_and_says_where(small_bench, synth_cache, tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    synth.add_arguments(parser)
+    args = parser.parse_args(["--out", str(tmp_path / "cli"), "--tasks", "style", "--cache-dir", str(synth_cache),
+                              "--engines", "espeak-ng"])
+    assert synth.main(args) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {tmp_path / 'cli'}" in printed and "style" in printed
+    assert load_task(tmp_path / "cli" / "style").num_outputs == 9
+
+
+@pytest.mark.skipif(shutil.which("flite") is None, reason="flite is optional (apt install flite)")
+def test_flite_engine_when_installed():
+    from speechft.data import engines
+
+    (flite,) = engines.available_engines(["flite"])
+    assert set(flite.voices()) <= set(engines.Flite.VOICES) and flite.voices()
+    clip = synth.Clip("flite", flite.voices()[0], "turn left now", rate=175, pitch=50)
+    a, phones = flite.synthesize(clip)
+    b, _ = flite.synthesize(clip)
+    assert a.dtype == np.float32 and 0.5 < len(a) / 16000 < 3 and np.array_equal(a, b)
+    assert [p for p, _ in phones] == ["t", "ɝ", "n", "l", "ɛ", "f", "t", "n", "aʊ"]
+    slow, _ = flite.synthesize(synth.Clip("flite", flite.voices()[0], "turn left now", rate=100, pitch=50))
+    assert len(slow) > 1.3 * len(a)
