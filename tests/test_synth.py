@@ -20,7 +20,7 @@ from speechft.data import espeak, synth  # noqa: E402
 from speechft.data import synth_text as T  # noqa: E402
 from speechft.errors import SpeechFTError  # noqa: E402
 
-CONTENT_TASKS = ("pr", "asr", "ks", "lid", "style")
+CONTENT_TASKS = ("pr", "asr", "ks", "lid", "style", "pr_de")
 
 
 @pytest.fixture(scope="session")
@@ -68,6 +68,40 @@ def test_espeak_gives_16k_audio_and_monotonic_phoneme_onsets():
 def test_espeak_phonemes_follow_the_words():
     assert T.to_phones([p for p, _ in espeak.synthesize("yes", voice="en-us").phonemes])[0] == ["j", "ɛ", "s"]
     assert T.to_phones([p for p, _ in espeak.synthesize("stop", voice="en-us").phonemes])[0] == ["s", "t", "ɑ", "p"]
+
+
+def test_german_phonemes_map_onto_the_german_inventory():
+    def de(word):
+        return T.to_phones([p for p, _ in espeak.synthesize(word, voice="de").phonemes], "de")
+
+    assert de("Schnee") == (["ʃ", "n", "eː"], [])  # vowel length kept: it is phonemic in German
+    assert de("Pferd") == (["pf", "eː", "r", "t"], [])  # affricate, and r from espeak's ɾ
+    assert de("kurz") == (["k", "ʊ", "ɐ", "ts"], [])  # vowel + vocalised r split into two phones
+    assert de("Rätsel") == (["r", "ɛː", "ts", "ə", "l"], [])  # syllabic l -> ə l
+    assert de("zwölf")[0] == ["ts", "v", "œ", "l", "f"]
+    assert set(T.PHONES_DE).isdisjoint({"ˈ", "ˌ"}) and len(set(T.PHONES_DE)) == len(T.PHONES_DE)
+    with pytest.raises(ValueError, match="inventory"):
+        T.to_phones(["a"], "xx")
+
+
+def test_german_grammar_agrees_in_gender_and_case():
+    rng = np.random.default_rng(0)
+    articles = {("acc", "m"): {"den", "einen"}, ("acc", "f"): {"die", "eine"}, ("acc", "n"): {"das", "ein"},
+                ("nom", "m"): {"der", "ein"}, ("nom", "f"): {"die", "eine"}, ("nom", "n"): {"das", "ein"}}
+    for case in ("nom", "acc"):
+        for _ in range(300):
+            words = T.de_noun_phrase(rng, case).split()
+            gender = T.DE_NOUNS[words[-1]]
+            assert words[0] in articles[(case, gender)], words
+            if len(words) == 3:  # article + adjective + noun: weak ending after der/die/das, mixed after ein
+                ending = {"der": "e", "die": "e", "das": "e", "den": "en", "eine": "e", "einen": "en",
+                          "ein": "er" if gender == "m" else "es"}[words[0]]
+                assert words[1] in {T.de_adjective(a, ending) for a in T.DE_ADJECTIVES}, words
+    texts = T.de_utterances(np.random.default_rng(1), 200)
+    assert len(set(texts)) == 200
+    digits = [t for t in texts if t.replace(" ", "").isdigit()]
+    assert 20 <= len(digits) <= 80  # about a quarter are digit strings, the rest sentences
+    assert all(t[0].isupper() and 3 <= len(t.split()) <= 6 for t in texts if t not in digits)
 
 
 def test_espeak_is_deterministic_whatever_came_before():
@@ -180,6 +214,18 @@ def test_labels_and_vocabularies(small_bench):
     texts = {s: {e.extra["text"] for e in sid.splits[s]} for s in ("train", "dev", "test")}
     assert not texts["train"] & texts["test"] and not texts["train"] & texts["dev"]
 
+    pr_de = load_task(out / "pr_de")
+    assert pr_de.type == "ctc" and pr_de.tokenizer == "space" and pr_de.metric == "per"
+    assert pr_de.name == "synth_pr_de" and pr_de.labels == list(T.PHONES_DE) and 38 <= len(pr_de.labels) <= 46
+    used_de = {p for e in pr_de.splits["train"] for p in pr_de.tokens(e.target)}
+    assert len(used_de) >= 36 and {"ç", "x", "ts", "yː", "ʏ", "ɐ", "øː"} <= used_de, sorted(used_de)
+    assert {"ç", "x", "pf", "yː", "ɐ"} <= set(pr_de.labels) - set(pr.labels)  # German phones, not pr's inventory
+    de_texts = [e.extra["text"] for s in ("train", "dev", "test") for e in pr_de.splits[s]]
+    assert any(t.replace(" ", "").isdigit() for t in de_texts) and any(" " in t and t[0].isupper() for t in de_texts)
+    assert all(e.speaker.split("+")[0] == "de" for s in pr_de.splits.values() for e in s)
+    assert not {e.extra["text"] for e in pr_de.splits["train"]} & {e.extra["text"] for e in pr_de.splits["test"]}
+    assert "espeak phoneme events with no inventory phone" not in (out / "pr_de" / "README.md").read_text()
+
     lid = load_task(out / "lid")
     assert len(lid.labels) >= 8 and {e.target for e in lid.splits["test"]} == set(lid.labels)
     assert all(e.extra["text"].replace(" ", "").isdigit() for e in lid.splits["train"])
@@ -208,10 +254,10 @@ def test_held_out_voices_never_speak_in_training(small_bench):
 def test_same_seed_is_byte_identical_with_a_fresh_cache(small_bench, tmp_path):
     out, _ = small_bench
     again = tmp_path / "again"
-    s = synth.synthesize_benchmark(again, size="small", seed=0, tasks=["ks", "lid"], cache_dir=tmp_path / "cache",
-                                   engines=["espeak-ng"], progress=False)
+    s = synth.synthesize_benchmark(again, size="small", seed=0, tasks=["ks", "lid", "pr_de"],
+                                   cache_dir=tmp_path / "cache", engines=["espeak-ng"], progress=False)
     assert s["cache_hits"] == 0  # everything synthesised anew, in another order than the first run
-    assert fingerprint(again, ["ks", "lid"]) == fingerprint(out, ["ks", "lid"])
+    assert fingerprint(again, ["ks", "lid", "pr_de"]) == fingerprint(out, ["ks", "lid", "pr_de"])
 
 
 def test_another_seed_gives_another_benchmark(small_bench, synth_cache, tmp_path):
@@ -252,6 +298,25 @@ def test_killed_run_leaves_no_folder_and_resumes_from_the_cache(small_bench, tmp
     s = synth.synthesize_benchmark(tmp_path / "b", tasks=["style"], cache_dir=cache, engines=["espeak-ng"],
                                    progress=False, overwrite=True)
     assert s["cache_hits"] == s["clips"]
+
+
+def test_demo_size_is_accepted_and_between_small_and_full():
+    parser = argparse.ArgumentParser()
+    synth.add_arguments(parser)
+    assert parser.parse_args(["--out", "x", "--size", "demo"]).size == "demo"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--out", "x", "--size", "huge"])
+    # planned only (nothing synthesised): dev and test big enough to measure on
+    sizes = {n: synth.planned_examples(n) for n in ("small", "demo", "full")}
+    demo = sizes["demo"]
+    assert set(demo) == set(synth.TASKS)
+    for task, splits in demo.items():
+        for split in ("train", "dev", "test"):
+            n = [len(sizes[k][task][split]) for k in ("small", "demo", "full")]
+            assert n[0] < n[1] < n[2], (task, split, n)
+            assert len(splits[split]) >= 40, (task, split)
+    assert len(demo["pr_de"]["train"]) >= 100 and len(demo["pr"]["dev"]) >= 40
+    assert sum(len(r) for t in demo.values() for r in t.values()) < 2500  # ~0.8 h: the demo runs ~9 encoders over it
 
 
 def test_bad_requests_raise_speechft_errors(small_bench, tmp_path):

@@ -1,6 +1,6 @@
 """`speechft data synth`: a deterministic, cached synthetic "mini-SUPERB" made with speech synthesis.
 
-    speechft data synth --out bench/ [--size small|full] [--seed 0] [--tasks pr,asr,ks,sid,lid,style]
+    speechft data synth --out bench/ [--size small|demo|full] [--seed 0] [--tasks pr,asr,ks,sid,lid,style,pr_de]
 
 writes one task folder per task (see `speechft.data.tasks`), all from espeak-ng (plus flite
 voices when the `flite` program is installed):
@@ -13,9 +13,20 @@ voices when the `flite` program is installed):
            pitch jitter, 1.5-2.5 s crops)
     lid    language identification over 10 languages (digit strings read as number words)
     style  speaking style: 3 rates x 3 pitch registers (a prosody task - not emotion)
+    pr_de  German phoneme recognition: CTC over a 42-phone German inventory, on German sentences
+           and digit strings (the new language of the continued pre-training scenario: its
+           train audio is the "new-language audio")
+
+Sizes (seed 0, espeak-ng only; hours of audio summed over all tasks and splits, pr and asr
+each counted although they share their clips - an encoder probed on every task runs over it all):
+
+    small     684 examples   0.26 h   tests and the quick demo; ~10 s to generate here
+    demo    2,092 examples   0.81 h   the full `speechft demo` on 2 CPU cores; ~25 s to generate
+    full   20,310 examples  ~7.8 h    thousands per task (hours estimated from the demo's mean
+                                      clip lengths); minutes to generate
 
 Voices are espeak-ng accents x voice variants. The variants are split by the seed into
-train / dev / test groups: in pr, asr, ks, lid and style the dev and test clips are spoken
+train / dev / test groups: in pr, asr, ks, lid, style and pr_de the dev and test clips are spoken
 by variants that never speak in train, so those tasks measure generalisation to new
 voices. Sentences come from a word-list grammar (`synth_text`), so nothing is downloaded.
 
@@ -45,9 +56,12 @@ from . import synth_text as T
 from .audio import SAMPLE_RATE, write_audio
 from .tasks import write_task_folder
 
-GENERATOR_VERSION = "speechft-synth 1"
+GENERATOR_VERSION = "speechft-synth 2"  # 2: task pr_de, size demo
 CACHE_FORMAT = 2  # bump when the meaning of a cached clip changes
-TASKS = ("pr", "asr", "ks", "sid", "lid", "style")
+TASKS = ("pr", "asr", "ks", "sid", "lid", "style", "pr_de")
+# CTC phone tasks -> the language of their phone inventory (synth_text.INVENTORIES)
+PHONE_TASKS = {"pr": "en", "pr_de": "de"}
+GERMAN_VOICE = "de"  # espeak-ng has one German accent; the voice variants give the speakers
 
 # espeak-ng English accents (all accepted by espeak_SetVoiceByName in 1.52; 'en-gb' is refused, 'en' is British).
 ACCENTS = ("en-us", "en", "en-gb-x-rp", "en-gb-scotland", "en-029", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-us-nyc")
@@ -89,13 +103,18 @@ class SizeSpec:
     sid_per_voice: tuple[int, int, int]
     lid_per_language: tuple[int, int, int]
     style_per_class: tuple[int, int, int]
+    sentences_de: tuple[int, int, int]  # pr_de clips per split
 
 
 SIZES = {
     "small": SizeSpec(sentences=(60, 15, 15), ks_per_word=(3, 1, 1), sid_per_voice=(4, 1, 1),
-                      lid_per_language=(6, 2, 2), style_per_class=(6, 2, 2)),
+                      lid_per_language=(6, 2, 2), style_per_class=(6, 2, 2), sentences_de=(40, 10, 10)),
+    # The full demo on 2 cores: ~9 encoders each run over all of it, so ~0.8 h in all, with
+    # dev and test big enough to measure (>= 45 clips per classification split, >= 40 sentences).
+    "demo": SizeSpec(sentences=(200, 50, 50), ks_per_word=(8, 3, 3), sid_per_voice=(10, 3, 3),
+                     lid_per_language=(20, 5, 5), style_per_class=(20, 5, 5), sentences_de=(150, 40, 40)),
     "full": SizeSpec(sentences=(2400, 300, 300), ks_per_word=(110, 15, 15), sid_per_voice=(100, 20, 20),
-                     lid_per_language=(240, 30, 30), style_per_class=(260, 35, 35)),
+                     lid_per_language=(240, 30, 30), style_per_class=(260, 35, 35), sentences_de=(1500, 200, 200)),
 }
 SPLITS = ("train", "dev", "test")
 
@@ -374,6 +393,22 @@ def _plan_lid(plan: _Plan, size: SizeSpec, seed: int, voices: _Voices):
                 i += 1
 
 
+def _plan_german(plan: _Plan, size: SizeSpec, seed: int, voices: _Voices):
+    """pr_de: German sentences and digit strings by the German voice with the split's variants."""
+    rng = np.random.default_rng([seed, 6])
+    used: set[str] = set()
+    for split, n in zip(SPLITS, size.sentences_de):
+        texts = T.de_utterances(rng, n, exclude=used)
+        used.update(texts)  # no utterance is spoken in two splits
+        variants = voices.variants[split]
+        for i, text in enumerate(texts):
+            voice = _voice(GERMAN_VOICE, variants[int(rng.integers(len(variants)))])
+            clip = Clip("espeak-ng", voice, text, rate=int(round(175 * rng.uniform(0.85, 1.15))),
+                        pitch=int(rng.integers(35, 66)), aug=_aug("sentences", rng))
+            plan.add("pr_de", split, "sentences_de", f"{split}-{i:05d}", clip,
+                     {"transcript": text, "speaker": voice, "text": text, "rate": clip.rate, "pitch": clip.pitch})
+
+
 def style_labels() -> list[str]:
     return [f"{r}-{p}" for r in STYLE_RATES for p in STYLE_PITCHES]
 
@@ -416,13 +451,20 @@ TASK_INFO = {
     "style": "Speaking style: 3 speaking rates (slow 115-135, normal 160-185, fast 215-245 words/min) x 3 "
              "pitch registers (espeak pitch low 15-30, mid 42-58, high 70-85), noise 5-30 dB SNR. A prosody "
              "task; it is not emotion recognition.",
+    "pr_de": "German phoneme recognition: CTC over a 42-phone German inventory (vowel length kept, stress "
+             "stripped); targets are espeak-ng's IPA phoneme events for the German voice, mapped by "
+             "`speechft.data.synth_text.ESPEAK_DE_TO_PHONE`. Utterances: sentences from a small German grammar "
+             "(gender, case and adjective agreement over a fixed word list) and digit strings read as German "
+             "number words. The new language of the continued pre-training scenario: its train audio is the "
+             "new-language audio.",
 }
 
 
 def _task_spec(task: str, rows: dict[str, list[dict]]) -> dict:
-    if task == "pr":
-        return {"name": "synth_pr", "type": "ctc", "metric": "per", "tokenizer": "space",
-                "vocabulary": list(T.PHONES)}
+    if task in PHONE_TASKS:
+        inventory = T.INVENTORIES[PHONE_TASKS[task]][0]
+        return {"name": f"synth_{task}", "type": "ctc", "metric": "per", "tokenizer": "space",
+                "vocabulary": list(inventory)}
     if task == "asr":
         # The whole alphabet, not just the letters this seed happened to use: the same head fits every seed.
         return {"name": "synth_asr", "type": "ctc", "metric": "cer", "tokenizer": "char",
@@ -453,7 +495,7 @@ def _task_readme(task: str, spec: dict, rows: dict[str, list[dict]], seed: int, 
     if "labels" in spec:
         counts = Counter(r["label"] for r in rows["train"])
         lines += ["", "## Train examples per class", "", ", ".join(f"{c} {counts[c]}" for c in spec["labels"])]
-    if task == "pr" and dropped:
+    if task in PHONE_TASKS and dropped:
         lines += ["", "espeak phoneme events with no inventory phone (dropped): "
                   + ", ".join(f"{k} x{v}" for k, v in sorted(dropped.items()))]
     return "\n".join(lines) + "\n"
@@ -470,6 +512,26 @@ def _check_args(size: str, seed, tasks) -> list[str]:
     if bad or not chosen:
         raise SpeechFTError(f"--tasks: unknown task(s) {bad or chosen}; choose from {','.join(TASKS)}")
     return [t for t in TASKS if t in chosen]
+
+
+def _make_plan(spec_size: SizeSpec, seed: int, voices: _Voices, chosen: list[str]) -> _Plan:
+    plan = _Plan()
+    if {"pr", "asr"} & set(chosen):
+        _plan_sentences(plan, spec_size, seed, voices, set(chosen))
+    for task, planner in (("ks", _plan_ks), ("sid", _plan_sid), ("lid", _plan_lid), ("style", _plan_style),
+                          ("pr_de", _plan_german)):
+        if task in chosen:
+            planner(plan, spec_size, seed, voices)
+    return plan
+
+
+def planned_examples(size: str = "small", seed: int = 0, tasks=None, engines=("espeak-ng",)) -> dict:
+    """What `synthesize_benchmark` would write, without synthesising anything:
+    {task: {split: [row dicts (text, speaker, label or transcript text, rate, pitch)]}}."""
+    chosen = _check_args(size, seed, tasks)
+    plan = _make_plan(SIZES[size], seed, _Voices(seed, _engines(engines)), chosen)
+    return {task: {s: [{k: v for k, v in r.items() if k != "_ref"} for r in plan.rows[task][s]] for s in SPLITS}
+            for task in chosen}
 
 
 def _link(src: Path, dst: Path):
@@ -491,18 +553,11 @@ def synthesize_benchmark(out, size: str = "small", seed: int = 0, tasks=None, ov
     out = Path(out)
     if out.exists() and not overwrite:
         raise SpeechFTError(f"{out}: output folder already exists; choose another --out or pass --overwrite")
-    spec_size = SIZES[size]
     cache = ClipCache(Path(cache_dir) if cache_dir else default_cache_dir())
     engines = _engines(engines)
     versions = {name: eng.version for name, eng in engines.items()}
     voices = _Voices(seed, engines)
-
-    plan = _Plan()
-    if {"pr", "asr"} & set(chosen):
-        _plan_sentences(plan, spec_size, seed, voices, set(chosen))
-    for task, planner in (("ks", _plan_ks), ("sid", _plan_sid), ("lid", _plan_lid), ("style", _plan_style)):
-        if task in chosen:
-            planner(plan, spec_size, seed, voices)
+    plan = _make_plan(SIZES[size], seed, voices, chosen)
 
     results: dict[str, tuple[Path, dict]] = {}
     todo = []
@@ -540,15 +595,15 @@ def synthesize_benchmark(out, size: str = "small", seed: int = 0, tasks=None, ov
             bar.update()
     synth_seconds = time.time() - t0
 
-    dropped: Counter = Counter()
+    dropped: dict[str, Counter] = {task: Counter() for task in plan.rows}
     for task, splits in plan.rows.items():
         for s in SPLITS:
             for r in splits[s]:
                 _, meta = results[r["_ref"]]
                 r["duration"] = round(meta["samples"] / SAMPLE_RATE, 4)
-                if task == "pr":
-                    phones, unmapped = T.to_phones([p for p, _ in meta["phonemes"]])
-                    dropped.update(unmapped)
+                if task in PHONE_TASKS:
+                    phones, unmapped = T.to_phones([p for p, _ in meta["phonemes"]], PHONE_TASKS[task])
+                    dropped[task].update(unmapped)
                     if not phones:
                         raise SpeechFTError(f"synth: espeak gave no phonemes for {r['text']!r} ({r['speaker']})")
                     r["transcript"] = " ".join(phones)
@@ -563,7 +618,7 @@ def synthesize_benchmark(out, size: str = "small", seed: int = 0, tasks=None, ov
             spec = _task_spec(task, rows)
             group = rows["train"][0]["_ref"].split("/")[0]
             clean = {s: [{k: v for k, v in r.items() if k != "_ref"} for r in rows[s]] for s in SPLITS}
-            readme = _task_readme(task, spec, clean, seed, size, versions, voices.variants, dropped)
+            readme = _task_readme(task, spec, clean, seed, size, versions, voices.variants, dropped[task])
             write_task_folder(tmp / task, spec, clean, files={"README.md": readme.encode()},
                               audio_dir=tmp / "audio" / group)
             summary["tasks"][task] = {
@@ -591,7 +646,13 @@ def _top_readme(summary: dict) -> str:
         c, h = t["clips"], t["hours"]
         lines.append(f"| {task} | {t['type']} | {t['metric']} | {t['outputs']} | {c['train']} | {c['dev']} | "
                      f"{c['test']} | {h['train']:.3f} / {h['dev']:.3f} / {h['test']:.3f} |")
-    lines += ["", "Held-out voice variants (dev/test of pr, asr, ks, lid, style never share a variant with "
+    total = sum(sum(t["hours"].values()) for t in summary["tasks"].values())
+    lines.append(f"| all | | | | {sum(t['clips']['train'] for t in summary['tasks'].values())} | "
+                 f"{sum(t['clips']['dev'] for t in summary['tasks'].values())} | "
+                 f"{sum(t['clips']['test'] for t in summary['tasks'].values())} | {total:.3f} h in all |")
+    lines += ["", "pr and asr share their clips (counted in both rows): an encoder probed on every task runs over "
+              "all the hours above.", ""]
+    lines += ["Held-out voice variants (dev/test of pr, asr, ks, lid, style and pr_de never share a variant with "
               "train):", ""]
     lines += [f"- {s}: " + ", ".join(v or "(base)" for v in summary["variants"][s]) for s in SPLITS]
     lines += ["", "sid and style are built so that random-weight features do not solve them "
@@ -603,7 +664,8 @@ def _top_readme(summary: dict) -> str:
 def add_arguments(parser):
     parser.add_argument("--out", required=True, help="folder to create (one task folder per task inside)")
     parser.add_argument("--size", default="small", choices=list(SIZES),
-                        help="small: a few hundred clips, seconds (tests, quick demo); full: thousands per task")
+                        help="small: a few hundred clips, seconds (tests, quick demo); demo: ~0.8 h, the full "
+                             "demo on 2 cores; full: thousands of clips per task")
     parser.add_argument("--seed", type=int, default=0, help="fixes voices, sentences and augmentation")
     parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated subset of {','.join(TASKS)}")
     parser.add_argument("--cache-dir", default=None,
