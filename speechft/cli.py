@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     except SpeechFTError as e:
         if debug:
             raise
+        _close_progress_bars()
         print(f"speechft: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:
@@ -111,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         if e.errno not in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
             return _unexpected(e)
         # A full disk outside speechft's atomic writers (which name their file themselves).
+        _close_progress_bars()
         where = f" while writing {e.filename}" if e.filename else ""
         print(f"speechft: error: {os.strerror(e.errno).lower()}{where}; free some space or write to another folder, "
               "then rerun", file=sys.stderr)
@@ -124,7 +126,19 @@ def main(argv: list[str] | None = None) -> int:
         return _unexpected(e)
 
 
+def _close_progress_bars() -> None:
+    """A command that fails mid-way leaves its tqdm bar open, without a final newline; close it so
+    the error starts on a line of its own."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ()) or ()):
+        try:
+            bar.close()
+        except Exception:  # noqa: BLE001 - cosmetic only
+            pass
+
+
 def _unexpected(e: BaseException) -> int:
+    _close_progress_bars()
     msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
     print(f"speechft: error: unexpected {type(e).__name__}: {msg} (rerun with --debug for the traceback)",
           file=sys.stderr)

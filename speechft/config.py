@@ -88,6 +88,15 @@ def _coerce(value: Any, tp, where: str):
     return value
 
 
+def _acyclic(value, where: str, _stack: tuple = ()) -> None:
+    """YAML anchors can build self-containing lists/maps (`&a [*a]`); refuse them up front."""
+    if isinstance(value, (list, tuple, dict)):
+        if any(value is v for v in _stack):
+            raise SpeechFTError(f"{where}: a YAML alias makes this value contain itself; write it out plainly")
+        for v in (value.values() if isinstance(value, dict) else value):
+            _acyclic(v, where, _stack + (value,))
+
+
 def _hints(cls) -> dict:
     return typing.get_type_hints(cls)
 
@@ -125,16 +134,24 @@ def apply_overrides(cfg: T, overrides: Sequence[str]) -> T:
             if p not in fields:
                 prefix = ".".join(parts[:i]) or "config"
                 raise SpeechFTError(f"--set {key}: unknown key '{p}' in {prefix}; valid keys: {', '.join(fields)}")
+            sub = _hints(cls)[p]
             if i < len(parts) - 1:
-                sub = _hints(cls)[p]
                 if not dataclasses.is_dataclass(sub):
                     raise SpeechFTError(f"--set {key}: '{p}' is a value, not a section")
+                if not isinstance(node[p], dict):  # an earlier --set replaced the section
+                    raise SpeechFTError(f"--set {key}: section '{p}' was replaced by an earlier --set; "
+                                        "set its keys one by one instead")
                 node, cls = node[p], sub
             else:
                 try:
-                    node[p] = yaml.safe_load(raw) if raw.strip() != "" else ""
-                except yaml.YAMLError:
-                    node[p] = raw
+                    value = yaml.safe_load(raw) if raw.strip() != "" else ""
+                except (yaml.YAMLError, RecursionError):  # not YAML (python/* tags included): a plain string
+                    value = raw
+                _acyclic(value, f"--set {key}")
+                if dataclasses.is_dataclass(sub) and not isinstance(value, dict):
+                    raise SpeechFTError(f"--set {key}={raw}: '{p}' is a section; set one of its keys, e.g. "
+                                        f"--set {key}.{dataclasses.fields(sub)[0].name}=...")
+                node[p] = value
     return from_dict(type(cfg), data)
 
 
@@ -146,11 +163,16 @@ def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: 
         if not path.exists():
             raise SpeechFTError(f"{path}: config file not found")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:  # also python/* tags: safe_load never builds Python objects
             raise SpeechFTError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        except UnicodeDecodeError as e:
+            raise SpeechFTError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+        except RecursionError:
+            raise SpeechFTError(f"{path}: not valid YAML (nested too deeply)") from None
         if not isinstance(data, dict):
             raise SpeechFTError(f"{path}: a config file must be a mapping of keys to values")
+        _acyclic(data, str(path))
         try:
             cfg = from_dict(cls, data)
         except SpeechFTError as e:

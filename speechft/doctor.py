@@ -45,8 +45,10 @@ def check_encoder(folder: str | Path) -> list[Finding]:
     found.append(Finding("ok", str(folder), f"family {family}"))
     files = _safetensors_files(folder)
     if not files:
-        found.append(Finding("error", str(folder), "no *.safetensors weights; convert .pt/.bin checkpoints with "
-                                                   "`speechft encoder convert`"))
+        pickled = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+        what = f" (found pickled {', '.join(pickled[:3])}, which speechft never unpickles)" if pickled else ""
+        found.append(Finding("error", str(folder), f"no *.safetensors weights{what}; convert .pt/.bin checkpoints "
+                                                   "with `speechft encoder convert`"))
         return found
     prov = read_provenance(folder)
     for f in files:
@@ -118,8 +120,11 @@ def check_task(folder: str | Path, decode_audio: bool = True, max_seconds: float
             for ex in examples:
                 try:
                     info = sf.info(str(ex.path))
-                    wav = load_audio(ex.path, max_seconds=max_seconds)
+                    wav = load_audio(ex.path)
                     notes = []
+                    if len(wav) > max_seconds * 16000:
+                        notes.append(f"{len(wav) / 16000:.0f} s long (over {max_seconds:g} s): memory grows with "
+                                     "clip length; segment it, or crop with data.max_seconds / --max-seconds")
                     if info.channels > 1:
                         notes.append(f"{info.channels} channels (down-mixed)")
                     if info.samplerate != 16000:
@@ -137,15 +142,54 @@ def check_task(folder: str | Path, decode_audio: bool = True, max_seconds: float
     return found
 
 
+def check_ctc_frames(encoder_folder: str | Path, task_folder: str | Path) -> list[Finding]:
+    """CTC needs at least one encoder frame per token (plus a blank between repeated tokens).
+    Every clip of a ctc task whose transcript needs more frames than this encoder gives for
+    the clip's duration (from the manifest) can never be learnt; each is one error."""
+    import torch
+
+    from .data import load_task
+    from .encoders import load_encoder
+    from .heads import ctc_min_frames
+
+    try:
+        task = load_task(task_folder)
+        if task.type != "ctc":
+            return []
+        enc = load_encoder(encoder_folder)
+    except SpeechFTError:
+        return []  # already reported by the folder's own checks
+    found = []
+    for split, examples in task.splits.items():
+        samples = torch.tensor([round(ex.duration * 16000) for ex in examples])
+        frames = enc.frame_lengths(samples).tolist()
+        bad = [(ex, n, ctc_min_frames(task.encode(ex.target))) for ex, n in zip(examples, frames)]
+        bad = [b for b in bad if b[1] < b[2]]
+        for ex, n, need in bad:
+            found.append(Finding("error", f"{task.root / split}.tsv:{ex.id}",
+                                 f"{ex.duration:g} s gives {n} frames with {Path(encoder_folder).name} "
+                                 f"({enc.family}) but its transcript needs at least {need} for CTC; drop or "
+                                 "re-segment the clip, or use an encoder with more frames per second"))
+        if not bad:
+            found.append(Finding("ok", f"{task.root / split}.tsv",
+                                 f"every transcript fits the frames of {Path(encoder_folder).name} for CTC"))
+    return found
+
+
+def is_task_folder(path: Path) -> bool:
+    return (path / "task.yaml").exists() or (path / "train.tsv").exists()
+
+
 def doctor(path: str | Path, decode_audio: bool = True) -> list[Finding]:
     path = Path(path)
-    if (path / "task.yaml").exists() or (path / "train.tsv").exists():
+    if is_task_folder(path):
         return check_task(path, decode_audio=decode_audio)
     return check_encoder(path)
 
 
 def add_arguments(p):
-    p.add_argument("paths", nargs="+", help="encoder folder(s) and/or task folder(s)")
+    p.add_argument("paths", nargs="+", help="encoder folder(s) and/or task folder(s); given both, ctc tasks are "
+                   "also checked against each encoder's frame rate")
     p.add_argument("--no-audio", action="store_true", help="skip decoding every audio file of task folders")
     p.add_argument("--json", action="store_true", help="print findings as JSON")
     p.add_argument("--quiet", action="store_true", help="print only problems")
@@ -153,6 +197,10 @@ def add_arguments(p):
 
 def main(args):
     findings = [f for p in args.paths for f in doctor(p, decode_audio=not args.no_audio)]
+    # An encoder and a ctc task given together: can the encoder's frame rate carry the transcripts?
+    tasks = [Path(p) for p in args.paths if is_task_folder(Path(p))]
+    encoders = [Path(p) for p in args.paths if not is_task_folder(Path(p))]
+    findings += [f for e in encoders for t in tasks for f in check_ctc_frames(e, t)]
     if args.json:
         print(json.dumps([f.__dict__ for f in findings], indent=2))
     else:

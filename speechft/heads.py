@@ -103,8 +103,23 @@ class CTCHead(nn.Module):
         return torch.log_softmax(self.output(x).float(), dim=-1)
 
 
+def ctc_min_frames(ids: Sequence[int]) -> int:
+    """The fewest frames CTC can align `ids` to: one per token, plus a blank between repeats."""
+    return len(ids) + sum(1 for a, b in zip(ids, ids[1:]) if a == b)
+
+
+def ctc_unalignable(frame_lengths: torch.Tensor, targets: Sequence[Sequence[int]]) -> list[int]:
+    """Positions in the batch whose transcript needs more frames than the encoder gave."""
+    return [i for i, (n, ids) in enumerate(zip(frame_lengths.tolist(), targets)) if n < ctc_min_frames(ids)]
+
+
 def ctc_loss(log_probs: torch.Tensor, frame_lengths: torch.Tensor, targets: Sequence[Sequence[int]]) -> torch.Tensor:
-    """Mean CTC loss per utterance (normalised by target length, like torch's 'mean')."""
+    """Mean CTC loss per utterance (normalised by target length, like torch's 'mean').
+
+    An utterance with fewer frames than its transcript needs (`ctc_unalignable`: a clip
+    too short for its transcript at this encoder's frame rate) has no alignment; its loss
+    is infinite, and zero_infinity turns it into 0 with no gradient, i.e. it is skipped
+    rather than poisoning the batch with inf/NaN. `TaskHead.loss` counts and reports them."""
     flat = torch.tensor([t for seq in targets for t in seq], dtype=torch.long)
     target_lengths = torch.tensor([len(seq) for seq in targets], dtype=torch.long)
     return nn.functional.ctc_loss(log_probs.transpose(0, 1), flat, frame_lengths.cpu(), target_lengths, blank=0,
@@ -131,7 +146,14 @@ class TaskHead(nn.Module):
         self.cfg = cfg or HeadConfig()
         self.task_type, self.labels, self.tokenizer, self.name, self.metric = task_type, list(labels), tokenizer, name, metric
         self.input_dim, self.num_states = input_dim, num_states
+        self.ctc_skipped = 0  # utterances left out of the CTC loss: CTC cannot align them (see ctc_loss)
         self.select = LayerSelect(num_states, self.cfg.layers)
+        # Per-layer feature standardisation (x - mean) / std, identity unless set. Probes set it from
+        # train-split statistics: hidden states of different layers differ in scale by orders of
+        # magnitude (Whisper's last state is layer-normed, the others are not), which otherwise
+        # decides the weighted sum more than the features do.
+        self.register_buffer("feature_mean", torch.zeros(num_states, input_dim))
+        self.register_buffer("feature_std", torch.ones(num_states, input_dim))
         if task_type == "classification":
             self.head = ClassificationHead(input_dim, len(labels), self.cfg)
         elif task_type == "ctc":
@@ -143,8 +165,30 @@ class TaskHead(nn.Module):
     def for_task(cls, task, input_dim: int, num_states: int, cfg: HeadConfig | None = None) -> "TaskHead":
         return cls(task.type, task.labels, input_dim, num_states, cfg, task.tokenizer, task.name, task.metric)
 
+    def set_standardization(self, mean: torch.Tensor, std: torch.Tensor, eps: float = 1e-5) -> None:
+        """mean, std: (num_states, input_dim) statistics of the training features."""
+        self.feature_mean.copy_(mean)
+        self.feature_std.copy_(std.clamp(min=eps))
+
+    def standardize(self, states) -> torch.Tensor:
+        """(S, ..., D) stacked states (or a list of S tensors) -> standardised, stacked."""
+        x = torch.stack(list(states), 0) if not torch.is_tensor(states) else states
+        shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (x.shape[-1],)
+        return (x - self.feature_mean.view(shape).to(x.dtype)) / self.feature_std.view(shape).to(x.dtype)
+
     def forward(self, states, frame_lengths: torch.Tensor) -> torch.Tensor:
+        if self.select.mode == "weighted":
+            states = self.standardize(states)
+        else:  # only the last state is used: standardise just that one
+            states = [(states[-1] - self.feature_mean[-1]) / self.feature_std[-1]]
+            return self.head(states[0], frame_lengths)
         return self.head(self.select(states), frame_lengths)
+
+    def pooled_logits(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Classification from mean-pooled states (N, S, D): exact, since standardisation, the weighted
+        sum and the projector are all affine and commute with mean pooling."""
+        x = self.standardize(pooled.transpose(0, 1))
+        return self.head.forward_pooled(self.select(x))
 
     # ---- targets, loss, predictions --------------------------------------------------
     def _tokens(self, text: str) -> list[str]:
@@ -162,7 +206,26 @@ class TaskHead(nn.Module):
         if self.task_type == "classification":
             y = torch.tensor([self.encode(t) for t in targets], device=output.device)
             return nn.functional.cross_entropy(output, y)
-        return ctc_loss(output, frame_lengths, [self.encode(t) for t in targets])
+        ids = [self.encode(t) for t in targets]
+        bad = ctc_unalignable(frame_lengths.cpu(), ids)
+        if bad:
+            self.report_unalignable(int(frame_lengths[bad[0]]), ids[bad[0]], targets[bad[0]], len(bad))
+        return ctc_loss(output, frame_lengths, ids)
+
+    def report_unalignable(self, frames: int, ids: Sequence[int], text: str, count: int) -> None:
+        """Count skipped utterances; say so (once per head) on stderr, with the numbers that explain it."""
+        import sys
+
+        from tqdm import tqdm
+
+        if not self.ctc_skipped:
+            shown = text if len(text) <= 60 else text[:57] + "..."
+            # tqdm.write: on a line of its own, above any progress bar being drawn.
+            tqdm.write(f"speechft: warning: {self.name}: a clip gives {frames} encoder frames but its transcript "
+                       f"'{shown}' needs at least {ctc_min_frames(ids)} for CTC; such clips are skipped in the loss "
+                       "(the encoder's frame rate is too coarse for them: check the manifest's durations and "
+                       "transcripts, or use an encoder with more frames per second)", file=sys.stderr)
+        self.ctc_skipped += count
 
     def predict(self, output: torch.Tensor, frame_lengths: torch.Tensor) -> list[str]:
         if self.task_type == "classification":
@@ -191,6 +254,7 @@ class TaskHead(nn.Module):
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "TaskHead":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         path = Path(path)
@@ -200,6 +264,6 @@ class TaskHead(nn.Module):
                        HeadConfig(**meta["config"]), meta.get("tokenizer"), meta.get("name", "task"),
                        meta.get("metric", ""))
             head.load_state_dict(load_file(str(path / "head.safetensors")))
-        except (KeyError, TypeError, RuntimeError, FileNotFoundError) as e:
+        except (KeyError, TypeError, ValueError, RuntimeError, OSError, SafetensorError) as e:
             raise SpeechFTError(f"{path}: not a valid speechft head folder ({str(e).splitlines()[0][:200]})") from None
         return head

@@ -7,10 +7,13 @@ final name.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -30,6 +33,17 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+# A full disk or quota surfaces as one of these while writing (or at fsync/close).
+_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG}
+
+
+def _disk_full(e: BaseException, path: Path) -> SpeechFTError | None:
+    if isinstance(e, OSError) and e.errno in _DISK_FULL:
+        return SpeechFTError(f"{path}: {os.strerror(e.errno).lower()} while writing it (nothing was changed); "
+                             "free some space or write to another folder, then rerun")
+    return None
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike, mode: str = "w") -> Iterator:
     """Open a temp file beside `path`; on clean exit fsync and rename it to `path`."""
@@ -45,9 +59,12 @@ def atomic_file(path: str | os.PathLike, mode: str = "w") -> Iterator:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        full = _disk_full(e, path)
+        if full is not None:
+            raise full from e
         raise
 
 
@@ -68,33 +85,71 @@ def read_json(path: str | os.PathLike) -> dict:
         raise SpeechFTError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); fix or delete the file") from None
 
 
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def remove_dead_temps(path: Path) -> list[Path]:
+    """Remove the temp folders that killed writers of `path` left beside it.
+
+    atomic_dir names its temp `.NAME.PID@HOST.XXXXXXXX.tmp`; a temp whose writer ran on this
+    host and is no longer alive can never be finished, so it is deleted. Temps of live
+    processes, of other hosts (shared file systems) and of unknown form are left alone."""
+    removed = []
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(\d+)@([A-Za-z0-9-]+)\.[A-Za-z0-9_]+\.tmp$")
+    host = _host()
+    with contextlib.suppress(OSError):
+        for p in path.parent.iterdir():
+            m = pattern.match(p.name)
+            if m and m.group(2) == host and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temp folder beside `path`; on clean exit rename it to `path`.
 
     Refuses an existing `path` unless `overwrite` (then the old folder is replaced only
-    once the new one is complete).
+    once the new one is complete). Temp folders left by killed writers of the same `path`
+    are removed first (`remove_dead_temps`).
     """
     path = Path(path)
     if path.exists() and not overwrite:
         raise SpeechFTError(f"{path}: output folder already exists; choose another --out or pass --overwrite")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    remove_dead_temps(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}@{_host()}.", suffix=".tmp", dir=path.parent))
     # mkdtemp makes the folder 0700; give it the permissions a plain mkdir would (umask), so
     # outputs on shared cluster storage stay readable by the group.
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)
+    old = path.with_name(f".{path.name}.old")
     try:
         yield tmp
         if path.exists():
-            old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
             os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
-    except BaseException:
+        # The previous output, or one left by a writer killed between the two renames above.
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        full = _disk_full(e, path)
+        if full is not None:
+            raise full from e
         raise

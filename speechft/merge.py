@@ -582,9 +582,14 @@ class SafetensorsFile:
         raw = self.f.read(n)
         try:
             header = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             raise SpeechFTError(f"{bad} (its header is not JSON); re-save or re-download it") from None
+        if not isinstance(header, dict):
+            raise SpeechFTError(f"{bad} (its header is a JSON {type(header).__name__}, not an object); "
+                                "re-save or re-download it")
         self.metadata = header.pop("__metadata__", None) or {}
+        if not isinstance(self.metadata, dict):
+            raise SpeechFTError(f"{bad} (its __metadata__ is not an object); re-save or re-download it")
         start = 8 + n
         self.entries: dict[str, TensorEntry] = {}
         spans = []

@@ -69,6 +69,9 @@ class ProbeConfig:
     extract_batch_size: int = 16
     extract_batch_seconds: float = 160.0  # padded audio per extraction batch
     eval_batch_size: int = 64
+    # Standardise each layer's features with train-split statistics before the weighted sum
+    # (s3prl's featurizer offers layer normalisation for the same reason: layers differ in scale).
+    standardize: bool = True
 
     def __post_init__(self):
         if not self.lrs or any(not (lr > 0) for lr in self.lrs):
@@ -389,6 +392,25 @@ class FeatureProvider:
         self.memo[split] = feats
         return feats
 
+    def train_statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-layer, per-dimension mean and std of the training features (pooled vectors, or every
+        valid frame), accumulated in float64; computed once per provider."""
+        if getattr(self, "_stats", None) is None:
+            feats = self.get("train")
+            if self.kind == "pooled":
+                x = np.asarray(feats.data, dtype=np.float64)
+                mean, var = x.mean(0), x.var(0)
+            else:
+                n, s1, s2 = 0, 0.0, 0.0
+                for shard in feats.shards:
+                    for start in range(0, shard.shape[0], 65536):
+                        x = np.asarray(shard[start:start + 65536], dtype=np.float64)
+                        n, s1, s2 = n + x.shape[0], s1 + x.sum(0), s2 + (x * x).sum(0)
+                mean = s1 / max(n, 1)
+                var = np.maximum(s2 / max(n, 1) - mean * mean, 0.0)
+            self._stats = (torch.from_numpy(mean).float(), torch.from_numpy(np.sqrt(var)).float())
+        return self._stats
+
     def _extract(self, split: str):
         t0 = time.perf_counter()
         feats = extract_features(self.source, self.task, split, self.kind, self.cfg, progress=self.progress)
@@ -407,7 +429,7 @@ def _predict(head: TaskHead, task, feats, cfg: ProbeConfig) -> list[str]:
     with torch.no_grad():
         if task.type == "classification":
             x = feats.tensor()
-            logits = head.head.forward_pooled(head.select(x.transpose(0, 1)))
+            logits = head.pooled_logits(x)
             return head.predict(logits, torch.ones(len(x), dtype=torch.long))
         preds: list[str] = [""] * len(feats.index)
         order = np.argsort(feats.lengths, kind="stable")
@@ -432,6 +454,8 @@ def train_probe(provider: FeatureProvider, lr: float, seed: int, cfg: ProbeConfi
     task, source = provider.task, provider.source
     torch.manual_seed(seed)
     head = TaskHead.for_task(task, source.dim, source.num_states, cfg.head_config(task.type))
+    if cfg.standardize:
+        head.set_standardization(*provider.train_statistics())
     opt = torch.optim.Adam(head.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
     if task.type == "classification":
@@ -446,7 +470,7 @@ def train_probe(provider: FeatureProvider, lr: float, seed: int, cfg: ProbeConfi
         if task.type == "classification":
             x_all = feats.tensor()
             for ids in torch.randperm(len(x_all), generator=gen).split(cfg.batch_size):
-                logits = head.head.forward_pooled(head.select(x_all[ids].transpose(0, 1)))
+                logits = head.pooled_logits(x_all[ids])
                 loss = torch.nn.functional.cross_entropy(logits, y_all[ids])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

@@ -25,6 +25,10 @@ Methods (all share the loop; only what differs is switched per method):
 Common to all: Adam (no weight decay), lr 1e-4, gradient-norm clip 1, the warm-up / hold / decay schedule
 (schedule.py), the front end and the pre-training-only parameters frozen throughout.
 
+The loop (`run_training`) asks an objective object what to optimise: `TaskObjective` (task heads on task
+folders) for fine-tuning; speechft.pretrain's `UnitObjective` (masked-unit prediction) for continued
+pre-training, which thereby shares every method, checkpoint and process setting above.
+
 The output folder, when finished, is itself an encoder folder (config.json, model.safetensors, speechft.json)
 and also holds heads/<task>/ (the trained task heads), metrics.jsonl, config.yaml (the resolved config),
 curves.png, adapter/ (lora/dora only) and, while the run is going, checkpoints/ (resumable state).
@@ -139,7 +143,7 @@ class TrainConfig:
 def resolve_config(cfg: TrainConfig) -> TrainConfig:
     """Validate `cfg` and fill every 'null = default' with its value, so the stored config says exactly what ran.
     Raises a one-line SpeechFTError naming the bad key."""
-    cfg = from_dict(TrainConfig, to_dict(cfg))  # a validated copy
+    cfg = from_dict(type(cfg), to_dict(cfg))  # a validated copy (of a TrainConfig or a subclass, e.g. PretrainConfig)
     o = cfg.optim
 
     def bad(key, value, what):
@@ -201,13 +205,26 @@ def run_steps(cfg: TrainConfig) -> int:
 # The run
 # =====================================================================================================
 def finetune(encoder_dir, task_dirs: Sequence, out, method: str | None = None, config: TrainConfig | None = None,
-             resume: bool = False, overwrite: bool = False) -> Path:
+             resume: bool = False, overwrite: bool = False, progress: bool = True) -> Path:
     """Fine-tune the encoder in `encoder_dir` on the task folders `task_dirs`; write the run folder `out`.
 
     `method` (if given) overrides `config.method`. With `resume=True` the run continues from the latest
     checkpoint in `out`; `config` may then be None (the stored one is used) or must equal the stored one.
     Returns `out`, which is an encoder folder when the run has finished.
     """
+    if method is not None and method not in METHODS:
+        raise SpeechFTError(f"--method {method!r}: unknown; choose one of {', '.join(METHODS)}")
+    if method is not None:
+        config = dataclasses.replace(config or TrainConfig(), method=method)
+    return run_training(encoder_dir, out, TaskObjective(load_tasks(task_dirs)), config, resume, overwrite, progress)
+
+
+def run_training(encoder_dir, out, objective, config: TrainConfig | None = None, resume: bool = False,
+                 overwrite: bool = False, progress: bool = True) -> Path:
+    """The loop itself, for any objective: `TaskObjective` (fine-tuning: task heads on task folders) or
+    speechft.pretrain's masked-unit prediction. The objective says what the heads are, where batches come
+    from, the loss of a batch, the dev metric and what the finished folder records; everything else -
+    methods, schedule, clipping, checkpoints, resume, several processes - is this function's."""
     from accelerate import PartialState
     from accelerate.utils import gather_object
 
@@ -221,20 +238,14 @@ def finetune(encoder_dir, task_dirs: Sequence, out, method: str | None = None, c
     device, rank, world, main = state.device, state.process_index, state.num_processes, state.is_main_process
 
     # ---- config, inputs and the run folder -----------------------------------------------------------------
-    if method is not None and method not in METHODS:
-        raise SpeechFTError(f"--method {method!r}: unknown; choose one of {', '.join(METHODS)}")
-    if method is not None:
-        config = dataclasses.replace(config or TrainConfig(), method=method)
-    cfg = resolve_config(config) if config is not None else None  # None: resume with the stored config
+    cfg = objective.resolve(config) if config is not None else None  # None: resume with the stored config
     if cfg is not None:
         check_device(cfg, device)
     encoder_dir = Path(encoder_dir)
-    tasks = load_tasks(task_dirs)
     run_info = {"encoder": str(encoder_dir.resolve()), "encoder_sha256": weights_sha256(encoder_dir),
-                "tasks": {t.name: {"path": str(Path(t.root).resolve()), "train_sha256": t.manifest_hash("train"),
-                                   "dev_sha256": t.manifest_hash("dev")} for t in tasks}}
+                "tasks": objective.run_info()}
     ckpt_root = out / "checkpoints"
-    cfg, latest = open_run_folder(out, cfg, run_info, resume, overwrite, state)
+    cfg, latest = open_run_folder(out, cfg, run_info, resume, overwrite, state, objective)
     if cfg is None:  # --resume of a run that has already finished
         return out
     check_device(cfg, device)
@@ -266,8 +277,7 @@ def finetune(encoder_dir, task_dirs: Sequence, out, method: str | None = None, c
         # What the optimizer updates in the encoder. Fixed for the whole run: the frozen phase does not toggle
         # requires_grad, it runs the encoder under no_grad (see the loop), so the parameter set never changes.
         enc_params = [(n, p) for n, p in encoder.model.named_parameters() if p.requires_grad]
-        heads = nn.ModuleDict({t.name: TaskHead.for_task(t, encoder.hidden_size, encoder.num_layers + 1, cfg.head)
-                               for t in tasks}).to(device)
+        heads = objective.build_heads(encoder, cfg, out, state, progress).to(device)
         theta0 = [p.detach().clone() for _, p in enc_params] if cfg.method == "l2sp" else None
 
         # ---- optimizer: Adam without weight decay, one group for the encoder, one for the heads ----------
@@ -283,7 +293,7 @@ def finetune(encoder_dir, task_dirs: Sequence, out, method: str | None = None, c
             return torch.autocast(device.type, dtype=amp_dtype, enabled=cfg.precision != "fp32")
 
         # ---- data: one endless, resumable batch stream per task --------------------------------------------
-        streams = {t.name: TaskStream(t, cfg.data, cfg.seed + i, rank, world, device) for i, t in enumerate(tasks)}
+        streams = objective.streams(cfg, rank, world, device)
         task_index = {name: i for i, name in enumerate(streams)}
         if world > 1 and cfg.data.batch_size < world:
             raise SpeechFTError(f"data.batch_size={cfg.data.batch_size} is smaller than the {world} processes; "
@@ -340,7 +350,7 @@ def finetune(encoder_dir, task_dirs: Sequence, out, method: str | None = None, c
         enc_fwd = None  # the wrapped, trainable encoder; None while frozen
 
         # ---- the loop -------------------------------------------------------------------------------------
-        progress = make_progress(R, step, main)
+        bar = make_progress(R, step, main and progress, objective.kind)
         # Per-task sums of (loss x utterances) and utterances since the last log line, kept on the device so that
         # logging does not force a GPU sync every step.
         window_loss = torch.zeros(2, len(streams), device=device)
@@ -362,6 +372,12 @@ def finetune(encoder_dir, task_dirs: Sequence, out, method: str | None = None, c
             for group in opt.param_groups:
                 group["lr"] = group["base_lr"] * mult
 
+            def encode(wavs, lengths, **kw):  # the encoder as this step runs it: frozen = no gradients
+                if frozen:
+                    with torch.no_grad():
+                        return encoder(wavs, lengths, **kw)
+                return enc_fwd(wavs, lengths, **kw)
+
             plan = micro_batches(step, list(streams), cfg.data.multitask, o.grad_accum)
             for i, name in enumerate(plan):
                 batch, n_global = next(streams[name])
@@ -369,13 +385,7 @@ def finetune(encoder_dir, task_dirs: Sequence, out, method: str | None = None, c
                 # Gradients are all-reduced only on each wrapper's last use in this step (no_sync before).
                 last_enc, last_head = i == len(plan) - 1, name not in plan[i + 1:]
                 with no_sync(enc_fwd, not last_enc), no_sync(head_fwd[name], not last_head), autocast():
-                    if frozen:
-                        with torch.no_grad():
-                            enc_out = encoder(batch.wavs, batch.lengths)
-                    else:
-                        enc_out = enc_fwd(batch.wavs, batch.lengths)
-                    logits = head_fwd[name](enc_out.hidden_states, enc_out.frame_lengths)
-                    loss = heads[name].loss(logits, enc_out.frame_lengths, batch.targets)
+                    loss = objective.loss(encode, head_fwd[name], name, batch)
                     # The objective is the mean over every utterance of the step. DDP averages gradients over
                     # processes, so weight this process's mean by its share of the global batch.
                     scaled = loss * (n_local * world / n_global / len(plan))
@@ -397,7 +407,7 @@ def finetune(encoder_dir, task_dirs: Sequence, out, method: str | None = None, c
             scaler.update()
             opt.zero_grad(set_to_none=True)
             step += 1
-            progress.update(1)
+            bar.update(1)
 
             # ---- bookkeeping after update `step`: log, evaluate, checkpoint -----------------------------
             log_now = step % cfg.eval.log_every == 0 or step == R or step == frozen_steps
@@ -422,11 +432,11 @@ def finetune(encoder_dir, task_dirs: Sequence, out, method: str | None = None, c
                 if main:
                     log_rows.append(row)
                     append_metrics(out / "metrics.jsonl", row)
-                    progress.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr_encoder']:.2e}",
-                                         frozen="yes" if frozen else "no")
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr_encoder']:.2e}",
+                                    frozen="yes" if frozen else "no")
 
             if step % cfg.eval.every == 0 or step == R:
-                metrics = evaluate(encoder, heads, tasks, cfg.data, autocast, rank, world, device, gather_object)
+                metrics = objective.evaluate(encoder, heads, cfg, autocast, rank, world, device, gather_object)
                 encoder.train(not (step < frozen_steps))
                 heads.train()
                 if main:
@@ -438,14 +448,15 @@ def finetune(encoder_dir, task_dirs: Sequence, out, method: str | None = None, c
                     if cfg.method == "early-stop" or best is None or score > best["score"]:
                         best = {"step": step, "score": score, "metrics": metrics, "dir": None}
                         best_state = trainable_state(enc_params, heads)
-                    progress.write(f"step {step}: dev {format_metrics(metrics)}"
-                                   f"{'  (best)' if best['step'] == step else ''}")
+                    bar.write(f"step {step}: dev {format_metrics(metrics)}"
+                              f"{'  (best)' if best['step'] == step else ''}")
 
             if step % cfg.checkpoint.every == 0 and step < R:
                 # RNG states differ per process; the main process writes everyone's.
                 rngs = gather_object([(rank, *rng_state())]) if world > 1 else [(rank, *rng_state())]
                 if main:
-                    if best is not None and best["dir"] != best_written:
+                    # A new best has dir None until its weights are on disk (a resumed run needs them).
+                    if best is not None and best["dir"] is None:
                         # Best weights live beside the resumable state, written only when a checkpoint needs them.
                         best["dir"] = f"best-{best['step']:07d}"
                         write_best(ckpt_root / best["dir"], best_state)
@@ -460,15 +471,17 @@ def finetune(encoder_dir, task_dirs: Sequence, out, method: str | None = None, c
                                      keep_last=cfg.checkpoint.keep_last)
                     clean_stale(ckpt_root, None, best_written)
                 state.wait_for_everyone()
-        progress.close()
+        bar.close()
 
         # ---- the result: best-on-dev weights (early-stop: the last ones) as an encoder folder --------------
         if main:
             load_trainable(encoder, enc_params, heads, best_state, where="best checkpoint")
-            write_result(out, encoder, heads, lora, cfg, best, T, R, frozen_steps, run_info, log_rows, timing)
+            write_result(out, encoder, heads, lora, cfg, best, T, R, frozen_steps, run_info, log_rows, timing,
+                         objective)
             if not cfg.checkpoint.keep_at_end:
                 shutil.rmtree(ckpt_root, ignore_errors=True)
-            print(f"wrote fine-tuned encoder ({cfg.method}, best step {best['step']}, dev "
+                objective.clean_up(out)
+            print(f"wrote {objective.result_name} encoder ({cfg.method}, best step {best['step']}, dev "
                   f"{format_metrics(best['metrics'])}) to {out}")
         state.wait_for_everyone()
         return out
@@ -501,12 +514,17 @@ def load_tasks(task_dirs) -> list:
     return tasks
 
 
-def open_run_folder(out: Path, cfg: TrainConfig | None, run_info: dict, resume: bool, overwrite: bool, state):
+def open_run_folder(out: Path, cfg: TrainConfig | None, run_info: dict, resume: bool, overwrite: bool, state,
+                    objective=None):
     """Create the run folder (or check the one being resumed). Returns (config to use, latest checkpoint
-    folder or None); (None, None) when resuming a run that has already finished."""
+    folder or None); (None, None) when resuming a run that has already finished. `objective` supplies the
+    config class, its resolver and the name of the data option (fine-tuning's when None)."""
     from .checkpoint import latest_checkpoint
 
     main = state.is_main_process
+    config_class = objective.config_class if objective is not None else TrainConfig
+    resolve = objective.resolve if objective is not None else resolve_config
+    data_option = objective.data_option if objective is not None else "--task"
     if resume:
         if (out / "speechft.json").exists():
             if main:
@@ -514,7 +532,7 @@ def open_run_folder(out: Path, cfg: TrainConfig | None, run_info: dict, resume: 
             return None, None
         if not (out / "config.yaml").exists():
             raise SpeechFTError(f"{out}: no run to resume here (no config.yaml); start it without --resume")
-        stored = resolve_config(load_config(TrainConfig, out / "config.yaml"))
+        stored = resolve(load_config(config_class, out / "config.yaml"))
         if cfg is not None and to_dict(cfg) != to_dict(stored):
             key, was, now = first_difference(to_dict(stored), to_dict(cfg))
             raise SpeechFTError(f"--resume: {key} is {now!r} here but {was!r} in {out / 'config.yaml'}; resume with "
@@ -526,25 +544,81 @@ def open_run_folder(out: Path, cfg: TrainConfig | None, run_info: dict, resume: 
         manifests = lambda info: {k: (v["train_sha256"], v["dev_sha256"]) for k, v in info["tasks"].items()}  # noqa
         if manifests(started) != manifests(run_info):
             raise SpeechFTError(f"--resume: the task manifests differ from those {out} was started with "
-                                f"({', '.join(v['path'] for v in started['tasks'].values())}); pass the same --task")
+                                f"({', '.join(v['path'] for v in started['tasks'].values())}); pass the same "
+                                f"{data_option}")
         return stored, latest_checkpoint(out / "checkpoints")
 
-    cfg = cfg or resolve_config(TrainConfig())
+    cfg = cfg or resolve(config_class())
     if out.exists():
         if not overwrite:
             raise SpeechFTError(f"{out}: output folder already exists; choose another --out, or pass --resume to "
                                 "continue that run or --overwrite to replace it")
-        if any(out.iterdir()) and not any((out / f).exists() for f in ("config.yaml", "speechft.json")):
+        if any(out.iterdir()) and not any((out / f).exists() for f in ("config.yaml", "run.json", "speechft.json")):
             raise SpeechFTError(f"{out}: exists and is not a speechft run folder; refusing to --overwrite it")
     state.wait_for_everyone()  # every process has looked before the main one deletes or creates
     if main:
         if out.exists():
             shutil.rmtree(out)
         out.mkdir(parents=True)
-        save_config(cfg, out / "config.yaml")
+        # run.json first: config.yaml is what marks a run as resumable, so it must come last.
         write_json(out / "run.json", run_info)
+        save_config(cfg, out / "config.yaml")
     state.wait_for_everyone()
     return cfg, None
+
+
+class TaskObjective:
+    """What fine-tuning optimises: one head per task folder (heads.TaskHead), its loss, its dev metric.
+
+    `run_training` asks an objective only the questions below; speechft.pretrain.UnitObjective answers
+    them for masked-unit prediction on unlabelled audio.
+    """
+
+    kind = "finetune"  # progress-bar label
+    result_name = "fine-tuned"  # "wrote <result_name> encoder ... to OUT"
+    data_option = "--task"  # named in resume errors
+    config_class = TrainConfig
+
+    def __init__(self, tasks: list):
+        self.tasks, self.heads = tasks, None
+
+    @staticmethod
+    def resolve(cfg: TrainConfig) -> TrainConfig:
+        if type(cfg) is not TrainConfig:  # e.g. a PretrainConfig: its extra sections mean nothing here
+            raise SpeechFTError(f"finetune takes a TrainConfig, got a {type(cfg).__name__}; use its own command")
+        return resolve_config(cfg)
+
+    def run_info(self) -> dict:
+        """What identifies the data: checked against run.json on --resume."""
+        return {t.name: {"path": str(Path(t.root).resolve()), "train_sha256": t.manifest_hash("train"),
+                         "dev_sha256": t.manifest_hash("dev")} for t in self.tasks}
+
+    def build_heads(self, encoder, cfg: TrainConfig, out: Path, state, progress: bool) -> nn.ModuleDict:
+        self.heads = nn.ModuleDict({t.name: TaskHead.for_task(t, encoder.hidden_size, encoder.num_layers + 1, cfg.head)
+                                    for t in self.tasks})
+        return self.heads
+
+    def streams(self, cfg: TrainConfig, rank: int, world: int, device) -> dict:
+        return {t.name: TaskStream(t, cfg.data, cfg.seed + i, rank, world, device) for i, t in enumerate(self.tasks)}
+
+    def loss(self, encode, head, name: str, batch) -> torch.Tensor:
+        """`encode(wavs, lengths, **kw)` runs the encoder as the step needs it; `head` is the (wrapped) head."""
+        enc_out = encode(batch.wavs, batch.lengths)
+        logits = head(enc_out.hidden_states, enc_out.frame_lengths)
+        return self.heads[name].loss(logits, enc_out.frame_lengths, batch.targets)
+
+    def evaluate(self, encoder, heads, cfg: TrainConfig, autocast, rank, world, device, gather_object) -> dict:
+        return evaluate(encoder, heads, self.tasks, cfg.data, autocast, rank, world, device, gather_object)
+
+    def save_heads(self, out: Path, heads) -> None:
+        for name, head in heads.items():
+            head.save(out / "heads" / name, overwrite=True)
+
+    def provenance(self, heads) -> dict:
+        return {"tasks": sorted(heads.keys())}
+
+    def clean_up(self, out: Path) -> None:
+        """Remove run-only files once the result is written (fine-tuning has none beyond checkpoints/)."""
 
 
 class TaskStream:
@@ -561,7 +635,8 @@ class TaskStream:
         from .data.dataset import SplitDataset
 
         self.task, self.cfg, self.rank, self.world, self.device = task, data_cfg, rank, world, device
-        self.dataset = SplitDataset(task, "train", data_cfg.max_seconds if task.type == "classification" else None)
+        # Classification clips and unlabelled audio (speechft.pretrain) are cropped; CTC clips cannot be.
+        self.dataset = SplitDataset(task, "train", data_cfg.max_seconds if task.type != "ctc" else None)
         if data_cfg.max_seconds is not None and task.type == "ctc":
             # Cropping would cut words off their transcripts: long CTC clips are left out instead.
             keep = [ex for ex in self.dataset.examples if ex.duration <= data_cfg.max_seconds]
@@ -786,8 +861,9 @@ def truncate_metrics(path: Path, step: int) -> list[dict]:
 
 
 def write_result(out: Path, encoder, heads, lora, cfg: TrainConfig, best: dict, T: int, R: int, frozen_steps: int,
-                 run_info: dict, log_rows: list[dict], timing: dict) -> None:
-    """Turn the run folder into an encoder folder. speechft.json is written last: it marks a finished run."""
+                 run_info: dict, log_rows: list[dict], timing: dict, objective=None) -> None:
+    """Turn the run folder into an encoder folder. speechft.json is written last: it marks a finished run.
+    The objective (fine-tuning's when None) saves what it keeps of its heads and adds its provenance."""
     from .checkpoint import save_tensors
     from .encoders.base import PROVENANCE_FILE
 
@@ -799,8 +875,8 @@ def write_result(out: Path, encoder, heads, lora, cfg: TrainConfig, best: dict, 
                      {n: p for n, p in encoder.model.named_parameters() if "lora_" in n})
         write_json(adapter / "adapter.json", {**to_dict(cfg.lora), "use_dora": cfg.method == "dora"})
         lora.merge_and_unload()
-    for name, head in heads.items():
-        head.save(out / "heads" / name, overwrite=True)
+    objective = objective or TaskObjective([])
+    objective.save_heads(out, heads)
     plot_curves(out / "curves.png", log_rows, frozen_steps, best["step"], cfg.method)
     parent = {"role": "pretrained", "path": run_info["encoder"], "family": encoder.family,
               "source": encoder.provenance.get("source", "unknown"), "weights_sha256": run_info["encoder_sha256"]}
@@ -809,9 +885,9 @@ def write_result(out: Path, encoder, heads, lora, cfg: TrainConfig, best: dict, 
     provenance = {
         "source": "speechft finetune", "method": cfg.method, "steps": T, "steps_run": R, "frozen_steps": frozen_steps,
         "best_step": best["step"], "dev_score": best["score"], "dev_metrics": best["metrics"],
-        "tasks": sorted(heads.keys()), "parents": [parent],
+        "parents": [parent],
         "timing": {"train_seconds": round(timing["train_seconds"], 3), "utterances": timing["utterances"]},
-        "config": to_dict(cfg)}
+        "config": to_dict(cfg), **objective.provenance(heads)}
     tmp = out / ".encoder.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     encoder.save(tmp, provenance=provenance, overwrite=True)
@@ -822,7 +898,8 @@ def write_result(out: Path, encoder, heads, lora, cfg: TrainConfig, best: dict, 
 
 # speechft.json keys that describe how the *parent* was made, not the fine-tuned child.
 PARENT_ONLY_KEYS = {"source", "parents", "weights_sha256", "created", "method", "steps", "steps_run", "frozen_steps",
-                    "best_step", "dev_score", "dev_metrics", "tasks", "timing", "config", "merge", "merge_chain"}
+                    "best_step", "dev_score", "dev_metrics", "tasks", "timing", "config", "merge", "merge_chain",
+                    "training_method", "units", "masking", "audio"}
 
 
 def plot_curves(path: Path, rows: list[dict], frozen_steps: int, best_step: int, method: str) -> None:
@@ -857,12 +934,13 @@ def plot_curves(path: Path, rows: list[dict], frozen_steps: int, best_step: int,
     plt.close(fig)
 
 
-def make_progress(total: int, initial: int, enabled: bool):
+def make_progress(total: int, initial: int, enabled: bool, desc: str = "finetune"):
     from tqdm.auto import tqdm
 
-    # Only the main process draws a bar; elsewhere tqdm's own settings apply (TQDM_DISABLE=1 turns it off).
+    # Only the main process draws a bar (and none with progress=False); elsewhere tqdm's own settings apply
+    # (TQDM_DISABLE=1 turns it off).
     extra = {} if enabled else {"disable": True}
-    return tqdm(total=total, initial=initial, desc="finetune", unit="step", dynamic_ncols=True, **extra)
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True, **extra)
 
 
 def warn(message: str) -> None:

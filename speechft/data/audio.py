@@ -37,6 +37,8 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, max_seco
     path = Path(path)
     if not path.exists():
         raise SpeechFTError(f"{path}: audio file not found; check the manifest's path column")
+    if path.is_file() and path.stat().st_size == 0:
+        raise SpeechFTError(f"{path}: empty file (0 bytes); re-create it or remove it from the manifest")
     try:
         wav, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as e:  # soundfile raises LibsndfileError / RuntimeError with varying text

@@ -100,9 +100,11 @@ def _load_spec(root: Path) -> dict:
     if not path.exists():
         _fail(f"{path}: missing; a task folder needs task.yaml (see docs/task-folder.md)")
     try:
-        spec = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
+        spec = yaml.safe_load(_read_text(path))
+    except yaml.YAMLError as e:  # also python/* tags: safe_load never builds Python objects
         _fail(f"{path}: not valid YAML ({str(e).splitlines()[0]})")
+    except RecursionError:
+        _fail(f"{path}: not valid YAML (nested too deeply)")
     if not isinstance(spec, dict):
         _fail(f"{path}: must be a mapping with keys name, type, metric, labels/vocabulary")
     for key in ("name", "type"):
@@ -127,17 +129,35 @@ def _load_spec(root: Path) -> dict:
         if tok not in TOKENIZERS:
             _fail(f"{path}: tokenizer '{tok}' is not one of {', '.join(TOKENIZERS)}")
     sr = spec.setdefault("sample_rate", 16000)
-    if not isinstance(sr, int) or sr <= 0:
+    if not isinstance(sr, int) or isinstance(sr, bool) or sr <= 0:
         _fail(f"{path}: sample_rate must be a positive integer, got {sr!r}")
+    # Only a real YAML boolean opens the folder to outside paths (a string 'false' would be truthy).
+    if not isinstance(spec.get("allow_outside_paths", False), bool):
+        _fail(f"{path}: allow_outside_paths must be true or false, got {spec['allow_outside_paths']!r}")
     return spec
+
+
+def _read_text(path: Path) -> str:
+    """A UTF-8 text file, refusing what is not text (a NUL byte, invalid UTF-8) with the byte offset."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        _fail(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8")
+    if "\0" in text:
+        _fail(f"{path}: contains a NUL byte (at character {text.index(chr(0))}); it is not a text file")
+    return text
 
 
 def _read_manifest(root: Path, split: str, task: dict, allow_outside: bool) -> list[Example]:
     path = root / f"{split}.tsv"
     if not path.exists():
         _fail(f"{path}: missing; every task folder needs {', '.join(s + '.tsv' for s in SPLITS)}")
-    text = path.read_text(encoding="utf-8", errors="strict")
-    rows = list(csv.reader(io.StringIO(text), delimiter="\t", quoting=csv.QUOTE_NONE))
+    text = _read_text(path)
+    try:
+        rows = list(csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE))
+    except csv.Error as e:
+        _fail(f"{path}: not a tab-separated manifest ({e}); one row per line, fields separated by tabs")
     rows = [r for r in rows if r and any(c.strip() for c in r)]
     if not rows:
         _fail(f"{path}: empty; it needs a header row (path, duration, ...) and at least one example")
@@ -171,7 +191,7 @@ def _read_manifest(root: Path, split: str, task: dict, allow_outside: bool) -> l
         seen[rel] = lineno
         try:
             duration = float(row[col["duration"]])
-            if not duration > 0:
+            if not 0 < duration < float("inf"):
                 raise ValueError
         except ValueError:
             bad.append(f"line {lineno}: duration '{row[col['duration']]}' is not a positive number")

@@ -39,6 +39,13 @@ class EncoderOutput:
         return torch.arange(f, device=self.frame_lengths.device)[None, :] < self.frame_lengths[:, None]
 
 
+def fit_frame_mask(frame_mask: torch.Tensor, frames: int) -> torch.Tensor:
+    """A (B, F') frame mask cut or padded (with False) to the `frames` the model computes."""
+    if frame_mask.shape[1] >= frames:
+        return frame_mask[:, :frames]
+    return torch.nn.functional.pad(frame_mask, (0, frames - frame_mask.shape[1]), value=False)
+
+
 def key_padding_bias(valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """(B, F) bool -> (B, 1, 1, F) additive attention bias (0 keep, very negative drop).
 
@@ -70,7 +77,8 @@ class Encoder(nn.Module):
         self.train(model.training)  # the wrapper's mode follows the model's (eval after loading)
 
     # ---- what the adapters provide -------------------------------------------------
-    def _forward(self, wavs: torch.Tensor, lengths: torch.Tensor) -> list[torch.Tensor]:
+    def _forward(self, wavs: torch.Tensor, lengths: torch.Tensor,
+                 frame_mask: torch.Tensor | None = None) -> list[torch.Tensor]:
         raise NotImplementedError
 
     def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
@@ -94,14 +102,27 @@ class Encoder(nn.Module):
             cfg.apply_spec_augment = False
 
     # ---- shared behaviour ----------------------------------------------------------
-    def forward(self, wavs: torch.Tensor, lengths: torch.Tensor | None = None) -> EncoderOutput:
-        """wavs: (B, T) float32 at 16 kHz, zero-padded; lengths: (B,) valid samples."""
+    def forward(self, wavs: torch.Tensor, lengths: torch.Tensor | None = None,
+                frame_mask: torch.Tensor | None = None) -> EncoderOutput:
+        """wavs: (B, T) float32 at 16 kHz, zero-padded; lengths: (B,) valid samples.
+
+        frame_mask: optional (B, F) bool over the output frames, True = hide what this frame sees of the
+        input (masked prediction, speechft.pretrain). Each family blanks its own input representation
+        under those frames (`_forward`); None (the default) changes nothing. Columns past the frames the
+        batch has are ignored; F may also be shorter (the rest stays visible).
+        """
         if wavs.dim() != 2:
             raise ValueError(f"wavs must be (batch, samples), got shape {tuple(wavs.shape)}")
         if lengths is None:
             lengths = torch.full((wavs.shape[0],), wavs.shape[1], dtype=torch.long, device=wavs.device)
         lengths = lengths.to(wavs.device)
-        states = self._forward(wavs, lengths)
+        if frame_mask is None:
+            states = self._forward(wavs, lengths)
+        else:
+            if frame_mask.dim() != 2 or frame_mask.shape[0] != wavs.shape[0] or frame_mask.dtype != torch.bool:
+                raise ValueError(f"frame_mask must be a (batch, frames) bool tensor for {wavs.shape[0]} items, got "
+                                 f"{frame_mask.dtype} {tuple(frame_mask.shape)}")
+            states = self._forward(wavs, lengths, frame_mask=frame_mask.to(wavs.device))
         return EncoderOutput(list(states), self.frame_lengths(lengths).to(wavs.device))
 
     @property
@@ -168,21 +189,38 @@ class Encoder(nn.Module):
 
     @classmethod
     def load(cls, path: str | os.PathLike, check_finite: bool = True) -> "Encoder":
+        from safetensors import SafetensorError
+
         path = Path(path)
+        if not (path / "config.json").is_file():
+            raise SpeechFTError(f"{path}/config.json: missing; an encoder folder needs config.json and "
+                                "model.safetensors (`speechft doctor` checks a folder)")
+        if not any(path.glob("*.safetensors")):
+            pickled = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+            hint = (f"it holds pickled weights ({', '.join(pickled[:3])}), which speechft never unpickles: convert "
+                    "them with `speechft encoder convert`" if pickled else "write one with `speechft encoder "
+                    "default|tiny|convert`")
+            raise SpeechFTError(f"{path}: no model.safetensors; {hint}")
         try:
             with quiet_transformers():
-                model, info = cls.model_class.from_pretrained(path, output_loading_info=True)
-        except (OSError, ValueError, RuntimeError) as e:
-            raise SpeechFTError(f"{path}: cannot load the {cls.family} weights ({str(e).splitlines()[0][:300]}); "
+                # use_safetensors: never fall back to a pickled pytorch_model.bin. Mismatched shapes are
+                # collected (not raised deep inside transformers) so the error below can name them.
+                model, info = cls.model_class.from_pretrained(path, output_loading_info=True, use_safetensors=True,
+                                                              ignore_mismatched_sizes=True)
+        except (OSError, ValueError, RuntimeError, SafetensorError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            raise SpeechFTError(f"{path}: cannot load the {cls.family} weights ({first}); "
                                 "check that the folder is a complete, matching encoder folder") from None
         problems = []
         for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
-            keys = sorted(str(k) for k in info.get(kind, []) or [])
+            keys = sorted(_describe_key(k) for k in info.get(kind, []) or [])
             if keys:
                 problems.append(f"{kind.replace('_', ' ')}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}")
         if problems:
-            raise SpeechFTError(f"{path}: model.safetensors does not match config.json ({'; '.join(problems)}); "
-                                "the weights belong to another architecture or were saved with a prefix")
+            why = ("the weights were saved with another config.json (sizes differ): pair them with their own config"
+                   if len(problems) == 1 and problems[0].startswith("mismatched") else
+                   "the weights belong to another architecture or were saved with a prefix")
+            raise SpeechFTError(f"{path}: model.safetensors does not match config.json ({'; '.join(problems)}); {why}")
         if check_finite:
             for name, t in model.state_dict().items():
                 if t.is_floating_point() and not torch.isfinite(t).all():
@@ -191,6 +229,13 @@ class Encoder(nn.Module):
         model.eval()
         prov = read_json(path / PROVENANCE_FILE) if (path / PROVENANCE_FILE).exists() else {}
         return cls(model, prov)
+
+
+def _describe_key(k) -> str:
+    """A loading-info entry: a name, or (name, shape in the file, shape the config builds) for a mismatch."""
+    if isinstance(k, tuple) and len(k) == 3:
+        return f"{k[0]} (file {list(k[1])} vs config {list(k[2])})"
+    return str(k)
 
 
 @contextlib.contextmanager
@@ -225,16 +270,23 @@ def detect_family(path: str | os.PathLike) -> str:
         if re.fullmatch(r"[\w.-]+/[\w.-]+", s) and not s.startswith((".", "/")):
             raise SpeechFTError(f"'{s}' is not a local folder and looks like a Hugging Face Hub id; this tool runs "
                                 "offline: download the model elsewhere and pass its local folder")
-        raise SpeechFTError(f"{path}: encoder folder not found")
+        raise SpeechFTError(f"{path}: encoder folder not found; pass a folder written by `speechft encoder "
+                            "default|tiny|convert`, `finetune` or `merge`")
     if not path.is_dir():
         raise SpeechFTError(f"{path}: is a file; an encoder is a folder with config.json and model.safetensors")
     prov = read_provenance(path)
+    cfg_path = path / "config.json"
     if prov.get("family"):
         fam = prov["family"]
         if fam not in FAMILIES:
             raise SpeechFTError(f"{path}/speechft.json: unknown family '{fam}'; known: {', '.join(FAMILIES)}")
+        # Loading hubert weights as wav2vec2 (same tensor names) would succeed and silently compute the
+        # wrong model, so the two files must agree.
+        model_type = read_json(cfg_path).get("model_type") if cfg_path.is_file() else None
+        if model_type in MODEL_TYPES and MODEL_TYPES[model_type] != fam:
+            raise SpeechFTError(f"{path}/speechft.json: family '{fam}' contradicts config.json's model_type "
+                                f"'{model_type}' ({MODEL_TYPES[model_type]}); fix or delete speechft.json's family")
         return fam
-    cfg_path = path / "config.json"
     if not cfg_path.exists():
         raise SpeechFTError(f"{cfg_path}: missing; an encoder folder needs config.json and model.safetensors "
                             "(convert fairseq/s3prl checkpoints with `speechft encoder convert`)")

@@ -27,9 +27,10 @@ class DeCoAR2Encoder(Encoder):
     def frame_lengths(self, lengths):
         return self.model.get_output_lengths(lengths)
 
-    def _forward(self, wavs, lengths):
+    def _forward(self, wavs, lengths, frame_mask=None):
         valid = torch.arange(wavs.shape[1], device=wavs.device)[None, :] < lengths[:, None]
-        return self.model(wavs, attention_mask=valid.long(), output_hidden_states=True).hidden_states
+        kw = {} if frame_mask is None else {"frame_mask": frame_mask}
+        return self.model(wavs, attention_mask=valid.long(), output_hidden_states=True, **kw).hidden_states
 
     @classmethod
     def tiny_config(cls, **overrides):

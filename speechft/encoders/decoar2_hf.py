@@ -127,7 +127,10 @@ class DeCoAR2Model(DeCoAR2PreTrainedModel):
         return fbank_frames(lengths)
 
     def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                output_hidden_states: bool = False, return_dict: bool = True, **kwargs):
+                output_hidden_states: bool = False, return_dict: bool = True, frame_mask: torch.Tensor | None = None,
+                **kwargs):
+        """frame_mask: optional (B, F) bool; the filterbank frames under it are set to 0 (the per-utterance
+        mean after normalisation) before the projection - masked prediction in continued pre-training."""
         b, t = input_values.shape
         lengths = (attention_mask.sum(-1) if attention_mask is not None
                    else torch.full((b,), t, dtype=torch.long, device=input_values.device))
@@ -137,6 +140,10 @@ class DeCoAR2Model(DeCoAR2PreTrainedModel):
         feats = kaldi_fbank(input_values, lengths, banks)
         frames = fbank_frames(lengths)
         valid = torch.arange(feats.shape[1], device=feats.device)[None, :] < frames[:, None]
+        if frame_mask is not None:
+            f = feats.shape[1]
+            m = frame_mask[:, :f] if frame_mask.shape[1] >= f else nn.functional.pad(frame_mask, (0, f - frame_mask.shape[1]))
+            feats = feats.masked_fill(m[..., None], 0.0)
         x = self.feature_dropout(self.feature_projection(feats)) * valid[..., None]
         x = x + self.encoder.pos_conv_embed(x)
         x = self.encoder.dropout(self.encoder.layer_norm(x))

@@ -6,11 +6,13 @@ pre-training-only parameters.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from transformers import (Data2VecAudioConfig, Data2VecAudioModel, HubertConfig, HubertModel, Wav2Vec2Config,
                           Wav2Vec2Model, WavLMConfig, WavLMModel)
 
-from .base import Encoder
+from .base import Encoder, fit_frame_mask
 
 
 class Wav2Vec2StyleEncoder(Encoder):
@@ -27,7 +29,7 @@ class Wav2Vec2StyleEncoder(Encoder):
         """Models trained on normalized audio (HF's `do_normalize`, e.g. wav2vec2 large-lv60)."""
         return bool(self.provenance.get("normalize_waveform", False))
 
-    def _forward(self, wavs, lengths):
+    def _forward(self, wavs, lengths, frame_mask=None):
         valid = torch.arange(wavs.shape[1], device=wavs.device)[None, :] < lengths[:, None]
         if self.normalize_waveform:
             # Per-utterance zero mean / unit variance over the valid samples only.
@@ -35,8 +37,39 @@ class Wav2Vec2StyleEncoder(Encoder):
             mean = (wavs * valid).sum(1, keepdim=True) / n
             var = (((wavs - mean) * valid) ** 2).sum(1, keepdim=True) / n
             wavs = (wavs - mean) / torch.sqrt(var + 1e-7) * valid
-        out = self.model(wavs, attention_mask=valid.long(), output_hidden_states=True)
+        with self._masking(frame_mask):
+            out = self.model(wavs, attention_mask=valid.long(), output_hidden_states=True)
         return out.hidden_states
+
+    @contextlib.contextmanager
+    def _masking(self, frame_mask):
+        """Replace the projected conv features under `frame_mask` before the transformer sees them.
+
+        This is where HuBERT/wav2vec 2.0 pre-training masks (transformers' `mask_time_indices`). That
+        argument is not used: it is a no-op while apply_spec_augment is off (base.py turns it off) and
+        also switches on feature masking in training mode when a config has mask_feature_prob > 0. A
+        forward hook on `feature_projection` does just the time masking. The mask value is the model's
+        own learned `masked_spec_embed` (pre-training-only, so it stays frozen); a model without one
+        (its config had mask_time_prob = mask_feature_prob = 0) gets zeros, not a new parameter, so
+        the saved folder keeps exactly the parameters of its parent and merges with it.
+        """
+        if frame_mask is None:
+            yield
+            return
+        embed = getattr(self.model, "masked_spec_embed", None)
+
+        def hook(module, inputs, output):
+            hidden = output[0] if isinstance(output, tuple) else output
+            m = fit_frame_mask(frame_mask, hidden.shape[1])[..., None]
+            token = embed.to(hidden.dtype) if embed is not None else hidden.new_zeros(hidden.shape[-1])
+            hidden = torch.where(m, token, hidden)
+            return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+        handle = self.model.feature_projection.register_forward_hook(hook)
+        try:
+            yield
+        finally:
+            handle.remove()
 
     @classmethod
     def tiny_config(cls, **overrides):

@@ -15,7 +15,7 @@ from transformers import WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder as HFWhisperEncoder
 
 from ..errors import SpeechFTError
-from .base import Encoder, key_padding_bias
+from .base import Encoder, fit_frame_mask, key_padding_bias
 
 N_FFT, HOP = 400, 160
 
@@ -75,7 +75,7 @@ class WhisperEncoder(Encoder):
     def features(self, wavs, lengths) -> torch.Tensor:
         return log_mel(wavs, lengths, self.mel_filters)
 
-    def _forward(self, wavs, lengths):
+    def _forward(self, wavs, lengths, frame_mask=None):
         m = self.model
         mel_frames = lengths // HOP
         if int(mel_frames.min()) < 1:
@@ -84,7 +84,13 @@ class WhisperEncoder(Encoder):
         if int(frames.max()) > m.config.max_source_positions:
             raise SpeechFTError(f"audio of {int(lengths.max()) / 16000:.1f} s is longer than Whisper's 30 s window; "
                                 "segment it first")
-        return self.encode_features(self.features(wavs, lengths), mel_frames)
+        mel = self.features(wavs, lengths)
+        if frame_mask is not None:
+            # Output frame j is conv2 (stride 2) over log-mel frames 2j and 2j+1: those two are set to 0, the
+            # value padding has (log-mel is (log10 + 4) / 4, so 0 is a quiet frame).
+            under = fit_frame_mask(frame_mask, (mel.shape[-1] + 1) // 2).repeat_interleave(2, dim=1)[:, :mel.shape[-1]]
+            mel = mel.masked_fill(under[:, None, :], 0.0)
+        return self.encode_features(mel, mel_frames)
 
     def encode_features(self, mel: torch.Tensor, mel_frames: torch.Tensor) -> list[torch.Tensor]:
         """Log-mel (B, n_mels, N) with valid frame counts -> L+1 hidden states.

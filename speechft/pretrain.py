@@ -1,0 +1,649 @@
+"""Continued pre-training: HuBERT-style masked-unit prediction on new, unlabelled audio.
+
+The paper's unsupervised scenario: continue pre-training an encoder on audio of a new language
+(AISHELL-3 Mandarin), then merge it with the pre-trained encoder like any fine-tuned one:
+
+    speechft pretrain --encoder enc/hubert-base --audio tasks/aishell3-asr --out runs/hubert-zh
+    speechft merge --pretrained enc/hubert-base --finetuned runs/hubert-zh --alpha 0.25 --out enc/hubert-zh-merged
+
+What happens, in order:
+
+1. Targets, once, offline, with the initial encoder: features of one of its own intermediate layers
+   (`units.layer`, the middle one by default) on a seeded sample of the training audio are clustered
+   by k-means (`kmeans`: torch, k-means++ initialisation, seeded; K = `units.clusters`), and every
+   training and dev clip - exactly the crop the training stream yields (`data.max_seconds`, cut at the
+   start like every speechft crop) - is labelled frame by frame with its nearest centroid. Both are
+   stored in the run folder (units/, safetensors) so a resumed run reuses them.
+2. Training: the input under random spans of frames is hidden (`span_mask`: each frame starts a span of
+   `mask.span` frames with probability `mask.start_prob`, HuBERT's p = 8%, l = 10, at the model's own
+   frame rate) through `Encoder.forward(..., frame_mask=)`: wav2vec2-family models get their projected
+   conv features replaced by the model's `masked_spec_embed` (zeros if it has none), Whisper gets the two
+   log-mel frames under each masked output frame set to 0, DeCoAR 2.0 its filterbank frames. A linear
+   prediction head over the last hidden state predicts the unit of every frame; the loss is the cross-
+   entropy over masked frames only (`masked_unit_loss`).
+3. The loop is fine-tuning's (speechft.train.run_training) with this objective instead of the task heads:
+   method `regular` by default (everything but the front end trains; the other methods work too), Adam,
+   the warm-up / hold / decay schedule, clip 1, atomic resumable checkpoints, accelerate. The dev metric is
+   masked-unit accuracy on held-out audio (a task folder's dev split, or `units.dev_clips` clips of a bare
+   manifest) with fixed masks; the best-on-dev checkpoint is the result.
+4. The result is an encoder folder like finetune's (speechft.json: method "continued-pretraining", the
+   units' K and layer, steps, the parent's hash); the prediction head is pre-training-only and dropped.
+
+`--audio` is a task folder (its train split trains, its dev split scores; labels are ignored) or a bare
+TSV manifest with a `path` column (relative to the manifest's folder, or absolute) and optionally
+`duration` in seconds.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+import torch
+from torch import nn
+
+from .checkpoint import load_tensors
+from .config import load_config, to_dict
+from .errors import SpeechFTError
+from .heads import HeadConfig
+from .io_utils import atomic_file, read_json, sha256_bytes, sha256_file, write_json
+from .train import TaskStream, TrainConfig, resolve_config, run_training
+
+UNITS = "units"  # the one stream / head name, as it appears in metrics.jsonl
+UNITS_DIR = "units"  # run-folder subfolder: kmeans.safetensors, units.json, targets.safetensors (while running)
+IGNORE = -100  # target of a frame outside a clip
+
+
+# =====================================================================================================
+# Configuration: TrainConfig (the shared loop's knobs) + the targets and the masking
+# =====================================================================================================
+@dataclass
+class UnitsConfig:
+    clusters: int = 100  # K of k-means (HuBERT Base: 100 in its first iteration, 500 in its second)
+    layer: Optional[int] = None  # hidden state the targets come from (0 = input to layer 1, L = last); null = L // 2
+    sample_frames: int = 100_000  # k-means is fit on at most this many frames from a seeded sample of training clips
+    iterations: int = 100  # Lloyd iterations at most; stops earlier once the inertia improves by < 1e-4 (relative)
+    dev_clips: int = 100  # a bare manifest: clips held out for the dev metric (at most a tenth of them, at least 1)
+
+
+@dataclass
+class MaskConfig:
+    start_prob: float = 0.08  # each frame starts a masked span with this probability (HuBERT: p = 8%)
+    span: int = 10  # frames per span, at the model's frame rate (HuBERT: l = 10 at 50 Hz)
+    min_spans: int = 2  # spans at least, per clip (fairseq's min_masks), where the clip has room
+
+
+@dataclass
+class PretrainConfig(TrainConfig):
+    # Every TrainConfig key applies as in finetune (data.max_seconds crops long clips - HuBERT crops to ~15.6 s -
+    # and cropped clips are labelled exactly as cropped); `head` takes no settings here.
+    method: Literal["stable", "regular", "l2sp", "lora", "dora", "early-stop"] = "regular"
+    units: UnitsConfig = field(default_factory=UnitsConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+
+
+def resolve_pretrain_config(cfg: PretrainConfig) -> PretrainConfig:
+    """resolve_config's checks plus the units and masking ones; one-line SpeechFTError naming the key."""
+    if not isinstance(cfg, PretrainConfig):
+        raise SpeechFTError("pretrain needs a PretrainConfig (speechft/pretrain.py), got a "
+                            f"{type(cfg).__name__}")
+    cfg = resolve_config(cfg)
+    u, m = cfg.units, cfg.mask
+
+    def bad(key, value, what):
+        raise SpeechFTError(f"config {key}={value!r}: {what}")
+
+    if u.clusters < 2:
+        bad("units.clusters", u.clusters, "k-means needs at least 2 clusters (HuBERT uses 100-500)")
+    if u.layer is not None and u.layer < 0:
+        bad("units.layer", u.layer, "a hidden-state index: 0 (input to layer 1) to the number of layers")
+    if not u.clusters <= u.sample_frames <= 10_000_000:
+        bad("units.sample_frames", u.sample_frames, f"must be between units.clusters ({u.clusters}) and 10,000,000")
+    if u.iterations < 1:
+        bad("units.iterations", u.iterations, "must be >= 1")
+    if u.dev_clips < 1:
+        bad("units.dev_clips", u.dev_clips, "must be >= 1")
+    if not (math.isfinite(m.start_prob) and 0 < m.start_prob < 1):
+        bad("mask.start_prob", m.start_prob, "a probability in (0, 1); HuBERT uses 0.08")
+    if m.span < 1 or m.min_spans < 0:
+        bad("mask.span" if m.span < 1 else "mask.min_spans", m.span if m.span < 1 else m.min_spans,
+            "span must be >= 1 frame, min_spans >= 0")
+    if to_dict(cfg.head) != to_dict(HeadConfig()):
+        bad("head", to_dict(cfg.head), "pretrain's prediction head is one linear layer over the last hidden state "
+            "and takes no head settings; remove the head section")
+    return cfg
+
+
+# =====================================================================================================
+# Pieces: k-means, span masks, the loss, the prediction head
+# =====================================================================================================
+def _sqdist(x: torch.Tensor, x_sq: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """(N, D), (N,), (K, D) -> (N, K) squared distances (clamped at 0 against rounding)."""
+    return (x_sq[:, None] - 2.0 * (x @ c.T) + (c * c).sum(1)[None, :]).clamp_(min=0.0)
+
+
+def nearest_centroid(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index of the nearest centroid per row of `x` and the squared distance to it."""
+    x, centroids = x.float(), centroids.float().to(x.device)
+    idx, dist = [], []
+    for i in range(0, x.shape[0], chunk):
+        part = x[i:i + chunk]
+        d, j = _sqdist(part, (part * part).sum(1), centroids).min(dim=1)
+        idx.append(j)
+        dist.append(d)
+    if not idx:
+        return torch.zeros(0, dtype=torch.long, device=x.device), torch.zeros(0, device=x.device)
+    return torch.cat(idx), torch.cat(dist)
+
+
+def kmeans(x: torch.Tensor, k: int, seed: int = 0, iterations: int = 100, tol: float = 1e-4) -> tuple[torch.Tensor, dict]:
+    """k-means on the rows of `x` (N, D): k-means++ initialisation, then Lloyd iterations until the
+    inertia improves by less than `tol` (relative) or `iterations` are done. Deterministic per `seed`
+    (a private generator; the global RNG is untouched). Runs on x's device.
+    Returns (centroids (k, D) float32, {"iterations", "inertia": mean squared distance, "points"})."""
+    n = x.shape[0]
+    if n < k:
+        raise SpeechFTError(f"units.clusters={k}: k-means needs at least that many frames, the sample has {n}; "
+                            "lower units.clusters or give more audio")
+    x = x.float()
+    x_sq = (x * x).sum(1)
+    gen = torch.Generator().manual_seed(seed)
+    # k-means++ (Arthur & Vassilvitskii 2007): each next centre is a point drawn with probability
+    # proportional to its squared distance to the nearest centre chosen so far.
+    chosen = [int(torch.randint(n, (1,), generator=gen))]
+    d2 = _sqdist(x, x_sq, x[chosen[0]][None])[:, 0]
+    for _ in range(1, k):
+        w = d2.double().cpu()
+        total = float(w.sum())
+        if total > 0:
+            nxt = int(torch.multinomial(w / total, 1, generator=gen))
+        else:  # every point sits on a centre already (duplicates): take the first one not chosen
+            taken = set(chosen)
+            nxt = next(i for i in range(n) if i not in taken)
+        chosen.append(nxt)
+        d2 = torch.minimum(d2, _sqdist(x, x_sq, x[nxt][None])[:, 0])
+    c = x[chosen].clone()
+    prev = math.inf
+    done = 0
+    for done in range(1, iterations + 1):
+        assign, dist = nearest_centroid(x, c)
+        inertia = float(dist.sum())
+        sums = torch.zeros_like(c).index_add_(0, assign, x)
+        counts = torch.bincount(assign, minlength=k)
+        c = sums / counts.clamp(min=1)[:, None].to(sums.dtype)
+        empty = counts == 0
+        if empty.any():  # an empty cluster restarts at the points worst served now (deterministic)
+            c[empty] = x[dist.topk(int(empty.sum())).indices]
+        if math.isfinite(prev) and prev - inertia <= tol * prev:
+            break
+        prev = inertia
+    _, dist = nearest_centroid(x, c)
+    return c, {"iterations": done, "inertia": float(dist.mean()), "points": n}
+
+
+def span_mask(frame_lengths: torch.Tensor, start_prob: float, span: int, min_spans: int = 0,
+              generator: torch.Generator | None = None, frames: int | None = None) -> torch.Tensor:
+    """(B,) valid frames -> (B, F) bool mask of spans, all inside each clip's valid frames.
+
+    Every frame that leaves room for a whole span (t <= n - span; t = 0 for a clip shorter than a span)
+    starts one with probability `start_prob`; clips with fewer than `min_spans` starts get that many
+    distinct random ones (as far as they have room). A start at t masks t .. t+span-1; spans may overlap.
+    Draws from `generator` (CPU), or from torch's global RNG - which checkpoints save - when None.
+    """
+    n = frame_lengths.detach().cpu().long()
+    f = int(n.max()) if frames is None and len(n) else (frames or 0)
+    pos = torch.arange(f)
+    room = (n - span).clamp(min=0)  # the last frame a span may start at
+    starts = (torch.rand(len(n), f, generator=generator) < start_prob) & (pos[None, :] <= room[:, None])
+    starts &= (n > 0)[:, None]
+    for i in torch.nonzero((starts.sum(1) < min_spans) & (n > 0)).flatten().tolist():
+        choices = torch.randperm(int(room[i]) + 1, generator=generator)[:min_spans]
+        starts[i, choices] = True
+    # frame t is masked when a span starts in (t - span, t]: a difference of running counts
+    count = torch.cumsum(starts.int(), dim=1)
+    before = torch.nn.functional.pad(count, (span, 0))[:, :f]
+    return ((count - before) > 0) & (pos[None, :] < n[:, None])
+
+
+def masked_unit_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the masked frames that have a target; every other frame contributes
+    nothing (HuBERT's alpha = 1: the loss on unmasked frames has weight 0). (B, F, K), (B, F), (B, F)."""
+    f = min(logits.shape[1], targets.shape[1])
+    sel = mask[:, :f] & (targets[:, :f] >= 0)
+    if not bool(sel.any()):
+        return logits.sum() * 0.0  # keeps the graph (and DDP's gradient hooks) alive
+    return nn.functional.cross_entropy(logits[:, :f][sel].float(), targets[:, :f][sel])
+
+
+class UnitHead(nn.Module):
+    """The prediction head: a linear layer from the last hidden state to the K unit logits (HuBERT's
+    final_proj + cosine-to-label-embeddings, simplified). Pre-training-only: dropped from the result."""
+
+    def __init__(self, hidden_size: int, clusters: int):
+        super().__init__()
+        self.proj = nn.Linear(hidden_size, clusters)
+
+    def forward(self, last_hidden: torch.Tensor) -> torch.Tensor:
+        return self.proj(last_hidden)
+
+
+# =====================================================================================================
+# The audio: a task folder's splits, or a bare manifest with a held-out part
+# =====================================================================================================
+class AudioSource:
+    """The `--audio` argument, validated up front: train and dev examples plus the hashes that identify them."""
+
+    def __init__(self, path):
+        from .data import load_task
+
+        self.path = Path(path)
+        if self.path.is_dir():
+            task = load_task(self.path)
+            self.train, self.dev = task.split("train"), task.split("dev")
+            self.hashes = {"train_sha256": task.manifest_hash("train"), "dev_sha256": task.manifest_hash("dev")}
+            self.manifest = False
+        elif self.path.is_file():
+            self.train, self.dev = read_audio_manifest(self.path), None
+            digest = sha256_file(self.path)
+            self.hashes = {"train_sha256": digest, "dev_sha256": digest}
+            self.manifest = True
+        else:
+            raise SpeechFTError(f"{self.path}: --audio not found; pass a task folder or a TSV manifest with a path "
+                                "column")
+
+    def task(self, cfg: PretrainConfig):
+        """A Task holding the audio (type 'audio': cropped like classification clips, no labels)."""
+        from .data.tasks import Task
+
+        train, dev = self.train, self.dev
+        if dev is None:  # a bare manifest: hold out a seeded part for the dev metric
+            if len(train) < 2:
+                raise SpeechFTError(f"{self.path}: only {len(train)} clip; continued pre-training needs at least 2 "
+                                    "(one is held out for the dev metric)")
+            n_dev = max(1, min(cfg.units.dev_clips, len(train) // 10))
+            held = set(random.Random(cfg.seed).sample(range(len(train)), n_dev))
+            train, dev = ([ex for i, ex in enumerate(self.train) if (i in held) == want] for want in (False, True))
+        root = self.path if self.path.is_dir() else self.path.parent
+        return Task(root=root, name=UNITS, type="audio", metric="masked_accuracy", labels=[], tokenizer=None,
+                    sample_rate=16000, splits={"train": train, "dev": dev, "test": []}, spec={"audio": str(self.path)})
+
+
+def read_audio_manifest(path: Path) -> list:
+    """A TSV manifest: header row with `path` (relative to the manifest's folder, or absolute) and
+    optionally `duration` (seconds; read from the file's header when absent)."""
+    import soundfile as sf
+
+    from .data.tasks import Example
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise SpeechFTError(f"{path}: not UTF-8 text (byte {e.start}); an audio manifest is a TSV file") from None
+    rows = [r for r in csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+            if r and any(c.strip() for c in r)]
+    if not rows or "path" not in [h.strip() for h in rows[0]]:
+        raise SpeechFTError(f"{path}: an audio manifest needs a header row with a 'path' column (tab-separated; "
+                            "'duration' optional), then one clip per line")
+    header = [h.strip() for h in rows[0]]
+    col = {h: i for i, h in enumerate(header)}
+    examples, bad, seen = [], [], set()
+    for lineno, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            bad.append(f"line {lineno}: {len(row)} fields, header has {len(header)}")
+            continue
+        rel = row[col["path"]].strip()
+        audio = Path(rel) if Path(rel).is_absolute() else path.parent / rel
+        if rel in seen:
+            bad.append(f"line {lineno}: path '{rel}' repeats an earlier line")
+            continue
+        seen.add(rel)
+        if not audio.is_file():
+            bad.append(f"line {lineno}: audio file '{rel}' not found")
+            continue
+        try:
+            duration = float(row[col["duration"]]) if "duration" in col else sf.info(str(audio)).duration
+            if not 0 < duration < math.inf:
+                raise ValueError
+        except (ValueError, RuntimeError, sf.LibsndfileError):
+            bad.append(f"line {lineno}: no positive duration for '{rel}'")
+            continue
+        examples.append(Example(rel, audio, duration, ""))
+    if bad:
+        more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
+        raise SpeechFTError(f"{path}: {'; '.join(bad[:3])}{more}")
+    if not examples:
+        raise SpeechFTError(f"{path}: no clips listed below the header")
+    return examples
+
+
+# =====================================================================================================
+# The targets: fit k-means on a sample, label every clip, store both in the run folder
+# =====================================================================================================
+def clip_batches(dataset, indices: list[int], max_seconds: float | None, batch_size: int) -> list[list[int]]:
+    """Length-sorted batches (little padding) over `indices` of `dataset`, in a fixed order."""
+    from .data.batching import BucketBatchSampler
+
+    durs = [min(dataset.examples[i].duration, max_seconds or math.inf) for i in indices]
+    return [[indices[j] for j in b] for b in BucketBatchSampler(durs, batch_size=batch_size, shuffle=False).batches()]
+
+
+@torch.no_grad()
+def layer_features(encoder, dataset, batches: list[list[int]], layer: int, device, bar=None, num_workers: int = 0):
+    """Yields (dataset index, (frames, D) features of hidden state `layer`) for every clip in `batches`."""
+    from torch.utils.data import DataLoader
+
+    from .data.dataset import collate
+
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=num_workers,
+                            generator=torch.Generator())
+        for batch in loader:
+            out = encoder(batch.wavs.to(device), batch.lengths.to(device))
+            states = out.hidden_states[layer].float()
+            for row, (i, n) in enumerate(zip(batch.indices, out.frame_lengths.tolist())):
+                yield i, states[row, :n]
+            if bar is not None:
+                bar.update(1)
+    finally:
+        encoder.train(was_training)
+
+
+def fit_units(encoder, dataset, cfg: PretrainConfig, layer: int, device, progress: bool) -> tuple[torch.Tensor, dict]:
+    """k-means centroids of layer `layer` on a seeded sample of the training clips."""
+    from tqdm.auto import tqdm
+
+    u = cfg.units
+    order = list(range(len(dataset)))
+    random.Random(cfg.seed).shuffle(order)
+    samples = torch.tensor([int(min(ex.duration, cfg.data.max_seconds or math.inf) * 16000) for ex in dataset.examples])
+    frames = encoder.frame_lengths(samples).tolist()
+    if sum(frames) < u.clusters:  # before any feature is computed (kmeans checks the real count again)
+        raise SpeechFTError(f"units.clusters={u.clusters}: k-means needs at least that many frames, the training "
+                            f"audio has about {sum(frames)}; lower units.clusters or give more audio")
+    picked, total = [], 0
+    for i in order:  # whole clips in a seeded order until the sample is large enough
+        if total >= u.sample_frames:
+            break
+        picked.append(i)
+        total += frames[i]
+    batches = clip_batches(dataset, picked, cfg.data.max_seconds, cfg.data.eval_batch_size)
+    with tqdm(total=len(batches), desc="units: k-means sample", unit="batch", **_bar_switch(progress)) as bar:
+        feats = torch.cat([f for _, f in layer_features(encoder, dataset, batches, layer, device, bar,
+                                                         cfg.data.num_workers)])
+    if feats.shape[0] > u.sample_frames:  # the last clip overshoots: a seeded subset of exactly sample_frames
+        keep = torch.randperm(feats.shape[0], generator=torch.Generator().manual_seed(cfg.seed))[:u.sample_frames]
+        feats = feats[keep.sort().values.to(feats.device)]
+    centroids, info = kmeans(feats, u.clusters, seed=cfg.seed, iterations=u.iterations)
+    return centroids.cpu(), {**info, "clips": len(picked)}
+
+
+def label_split(encoder, dataset, centroids: torch.Tensor, layer: int, cfg: PretrainConfig, state, gather_object,
+                device, progress: bool, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Units of every clip of `dataset`, concatenated, with offsets (N+1). Processes share the batches."""
+    from tqdm.auto import tqdm
+
+    rank, world = state.process_index, state.num_processes
+    batches = clip_batches(dataset, list(range(len(dataset))), cfg.data.max_seconds, cfg.data.eval_batch_size)
+    mine = batches[rank::world]
+    pairs = []
+    with tqdm(total=len(mine), desc=desc, unit="batch", **_bar_switch(progress and state.is_main_process)) as bar:
+        for i, feats in layer_features(encoder, dataset, mine, layer, device, bar, cfg.data.num_workers):
+            pairs.append((i, nearest_centroid(feats, centroids)[0].to(torch.int32).cpu()))
+    if world > 1:
+        pairs = gather_object(pairs)
+    pairs.sort(key=lambda p: p[0])
+    units = [u for _, u in pairs]
+    offsets = torch.tensor([0] + [len(u) for u in units]).cumsum(0)
+    return (torch.cat(units) if units else torch.zeros(0, dtype=torch.int32)), offsets
+
+
+def _bar_switch(show: bool) -> dict:
+    """tqdm keywords: off when not shown; otherwise tqdm's own settings decide (TQDM_DISABLE=1 turns it off)."""
+    return {} if show else {"disable": True}
+
+
+def save_safetensors(path: Path, tensors: dict) -> None:
+    from safetensors.torch import save
+
+    with atomic_file(path, "wb") as f:
+        f.write(save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}))
+
+
+class UnitTargets:
+    """Per-clip unit sequences of one split: (concatenated units, offsets)."""
+
+    def __init__(self, units: torch.Tensor, offsets: torch.Tensor, where: str):
+        self.units, self.offsets, self.where = units.long(), offsets.long(), where
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def clip(self, i: int) -> torch.Tensor:
+        return self.units[self.offsets[i]:self.offsets[i + 1]]
+
+    def lengths(self) -> torch.Tensor:
+        return self.offsets[1:] - self.offsets[:-1]
+
+    def batch(self, indices, frame_lengths: torch.Tensor) -> torch.Tensor:
+        """(B, F) long targets of dataset clips `indices`, IGNORE past each clip; checks the frame counts."""
+        n = frame_lengths.cpu().tolist()
+        out = torch.full((len(indices), max(n) if n else 0), IGNORE, dtype=torch.long)
+        for row, (i, frames) in enumerate(zip(indices, n)):
+            u = self.clip(i)
+            if len(u) != frames:
+                raise SpeechFTError(f"{self.where}: clip {i} has {len(u)} stored units but the encoder gives {frames} "
+                                    "frames for it; the audio changed since they were computed - start a new run")
+            out[row, :frames] = u
+        return out
+
+
+# =====================================================================================================
+# The objective: what run_training optimises here
+# =====================================================================================================
+class UnitObjective:
+    """Masked-unit prediction for speechft.train.run_training (the counterpart of train.TaskObjective)."""
+
+    kind = "pretrain"
+    result_name = "continued-pretraining"
+    data_option = "--audio"
+    config_class = PretrainConfig
+
+    def __init__(self, audio):
+        self.source = AudioSource(audio)
+        self.encoder = self.cfg = self.task = self.layer = None
+        self.targets: dict[str, UnitTargets] = {}
+        self.units_info: dict = {}
+        self.dev_masks: list[torch.Tensor] = []
+
+    @staticmethod
+    def resolve(cfg: PretrainConfig) -> PretrainConfig:
+        return resolve_pretrain_config(cfg)
+
+    def run_info(self) -> dict:
+        return {UNITS: {"path": str(self.source.path.resolve()), **self.source.hashes}}
+
+    # ---- before the loop: the head and the targets ------------------------------------------------------
+    def build_heads(self, encoder, cfg: PretrainConfig, out: Path, state, progress: bool) -> nn.ModuleDict:
+        from accelerate.utils import gather_object
+
+        from .data.dataset import SplitDataset
+
+        self.encoder, self.cfg = encoder, cfg
+        self.task = self.source.task(cfg)
+        L = encoder.num_layers
+        self.layer = cfg.units.layer if cfg.units.layer is not None else max(1, L // 2)
+        if self.layer > L:
+            raise SpeechFTError(f"config units.layer={self.layer}: this {encoder.family} encoder has {L} layers; "
+                                f"choose 0..{L} (null = the middle one, {max(1, L // 2)})")
+        heads = nn.ModuleDict({UNITS: UnitHead(encoder.hidden_size, cfg.units.clusters)})
+
+        folder = out / UNITS_DIR
+        kmeans_file, targets_file, info_file = (folder / "kmeans.safetensors", folder / "targets.safetensors",
+                                                folder / "units.json")
+        main, device = state.is_main_process, state.device
+        show = progress and main
+        train_ds = SplitDataset(self.task, "train", cfg.data.max_seconds)  # exactly the stream's crops
+        dev_ds = SplitDataset(self.task, "dev", cfg.data.max_seconds)
+        if not targets_file.exists():  # a fresh run, or one killed before its targets were stored
+            if not kmeans_file.exists():
+                if main:
+                    from safetensors.torch import save
+
+                    centroids, info = fit_units(encoder, train_ds, cfg, self.layer, device, show)
+                    data = save({"centroids": centroids.contiguous()})
+                    # units.json first: kmeans.safetensors existing means both are complete.
+                    write_json(info_file, {"clusters": cfg.units.clusters, "layer": self.layer, **info,
+                                           "sha256": sha256_bytes(data)})
+                    with atomic_file(kmeans_file, "wb") as f:
+                        f.write(data)
+                    if show:
+                        print(f"units: k-means K={cfg.units.clusters} on {info['points']} frames of layer {self.layer} "
+                              f"({info['clips']} clips): {info['iterations']} iterations, inertia {info['inertia']:.4g}")
+                state.wait_for_everyone()
+            centroids = load_tensors(kmeans_file)["centroids"].to(device)
+            split_units = {}
+            for split, ds in (("train", train_ds), ("dev", dev_ds)):
+                split_units[split] = label_split(encoder, ds, centroids, self.layer, cfg, state, gather_object,
+                                                 device, progress, f"units: labelling {split}")
+            if main:
+                save_safetensors(targets_file, {f"{s}.{k}": v for s, (units, offsets) in split_units.items()
+                                                for k, v in (("units", units), ("offsets", offsets))})
+            state.wait_for_everyone()
+        tensors = load_tensors(targets_file)
+        for split, ds in (("train", train_ds), ("dev", dev_ds)):
+            t = UnitTargets(tensors[f"{split}.units"], tensors[f"{split}.offsets"], str(targets_file))
+            if len(t) != len(ds):
+                raise SpeechFTError(f"{targets_file}: holds units of {len(t)} {split} clips, the audio has {len(ds)}; "
+                                    "delete the run folder and start again")
+            self.targets[split] = t
+        self.units_info = read_json(info_file)
+        # Fixed dev masks, one generator per clip: the dev metric compares like with like across evaluations,
+        # whatever the batching or the number of processes.
+        m = cfg.mask
+        self.dev_masks = [span_mask(n[None], m.start_prob, m.span, m.min_spans,
+                                    torch.Generator().manual_seed(cfg.seed * 1_000_003 + i))[0]
+                          for i, n in enumerate(self.targets["dev"].lengths())]
+        return heads
+
+    def streams(self, cfg: PretrainConfig, rank: int, world: int, device) -> dict:
+        return {UNITS: TaskStream(self.task, cfg.data, cfg.seed, rank, world, device)}
+
+    # ---- the loop: one batch's loss, the dev metric -----------------------------------------------------------
+    def loss(self, encode, head, name: str, batch) -> torch.Tensor:
+        m, device = self.cfg.mask, batch.wavs.device
+        frames = self.encoder.frame_lengths(batch.lengths).cpu()
+        mask = span_mask(frames, m.start_prob, m.span, m.min_spans)  # the global RNG: resumes exactly
+        targets = self.targets["train"].batch(batch.indices, frames)
+        enc_out = encode(batch.wavs, batch.lengths, frame_mask=mask.to(device))
+        return masked_unit_loss(head(enc_out.hidden_states[-1]), targets.to(device), mask.to(device))
+
+    @torch.no_grad()
+    def evaluate(self, encoder, heads, cfg: PretrainConfig, autocast, rank, world, device, gather_object) -> dict:
+        """Masked-unit accuracy on the dev audio with fixed masks: {"units": {"metric", "value"}}."""
+        from torch.utils.data import DataLoader
+
+        from .data.dataset import SplitDataset, collate
+
+        encoder.eval()
+        heads.eval()
+        ds = SplitDataset(self.task, "dev", cfg.data.max_seconds)
+        batches = clip_batches(ds, list(range(len(ds))), cfg.data.max_seconds, cfg.data.eval_batch_size)
+        loader = DataLoader(ds, batch_sampler=batches[rank::world], collate_fn=collate,
+                            num_workers=cfg.data.num_workers, generator=torch.Generator())
+        counts = torch.zeros(2, dtype=torch.float64)
+        for batch in loader:
+            frames = encoder.frame_lengths(batch.lengths).cpu()
+            targets = self.targets["dev"].batch(batch.indices, frames)  # (checks the frame counts)
+            mask = torch.zeros(len(frames), int(frames.max()), dtype=torch.bool)
+            for row, i in enumerate(batch.indices):
+                mask[row, :frames[row]] = self.dev_masks[i]
+            with autocast():
+                enc_out = encoder(batch.wavs.to(device), batch.lengths.to(device), frame_mask=mask.to(device))
+                logits = heads[UNITS](enc_out.hidden_states[-1])
+            f = min(logits.shape[1], targets.shape[1])
+            sel = mask[:, :f] & (targets[:, :f] >= 0)
+            pred = logits[:, :f].argmax(-1).cpu()
+            counts += torch.tensor([float((pred[sel] == targets[:, :f][sel]).sum()), float(sel.sum())],
+                                   dtype=torch.float64)
+        if world > 1:
+            counts = sum(gather_object([counts]), torch.zeros(2, dtype=torch.float64))
+        value = float(counts[0] / counts[1]) if counts[1] > 0 else 0.0
+        return {UNITS: {"metric": "masked_accuracy", "value": round(value, 6)}}
+
+    # ---- the result -------------------------------------------------------------------------------------------
+    def save_heads(self, out: Path, heads) -> None:
+        """Nothing: the prediction head exists only for pre-training (like HuBERT's final_proj)."""
+
+    def provenance(self, heads) -> dict:
+        info = self.units_info
+        return {"source": "speechft pretrain", "method": "continued-pretraining", "training_method": self.cfg.method,
+                "units": {"clusters": self.cfg.units.clusters, "layer": self.layer, "sample_frames": info.get("points"),
+                          "sample_clips": info.get("clips"), "kmeans_iterations": info.get("iterations"),
+                          "inertia": info.get("inertia"), "kmeans_sha256": info.get("sha256"),
+                          "file": f"{UNITS_DIR}/kmeans.safetensors"},
+                "masking": to_dict(self.cfg.mask),
+                "audio": {"path": str(self.source.path.resolve()), "train_clips": len(self.task.split("train")),
+                          "dev_clips": len(self.task.split("dev")), **self.source.hashes}}
+
+    def clean_up(self, out: Path) -> None:
+        """The per-frame targets can be large and are reproducible from kmeans.safetensors: drop them."""
+        (out / UNITS_DIR / "targets.safetensors").unlink(missing_ok=True)
+
+
+# =====================================================================================================
+# Library entry point and command line
+# =====================================================================================================
+def pretrain(encoder_dir, audio, out, steps: int | None = None, batch_size: int | None = None,
+             max_seconds: float | None = None, seed: int | None = None, resume: bool = False, overwrite: bool = False,
+             progress: bool = True, config: PretrainConfig | None = None) -> Path:
+    """Continue pre-training the encoder in `encoder_dir` on the audio `audio` (task folder or TSV manifest)
+    by masked-unit prediction; write the run folder `out`, an encoder folder when finished, and return it.
+
+    `steps`, `batch_size`, `max_seconds` and `seed` override the config's values (`config` defaults to
+    PretrainConfig()). With `resume=True` and nothing else given the stored config is used; anything given
+    must equal it.
+    """
+    sets = {k: v for k, v in (("steps", steps), ("seed", seed)) if v is not None}
+    data = {k: v for k, v in (("batch_size", batch_size), ("max_seconds", max_seconds)) if v is not None}
+    if config is None and (sets or data or not resume):
+        config = PretrainConfig()
+    if config is not None:
+        config = dataclasses.replace(config, **sets, data=dataclasses.replace(config.data, **data))
+    return run_training(encoder_dir, out, UnitObjective(audio), config, resume, overwrite, progress)
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--encoder", required=True, metavar="DIR", help="pre-trained encoder folder")
+    p.add_argument("--audio", required=True, metavar="TASKDIR_OR_MANIFEST",
+                   help="a task folder (train split trains, dev split scores; labels unused) or a TSV manifest "
+                        "with a path column (and optionally duration)")
+    p.add_argument("--out", required=True, metavar="DIR", help="run folder; an encoder folder when finished")
+    p.add_argument("--steps", type=int, metavar="N", help="optimizer updates (overrides the config's steps)")
+    p.add_argument("--config", metavar="YAML", help="a recipe: PretrainConfig keys (see speechft/pretrain.py)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config value, e.g. --set units.clusters=500 --set units.layer=9 "
+                        "--set mask.start_prob=0.08")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+
+
+def main(args) -> int:
+    if args.resume and args.overwrite:
+        raise SpeechFTError("--resume and --overwrite contradict each other; pass one")
+    overrides = list(args.set) + ([f"steps={args.steps}"] if args.steps is not None else [])
+    config = None
+    if args.config is not None or overrides or not args.resume:
+        config = load_config(PretrainConfig, args.config, overrides)
+    pretrain(args.encoder, args.audio, args.out, resume=args.resume, overwrite=args.overwrite, config=config)
+    return 0
+
+
+__all__ = ["PretrainConfig", "UnitsConfig", "MaskConfig", "pretrain", "kmeans", "span_mask", "masked_unit_loss",
+           "UnitObjective", "UnitHead"]
