@@ -149,7 +149,7 @@ class Demo:
             return out
         with self.stage(f"fine-tune {method} on {'+'.join(tasks)} ({self.plan.steps} steps)"):
             finetune(encoder, [self.task_dir(t) for t in tasks], out, config=self.train_config(method),
-                     resume=out.exists())
+                     resume=out.exists(), progress=self.progress)
         return out
 
     def merge(self, pretrained: Path, finetuned: list[Path], out: Path, method: str = "linear", **params) -> Path:
@@ -256,6 +256,8 @@ def run_multitask(d: Demo, pretrained: Path) -> tuple[list[Variant], Path | None
 def run_continued(d: Demo, pretrained: Path) -> tuple[list[Variant], Path | None, str]:
     from .pretrain import pretrain
 
+    if len(d.targets) != 1:
+        raise SpeechFTError(f"--scenario continued takes one target (the new language's task), got {d.targets}")
     (language_task,) = d.targets
     ft, mg = d.out / "finetuned", d.out / "merged"
     cont = ft / "continued-pretraining"
@@ -395,7 +397,7 @@ def run_demo(out="demo_out", quick: bool = False, target: str | None = None, sce
     """Run the demo; returns a summary dict (also written to out/summary.json)."""
     if scenario not in SCENARIOS:
         raise SpeechFTError(f"--scenario {scenario!r}: choose one of {', '.join(SCENARIOS)}")
-    default_target = {"single": "sid", "multitask": "pr,sid", "continued": "lid"}[scenario]
+    default_target = {"single": "sid", "multitask": "pr,sid", "continued": "pr_de"}[scenario]
     targets = [t.strip() for t in (target or default_target).split(",") if t.strip()]
     plan = PLANS["quick" if quick else "full"]
     out = Path(out)
@@ -450,8 +452,8 @@ def _task_name(folder: Path) -> str:
 def add_arguments(p):
     p.add_argument("--quick", action="store_true", help="small benchmark, few steps (about 3 minutes on 2 cores)")
     p.add_argument("--target", default=None,
-                   help="target task(s): single: sid (default); multitask: pr,sid; continued: lid (its audio is the "
-                        "new-language data)")
+                   help="target task(s): single: sid (default); multitask: pr,sid; continued: pr_de (German phone "
+                        "recognition: its training audio is the new-language data)")
     p.add_argument("--scenario", choices=SCENARIOS, default="single")
     p.add_argument("--out", default="demo_out", help="output folder (default: %(default)s); reruns resume")
     p.add_argument("--seed", type=int, default=0)

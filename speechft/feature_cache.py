@@ -143,6 +143,13 @@ class FeatureCache:
                 return f"{name} has {f.stat().st_size} bytes, expected {info['bytes']}"
             if self.verify and sha256_file(f) != info["sha256"]:
                 return f"{name} does not match its sha256"
+            if name.endswith(".npy"):
+                # A forged entry can carry a valid checksum; what it cannot do is hold Python objects
+                # and still open as a plain memory-mapped numeric array (np.load never unpickles here).
+                try:
+                    np.load(f, mmap_mode="r", allow_pickle=False)
+                except (ValueError, OSError) as e:
+                    return f"{name} is not a plain numeric array ({str(e).splitlines()[0][:80]})"
         return None
 
     # ---- writing --------------------------------------------------------------------

@@ -485,6 +485,13 @@ def run_training(encoder_dir, out, objective, config: TrainConfig | None = None,
                   f"{format_metrics(best['metrics'])}) to {out}")
         state.wait_for_everyone()
         return out
+    except SpeechFTError:
+        # Bad input found before anything resumable was written (e.g. undecodable audio in the first
+        # batches): the folder holds only config.yaml and run.json, so leave nothing behind.
+        if main and latest is None and not (ckpt_root.exists() and any(ckpt_root.iterdir())) \
+                and not (out / "speechft.json").exists():
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     finally:
         torch.use_deterministic_algorithms(deterministic_before)
 

@@ -142,8 +142,6 @@ def test_bad_audio_during_finetune_is_one_line_and_leaves_no_encoder(tmp_path, c
     assert leftovers(out) == []
 
 
-@pytest.mark.xfail(strict=True, reason="train.py: a run that fails before its first checkpoint leaves its run folder "
-                                       "(config.yaml, run.json); it has nothing to resume and should be removed")
 def test_finetune_failing_before_its_first_checkpoint_leaves_no_folder(tmp_path, capsys, cls_task, tiny_encoder_dir):
     for row in (cls_task / "train.tsv").read_text().splitlines()[1:]:
         write_bad_audio((cls_task / row.split("\t")[0]).resolve(), "nan")

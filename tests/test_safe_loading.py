@@ -232,9 +232,6 @@ def test_a_forged_feature_cache_entry_holding_a_pickle_is_never_unpickled(tmp_pa
     capsys.readouterr()
 
 
-@pytest.mark.xfail(strict=True, reason="feature_cache.py: an entry whose .npy holds Python objects makes np.load("
-                                       "allow_pickle=False) raise ValueError, which escapes as an unexpected error; "
-                                       "it should count as a broken entry (deleted, re-extracted) like a bad checksum")
 def test_a_forged_feature_cache_entry_is_rebuilt(tmp_path, capsys, tiny_encoder_dir, cls_task, marker):
     argv = evaluate_argv(tmp_path, tiny_encoder_dir("hubert"), cls_task)
     assert cli(*argv) == 0
