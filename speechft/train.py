@@ -601,6 +601,20 @@ class TaskObjective:
                          "dev_sha256": t.manifest_hash("dev")} for t in self.tasks}
 
     def build_heads(self, encoder, cfg: TrainConfig, out: Path, state, progress: bool) -> nn.ModuleDict:
+        from .heads import ctc_min_frames
+
+        for t in self.tasks:  # a ctc task none of whose clips has enough frames would only ever skip batches
+            if t.type != "ctc":
+                continue
+            examples = t.split("train")
+            samples = torch.tensor([int(ex.duration * 16000) for ex in examples], dtype=torch.long)
+            frames = encoder.frame_lengths(samples).tolist()
+            if not any(n >= ctc_min_frames(t.encode(ex.target)) for n, ex in zip(frames, examples)):
+                ex = examples[0]
+                raise SpeechFTError(f"{t.root}/train.tsv: no clip has enough {encoder.family} frames for its transcript "
+                                    f"(e.g. '{ex.id}': {frames[0]} frames, needs {ctc_min_frames(t.encode(ex.target))}"
+                                    " for CTC); use longer clips, shorter transcripts or an encoder with more frames "
+                                    "per second")
         self.heads = nn.ModuleDict({t.name: TaskHead.for_task(t, encoder.hidden_size, encoder.num_layers + 1, cfg.head)
                                     for t in self.tasks})
         return self.heads
