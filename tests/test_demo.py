@@ -65,7 +65,7 @@ def test_quick_demo_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
                 "analysis/weight_distance_vs_cka.png"):
         assert (out / png).stat().st_size > 1000, png
     merged = json.loads((out / "merged" / "speech-ft" / "speechft.json").read_text())
-    assert merged["method"] == "linear" and merged["params"]["alpha"] == 0.25
+    assert merged["merge"]["method"] == "linear" and merged["merge"]["params"]["alpha"] == 0.25
     printed = capsys.readouterr().out
     assert "| Speech-FT |" in printed and "Report:" in printed
     # A rerun resumes: nothing is trained or evaluated again.
