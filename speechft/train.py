@@ -61,9 +61,6 @@ METHODS = ("stable", "regular", "l2sp", "lora", "dora", "early-stop")
 # Methods whose encoder starts with a frozen phase by default (TrainConfig.frozen_fraction = null).
 FROZEN_BY_DEFAULT = {"stable": 0.1, "early-stop": 0.1}
 PROBING_LR = 1e-3  # an encoder LR above this is what SUPERB probes use, and it wrecks a pre-trained encoder
-# Parameters that are constants by design, per family. Whisper's positions are fixed sinusoids (transformers
-# builds them with requires_grad=False, but from_pretrained hands them back trainable).
-FIXED_PARAMETERS = {"whisper": (r"embed_positions\.",)}
 
 
 # =====================================================================================================
@@ -779,12 +776,9 @@ def format_metrics(metrics: dict) -> str:
 # ---- parameters ----------------------------------------------------------------------------------------
 def freeze_permanently(encoder) -> None:
     """The waveform front end and the pre-training-only parameters never train (Speech-FT keeps the conv
-    feature extractor frozen for the whole run); nor do a family's fixed constants (FIXED_PARAMETERS)."""
-    import re
-
-    fixed = FIXED_PARAMETERS.get(encoder.family, ())
+    feature extractor frozen for the whole run); nor do a family's constants (`Encoder.fixed_patterns`)."""
     for name, p in encoder.model.named_parameters():
-        if encoder.is_frontend(name) or encoder.is_pretraining_only(name) or any(re.match(f, name) for f in fixed):
+        if encoder.is_frontend(name) or encoder.is_pretraining_only(name) or encoder.is_fixed(name):
             p.requires_grad_(False)
     # transformers' wav2vec2-style feature encoders set requires_grad on their own output in training mode
     # unless told otherwise, which would backpropagate through the whole frozen conv stack for nothing.

@@ -65,6 +65,8 @@ class Encoder(nn.Module):
     # Regexes (re.match) over parameter names of `self.model`.
     frontend_patterns: ClassVar[tuple[str, ...]] = ()
     pretraining_only_patterns: ClassVar[tuple[str, ...]] = ()
+    # Constants stored as parameters (e.g. Whisper's sinusoidal positions): never trained.
+    fixed_patterns: ClassVar[tuple[str, ...]] = ()
     # Waveform samples per output frame (for sanity checks and docs; lengths always come
     # from the model's own arithmetic).
     nominal_hop: ClassVar[int] = 320
@@ -146,6 +148,10 @@ class Encoder(nn.Module):
     @classmethod
     def is_pretraining_only(cls, name: str) -> bool:
         return cls._matches(name, cls.pretraining_only_patterns)
+
+    @classmethod
+    def is_fixed(cls, name: str) -> bool:
+        return cls._matches(name, cls.fixed_patterns)
 
     def frontend_parameters(self) -> list[tuple[str, nn.Parameter]]:
         return [(n, p) for n, p in self.model.named_parameters() if self.is_frontend(n)]

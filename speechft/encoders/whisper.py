@@ -62,6 +62,9 @@ class WhisperEncoder(Encoder):
     frontend_patterns = (r"conv1\.", r"conv2\.")
     # Position embeddings are fixed sinusoids in Whisper (requires_grad=False in HF too).
     pretraining_only_patterns = ()
+    # transformers builds the positions with requires_grad=False, but from_pretrained hands them back
+    # trainable; they are fixed sinusoids.
+    fixed_patterns = (r"embed_positions\.",)
     nominal_hop = 2 * HOP
 
     def __init__(self, model, provenance=None):
