@@ -47,12 +47,13 @@ class Plan:
     alphas: tuple[float, ...]
     analysis_utterances: int
     pretrain_steps: int
+    eval_every: int = 0  # dev evaluation every N fine-tuning steps (0 = TrainConfig's default, 10 per run)
 
 
 PLANS = {
     "quick": Plan(bench_size="small", steps=16, batch_size=8, max_seconds=2.0, probe_epochs=5, probe_min_steps=40,
                   probe_seeds=(0, 1), probe_lrs=(1e-2, 1e-3), alphas=(0.0, 0.25, 0.5, 1.0), analysis_utterances=32,
-                  pretrain_steps=16),
+                  pretrain_steps=16, eval_every=8),
     # Fine-tuning: 300 steps of 8 clips (~10 epochs of sid's training set); at 100 steps the fine-tuned
     # sid head had not caught up with a probe on the pre-trained encoder. Probes: two LRs (with
     # standardised features 1e-2 or 1e-3 won every task in calibration runs) and 8 epochs / >= 100
@@ -139,6 +140,7 @@ class Demo:
         cfg = TrainConfig(method=method, steps=steps or self.plan.steps, seed=self.seed)
         cfg.data.batch_size = self.plan.batch_size
         cfg.data.max_seconds = self.plan.max_seconds
+        cfg.eval.every = self.plan.eval_every
         # A small head: the demo fine-tunes on a few hundred clips.
         cfg.head.proj_dim = 128
         cfg.head.lstm_layers = 1
