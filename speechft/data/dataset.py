@@ -36,7 +36,7 @@ class SplitDataset(Dataset):
 
     def __getitem__(self, i: int):
         ex = self.examples[i]
-        wav = load_audio(ex.path, self.task.sample_rate if self.task.sample_rate == 16000 else 16000)
+        wav = load_audio(ex.path)  # always 16 kHz: task.yaml's sample_rate is informational
         if self.max_seconds is not None and len(wav) > self.max_seconds * 16000:
             wav = wav[: int(self.max_seconds * 16000)]  # long clips are cropped, deterministically
         return wav, ex.target, i
