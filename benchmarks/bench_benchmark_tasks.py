@@ -19,6 +19,7 @@ when a criterion fails - the fix belongs in the task (speechft/data/synth.py), n
 
 Features are cached under <repo>/.cache/features (git-ignored), so a rerun only retrains the probes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,8 +52,11 @@ def random_twin(real_dir: Path, out: Path) -> Path:
     """The real encoder's architecture and config, random weights (seed 0)."""
     real = load_encoder(real_dir)
     cls = family_class("whisper")
-    enc = cls.from_config(copy.deepcopy(real.model.config), seed=0,
-                          provenance={"source": f"random weights, config of {real_dir.name}, seed 0"})
+    enc = cls.from_config(
+        copy.deepcopy(real.model.config),
+        seed=0,
+        provenance={"source": f"random weights, config of {real_dir.name}, seed 0"},
+    )
     return enc.save(out, overwrite=True)
 
 
@@ -82,8 +86,9 @@ def main() -> int:
     t0 = time.perf_counter()
     bench = work / f"synth_{args.size}_seed0"
     if not all((bench / t / "task.yaml").exists() for t in names):
-        synthesize_benchmark(bench, size=args.size, seed=0, tasks=names, engines=["espeak-ng"], overwrite=True,
-                             progress=False)
+        synthesize_benchmark(
+            bench, size=args.size, seed=0, tasks=names, engines=["espeak-ng"], overwrite=True, progress=False
+        )
     t_synth = time.perf_counter() - t0
     tasks = [load_task(bench / t) for t in names]
 
@@ -93,8 +98,15 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="speechft-random-whisper-") as tmp:
         rand = random_twin(real, Path(tmp) / "random")
         t1 = time.perf_counter()
-        results = evaluate([("real", real), ("random", rand), "fbank"], tasks, None, config=cfg, cache=cache,
-                           progress=False, report=False)
+        results = evaluate(
+            [("real", real), ("random", rand), "fbank"],
+            tasks,
+            None,
+            config=cfg,
+            cache=cache,
+            progress=False,
+            report=False,
+        )
         t_probe = time.perf_counter() - t1
 
     by = {m["name"]: m["tasks"] for m in results["models"]}
@@ -106,35 +118,62 @@ def main() -> int:
         rows.append((name, metric, lower, len(task.labels), r, chance(task)))
         gain = (r["random"]["test"] - r["real"]["test"]) if lower else (r["real"]["test"] - r["random"]["test"])
         if name in ("pr", "ks"):
-            checks.append((f"{name}: real beats random by >= {fmt(CLEAR_MARGIN)} points", gain >= CLEAR_MARGIN,
-                           f"{fmt(gain)} points"))
+            checks.append(
+                (
+                    f"{name}: real beats random by >= {fmt(CLEAR_MARGIN)} points",
+                    gain >= CLEAR_MARGIN,
+                    f"{fmt(gain)} points",
+                )
+            )
         if name in ("sid", "style"):
             acc = r["random"]["test"]
-            checks.append((f"{name}: random well below ceiling (<= {fmt(1 - CEILING_GAP)}%)", acc <= 1 - CEILING_GAP,
-                           f"random {fmt(acc)}%"))
+            checks.append(
+                (
+                    f"{name}: random well below ceiling (<= {fmt(1 - CEILING_GAP)}%)",
+                    acc <= 1 - CEILING_GAP,
+                    f"random {fmt(acc)}%",
+                )
+            )
 
     n = {name: sum(t.split(s).__len__() for s in ("train", "dev", "test")) for t, name in zip(tasks, names)}
     hours = sum(e.duration for t in tasks for s in ("train", "dev", "test") for e in t.split(s)) / 3600
-    print(f"\nsynthetic benchmark size {args.size}, seed 0 ({sum(n.values())} examples, {hours:.2f} h over "
-          f"{len(tasks)} tasks); probes: LRs {cfg.lrs}, {cfg.epochs} epochs (>= {cfg.min_steps} steps), seeds "
-          f"{cfg.seeds}, ctc head {cfg.ctc_head}; torch threads {torch.get_num_threads()}; synth {t_synth:.0f} s, "
-          f"extract + probes {t_probe:.0f} s\n")
-    print("| task | metric | classes/tokens | real (Whisper tiny.en) | random (same arch.) | fbank | chance | "
-          "real - random |")
+    print(
+        f"\nsynthetic benchmark size {args.size}, seed 0 ({sum(n.values())} examples, {hours:.2f} h over "
+        f"{len(tasks)} tasks); probes: LRs {cfg.lrs}, {cfg.epochs} epochs (>= {cfg.min_steps} steps), seeds "
+        f"{cfg.seeds}, ctc head {cfg.ctc_head}; torch threads {torch.get_num_threads()}; synth {t_synth:.0f} s, "
+        f"extract + probes {t_probe:.0f} s\n"
+    )
+    print(
+        "| task | metric | classes/tokens | real (Whisper tiny.en) | random (same arch.) | fbank | chance | "
+        "real - random |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for name, metric, lower, k, r, ch in rows:
         cells = [f"{fmt(r[m]['test'])} ± {fmt(r[m]['test_std'])}" for m in ("real", "random", "fbank")]
         gain = (r["random"]["test"] - r["real"]["test"]) if lower else (r["real"]["test"] - r["random"]["test"])
-        print(f"| {name} | {metric} {'↓' if lower else '↑'} | {k} | " + " | ".join(cells)
-              + f" | {fmt(ch)} | {'+' if gain >= 0 else ''}{fmt(gain)} |")
+        print(
+            f"| {name} | {metric} {'↓' if lower else '↑'} | {k} | "
+            + " | ".join(cells)
+            + f" | {fmt(ch)} | {'+' if gain >= 0 else ''}{fmt(gain)} |"
+        )
     print()
     ok = True
     for what, passed, value in checks:
         ok &= passed
         print(f"- {'PASS' if passed else 'FAIL'}: {what} ({value})")
     out = work / f"results_{args.size}.json"
-    out.write_text(json.dumps({"size": args.size, "seconds": {"synth": t_synth, "probe": t_probe},
-                               "checks": [list(c) for c in checks], "results": results}, indent=1, default=str))
+    out.write_text(
+        json.dumps(
+            {
+                "size": args.size,
+                "seconds": {"synth": t_synth, "probe": t_probe},
+                "checks": [list(c) for c in checks],
+                "results": results,
+            },
+            indent=1,
+            default=str,
+        )
+    )
     print(f"\nwrote {out}")
     return 0 if ok else 1
 

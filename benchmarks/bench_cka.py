@@ -7,6 +7,7 @@ script, each configuration in a fresh subprocess so peak memory is its own.
     OMP_NUM_THREADS=1 python benchmarks/bench_cka.py            # the table in benchmarks/README.md
     OMP_NUM_THREADS=1 python benchmarks/bench_cka.py --sizes 1000 --dim 256   # quicker
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,7 +32,8 @@ def one(method: str, n: int, d: int, repeats: int) -> dict:
     g = torch.Generator().manual_seed(0)
     X = torch.randn(n, d, generator=g, dtype=torch.float64)
     Y = torch.tanh(X @ torch.randn(d, d, generator=g, dtype=torch.float64) / d**0.5) + 0.3 * torch.randn(
-        n, d, generator=g, dtype=torch.float64)
+        n, d, generator=g, dtype=torch.float64
+    )
     before = rss_mib()
     times = []
     for _ in range(repeats):
@@ -44,8 +46,14 @@ def one(method: str, n: int, d: int, repeats: int) -> dict:
             value = s.value
         times.append(time.perf_counter() - t0)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
-    return {"method": method, "n": n, "d": d, "seconds": min(times), "extra_peak_mib": max(0.0, peak - before),
-            "cka": value}
+    return {
+        "method": method,
+        "n": n,
+        "d": d,
+        "seconds": min(times),
+        "extra_peak_mib": max(0.0, peak - before),
+        "cka": value,
+    }
 
 
 def main() -> None:
@@ -58,19 +66,27 @@ def main() -> None:
     if args.one:
         print(json.dumps(one(args.one[0], int(args.one[1]), int(args.one[2]), args.repeats)))
         return
-    print(f"| frames n | d | Gram form: s | feature form: s | speed-up | Gram extra MiB | feature extra MiB | "
-          f"memory ratio | CKA difference (abs) |")
+    print(
+        "| frames n | d | Gram form: s | feature form: s | speed-up | Gram extra MiB | feature extra MiB | "
+        "memory ratio | CKA difference (abs) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for n in args.sizes:
         rows = {}
         for method in ("gram", "feature"):
-            out = subprocess.run([sys.executable, __file__, "--one", method, str(n), str(args.dim), "--repeats",
-                                  str(args.repeats)], check=True, capture_output=True, text=True).stdout
+            out = subprocess.run(
+                [sys.executable, __file__, "--one", method, str(n), str(args.dim), "--repeats", str(args.repeats)],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
             rows[method] = json.loads(out.strip().splitlines()[-1])
         g, f = rows["gram"], rows["feature"]
-        print(f"| {n} | {args.dim} | {g['seconds']:.3f} | {f['seconds']:.3f} | {g['seconds'] / f['seconds']:.1f}x | "
-              f"{g['extra_peak_mib']:.0f} | {f['extra_peak_mib']:.0f} | "
-              f"{g['extra_peak_mib'] / max(f['extra_peak_mib'], 1.0):.0f}x | {abs(g['cka'] - f['cka']):.1e} |")
+        print(
+            f"| {n} | {args.dim} | {g['seconds']:.3f} | {f['seconds']:.3f} | {g['seconds'] / f['seconds']:.1f}x | "
+            f"{g['extra_peak_mib']:.0f} | {f['extra_peak_mib']:.0f} | "
+            f"{g['extra_peak_mib'] / max(f['extra_peak_mib'], 1.0):.0f}x | {abs(g['cka'] - f['cka']):.1e} |"
+        )
 
 
 if __name__ == "__main__":

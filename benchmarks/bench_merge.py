@@ -20,6 +20,7 @@ memory-mapped files, which is how mmap-based reading shows up. "extra" = peak - 
 is the memory the merge itself needed; "peak" includes the Python/torch/transformers
 imports. Inputs are read once beforehand so every variant starts from a warm page cache.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,10 +56,11 @@ def child(variant: str, pre: str, ft: str, out: str) -> None:
 
     if variant in ("speechft", "speechft-nohash"):
         import speechft.encoders  # noqa: F401  (transformers: imported by the merge, not part of its cost)
-        import speechft.merge
+        import speechft.safetensors_io
         from speechft.merge import merge_encoders
 
         if variant == "speechft-nohash":  # diagnostic only: how much of the time is sha256
+
             class NoHash:
                 def update(self, data):
                     pass
@@ -66,11 +68,11 @@ def child(variant: str, pre: str, ft: str, out: str) -> None:
                 def hexdigest(self):
                     return "0" * 64
 
-            speechft.merge.hashlib = type("hashlib", (), {"sha256": staticmethod(lambda *a: NoHash())})
+            speechft.safetensors_io.hashlib = type("hashlib", (), {"sha256": staticmethod(lambda *a: NoHash())})
     elif variant == "safeopen":
         from safetensors import safe_open
 
-        from speechft.merge import ShardedWriter, safetensors_order
+        from speechft.safetensors_io import ShardedWriter, safetensors_order
     elif variant == "naive":
         from safetensors.torch import load_file, save_file
     with open("/proc/self/clear_refs", "w") as f:
@@ -83,9 +85,11 @@ def child(variant: str, pre: str, ft: str, out: str) -> None:
         # (and, for io+sha256, every one of those bytes hashed, as provenance requires).
         hashes = [hashlib.sha256() for _ in range(3)] if variant == "io+sha256" else None
         buf_a, buf_b = bytearray(8 << 20), bytearray(8 << 20)
-        with open(Path(pre) / "model.safetensors", "rb", buffering=0) as fa, \
-                open(Path(ft) / "model.safetensors", "rb", buffering=0) as fb, \
-                open(Path(out) / "model.safetensors", "wb") as fo:
+        with (
+            open(Path(pre) / "model.safetensors", "rb", buffering=0) as fa,
+            open(Path(ft) / "model.safetensors", "rb", buffering=0) as fb,
+            open(Path(out) / "model.safetensors", "wb") as fo,
+        ):
             while n := fa.readinto(buf_a):
                 m = fb.readinto(buf_b)
                 fo.write(memoryview(buf_a)[:n])
@@ -95,13 +99,19 @@ def child(variant: str, pre: str, ft: str, out: str) -> None:
     elif variant in ("speechft", "speechft-nohash"):
         merge_encoders(pre, [ft], out=Path(out) / "merged", alpha=0.25, progress=False)
     elif variant == "safeopen":
-        with safe_open(Path(pre) / "model.safetensors", "pt") as fa, \
-                safe_open(Path(ft) / "model.safetensors", "pt") as fb:
+        with (
+            safe_open(Path(pre) / "model.safetensors", "pt") as fa,
+            safe_open(Path(ft) / "model.safetensors", "pt") as fb,
+        ):
             spec = {}
             for k in fa.keys():
                 sl = fa.get_slice(k)
-                spec[k] = (getattr(torch, {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}.get(
-                    sl.get_dtype(), "float32")), tuple(sl.get_shape()))
+                spec[k] = (
+                    getattr(
+                        torch, {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}.get(sl.get_dtype(), "float32")
+                    ),
+                    tuple(sl.get_shape()),
+                )
             order = safetensors_order(spec)
             w = ShardedWriter(Path(out), spec, order)
             for k in order:
@@ -140,8 +150,12 @@ def measure(variant: str, pre: Path, ft: Path, work: Path, cold: bool = False) -
     out.mkdir()
     load = os.getloadavg()[0]
     env = {**os.environ, "PYTHONPATH": str(HERE.parents[1]) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    res = subprocess.run([sys.executable, str(HERE), "--child", variant, str(pre), str(ft), str(out)],
-                         capture_output=True, text=True, env=env)
+    res = subprocess.run(
+        [sys.executable, str(HERE), "--child", variant, str(pre), str(ft), str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     if res.returncode != 0:
         raise SystemExit(f"{variant} failed:\n{res.stderr[-3000:]}")
     shutil.rmtree(out, ignore_errors=True)
@@ -177,10 +191,17 @@ def build_synthetic(work: Path, dtype_name: str = "float16") -> tuple[Path, Path
     from transformers import HubertConfig, HubertModel
 
     from speechft.io_utils import write_json
-    from speechft.merge import ShardedWriter, safetensors_order
+    from speechft.safetensors_io import ShardedWriter, safetensors_order
 
-    cfg = HubertConfig(hidden_size=1280, num_hidden_layers=48, num_attention_heads=16, intermediate_size=5120,
-                       conv_bias=True, feat_extract_norm="layer", do_stable_layer_norm=True)
+    cfg = HubertConfig(
+        hidden_size=1280,
+        num_hidden_layers=48,
+        num_attention_heads=16,
+        intermediate_size=5120,
+        conv_bias=True,
+        feat_extract_norm="layer",
+        do_stable_layer_norm=True,
+    )
     with torch.device("meta"):
         model = HubertModel(cfg)
     dtype = getattr(torch, dtype_name)
@@ -214,7 +235,7 @@ def run(size: str, repeats: int, workroot: Path | None, cold: bool = False) -> d
         build_s = time.perf_counter() - t
         model_bytes = (pre / "model.safetensors").stat().st_size
         n_params = None
-        from speechft.merge import Checkpoint
+        from speechft.safetensors_io import Checkpoint
 
         ck = Checkpoint(pre)
         n_params = sum(int(torch_numel(s)) for _, s in ck.spec().values())
@@ -232,14 +253,23 @@ def run(size: str, repeats: int, workroot: Path | None, cold: bool = False) -> d
                 print(f"  {size} {v}: {runs[v][-1]}", file=sys.stderr)
         summary = {}
         for v, rs in runs.items():
-            summary[v] = {"wall_s": statistics.median(r["wall_s"] for r in rs),
-                          "cpu_s": statistics.median(r["cpu_s"] for r in rs),
-                          "peak_rss": statistics.median(r["peak_rss"] for r in rs),
-                          "extra_rss": statistics.median(r["peak_rss"] - r["base_rss"] for r in rs)}
+            summary[v] = {
+                "wall_s": statistics.median(r["wall_s"] for r in rs),
+                "cpu_s": statistics.median(r["cpu_s"] for r in rs),
+                "peak_rss": statistics.median(r["peak_rss"] for r in rs),
+                "extra_rss": statistics.median(r["peak_rss"] - r["base_rss"] for r in rs),
+            }
         loads = [r["loadavg"] for rs in runs.values() for r in rs]
-        return {"size": size, "params": n_params, "model_bytes": model_bytes, "build_s": build_s,
-                "repeats": repeats, "cache": "cold" if cold else "warm", "loadavg": statistics.median(loads),
-                "results": summary}
+        return {
+            "size": size,
+            "params": n_params,
+            "model_bytes": model_bytes,
+            "build_s": build_s,
+            "repeats": repeats,
+            "cache": "cold" if cold else "warm",
+            "loadavg": statistics.median(loads),
+            "results": summary,
+        }
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -254,16 +284,23 @@ def torch_numel(shape) -> int:
 def table(report: dict) -> str:
     mb = 1 / 1e6
     io = report["results"]["io"]
-    rows = ["| variant | wall s | wall / io | CPU s | CPU / io | peak RSS MB | peak / model | extra RSS MB "
-            "| extra / model |", "|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| variant | wall s | wall / io | CPU s | CPU / io | peak RSS MB | peak / model | extra RSS MB "
+        "| extra / model |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for v, r in report["results"].items():
-        rows.append(f"| {v} | {r['wall_s']:.2f} | {r['wall_s'] / io['wall_s']:.2f} | {r['cpu_s']:.2f} | "
-                    f"{r['cpu_s'] / io['cpu_s']:.2f} | {r['peak_rss'] * mb:.0f} | "
-                    f"{r['peak_rss'] / report['model_bytes']:.2f} | {r['extra_rss'] * mb:.0f} | "
-                    f"{r['extra_rss'] / report['model_bytes']:.2f} |")
-    head = (f"{report['size']}: {report['params'] / 1e6:.1f} M parameters, one model file "
-            f"{report['model_bytes'] * mb:.0f} MB, {report['cache']} page cache, median of {report['repeats']}, "
-            f"load average {report['loadavg']:.1f} on {os.cpu_count()} cores")
+        rows.append(
+            f"| {v} | {r['wall_s']:.2f} | {r['wall_s'] / io['wall_s']:.2f} | {r['cpu_s']:.2f} | "
+            f"{r['cpu_s'] / io['cpu_s']:.2f} | {r['peak_rss'] * mb:.0f} | "
+            f"{r['peak_rss'] / report['model_bytes']:.2f} | {r['extra_rss'] * mb:.0f} | "
+            f"{r['extra_rss'] / report['model_bytes']:.2f} |"
+        )
+    head = (
+        f"{report['size']}: {report['params'] / 1e6:.1f} M parameters, one model file "
+        f"{report['model_bytes'] * mb:.0f} MB, {report['cache']} page cache, median of {report['repeats']}, "
+        f"load average {report['loadavg']:.1f} on {os.cpu_count()} cores"
+    )
     return head + "\n\n" + "\n".join(rows)
 
 
@@ -274,10 +311,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", choices=["base", "1b", "all"], default="base")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--workdir", type=Path, default=None, help="where the temporary checkpoints go (needs ~8 GB "
-                    "free for --size 1b)")
-    ap.add_argument("--cold", action="store_true", help="evict the inputs from the page cache before every "
-                    "run (posix_fadvise DONTNEED on our files only), so reads come from disk")
+    ap.add_argument(
+        "--workdir", type=Path, default=None, help="where the temporary checkpoints go (needs ~8 GB free for --size 1b)"
+    )
+    ap.add_argument(
+        "--cold",
+        action="store_true",
+        help="evict the inputs from the page cache before every "
+        "run (posix_fadvise DONTNEED on our files only), so reads come from disk",
+    )
     ap.add_argument("--json", type=Path, default=None, help="also write the raw numbers here")
     args = ap.parse_args()
     sizes = ["base", "1b"] if args.size == "all" else [args.size]

@@ -16,6 +16,7 @@ espeak-ng only), or tiny tone tasks when speech synthesis is unavailable. Encode
 random-weight Whisper encoder with tiny.en's dimensions (4 layers, d=384: the same compute
 as the embedded default), or --encoder DIR.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,12 +61,25 @@ def tone_tasks(out: Path) -> list[Path]:
             p = audio / f"ctc_{split}_{k}.wav"
             wav = np.concatenate([tone(freqs[ch], 0.3) for ch in letters])
             write_audio(p, wav)
-            ctc[split].append({"path": f"audio/{p.name}", "duration": len(wav) / 16000, "transcript": " ".join(letters)})
-    return [write_task_folder(out / "tones", {"name": "tones", "type": "classification", "metric": "accuracy",
-                                              "labels": list(freqs)}, cls, audio_dir=audio, overwrite=True),
-            write_task_folder(out / "beeps", {"name": "beeps", "type": "ctc", "metric": "per",
-                                              "vocabulary": list(freqs), "tokenizer": "space"}, ctc, audio_dir=audio,
-                              overwrite=True)]
+            ctc[split].append(
+                {"path": f"audio/{p.name}", "duration": len(wav) / 16000, "transcript": " ".join(letters)}
+            )
+    return [
+        write_task_folder(
+            out / "tones",
+            {"name": "tones", "type": "classification", "metric": "accuracy", "labels": list(freqs)},
+            cls,
+            audio_dir=audio,
+            overwrite=True,
+        ),
+        write_task_folder(
+            out / "beeps",
+            {"name": "beeps", "type": "ctc", "metric": "per", "vocabulary": list(freqs), "tokenizer": "space"},
+            ctc,
+            audio_dir=audio,
+            overwrite=True,
+        ),
+    ]
 
 
 def benchmark_tasks(work: Path, names: list[str]) -> tuple[list[Path], str]:
@@ -74,8 +88,9 @@ def benchmark_tasks(work: Path, names: list[str]) -> tuple[list[Path], str]:
 
         out = work / "synth_small_seed0"
         if not all((out / t / "task.yaml").exists() for t in names):
-            synthesize_benchmark(out, size="small", seed=0, tasks=names, engines=["espeak-ng"], overwrite=True,
-                                 progress=False)
+            synthesize_benchmark(
+                out, size="small", seed=0, tasks=names, engines=["espeak-ng"], overwrite=True, progress=False
+            )
         return [out / t for t in names], "synthetic benchmark (size small, seed 0)"
     except Exception as e:  # no espeak-ng: still measure, on tones
         print(f"speech synthesis unavailable ({type(e).__name__}: {e}); using tone tasks", file=sys.stderr)
@@ -86,10 +101,10 @@ def whisper_tiny_sized(out: Path) -> Path:
     from speechft.encoders.whisper import WhisperEncoder
 
     if not (out / "config.json").exists():
-        cfg = WhisperEncoder.tiny_config(d_model=384, encoder_layers=4, encoder_attention_heads=6,
-                                         encoder_ffn_dim=1536)
+        cfg = WhisperEncoder.tiny_config(d_model=384, encoder_layers=4, encoder_attention_heads=6, encoder_ffn_dim=1536)
         WhisperEncoder.from_config(cfg, provenance={"source": "random, Whisper tiny.en dimensions"}, seed=0).save(
-            out, overwrite=True)
+            out, overwrite=True
+        )
     return out
 
 
@@ -97,8 +112,13 @@ def outcome(results) -> dict:
     out = {}
     for m in results["models"]:
         for t, r in m["tasks"].items():
-            out[t] = (r["chosen_lr"], r["dev"], r["test"], r["layer_weights"],
-                      [(s["lr"], s["dev_per_seed"], s["test_per_seed"]) for s in r["lr_search"]])
+            out[t] = (
+                r["chosen_lr"],
+                r["dev"],
+                r["test"],
+                r["layer_weights"],
+                [(s["lr"], s["dev_per_seed"], s["test_per_seed"]) for s in r["lr_search"]],
+            )
     return out
 
 
@@ -116,8 +136,7 @@ def main() -> int:
     encoder = Path(args.encoder) if args.encoder else whisper_tiny_sized(work / "whisper_tiny_sized")
     # min_steps=0: exactly --epochs epochs per LR in every run (the default would add epochs
     # on these small sets, and s3prl-style would pay an encoder pass for each).
-    opts = dict(lrs=[float(x) for x in args.lrs.split(",")], epochs=args.epochs, min_steps=0, seeds=[0],
-                progress=False)
+    opts = dict(lrs=[float(x) for x in args.lrs.split(",")], epochs=args.epochs, min_steps=0, seeds=[0], progress=False)
 
     timings, results = {}, {}
     with tempfile.TemporaryDirectory(dir=work) as cache_dir:
@@ -137,8 +156,10 @@ def main() -> int:
 
     ref = timings["s3prl-style (recompute every epoch)"]
     n_clips = sum(v for t in results["cache, cold"]["models"][0]["tasks"].values() for v in t["n"].values())
-    print(f"\n{task_desc}: {len(tasks)} tasks, {n_clips} clips; encoder {encoder.name}; "
-          f"LRs {opts['lrs']} x {args.epochs} epochs x 1 seed; torch threads {torch.get_num_threads()}\n")
+    print(
+        f"\n{task_desc}: {len(tasks)} tasks, {n_clips} clips; encoder {encoder.name}; "
+        f"LRs {opts['lrs']} x {args.epochs} epochs x 1 seed; torch threads {torch.get_num_threads()}\n"
+    )
     print("| run | encoder passes (splits) | wall s | speed-up vs s3prl-style | metrics |")
     print("|---|---:|---:|---:|---|")
     for mode, r in results.items():

@@ -7,6 +7,7 @@
    leaks between utterances). Same 200 sentences, same voices.
 2. The benchmark: cold cache vs warm cache (a rerun, or a resume after a kill).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,8 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from speechft.data import espeak
-from speechft.data import synth
+from speechft.data import espeak, synth
 from speechft.data import synth_text as T
 
 
@@ -49,26 +49,30 @@ def bench_per_utterance(n: int = 200) -> None:
     again_fork = espeak.synthesize(*jobs[0]).audio
     again_in = lib.synth(jobs[0][1], jobs[0][0], 175, 50)[1]
     audio_s = sum(len(a) for a in forked) / 16000
-    print(f"| per utterance, {n} sentences ({audio_s:.0f} s of audio) | {1000 * t_in / n:.1f} ms | "
-          f"{1000 * t_fork / n:.1f} ms (incl. resampling to 16 kHz) | {t_fork / t_in:.2f}x | "
-          f"in-process repeat identical: {hashlib.sha1(raw[0]).digest() == hashlib.sha1(again_in).digest()}; "
-          f"forked repeat identical: {np.array_equal(forked[0], again_fork)} |")
+    print(
+        f"| per utterance, {n} sentences ({audio_s:.0f} s of audio) | {1000 * t_in / n:.1f} ms | "
+        f"{1000 * t_fork / n:.1f} ms (incl. resampling to 16 kHz) | {t_fork / t_in:.2f}x | "
+        f"in-process repeat identical: {hashlib.sha1(raw[0]).digest() == hashlib.sha1(again_in).digest()}; "
+        f"forked repeat identical: {np.array_equal(forked[0], again_fork)} |"
+    )
 
 
 def bench_benchmark(size: str) -> None:
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
         t = time.perf_counter()
-        s = synth.synthesize_benchmark(d / "cold", size=size, cache_dir=d / "cache", engines=["espeak-ng"],
-                                       progress=False)
+        s = synth.synthesize_benchmark(
+            d / "cold", size=size, cache_dir=d / "cache", engines=["espeak-ng"], progress=False
+        )
         cold = time.perf_counter() - t
         t = time.perf_counter()
-        synth.synthesize_benchmark(d / "warm", size=size, cache_dir=d / "cache", engines=["espeak-ng"],
-                                   progress=False)
+        synth.synthesize_benchmark(d / "warm", size=size, cache_dir=d / "cache", engines=["espeak-ng"], progress=False)
         warm = time.perf_counter() - t
         hours = sum(sum(x["hours"].values()) for x in s["tasks"].values())
-        print(f"| `--size {size}`: {s['clips']} clips, {hours:.2f} h | {cold:.1f} s cold cache | {warm:.2f} s warm "
-              f"cache | {cold / warm:.0f}x | {s['clips'] / cold:.0f} clips/s cold |")
+        print(
+            f"| `--size {size}`: {s['clips']} clips, {hours:.2f} h | {cold:.1f} s cold cache | {warm:.2f} s warm "
+            f"cache | {cold / warm:.0f}x | {s['clips'] / cold:.0f} clips/s cold |"
+        )
 
 
 def main(argv=None):

@@ -15,6 +15,7 @@
    durations of the synthetic benchmark's train splits (`speechft data synth --size small`,
    when espeak-ng is installed) and on a wide log-uniform 1-20 s distribution. Target: <= 10%.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,8 +57,12 @@ def tone_task(out: Path, n_train: int, seconds: tuple[float, float], n_classes: 
             write_audio(p, wav.astype(np.float32))
             rows.append({"path": f"audio/{p.name}", "duration": round(dur, 3), "label": label})
         splits[split] = rows
-    return write_task_folder(out, {"name": "tones", "type": "classification", "metric": "accuracy",
-                                   "labels": labels}, splits, audio_dir=audio)
+    return write_task_folder(
+        out,
+        {"name": "tones", "type": "classification", "metric": "accuracy", "labels": labels},
+        splits,
+        audio_dir=audio,
+    )
 
 
 def speechft_run(enc: Path, task: Path, out: Path, steps: int, warmup: int, sets: list[str]) -> dict:
@@ -65,8 +70,7 @@ def speechft_run(enc: Path, task: Path, out: Path, steps: int, warmup: int, sets
     `warmup` steps; end to end = all utterances / wall time of the whole call."""
     from speechft.train import TrainConfig, finetune
 
-    cfg = load_config(TrainConfig, None, [f"steps={steps}", f"eval.every={steps}", f"eval.log_every={warmup}",
-                                          *sets])
+    cfg = load_config(TrainConfig, None, [f"steps={steps}", f"eval.every={steps}", f"eval.log_every={warmup}", *sets])
     t0 = CLOCK()
     finetune(enc, [task], out, method="regular", config=cfg)
     wall = CLOCK() - t0
@@ -134,9 +138,13 @@ def compare(enc: Path, task: Path, tmp: Path, steps: int, warmup: int, repeats: 
         bare.append(bare_run(enc, task, steps, warmup, sets))
         ours.append(speechft_run(enc, task, tmp / f"run{r}", steps, warmup, sets))
     ratios = [o["loop"] / b["loop"] for o, b in zip(ours, bare)]
-    return {"bare": statistics.median(b["loop"] for b in bare), "ours": statistics.median(o["loop"] for o in ours),
-            "e2e": statistics.median(o["end_to_end"] for o in ours), "ratio": statistics.median(ratios),
-            "ratios": ratios}
+    return {
+        "bare": statistics.median(b["loop"] for b in bare),
+        "ours": statistics.median(o["loop"] for o in ours),
+        "e2e": statistics.median(o["end_to_end"] for o in ours),
+        "ratio": statistics.median(ratios),
+        "ratios": ratios,
+    }
 
 
 # ---- padding ----------------------------------------------------------------------------------------------
@@ -163,9 +171,11 @@ def padding_rows(name: str, durations: list[float], batch_sizes) -> list[str]:
         bucket = BucketBatchSampler(durations, batch_size=bs, shuffle=True, seed=0).batches(0)
         rand = random_batches(len(durations), bs, seed=0)
         pb, pr = padded_fraction(bucket, durations), padded_fraction(rand, durations)
-        rows.append(f"| {name} | {len(durations)} | {np.mean(durations):.1f} s ({min(durations):.1f}-"
-                    f"{max(durations):.1f}) | {bs} | {100 * pr:.1f}% | {100 * pb:.2f}% | "
-                    f"{pr / max(pb, 1e-9):.0f}x less |")
+        rows.append(
+            f"| {name} | {len(durations)} | {np.mean(durations):.1f} s ({min(durations):.1f}-"
+            f"{max(durations):.1f}) | {bs} | {100 * pr:.1f}% | {100 * pb:.2f}% | "
+            f"{pr / max(pb, 1e-9):.0f}x less |"
+        )
     return rows
 
 
@@ -187,22 +197,37 @@ def main(argv=None) -> None:
         tmp = Path(d)
         # The offline-assets "small" shape: 4 layers, hidden 256, conv dim 256 (4.5 M parameters).
         enc = tmp / "enc"
-        tiny_encoder("hubert", seed=0, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
-                     intermediate_size=1024, conv_dim=(256,) * 7, conv_stride=(5, 2, 2, 2, 2, 2, 2),
-                     conv_kernel=(10, 3, 3, 3, 3, 2, 2), num_conv_pos_embeddings=32,
-                     num_conv_pos_embedding_groups=4).save(enc)
+        tiny_encoder(
+            "hubert",
+            seed=0,
+            hidden_size=256,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            intermediate_size=1024,
+            conv_dim=(256,) * 7,
+            conv_stride=(5, 2, 2, 2, 2, 2, 2),
+            conv_kernel=(10, 3, 3, 3, 3, 2, 2),
+            num_conv_pos_embeddings=32,
+            num_conv_pos_embedding_groups=4,
+        ).save(enc)
         task = tone_task(tmp / "task", n_train=96, seconds=(1.0, 3.0))
         sets = ["data.batch_size=8", "head.proj_dim=256"]
         r = compare(enc, task, tmp, args.steps, args.warmup, args.repeats, sets)
-        print(f"\n### Throughput ({args.steps} steps x 8 utterances of 1-3 s, the first {args.warmup} not timed, "
-              f"{args.threads} thread(s), {args.clock} clock, {args.repeats} alternating repeats)\n")
+        print(
+            f"\n### Throughput ({args.steps} steps x 8 utterances of 1-3 s, the first {args.warmup} not timed, "
+            f"{args.threads} thread(s), {args.clock} clock, {args.repeats} alternating repeats)\n"
+        )
         print("| loop | utterances/s | ratio to bare |")
         print("|---|---|---|")
         print(f"| bare PyTorch loop | {r['bare']:.2f} | 1.00x |")
-        print(f"| speechft finetune, training steps | {r['ours']:.2f} | {r['ratio']:.3f}x "
-              f"(runs: {', '.join(f'{x:.3f}' for x in r['ratios'])}) |")
-        print(f"| speechft finetune, end to end (setup, 1 dev eval, save) | {r['e2e']:.2f} | "
-              f"{r['e2e'] / r['bare']:.3f}x |")
+        print(
+            f"| speechft finetune, training steps | {r['ours']:.2f} | {r['ratio']:.3f}x "
+            f"(runs: {', '.join(f'{x:.3f}' for x in r['ratios'])}) |"
+        )
+        print(
+            f"| speechft finetune, end to end (setup, 1 dev eval, save) | {r['e2e']:.2f} | "
+            f"{r['e2e'] / r['bare']:.3f}x |"
+        )
 
         print("\n### Padded fraction of the batch tensors\n")
         print("| durations | clips | mean (min-max) | batch | random batching | bucketed | |")

@@ -7,6 +7,7 @@ encoder frozen on many tasks, SUPERB-style.
 Every CLI command is a thin layer over a function here, e.g. ``speechft.encoders.load_encoder``,
 ``speechft.data.load_task``.
 """
+
 __version__ = "0.1.0"
 
 from .errors import SpeechFTError  # noqa: E402

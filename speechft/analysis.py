@@ -25,6 +25,7 @@ Chan et al.'s pairwise update), so the ordinary full-data CKA is reported too.
 `speechft analyze --pretrained DIR --models DIR [DIR ...] (--task TASKDIR | --audio MANIFEST.tsv) --out DIR`
 writes analysis.json, analysis.md and PNG plots.
 """
+
 from __future__ import annotations
 
 import csv
@@ -33,9 +34,8 @@ import math
 import os
 import random
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -43,8 +43,10 @@ import torch
 from .errors import SpeechFTError
 from .io_utils import atomic_dir, atomic_file, read_json, write_json
 
-CKA_REFERENCE = ("Nguyen, Raghu & Kornblith (2021), Do Wide and Deep Networks Learn the Same Things?, ICLR; "
-                 "unbiased HSIC of Song et al. (2012)")
+CKA_REFERENCE = (
+    "Nguyen, Raghu & Kornblith (2021), Do Wide and Deep Networks Learn the Same Things?, ICLR; "
+    "unbiased HSIC of Song et al. (2012)"
+)
 # The unbiased HSIC estimator divides by n(n-3) and (n-1)(n-2): it needs 4 samples.
 MIN_FRAMES = 4
 
@@ -105,8 +107,11 @@ def linear_cka(X, Y, unbiased: bool = False) -> float:
     X = X - X.mean(0, keepdim=True)
     Y = Y - Y.mean(0, keepdim=True)
     if unbiased:
-        return _ratio(hsic_unbiased_gram(X @ X.T, Y @ Y.T), hsic_unbiased_gram(X @ X.T, X @ X.T),
-                      hsic_unbiased_gram(Y @ Y.T, Y @ Y.T))
+        return _ratio(
+            hsic_unbiased_gram(X @ X.T, Y @ Y.T),
+            hsic_unbiased_gram(X @ X.T, X @ X.T),
+            hsic_unbiased_gram(Y @ Y.T, Y @ Y.T),
+        )
     # HSIC_biased(K, L) is proportional to ||Yc^T Xc||_F^2; the normaliser cancels in the ratio.
     return _ratio(float((Y.T @ X).square().sum()), float((X.T @ X).square().sum()), float((Y.T @ Y).square().sum()))
 
@@ -229,8 +234,7 @@ class StreamingCKA:
             raise RuntimeError("StreamingCKA(full=False) keeps no full-data statistics")
         if self._n == 0:
             return float("nan")
-        return _ratio(float(self._mxy.square().sum()), float(self._mxx.square().sum()),
-                      float(self._myy.square().sum()))
+        return _ratio(float(self._mxy.square().sum()), float(self._mxx.square().sum()), float(self._myy.square().sum()))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -272,8 +276,10 @@ class _Weights:
             self.family = detect_family(path)
             files = sorted(path.glob("*.safetensors"))
             if not files:
-                raise SpeechFTError(f"{path}: no *.safetensors weights; re-save the encoder with speechft "
-                                    "(`speechft encoder convert`) to get a model.safetensors")
+                raise SpeechFTError(
+                    f"{path}: no *.safetensors weights; re-save the encoder with speechft "
+                    "(`speechft encoder convert`) to get a model.safetensors"
+                )
             from safetensors import safe_open
 
             for f in files:
@@ -282,8 +288,10 @@ class _Weights:
                         for k in h.keys():
                             self._files[k] = f
                 except Exception as e:  # safetensors raises its own error types
-                    raise SpeechFTError(f"{f}: unreadable safetensors file ({str(e).splitlines()[0][:200]}); "
-                                        "the file is truncated or corrupt") from None
+                    raise SpeechFTError(
+                        f"{f}: unreadable safetensors file ({str(e).splitlines()[0][:200]}); "
+                        "the file is truncated or corrupt"
+                    ) from None
         self._open: dict[Path, object] = {}
 
     def keys(self) -> list[str]:
@@ -327,14 +335,18 @@ def weight_distance(theta0, theta, encoder_family: str | None = None) -> dict:
         raise ValueError("weight_distance on state dicts needs encoder_family= (e.g. 'hubert')")
     for w in (w0, w1):
         if w.family is not None and w.family != family:
-            raise SpeechFTError(f"{w.where}: a {w.family} encoder, but the comparison is for {family}; "
-                                "compare models of the same family")
+            raise SpeechFTError(
+                f"{w.where}: a {w.family} encoder, but the comparison is for {family}; "
+                "compare models of the same family"
+            )
     cls = family_class(family)
     keys0, keys1 = set(w0.keys()), set(w1.keys())
     for a, b, missing in ((w0, w1, sorted(keys0 - keys1)), (w1, w0, sorted(keys1 - keys0))):
         if missing:
-            raise SpeechFTError(f"{b.where}: lacks weight '{missing[0]}' found in {a.where} ({len(missing)} keys "
-                                "differ); the two are not the same architecture")
+            raise SpeechFTError(
+                f"{b.where}: lacks weight '{missing[0]}' found in {a.where} ({len(missing)} keys "
+                "differ); the two are not the same architecture"
+            )
     groups: dict[int | str, list[float]] = {}
     excluded = {"frontend": 0, "pretraining_only": 0, "non_float": 0}
     total = [0.0, 0.0, 0]
@@ -351,13 +363,17 @@ def weight_distance(theta0, theta, encoder_family: str | None = None) -> dict:
                 excluded["non_float"] += 1
                 continue
             if t0.shape != t1.shape:
-                raise SpeechFTError(f"{w1.where}: weight '{key}' has shape {tuple(t1.shape)}, {w0.where} has "
-                                    f"{tuple(t0.shape)}; the two are not the same architecture")
+                raise SpeechFTError(
+                    f"{w1.where}: weight '{key}' has shape {tuple(t1.shape)}, {w0.where} has "
+                    f"{tuple(t0.shape)}; the two are not the same architecture"
+                )
             t0, t1 = t0.to(torch.float64), t1.to(torch.float64)
             for w, t in ((w0, t0), (w1, t1)):
                 if not torch.isfinite(t).all():
-                    raise SpeechFTError(f"{w.where}: weight '{key}' contains NaN or infinite values; the checkpoint "
-                                        "is corrupt (re-export or re-train it)")
+                    raise SpeechFTError(
+                        f"{w.where}: weight '{key}' contains NaN or infinite values; the checkpoint "
+                        "is corrupt (re-export or re-train it)"
+                    )
             sq_diff, sq_ref = float((t1 - t0).square().sum()), float(t0.square().sum())
             idx = layer_index(key)
             g = groups.setdefault("other" if idx is None else idx, [0.0, 0.0, 0])
@@ -387,8 +403,11 @@ def read_audio_manifest(path: str | os.PathLike) -> list[tuple[str, Path, float 
     path = Path(path)
     if not path.is_file():
         raise SpeechFTError(f"{path}: audio manifest not found; pass a .tsv with a 'path' column (or use --task)")
-    rows = [r for r in csv.reader(io.StringIO(path.read_text(encoding="utf-8")), delimiter="\t",
-                                  quoting=csv.QUOTE_NONE) if r and any(c.strip() for c in r)]
+    rows = [
+        r
+        for r in csv.reader(io.StringIO(path.read_text(encoding="utf-8")), delimiter="\t", quoting=csv.QUOTE_NONE)
+        if r and any(c.strip() for c in r)
+    ]
     if not rows:
         raise SpeechFTError(f"{path}: empty; it needs a header row with a 'path' column and at least one row")
     header = [h.strip() for h in rows[0]]
@@ -434,7 +453,7 @@ def _durations(items) -> list[float]:
     import soundfile as sf
 
     out = []
-    for rid, p, d in items:
+    for _rid, p, d in items:
         if d is None:
             try:
                 d = sf.info(str(p)).duration
@@ -467,8 +486,10 @@ def read_sweep(path: str | os.PathLike) -> dict:
     data = read_json(path)
     rows = data.get("results") if isinstance(data, dict) else None
     if not isinstance(rows, list) or not rows:
-        raise SpeechFTError(f"{path}: needs a non-empty 'results' list of {{alpha, target_metric, cka_mean, "
-                            "cka_per_layer}} (the format `speechft sweep` writes)")
+        raise SpeechFTError(
+            f"{path}: needs a non-empty 'results' list of {{alpha, target_metric, cka_mean, "
+            "cka_per_layer}} (the format `speechft sweep` writes)"
+        )
     for i, r in enumerate(rows):
         for key in ("alpha", "cka_mean"):
             if not isinstance(r, dict) or not isinstance(r.get(key), (int, float)):
@@ -476,10 +497,23 @@ def read_sweep(path: str | os.PathLike) -> dict:
     return data
 
 
-def analyze(pretrained, models: list, audio, out=None, *, split: str = "dev", labels: list[str] | None = None,
-            max_utterances: int | None = 1000, batch_size: int = 8, cka_estimator: str = "minibatch",
-            sweep=None, device: str | None = None, overwrite: bool = False, seed: int = 0,
-            progress: bool = True) -> dict:
+def analyze(
+    pretrained,
+    models: list,
+    audio,
+    out=None,
+    *,
+    split: str = "dev",
+    labels: list[str] | None = None,
+    max_utterances: int | None = 1000,
+    batch_size: int = 8,
+    cka_estimator: str = "minibatch",
+    sweep=None,
+    device: str | None = None,
+    overwrite: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
     """Compare each model in `models` with `pretrained` on the same audio.
 
     `audio`: a task folder (or `Task`; `split` chooses the manifest) or an audio manifest
@@ -530,8 +564,10 @@ def analyze(pretrained, models: list, audio, out=None, *, split: str = "dev", la
     encs = [load_encoder(m).to(dev).eval() for m in models]
     for m, e in zip(models, encs):
         if e.num_layers != ref.num_layers:
-            raise SpeechFTError(f"{m}: {e.num_layers} layers, the pre-trained encoder has {ref.num_layers}; "
-                                "layer-wise comparison needs the same depth")
+            raise SpeechFTError(
+                f"{m}: {e.num_layers} layers, the pre-trained encoder has {ref.num_layers}; "
+                "layer-wise comparison needs the same depth"
+            )
     n_states = ref.num_layers + 1
     ckas = [[StreamingCKA(full=True) for _ in range(n_states)] for _ in encs]
     cos_sum = [[0.0] * n_states for _ in encs]
@@ -547,8 +583,10 @@ def analyze(pretrained, models: list, audio, out=None, *, split: str = "dev", la
             for k, enc in enumerate(encs):
                 o = enc(wavs, lengths)
                 if not torch.equal(o.frame_lengths, base.frame_lengths):
-                    raise SpeechFTError(f"{models[k]}: produces different frame counts from the pre-trained encoder "
-                                        "on the same audio; frames cannot be aligned (different front end?)")
+                    raise SpeechFTError(
+                        f"{models[k]}: produces different frame counts from the pre-trained encoder "
+                        "on the same audio; frames cannot be aligned (different front end?)"
+                    )
                 for layer, h in enumerate(o.hidden_states):
                     y = h[valid]
                     ckas[k][layer].update(xs[layer], y)
@@ -556,8 +594,9 @@ def analyze(pretrained, models: list, audio, out=None, *, split: str = "dev", la
             frames += int(valid.sum())
             seconds += float(lengths.sum()) / 16000.0
     if ckas[0][0].minibatches == 0:
-        raise SpeechFTError(f"only {frames} frames of audio: CKA needs at least {MIN_FRAMES}; "
-                            "give more or longer audio")
+        raise SpeechFTError(
+            f"only {frames} frames of audio: CKA needs at least {MIN_FRAMES}; give more or longer audio"
+        )
 
     results = []
     for k, (path, name) in enumerate(zip(models, names)):
@@ -565,27 +604,47 @@ def analyze(pretrained, models: list, audio, out=None, *, split: str = "dev", la
         full = [c.full_value for c in ckas[k]]
         per_layer = minibatch if cka_estimator == "minibatch" else full
         cos = [s / frames for s in cos_sum[k]]
-        results.append({
-            "label": name, "path": str(path),
-            "cka_per_layer": per_layer, "cka_mean": float(np.nanmean(per_layer)),
-            "cka_minibatch_per_layer": minibatch, "cka_full_per_layer": full,
-            "cosine_per_layer": cos, "cosine_mean": float(np.mean(cos)),
-            "weight_distance": distances[k],
-        })
+        results.append(
+            {
+                "label": name,
+                "path": str(path),
+                "cka_per_layer": per_layer,
+                "cka_mean": float(np.nanmean(per_layer)),
+                "cka_minibatch_per_layer": minibatch,
+                "cka_full_per_layer": full,
+                "cosine_per_layer": cos,
+                "cosine_mean": float(np.mean(cos)),
+                "weight_distance": distances[k],
+            }
+        )
     report = {
-        "pretrained": {"path": str(pretrained), "family": ref.family, "num_layers": ref.num_layers,
-                       "hidden_size": ref.hidden_size},
-        "audio": {**source, "utterances": len(items), "seconds": round(seconds, 3), "frames": frames,
-                  "frames_in_cka": ckas[0][0].frames, "minibatches": ckas[0][0].minibatches,
-                  "batch_size": batch_size, "seed": seed},
-        "cka": {"estimator": cka_estimator,
-                "cka_minibatch_per_layer": "unbiased-HSIC linear CKA averaged over minibatches of valid frames, "
-                                           f"one minibatch per batch of utterances ({CKA_REFERENCE})",
-                "cka_full_per_layer": "exact full-data linear CKA (Kornblith et al. 2019), same frames",
-                "layers": "hidden state index: 0 = input to the first transformer layer, i = output of layer i"},
-        "weight_distance": {"over": "parameters fine-tuning can change (front end and pre-training-only excluded)",
-                            "per_layer": "0-based transformer layers as in the parameter names "
-                                         "(layer i produces hidden state i + 1)"},
+        "pretrained": {
+            "path": str(pretrained),
+            "family": ref.family,
+            "num_layers": ref.num_layers,
+            "hidden_size": ref.hidden_size,
+        },
+        "audio": {
+            **source,
+            "utterances": len(items),
+            "seconds": round(seconds, 3),
+            "frames": frames,
+            "frames_in_cka": ckas[0][0].frames,
+            "minibatches": ckas[0][0].minibatches,
+            "batch_size": batch_size,
+            "seed": seed,
+        },
+        "cka": {
+            "estimator": cka_estimator,
+            "cka_minibatch_per_layer": "unbiased-HSIC linear CKA averaged over minibatches of valid frames, "
+            f"one minibatch per batch of utterances ({CKA_REFERENCE})",
+            "cka_full_per_layer": "exact full-data linear CKA (Kornblith et al. 2019), same frames",
+            "layers": "hidden state index: 0 = input to the first transformer layer, i = output of layer i",
+        },
+        "weight_distance": {
+            "over": "parameters fine-tuning can change (front end and pre-training-only excluded)",
+            "per_layer": "0-based transformer layers as in the parameter names (layer i produces hidden state i + 1)",
+        },
         "models": results,
     }
     if sweep_data is not None:
@@ -606,16 +665,19 @@ def analyze(pretrained, models: list, audio, out=None, *, split: str = "dev", la
 
 
 def markdown_table(report: dict) -> str:
-    rows = ["| model | mean CKA | min-layer CKA | mean cosine | ‖θ−θ₀‖ | ‖θ−θ₀‖ / ‖θ₀‖ |",
-            "|---|---|---|---|---|---|"]
+    rows = ["| model | mean CKA | min-layer CKA | mean cosine | ‖θ−θ₀‖ | ‖θ−θ₀‖ / ‖θ₀‖ |", "|---|---|---|---|---|---|"]
     for r in report["models"]:
         wd = r["weight_distance"]["total"]
-        rows.append(f"| {r['label']} | {r['cka_mean']:.4f} | {np.nanmin(r['cka_per_layer']):.4f} | "
-                    f"{r['cosine_mean']:.4f} | {wd['distance']:.4g} | {wd['relative']:.4f} |")
+        rows.append(
+            f"| {r['label']} | {r['cka_mean']:.4f} | {np.nanmin(r['cka_per_layer']):.4f} | "
+            f"{r['cosine_mean']:.4f} | {wd['distance']:.4g} | {wd['relative']:.4f} |"
+        )
     a = report["audio"]
-    head = (f"# Feature similarity and weight distance to {report['pretrained']['path']}\n\n"
-            f"{a['utterances']} utterances, {a['seconds']:.1f} s, {a['frames']} frames; "
-            f"CKA estimator: {report['cka']['estimator']} (see analysis.json).\n\n")
+    head = (
+        f"# Feature similarity and weight distance to {report['pretrained']['path']}\n\n"
+        f"{a['utterances']} utterances, {a['seconds']:.1f} s, {a['frames']} frames; "
+        f"CKA estimator: {report['cka']['estimator']} (see analysis.json).\n\n"
+    )
     return head + "\n".join(rows) + "\n"
 
 
@@ -639,8 +701,14 @@ def _save(fig, path) -> Path:
     return path
 
 
-def _per_layer_plot(results: list[dict], values_of: Callable[[dict], list], ylabel: str, title: str, path,
-                    xlabel: str = "layer (hidden state index)") -> Path:
+def _per_layer_plot(
+    results: list[dict],
+    values_of: Callable[[dict], list],
+    ylabel: str,
+    title: str,
+    path,
+    xlabel: str = "layer (hidden state index)",
+) -> Path:
     from matplotlib.ticker import MaxNLocator
 
     fig = _figure()
@@ -660,20 +728,31 @@ def _per_layer_plot(results: list[dict], values_of: Callable[[dict], list], ylab
 
 def plot_cka_per_layer(results: list[dict], path) -> Path:
     """One line per model: linear CKA with the pre-trained encoder at each layer."""
-    return _per_layer_plot(results, lambda r: r["cka_per_layer"], "linear CKA vs pre-trained",
-                           "Feature similarity per layer", path)
+    return _per_layer_plot(
+        results, lambda r: r["cka_per_layer"], "linear CKA vs pre-trained", "Feature similarity per layer", path
+    )
 
 
 def plot_cosine_per_layer(results: list[dict], path) -> Path:
-    return _per_layer_plot(results, lambda r: r["cosine_per_layer"], "mean frame cosine vs pre-trained",
-                           "Frame cosine similarity per layer", path)
+    return _per_layer_plot(
+        results,
+        lambda r: r["cosine_per_layer"],
+        "mean frame cosine vs pre-trained",
+        "Frame cosine similarity per layer",
+        path,
+    )
 
 
 def plot_distance_per_layer(results: list[dict], path) -> Path:
     """One line per model: ||theta - theta0|| / ||theta0|| per transformer layer."""
-    return _per_layer_plot(results, lambda r: [g["relative"] for g in r["weight_distance"]["per_layer"]],
-                           "‖θ − θ₀‖ / ‖θ₀‖", "Relative weight distance per layer", path,
-                           xlabel="transformer layer (0-based)")
+    return _per_layer_plot(
+        results,
+        lambda r: [g["relative"] for g in r["weight_distance"]["per_layer"]],
+        "‖θ − θ₀‖ / ‖θ₀‖",
+        "Relative weight distance per layer",
+        path,
+        xlabel="transformer layer (0-based)",
+    )
 
 
 def plot_distance_vs_cka(results: list[dict], path) -> Path:
@@ -708,8 +787,7 @@ def plot_sweep(sweep: dict, path) -> Path:
     if all(isinstance(m, (int, float)) for m in metric):
         ax2 = ax.twinx()
         ax2.plot(alphas, metric, marker="s", color="C1", label="target metric")
-        ax2.set_ylabel(f"target metric{' (' + str(sweep['metric']) + ')' if sweep.get('metric') else ''}",
-                       color="C1")
+        ax2.set_ylabel(f"target metric{' (' + str(sweep['metric']) + ')' if sweep.get('metric') else ''}", color="C1")
     ax.set_title("Merge coefficient sweep")
     if has_layers:
         from matplotlib import colormaps
@@ -738,14 +816,25 @@ def add_arguments(p) -> None:
     src.add_argument("--audio", help="an audio manifest .tsv with a 'path' column (relative to the manifest)")
     p.add_argument("--split", default="dev", help="split of --task to use (default: dev)")
     p.add_argument("--out", required=True, help="output folder (analysis.json, analysis.md, PNG plots)")
-    p.add_argument("--max-utterances", type=int, default=1000,
-                   help="random (seeded) subset of at most this many utterances (default: 1000)")
-    p.add_argument("--batch-size", type=int, default=8,
-                   help="utterances per batch = one CKA minibatch; keep it >= 8 for the minibatch estimator "
-                        "(default: 8)")
-    p.add_argument("--cka", choices=("minibatch", "full"), default="minibatch",
-                   help="CKA reported and plotted: minibatch (unbiased HSIC averaged over minibatches, Nguyen et al. "
-                        "2021) or full (exact full-data linear CKA); both are saved (default: minibatch)")
+    p.add_argument(
+        "--max-utterances",
+        type=int,
+        default=1000,
+        help="random (seeded) subset of at most this many utterances (default: 1000)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=8,
+        help="utterances per batch = one CKA minibatch; keep it >= 8 for the minibatch estimator (default: 8)",
+    )
+    p.add_argument(
+        "--cka",
+        choices=("minibatch", "full"),
+        default="minibatch",
+        help="CKA reported and plotted: minibatch (unbiased HSIC averaged over minibatches, Nguyen et al. "
+        "2021) or full (exact full-data linear CKA); both are saved (default: minibatch)",
+    )
     p.add_argument("--labels", nargs="+", help="names for the models in plots and tables (default: folder names)")
     p.add_argument("--sweep", help="sweep.json from `speechft sweep`: also plot alpha vs CKA")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
@@ -758,10 +847,21 @@ def main(args) -> int:
 
     # --task must name a task folder (load_task says what is wrong with it); --audio a manifest.
     audio = load_task(args.task) if args.task else args.audio
-    report = analyze(args.pretrained, args.models, audio, args.out, split=args.split,
-                     labels=args.labels, max_utterances=args.max_utterances, batch_size=args.batch_size,
-                     cka_estimator=args.cka, sweep=args.sweep, device=args.device, overwrite=args.overwrite,
-                     seed=args.seed)
+    report = analyze(
+        args.pretrained,
+        args.models,
+        audio,
+        args.out,
+        split=args.split,
+        labels=args.labels,
+        max_utterances=args.max_utterances,
+        batch_size=args.batch_size,
+        cka_estimator=args.cka,
+        sweep=args.sweep,
+        device=args.device,
+        overwrite=args.overwrite,
+        seed=args.seed,
+    )
     print(markdown_table(report))
     print(f"wrote {args.out}/analysis.json, analysis.md and plots")
     return 0

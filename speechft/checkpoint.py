@@ -7,6 +7,7 @@ leaves either the previous checkpoint or the new one, never a half-written one.
 Nothing here unpickles: optimizer and RNG states are split into tensors (safetensors)
 and plain numbers (JSON).
 """
+
 from __future__ import annotations
 
 import os
@@ -50,12 +51,14 @@ def module_state(module: torch.nn.Module, prefix: str) -> dict[str, torch.Tensor
 
 
 def load_module_state(module: torch.nn.Module, tensors: dict[str, torch.Tensor], prefix: str, where: str) -> None:
-    own = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    own = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
     try:
         module.load_state_dict(own, strict=True)
     except RuntimeError as e:
-        raise SpeechFTError(f"{where}: the checkpoint does not match the model ({str(e).splitlines()[0][:200]}); "
-                            "it was written by a different encoder, task or method") from None
+        raise SpeechFTError(
+            f"{where}: the checkpoint does not match the model ({str(e).splitlines()[0][:200]}); "
+            "it was written by a different encoder, task or method"
+        ) from None
 
 
 # ---- optimizer -------------------------------------------------------------------------
@@ -82,8 +85,9 @@ def load_optimizer_state(opt: torch.optim.Optimizer, tensors: dict[str, torch.Te
     try:
         opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     except (ValueError, KeyError) as e:
-        raise SpeechFTError(f"optimizer state does not match the model ({e}); the checkpoint belongs to another run") \
-            from None
+        raise SpeechFTError(
+            f"optimizer state does not match the model ({e}); the checkpoint belongs to another run"
+        ) from None
 
 
 # ---- random number generators ----------------------------------------------------------
@@ -96,8 +100,7 @@ def rng_state() -> tuple[dict[str, torch.Tensor], dict]:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     tensors["numpy_keys"] = torch.from_numpy(keys.astype(np.int64))
     version, py_state, gauss = random.getstate()
-    meta = {"numpy": [kind, int(pos), int(has_gauss), float(cached)],
-            "python": [version, list(py_state), gauss]}
+    meta = {"numpy": [kind, int(pos), int(has_gauss), float(cached)], "python": [version, list(py_state), gauss]}
     return tensors, meta
 
 
@@ -113,8 +116,9 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
 
 
 # ---- checkpoint folders ----------------------------------------------------------------
-def write_checkpoint(root: Path, step: int, tensor_files: dict[str, dict[str, torch.Tensor]], state: dict,
-                     keep_last: int = 1) -> Path:
+def write_checkpoint(
+    root: Path, step: int, tensor_files: dict[str, dict[str, torch.Tensor]], state: dict, keep_last: int = 1
+) -> Path:
     """Write root/step-NNNNNNN/ ({name}.safetensors per entry + state.json), point
     latest.json at it, then prune older step folders beyond `keep_last`."""
     root.mkdir(parents=True, exist_ok=True)
@@ -138,6 +142,7 @@ def latest_checkpoint(root: Path) -> Path | None:
         return None
     folder = root / read_json(pointer)["dir"]
     if not (folder / "state.json").exists():
-        raise SpeechFTError(f"{pointer}: points at {folder.name}, which is missing or incomplete; "
-                            "delete the run folder and start again")
+        raise SpeechFTError(
+            f"{pointer}: points at {folder.name}, which is missing or incomplete; delete the run folder and start again"
+        )
     return folder

@@ -4,6 +4,7 @@ Each subcommand lives in the module that implements it, as two functions:
 `add_arguments(parser)` and `main(args) -> int | None`. Only the chosen subcommand's
 module is imported, so `speechft --help` is fast.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,7 +20,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("speechft.demo", "the paper's main result in miniature, on the embedded default (Whisper tiny.en)"),
     "data": ("speechft.data.cli", "make task folders: `synth` (synthetic mini-SUPERB), `prepare` (real corpora)"),
     "encoder": ("speechft.encoders.cli", "encoder folders: `default`, `tiny`, `convert`, `info`"),
-    "finetune": ("speechft.train", "fine-tune an encoder on task(s): stable | regular | l2sp | lora | dora | early-stop"),
+    "finetune": (
+        "speechft.train",
+        "fine-tune an encoder on task(s): stable | regular | l2sp | lora | dora | early-stop",
+    ),
     "pretrain": ("speechft.pretrain", "continued pre-training (HuBERT-style masked-unit prediction) on new audio"),
     "merge": ("speechft.merge", "merge fine-tuned encoders into their pre-trained one (Speech-FT, TIES, DARE, ...)"),
     "sweep": ("speechft.sweep", "sweep the merge coefficient alpha: target metric and feature similarity"),
@@ -49,15 +53,32 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def available_commands() -> dict[str, tuple[str, str]]:
-    return {n: v for n, v in COMMANDS.items() if module_exists(v[0])}
+    """Every command; a command whose module is missing is a broken install, never silently dropped."""
+    missing = [f"{n} ({v[0]})" for n, v in COMMANDS.items() if not module_exists(v[0])]
+    if missing:
+        raise SpeechFTError(f"this speechft install lacks the module of {', '.join(missing)}; reinstall speechft")
+    return dict(COMMANDS)
+
+
+# ---- options every command spells the same way -------------------------------------------------------
+def add_quiet_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_device_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device", default=None, metavar="DEVICE", help="cpu, cuda or cuda:N (default: cuda when available, else cpu)"
+    )
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     from . import __version__
 
     parser = ArgumentParser(
-        prog="speechft", description="Speech-FT: fine-tune speech encoders, merge them back with their pre-trained "
-        "weights, and prove cross-task generalisation, SUPERB-style.")
+        prog="speechft",
+        description="Speech-FT: fine-tune speech encoders, merge them back with their pre-trained "
+        "weights, and prove cross-task generalisation, SUPERB-style.",
+    )
     parser.add_argument("--version", action="version", version=f"speechft {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -69,14 +90,15 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def add_subcommands(parser: argparse.ArgumentParser, table: dict[str, tuple[str, str]], dest: str,
-                    chosen: str | None = None) -> None:
+def add_subcommands(
+    parser: argparse.ArgumentParser, table: dict[str, tuple[str, str]], dest: str, chosen: str | None = None
+) -> None:
     """Nested commands (`speechft data synth`, ...) use the same protocol one level down:
     `table` maps a name to (module, help); the module has add_arguments/main."""
     sub = parser.add_subparsers(dest=dest, metavar="SUBCOMMAND", required=True)
     for name, (module, help_) in table.items():
         if not module_exists(module):
-            continue
+            raise SpeechFTError(f"this speechft install lacks {module} (`{dest} {name}`); reinstall speechft")
         p = sub.add_parser(name, help=help_, description=help_)
         importlib.import_module(module).add_arguments(p)
 
@@ -114,8 +136,11 @@ def main(argv: list[str] | None = None) -> int:
         # A full disk outside speechft's atomic writers (which name their file themselves).
         _close_progress_bars()
         where = f" while writing {e.filename}" if e.filename else ""
-        print(f"speechft: error: {os.strerror(e.errno).lower()}{where}; free some space or write to another folder, "
-              "then rerun", file=sys.stderr)
+        print(
+            f"speechft: error: {os.strerror(e.errno).lower()}{where}; free some space or write to another folder, "
+            "then rerun",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("speechft: interrupted", file=sys.stderr)
@@ -140,8 +165,9 @@ def _close_progress_bars() -> None:
 def _unexpected(e: BaseException) -> int:
     _close_progress_bars()
     msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    print(f"speechft: error: unexpected {type(e).__name__}: {msg} (rerun with --debug for the traceback)",
-          file=sys.stderr)
+    print(
+        f"speechft: error: unexpected {type(e).__name__}: {msg} (rerun with --debug for the traceback)", file=sys.stderr
+    )
     return 1
 
 

@@ -3,14 +3,16 @@
 Unknown keys are errors that list the valid ones; values are type-checked against the
 dataclass field types. Every run directory stores its resolved config (`save_config`).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import os
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 
@@ -93,7 +95,7 @@ def _acyclic(value, where: str, _stack: tuple = ()) -> None:
     if isinstance(value, (list, tuple, dict)):
         if any(value is v for v in _stack):
             raise SpeechFTError(f"{where}: a YAML alias makes this value contain itself; write it out plainly")
-        for v in (value.values() if isinstance(value, dict) else value):
+        for v in value.values() if isinstance(value, dict) else value:
             _acyclic(v, where, _stack + (value,))
 
 
@@ -120,6 +122,33 @@ def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def _set(data: dict, cls, key: str, value, flag: str) -> None:
+    """Put `value` at the dotted `key` of `data` (a to_dict of a `cls`), checking every name."""
+    parts = key.strip().split(".")
+    node = data
+    for i, p in enumerate(parts):
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        if p not in fields:
+            prefix = ".".join(parts[:i]) or "config"
+            raise SpeechFTError(f"{flag} {key}: unknown key '{p}' in {prefix}; valid keys: {', '.join(fields)}")
+        sub = _hints(cls)[p]
+        if i < len(parts) - 1:
+            if not dataclasses.is_dataclass(sub):
+                raise SpeechFTError(f"{flag} {key}: '{p}' is a value, not a section")
+            if not isinstance(node[p], dict):  # an earlier --set replaced the section
+                raise SpeechFTError(
+                    f"{flag} {key}: section '{p}' was replaced by an earlier --set; set its keys one by one instead"
+                )
+            node, cls = node[p], sub
+        else:
+            if dataclasses.is_dataclass(sub) and not isinstance(value, dict):
+                raise SpeechFTError(
+                    f"{flag} {key}={value}: '{p}' is a section; set one of its keys, e.g. "
+                    f"{flag} {key}.{dataclasses.fields(sub)[0].name}=..."
+                )
+            node[p] = value
+
+
 def apply_overrides(cfg: T, overrides: Sequence[str]) -> T:
     """Apply `a.b=value` strings (value parsed as YAML) to a config dataclass, validated."""
     data = to_dict(cfg)
@@ -127,36 +156,32 @@ def apply_overrides(cfg: T, overrides: Sequence[str]) -> T:
         if "=" not in item:
             raise SpeechFTError(f"--set {item!r}: expected key=value, e.g. --set optim.lr=1e-4")
         key, raw = item.split("=", 1)
-        parts = key.strip().split(".")
-        node, cls = data, type(cfg)
-        for i, p in enumerate(parts):
-            fields = {f.name: f for f in dataclasses.fields(cls)}
-            if p not in fields:
-                prefix = ".".join(parts[:i]) or "config"
-                raise SpeechFTError(f"--set {key}: unknown key '{p}' in {prefix}; valid keys: {', '.join(fields)}")
-            sub = _hints(cls)[p]
-            if i < len(parts) - 1:
-                if not dataclasses.is_dataclass(sub):
-                    raise SpeechFTError(f"--set {key}: '{p}' is a value, not a section")
-                if not isinstance(node[p], dict):  # an earlier --set replaced the section
-                    raise SpeechFTError(f"--set {key}: section '{p}' was replaced by an earlier --set; "
-                                        "set its keys one by one instead")
-                node, cls = node[p], sub
-            else:
-                try:
-                    value = yaml.safe_load(raw) if raw.strip() != "" else ""
-                except (yaml.YAMLError, RecursionError):  # not YAML (python/* tags included): a plain string
-                    value = raw
-                _acyclic(value, f"--set {key}")
-                if dataclasses.is_dataclass(sub) and not isinstance(value, dict):
-                    raise SpeechFTError(f"--set {key}={raw}: '{p}' is a section; set one of its keys, e.g. "
-                                        f"--set {key}.{dataclasses.fields(sub)[0].name}=...")
-                node[p] = value
+        try:
+            value = yaml.safe_load(raw) if raw.strip() != "" else ""
+        except (yaml.YAMLError, RecursionError):  # not YAML (python/* tags included): a plain string
+            value = raw
+        _acyclic(value, f"--set {key}")
+        _set(data, type(cfg), key, value, "--set")
     return from_dict(type(cfg), data)
 
 
-def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> T:
-    """Defaults <- YAML file (if given) <- overrides."""
+def apply_values(cfg: T, values: dict[str, Any], flag_of: dict[str, str] | None = None) -> T:
+    """Apply {dotted key: Python value} (a command's own flags) to a config dataclass, validated.
+    `flag_of` names the flag each key came from, for the error messages."""
+    data = to_dict(cfg)
+    for key, value in values.items():
+        _set(data, type(cfg), key, value, (flag_of or {}).get(key, "--set"))
+    try:
+        return from_dict(type(cfg), data)
+    except SpeechFTError as e:
+        flags = ", ".join(sorted({(flag_of or {}).get(k, k) for k in values}))
+        raise SpeechFTError(f"{e} (from {flags})") from None
+
+
+def load_config(
+    cls: type[T], path: str | os.PathLike | None = None, overrides: Sequence[str] = (), values: dict | None = None
+) -> T:
+    """Defaults <- YAML file (if given) <- `values` (a command's own flags) <- `--set` overrides."""
     data: dict = {}
     if path is not None:
         path = Path(path)
@@ -179,7 +204,66 @@ def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: 
             raise SpeechFTError(f"{path}: {e}") from None
     else:
         cfg = cls()
+    if values:
+        cfg = apply_values(cfg, values)
     return apply_overrides(cfg, overrides)
+
+
+# ---- the command-line grammar shared by every run-like command ---------------------------------------
+def add_config_options(p, cls, example: str) -> None:
+    """`--config YAML` and `--set KEY=VALUE ...` over the dataclass `cls` (finetune, pretrain,
+    evaluate, analyze, sweep, merge all take both)."""
+    p.add_argument("--config", metavar="YAML", help=f"a YAML file of {cls.__name__} keys (unknown keys are errors)")
+    p.add_argument(
+        "--set",
+        dest="set",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override config values (dotted keys, YAML-typed values), e.g. --set {example}",
+    )
+
+
+def config_from_args(cls: type[T], args, flags: dict[str, str] | None = None) -> T:
+    """A command's config: defaults <- --config <- its own flags that were given <- --set.
+
+    `flags` maps an argparse dest to the dotted config key it sets; a flag left at None was not
+    given (so dedicated flags must default to None and show the config's default in their help)."""
+    flags = flags or {}
+    values = {key: getattr(args, dest) for dest, key in flags.items() if getattr(args, dest, None) is not None}
+    cfg = load_config(cls, getattr(args, "config", None))
+    if values:
+        flag_of = {key: "--" + dest.replace("_", "-") for dest, key in flags.items()}
+        cfg = apply_values(cfg, values, flag_of)
+    return apply_overrides(cfg, list(getattr(args, "set", None) or ()))
+
+
+def resolve_device(name: str | None = None):
+    """`--device`: cpu, cuda, cuda:N (None or 'auto': CUDA when available, else the CPU). Asking for a
+    device this machine lacks is an error, never a silent fall-back to the CPU."""
+    import torch
+
+    if name is None or name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise SpeechFTError(f"--device {name!r}: not a device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SpeechFTError(
+                f"--device {name}: CUDA is not available here (torch {torch.__version__}); "
+                "use --device cpu, or install a CUDA build of torch"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise SpeechFTError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise SpeechFTError(f"--device {name}: MPS is not available here; use --device cpu")
+    elif device.type != "cpu":
+        raise SpeechFTError(f"--device {name!r}: unsupported; use cpu, cuda or cuda:N")
+    return device
 
 
 def save_config(cfg, path: str | os.PathLike) -> None:

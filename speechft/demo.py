@@ -15,14 +15,12 @@ vectors, TIES, sequential Speech-FT) and `continued` (continued pre-training on 
 audio, then merge). Every stage writes into --out and is skipped when its output is complete, so a
 killed demo resumes where it stopped. Seeds are fixed and printed.
 """
+
 from __future__ import annotations
 
-import json
-import math
 import os
-import shutil
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import SpeechFTError
@@ -51,16 +49,37 @@ class Plan:
 
 
 PLANS = {
-    "quick": Plan(bench_size="small", steps=16, batch_size=8, max_seconds=2.0, probe_epochs=5, probe_min_steps=40,
-                  probe_seeds=(0, 1), probe_lrs=(1e-2, 1e-3), alphas=(0.0, 0.25, 0.5, 1.0), analysis_utterances=32,
-                  pretrain_steps=16, eval_every=8),
+    "quick": Plan(
+        bench_size="small",
+        steps=16,
+        batch_size=8,
+        max_seconds=2.0,
+        probe_epochs=5,
+        probe_min_steps=40,
+        probe_seeds=(0, 1),
+        probe_lrs=(1e-2, 1e-3),
+        alphas=(0.0, 0.25, 0.5, 1.0),
+        analysis_utterances=32,
+        pretrain_steps=16,
+        eval_every=8,
+    ),
     # Fine-tuning: 300 steps of 8 clips (~10 epochs of sid's training set); at 100 steps the fine-tuned
     # sid head had not caught up with a probe on the pre-trained encoder. Probes: two LRs (with
     # standardised features 1e-2 or 1e-3 won every task in calibration runs) and 8 epochs / >= 100
     # steps keep 9 encoders x 7 tasks x 2 seeds inside the 15-minute budget.
-    "full": Plan(bench_size="demo", steps=300, batch_size=8, max_seconds=2.5, probe_epochs=8, probe_min_steps=100,
-                 probe_seeds=(0, 1), probe_lrs=(1e-2, 1e-3), alphas=(0.0, 0.1, 0.25, 0.5, 0.75, 1.0),
-                 analysis_utterances=128, pretrain_steps=300),
+    "full": Plan(
+        bench_size="demo",
+        steps=300,
+        batch_size=8,
+        max_seconds=2.5,
+        probe_epochs=8,
+        probe_min_steps=100,
+        probe_seeds=(0, 1),
+        probe_lrs=(1e-2, 1e-3),
+        alphas=(0.0, 0.1, 0.25, 0.5, 0.75, 1.0),
+        analysis_utterances=128,
+        pretrain_steps=300,
+    ),
 }
 
 
@@ -131,8 +150,14 @@ class Demo:
             self.say(f"benchmark: reusing {self.bench}")
             return
         with self.stage(f"synthetic benchmark ({self.plan.bench_size}, seed {self.seed})"):
-            synthesize_benchmark(self.bench, size=self.plan.bench_size, seed=self.seed, overwrite=True,
-                                 engines=["espeak-ng"], progress=self.progress)
+            synthesize_benchmark(
+                self.bench,
+                size=self.plan.bench_size,
+                seed=self.seed,
+                overwrite=True,
+                engines=["espeak-ng"],
+                progress=self.progress,
+            )
 
     def train_config(self, method: str, steps: int | None = None):
         from .train import TrainConfig
@@ -154,8 +179,14 @@ class Demo:
             self.say(f"fine-tune {method} on {'+'.join(tasks)}: reusing {out}")
             return out
         with self.stage(f"fine-tune {method} on {'+'.join(tasks)} ({self.plan.steps} steps)"):
-            finetune(encoder, [self.task_dir(t) for t in tasks], out, config=self.train_config(method),
-                     resume=out.exists(), progress=self.progress)
+            finetune(
+                encoder,
+                [self.task_dir(t) for t in tasks],
+                out,
+                config=self.train_config(method),
+                resume=out.exists(),
+                progress=self.progress,
+            )
         return out
 
     def merge(self, pretrained: Path, finetuned: list[Path], out: Path, method: str = "linear", **params) -> Path:
@@ -178,13 +209,25 @@ class Demo:
             if [m["name"] for m in results["models"]] == names:
                 self.say(f"evaluation: reusing {results_path}")
                 return results
-        cfg = ProbeConfig(lrs=list(self.plan.probe_lrs), epochs=self.plan.probe_epochs,
-                          min_steps=self.plan.probe_min_steps, seeds=list(self.plan.probe_seeds))
-        with self.stage(f"evaluate {len(names)} encoders x {len(self.all_tasks())} tasks (frozen, probes, "
-                        f"seeds {list(self.plan.probe_seeds)})"):
-            return evaluate(["fbank"] + [(v.name, v.path) for v in variants], self.all_tasks(),
-                            self.out / "evaluation", config=cfg, cache=self.out / "feature_cache", overwrite=True,
-                            progress=self.progress)
+        cfg = ProbeConfig(
+            lrs=list(self.plan.probe_lrs),
+            epochs=self.plan.probe_epochs,
+            min_steps=self.plan.probe_min_steps,
+            seeds=list(self.plan.probe_seeds),
+        )
+        with self.stage(
+            f"evaluate {len(names)} encoders x {len(self.all_tasks())} tasks (frozen, probes, "
+            f"seeds {list(self.plan.probe_seeds)})"
+        ):
+            return evaluate(
+                ["fbank"] + [(v.name, v.path) for v in variants],
+                self.all_tasks(),
+                self.out / "evaluation",
+                config=cfg,
+                cache=self.out / "feature_cache",
+                overwrite=True,
+                progress=self.progress,
+            )
 
     def analyze(self, pretrained: Path, variants: list[Variant], task: str, sweep_json: Path | None) -> dict:
         from .analysis import analyze
@@ -194,9 +237,18 @@ class Demo:
             return read_json(out / "analysis.json")
         models = [v for v in variants if v.kind != "pretrained"]
         with self.stage(f"analysis: CKA per layer and weight distance on {task} dev audio"):
-            return analyze(pretrained, [v.path for v in models], self.task_dir(task), out,
-                           labels=[v.name for v in models], max_utterances=self.plan.analysis_utterances,
-                           sweep=sweep_json, overwrite=True, seed=self.seed, progress=self.progress)
+            return analyze(
+                pretrained,
+                [v.path for v in models],
+                self.task_dir(task),
+                out,
+                labels=[v.name for v in models],
+                max_utterances=self.plan.analysis_utterances,
+                sweep=sweep_json,
+                overwrite=True,
+                seed=self.seed,
+                progress=self.progress,
+            )
 
     def sweep(self, pretrained: Path, finetuned: Path, task: str) -> Path:
         from .sweep import sweep
@@ -205,9 +257,18 @@ class Demo:
         if (out / "sweep.json").exists():
             return out / "sweep.json"
         with self.stage(f"alpha sweep of Speech-FT on {task}: {list(self.plan.alphas)}"):
-            sweep(pretrained, finetuned, self.task_dir(task), out, alphas=list(self.plan.alphas), pick_gain=0.9,
-                  cka_utterances=self.plan.analysis_utterances // 2, overwrite=True, seed=self.seed,
-                  progress=self.progress)
+            sweep(
+                pretrained,
+                finetuned,
+                self.task_dir(task),
+                out,
+                alphas=list(self.plan.alphas),
+                pick_gain=0.9,
+                cka_utterances=self.plan.analysis_utterances // 2,
+                overwrite=True,
+                seed=self.seed,
+                progress=self.progress,
+            )
         return out / "sweep.json"
 
 
@@ -223,14 +284,16 @@ def run_single(d: Demo, pretrained: Path) -> tuple[list[Variant], Path | None, s
     early = d.finetune(pretrained, [target], "early-stop", ft / "early-stop")
     speechft = d.merge(pretrained, [stable], mg / "speech-ft")
     reg_merge = d.merge(pretrained, [regular], mg / "regular+merge")
-    variants = [Variant("pre-trained", pretrained, "pretrained"),
-                Variant("Stable-FT", stable, "finetuned", "stage 1 alone"),
-                Variant("Speech-FT", speechft, "merged", f"merge(pre-trained, Stable-FT, alpha={ALPHA})"),
-                Variant("regular FT", regular, "finetuned", "no frozen phase"),
-                Variant("regular+merge", reg_merge, "merged", f"merge(pre-trained, regular FT, alpha={ALPHA})"),
-                Variant("L2-SP", l2sp, "finetuned"),
-                Variant("LoRA", lora, "finetuned", "adapters folded into the weights"),
-                Variant("early stop", early, "finetuned", "checkpoint at 20% of the steps")]
+    variants = [
+        Variant("pre-trained", pretrained, "pretrained"),
+        Variant("Stable-FT", stable, "finetuned", "stage 1 alone"),
+        Variant("Speech-FT", speechft, "merged", f"merge(pre-trained, Stable-FT, alpha={ALPHA})"),
+        Variant("regular FT", regular, "finetuned", "no frozen phase"),
+        Variant("regular+merge", reg_merge, "merged", f"merge(pre-trained, regular FT, alpha={ALPHA})"),
+        Variant("L2-SP", l2sp, "finetuned"),
+        Variant("LoRA", lora, "finetuned", "adapters folded into the weights"),
+        Variant("early stop", early, "finetuned", "checkpoint at 20% of the steps"),
+    ]
     sweep_json = d.sweep(pretrained, stable, target)
     return variants, sweep_json, target
 
@@ -250,12 +313,14 @@ def run_multitask(d: Demo, pretrained: Path) -> tuple[list[Variant], Path | None
     round1 = d.merge(pretrained, [ft_a], mg / f"sequential-round1-{a}")
     ft_b2 = d.finetune(round1, [b], "stable", ft / f"stable-{b}-from-round1")
     seq = d.merge(round1, [ft_b2], mg / "sequential")
-    variants = [Variant("pre-trained", pretrained, "pretrained"),
-                Variant("joint Stable-FT", joint, "finetuned", f"one model, heads for {a} and {b}"),
-                Variant("joint+merge", joint_m, "merged", f"merge(pre-trained, joint, alpha={ALPHA})"),
-                Variant("task-vector avg", avg, "merged", f"pre-trained + {ALPHA} * mean of the two task vectors"),
-                Variant("TIES", ties, "merged", "trim 20%, elect signs, disjoint mean"),
-                Variant("sequential Speech-FT", seq, "merged", f"Speech-FT on {a}, then on {b}")]
+    variants = [
+        Variant("pre-trained", pretrained, "pretrained"),
+        Variant("joint Stable-FT", joint, "finetuned", f"one model, heads for {a} and {b}"),
+        Variant("joint+merge", joint_m, "merged", f"merge(pre-trained, joint, alpha={ALPHA})"),
+        Variant("task-vector avg", avg, "merged", f"pre-trained + {ALPHA} * mean of the two task vectors"),
+        Variant("TIES", ties, "merged", "trim 20%, elect signs, disjoint mean"),
+        Variant("sequential Speech-FT", seq, "merged", f"Speech-FT on {a}, then on {b}"),
+    ]
     return variants, None, a
 
 
@@ -269,13 +334,23 @@ def run_continued(d: Demo, pretrained: Path) -> tuple[list[Variant], Path | None
     cont = ft / "continued-pretraining"
     if not (cont / "speechft.json").exists():
         with d.stage(f"continued pre-training on the audio of {language_task} ({d.plan.pretrain_steps} steps)"):
-            pretrain(pretrained, d.task_dir(language_task), cont, steps=d.plan.pretrain_steps,
-                     batch_size=d.plan.batch_size, max_seconds=d.plan.max_seconds, seed=d.seed,
-                     resume=cont.exists(), progress=d.progress)
+            pretrain(
+                pretrained,
+                d.task_dir(language_task),
+                cont,
+                steps=d.plan.pretrain_steps,
+                batch_size=d.plan.batch_size,
+                max_seconds=d.plan.max_seconds,
+                seed=d.seed,
+                resume=cont.exists(),
+                progress=d.progress,
+            )
     merged = d.merge(pretrained, [cont], mg / "continued+merge")
-    variants = [Variant("pre-trained", pretrained, "pretrained"),
-                Variant("continued PT", cont, "finetuned", "masked-unit prediction on the new audio"),
-                Variant("continued PT+merge", merged, "merged", f"merge(pre-trained, continued PT, alpha={ALPHA})")]
+    variants = [
+        Variant("pre-trained", pretrained, "pretrained"),
+        Variant("continued PT", cont, "finetuned", "masked-unit prediction on the new audio"),
+        Variant("continued PT+merge", merged, "merged", f"merge(pre-trained, continued PT, alpha={ALPHA})"),
+    ]
     return variants, None, language_task
 
 
@@ -314,13 +389,19 @@ def outcome(results: dict, target_task: str, subject: str, baseline: str, contra
     b, s = _metric(results, baseline, t)["test"], _metric(results, subject, t)["test"]
     metric = meta[t]["metric"]
     if g > e:
-        lines.append(f"YES - {subject} improved the target task {t}: test {metric} {100 * b:.1f}% -> {100 * s:.1f}% "
-                     f"(beyond twice the measured spread, {100 * e:.1f} points).")
+        lines.append(
+            f"YES - {subject} improved the target task {t}: test {metric} {100 * b:.1f}% -> {100 * s:.1f}% "
+            f"(beyond twice the measured spread, {100 * e:.1f} points)."
+        )
     elif g > 0:
-        lines.append(f"NOT CLEARLY - {subject} moved the target task {t} from {100 * b:.1f}% to {100 * s:.1f}% "
-                     f"({metric}), within twice the measured spread ({100 * e:.1f} points).")
+        lines.append(
+            f"NOT CLEARLY - {subject} moved the target task {t} from {100 * b:.1f}% to {100 * s:.1f}% "
+            f"({metric}), within twice the measured spread ({100 * e:.1f} points)."
+        )
     else:
-        lines.append(f"NO - {subject} did not improve the target task {t}: {100 * b:.1f}% -> {100 * s:.1f}% ({metric}).")
+        lines.append(
+            f"NO - {subject} did not improve the target task {t}: {100 * b:.1f}% -> {100 * s:.1f}% ({metric})."
+        )
     others = [x for x in tasks if x != t]
     kept, lost, contrast_lost = [], [], []
     for x in others:
@@ -329,46 +410,85 @@ def outcome(results: dict, target_task: str, subject: str, baseline: str, contra
         if contrast and gain(contrast, x) < -ex:
             contrast_lost.append(x)
     if not lost:
-        lines.append(f"YES - {subject} kept every other task within twice the measured spread "
-                     f"({', '.join(others)}).")
+        lines.append(f"YES - {subject} kept every other task within twice the measured spread ({', '.join(others)}).")
     else:
-        lines.append(f"NO - {subject} lost {', '.join(lost)} beyond twice the measured spread "
-                     f"(kept: {', '.join(kept) or 'none'}).")
+        lines.append(
+            f"NO - {subject} lost {', '.join(lost)} beyond twice the measured spread "
+            f"(kept: {', '.join(kept) or 'none'})."
+        )
     if contrast:
         if contrast_lost:
-            lines.append(f"{contrast} lost {', '.join(contrast_lost)} beyond the spread"
-                         f"{' where ' + subject + ' kept ' + ', '.join(x for x in contrast_lost if x in kept) if any(x in kept for x in contrast_lost) else ''}.")
+            kept_by_subject = [x for x in contrast_lost if x in kept]
+            where = f" where {subject} kept {', '.join(kept_by_subject)}" if kept_by_subject else ""
+            lines.append(f"{contrast} lost {', '.join(contrast_lost)} beyond the spread{where}.")
         else:
-            lines.append(f"{contrast} did not lose any other task beyond the spread in this run, so this run does not "
-                         "show the forgetting that Speech-FT is meant to prevent.")
-    scores = {n: s for n, s in (results.get("superb", {}).get("scores") or {}).items() if s is not None and n != "fbank"}
+            lines.append(
+                f"{contrast} did not lose any other task beyond the spread in this run, so this run does not "
+                "show the forgetting that Speech-FT is meant to prevent."
+            )
+    scores = {
+        n: s for n, s in (results.get("superb", {}).get("scores") or {}).items() if s is not None and n != "fbank"
+    }
     if subject in scores:
         best = max(scores, key=scores.get)
         if best == subject:
-            lines.append(f"YES - {subject} has the best aggregate score: {scores[subject]:.1f} "
-                         f"(next: {sorted(scores.values())[-2]:.1f}).")
+            lines.append(
+                f"YES - {subject} has the best aggregate score: {scores[subject]:.1f} "
+                f"(next: {sorted(scores.values())[-2]:.1f})."
+            )
         else:
-            lines.append(f"NO - the best aggregate score is {best}'s ({scores[best]:.1f}); {subject} has "
-                         f"{scores[subject]:.1f}.")
+            lines.append(
+                f"NO - the best aggregate score is {best}'s ({scores[best]:.1f}); {subject} has {scores[subject]:.1f}."
+            )
     return lines
 
 
-def write_demo_report(d: Demo, variants: list[Variant], results: dict, analysis: dict | None, sweep_json: Path | None,
-                      target: str, lines: list[str]) -> Path:
+def write_demo_report(
+    d: Demo,
+    variants: list[Variant],
+    results: dict,
+    analysis: dict | None,
+    sweep_json: Path | None,
+    target: str,
+    lines: list[str],
+) -> Path:
     from .report import results_table
 
     out = d.out
     rel = lambda p: os.path.relpath(p, out)  # noqa: E731
-    md = [f"# speechft demo: {d.scenario} scenario, target {' + '.join(d.targets)}", "",
-          f"Encoder: Whisper tiny.en (real weights), synthetic benchmark size `{d.plan.bench_size}`, seed {d.seed}, "
-          f"{d.plan.steps} fine-tuning steps of {d.plan.batch_size} clips, probe seeds {list(d.plan.probe_seeds)}.", "",
-          ] + (["> Quick plan: a tiny benchmark and a few fine-tuning steps - an integration run whose numbers are "
-                "mostly noise (see the spreads). Run `speechft demo` without --quick for the experiment.", ""]
-               if d.plan is PLANS["quick"] else []) + ["## Outcome", ""] + [f"- {x}" for x in lines] + ["", "## Results (test set, frozen encoders)", "",
-                                                             results_table([results]), "",
-                                                             "| model | what it is |", "|---|---|"]
-    md += [f"| {v.name} | {v.note or v.kind} (`{rel(v.path) if str(v.path).startswith(str(out)) else v.path}`) |"
-           for v in variants]
+    md = (
+        [
+            f"# speechft demo: {d.scenario} scenario, target {' + '.join(d.targets)}",
+            "",
+            f"Encoder: Whisper tiny.en (real weights), synthetic benchmark size `{d.plan.bench_size}`, seed {d.seed}, "
+            f"{d.plan.steps} fine-tuning steps of {d.plan.batch_size} clips, probe seeds {list(d.plan.probe_seeds)}.",
+            "",
+        ]
+        + (
+            [
+                "> Quick plan: a tiny benchmark and a few fine-tuning steps - an integration run whose numbers are "
+                "mostly noise (see the spreads). Run `speechft demo` without --quick for the experiment.",
+                "",
+            ]
+            if d.plan is PLANS["quick"]
+            else []
+        )
+        + ["## Outcome", ""]
+        + [f"- {x}" for x in lines]
+        + [
+            "",
+            "## Results (test set, frozen encoders)",
+            "",
+            results_table([results]),
+            "",
+            "| model | what it is |",
+            "|---|---|",
+        ]
+    )
+    md += [
+        f"| {v.name} | {v.note or v.kind} (`{rel(v.path) if str(v.path).startswith(str(out)) else v.path}`) |"
+        for v in variants
+    ]
     md += ["", "## Figures", ""]
     ev = out / "evaluation"
     for png in sorted(ev.glob("task_*.png")) + sorted(ev.glob("superb_score.png")):
@@ -384,9 +504,15 @@ def write_demo_report(d: Demo, variants: list[Variant], results: dict, analysis:
             md.append(f"| {r['label']} | {r['cka_mean']:.3f} | {r['weight_distance']['total']['relative']:.4f} |")
     if sweep_json is not None:
         sw = read_json(sweep_json)
-        md += ["", f"Alpha sweep (target {sw['task']}, dev {sw['metric']}; CKA vs pre-trained):", "",
-               f"![sweep]({rel(sweep_json.parent / 'sweep.png')})", "", "| alpha | dev metric | mean CKA |",
-               "|---:|---:|---:|"]
+        md += [
+            "",
+            f"Alpha sweep (target {sw['task']}, dev {sw['metric']}; CKA vs pre-trained):",
+            "",
+            f"![sweep]({rel(sweep_json.parent / 'sweep.png')})",
+            "",
+            "| alpha | dev metric | mean CKA |",
+            "|---:|---:|---:|",
+        ]
         md += [f"| {r['alpha']:g} | {100 * r['target_metric']:.1f}% | {r['cka_mean']:.3f} |" for r in sw["results"]]
         if sw.get("pick"):
             md.append(f"\n{sw['pick']['rule']}: alpha = {sw['pick']['alpha']}")
@@ -398,8 +524,14 @@ def write_demo_report(d: Demo, variants: list[Variant], results: dict, analysis:
     return path
 
 
-def run_demo(out="demo_out", quick: bool = False, target: str | None = None, scenario: str = "single",
-             seed: int = 0, progress: bool = True) -> dict:
+def run_demo(
+    out="demo_out",
+    quick: bool = False,
+    target: str | None = None,
+    scenario: str = "single",
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
     """Run the demo; returns a summary dict (also written to out/summary.json)."""
     if scenario not in SCENARIOS:
         raise SpeechFTError(f"--scenario {scenario!r}: choose one of {', '.join(SCENARIOS)}")
@@ -410,8 +542,10 @@ def run_demo(out="demo_out", quick: bool = False, target: str | None = None, sce
     out.mkdir(parents=True, exist_ok=True)
     d = Demo(out, plan, targets, scenario, seed, progress)
     t0 = time.perf_counter()
-    d.say(f"scenario {scenario}, target {'+'.join(targets)}, {'quick' if quick else 'full'} plan, seed {seed}; "
-          f"output in {out}")
+    d.say(
+        f"scenario {scenario}, target {'+'.join(targets)}, {'quick' if quick else 'full'} plan, seed {seed}; "
+        f"output in {out}"
+    )
     pretrained = d.pretrained()
     d.benchmark()
     known = [p.name for p in d.all_tasks()]
@@ -428,11 +562,24 @@ def run_demo(out="demo_out", quick: bool = False, target: str | None = None, sce
     lines = outcome(results, task_name[target_task_dir], subject, "pre-trained", contrast)
     report = write_demo_report(d, variants, results, analysis, sweep_json, target_task_dir, lines)
     total = time.perf_counter() - t0
-    summary = {"scenario": scenario, "targets": targets, "seed": seed, "plan": plan.__dict__, "seconds": round(total, 1),
-               "timings": d.timings, "outcome": lines, "report": str(report),
-               "artifacts": {"benchmark": str(d.bench), "finetuned": str(out / "finetuned"),
-                             "merged": str(out / "merged"), "evaluation": str(out / "evaluation"),
-                             "analysis": str(out / "analysis"), "sweep": str(out / "sweep")}}
+    summary = {
+        "scenario": scenario,
+        "targets": targets,
+        "seed": seed,
+        "plan": plan.__dict__,
+        "seconds": round(total, 1),
+        "timings": d.timings,
+        "outcome": lines,
+        "report": str(report),
+        "artifacts": {
+            "benchmark": str(d.bench),
+            "finetuned": str(out / "finetuned"),
+            "merged": str(out / "merged"),
+            "evaluation": str(out / "evaluation"),
+            "analysis": str(out / "analysis"),
+            "sweep": str(out / "sweep"),
+        },
+    }
     write_json(out / "summary.json", summary)
     from .report import results_table
 
@@ -457,9 +604,12 @@ def _task_name(folder: Path) -> str:
 
 def add_arguments(p):
     p.add_argument("--quick", action="store_true", help="small benchmark, few steps (about 3 minutes on 2 cores)")
-    p.add_argument("--target", default=None,
-                   help="target task(s): single: sid (default); multitask: pr,sid; continued: pr_de (German phone "
-                        "recognition: its training audio is the new-language data)")
+    p.add_argument(
+        "--target",
+        default=None,
+        help="target task(s): single: sid (default); multitask: pr,sid; continued: pr_de (German phone "
+        "recognition: its training audio is the new-language data)",
+    )
     p.add_argument("--scenario", choices=SCENARIOS, default="single")
     p.add_argument("--out", default="demo_out", help="output folder (default: %(default)s); reruns resume")
     p.add_argument("--seed", type=int, default=0)
@@ -467,5 +617,6 @@ def add_arguments(p):
 
 
 def main(args):
-    run_demo(args.out, quick=args.quick, target=args.target, scenario=args.scenario, seed=args.seed,
-             progress=not args.quiet)
+    run_demo(
+        args.out, quick=args.quick, target=args.target, scenario=args.scenario, seed=args.seed, progress=not args.quiet
+    )

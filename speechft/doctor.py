@@ -5,6 +5,7 @@ wants; a person fixing a folder wants the whole list. Doctor runs the same check
 by file, and adds the slower ones (decode every audio file, hash the weights, run the
 encoder once).
 """
+
 from __future__ import annotations
 
 import json
@@ -47,15 +48,26 @@ def check_encoder(folder: str | Path) -> list[Finding]:
     if not files:
         pickled = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
         what = f" (found pickled {', '.join(pickled[:3])}, which speechft never unpickles)" if pickled else ""
-        found.append(Finding("error", str(folder), f"no *.safetensors weights{what}; convert .pt/.bin checkpoints "
-                                                   "with `speechft encoder convert`"))
+        found.append(
+            Finding(
+                "error",
+                str(folder),
+                f"no *.safetensors weights{what}; convert .pt/.bin checkpoints with `speechft encoder convert`",
+            )
+        )
         return found
     prov = read_provenance(folder)
     for f in files:
         want = (prov.get("weights_sha256") or {}).get(f.name)
         if want and sha256_file(f) != want:
-            found.append(Finding("warning", str(f), "sha256 differs from speechft.json: the weights changed after "
-                                                    "they were written (provenance is stale)"))
+            found.append(
+                Finding(
+                    "warning",
+                    str(f),
+                    "sha256 differs from speechft.json: the weights changed after "
+                    "they were written (provenance is stale)",
+                )
+            )
         try:
             with safe_open(str(f), framework="pt") as st:
                 for key in st.keys():
@@ -76,9 +88,14 @@ def check_encoder(folder: str | Path) -> list[Finding]:
         with torch.no_grad():
             out = enc(torch.zeros(1, 16000).normal_(0, 0.1), torch.tensor([16000]))
         ok = all(torch.isfinite(h).all() for h in out.hidden_states)
-        found.append(Finding("ok" if ok else "error", str(folder),
-                             f"forward on 1 s: {len(out.hidden_states)} hidden states, {int(out.frame_lengths[0])} "
-                             f"frames, {'finite' if ok else 'NON-FINITE outputs'}"))
+        found.append(
+            Finding(
+                "ok" if ok else "error",
+                str(folder),
+                f"forward on 1 s: {len(out.hidden_states)} hidden states, {int(out.frame_lengths[0])} "
+                f"frames, {'finite' if ok else 'NON-FINITE outputs'}",
+            )
+        )
     except Exception as e:
         found.append(Finding("error", str(folder), f"forward pass failed: {type(e).__name__}: {e}"))
     return found
@@ -113,8 +130,11 @@ def check_task(folder: str | Path, decode_audio: bool = True, max_seconds: float
         tr = {ex.speaker for ex in splits["train"] if ex.speaker}
         te = {ex.speaker for ex in splits["test"] if ex.speaker}
         if te and tr and te <= tr:
-            found.append(Finding("warning", str(folder), "every test speaker also appears in train "
-                                                        "(results measure seen speakers)"))
+            found.append(
+                Finding(
+                    "warning", str(folder), "every test speaker also appears in train (results measure seen speakers)"
+                )
+            )
     if decode_audio:
         for split, examples in splits.items():
             for ex in examples:
@@ -123,8 +143,10 @@ def check_task(folder: str | Path, decode_audio: bool = True, max_seconds: float
                     wav = load_audio(ex.path)
                     notes = []
                     if len(wav) > max_seconds * 16000:
-                        notes.append(f"{len(wav) / 16000:.0f} s long (over {max_seconds:g} s): memory grows with "
-                                     "clip length; segment it, or crop with data.max_seconds / --max-seconds")
+                        notes.append(
+                            f"{len(wav) / 16000:.0f} s long (over {max_seconds:g} s): memory grows with "
+                            "clip length; segment it, or crop with data.max_seconds / --max-seconds"
+                        )
                     if info.channels > 1:
                         notes.append(f"{info.channels} channels (down-mixed)")
                     if info.samplerate != 16000:
@@ -166,13 +188,23 @@ def check_ctc_frames(encoder_folder: str | Path, task_folder: str | Path) -> lis
         bad = [(ex, n, ctc_min_frames(task.encode(ex.target))) for ex, n in zip(examples, frames)]
         bad = [b for b in bad if b[1] < b[2]]
         for ex, n, need in bad:
-            found.append(Finding("error", f"{task.root / split}.tsv:{ex.id}",
-                                 f"{ex.duration:g} s gives {n} frames with {Path(encoder_folder).name} "
-                                 f"({enc.family}) but its transcript needs at least {need} for CTC; drop or "
-                                 "re-segment the clip, or use an encoder with more frames per second"))
+            found.append(
+                Finding(
+                    "error",
+                    f"{task.root / split}.tsv:{ex.id}",
+                    f"{ex.duration:g} s gives {n} frames with {Path(encoder_folder).name} "
+                    f"({enc.family}) but its transcript needs at least {need} for CTC; drop or "
+                    "re-segment the clip, or use an encoder with more frames per second",
+                )
+            )
         if not bad:
-            found.append(Finding("ok", f"{task.root / split}.tsv",
-                                 f"every transcript fits the frames of {Path(encoder_folder).name} for CTC"))
+            found.append(
+                Finding(
+                    "ok",
+                    f"{task.root / split}.tsv",
+                    f"every transcript fits the frames of {Path(encoder_folder).name} for CTC",
+                )
+            )
     return found
 
 
@@ -188,8 +220,12 @@ def doctor(path: str | Path, decode_audio: bool = True) -> list[Finding]:
 
 
 def add_arguments(p):
-    p.add_argument("paths", nargs="+", help="encoder folder(s) and/or task folder(s); given both, ctc tasks are "
-                   "also checked against each encoder's frame rate")
+    p.add_argument(
+        "paths",
+        nargs="+",
+        help="encoder folder(s) and/or task folder(s); given both, ctc tasks are "
+        "also checked against each encoder's frame rate",
+    )
     p.add_argument("--no-audio", action="store_true", help="skip decoding every audio file of task folders")
     p.add_argument("--json", action="store_true", help="print findings as JSON")
     p.add_argument("--quiet", action="store_true", help="print only problems")

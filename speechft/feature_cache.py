@@ -20,6 +20,7 @@ meta checksum and every file's size and sha256 are checked; anything that does n
 is reported, deleted and rebuilt by the caller, never used. The cache keeps itself under
 a size limit by deleting the least recently used entries.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -28,13 +29,13 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
-from .io_utils import atomic_dir, sha256_file, write_json
+from .io_utils import atomic_dir, cache_root, sha256_file, write_json
 
 # Bump when the layout of an entry changes (old entries are then simply never matched).
 CACHE_FORMAT = 1
@@ -45,8 +46,7 @@ STALE_TMP_SECONDS = 6 * 3600
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("SPEECHFT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "speechft")
-    return Path(base) / "features"
+    return cache_root("features")
 
 
 def default_max_bytes() -> int:
@@ -162,8 +162,11 @@ class FeatureCache:
         with atomic_dir(self.root / key, overwrite=True) as tmp:
             writer = EntryWriter(tmp)
             yield writer
-            files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
-                     for p in sorted(tmp.iterdir()) if p.is_file()}
+            files = {
+                p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+                for p in sorted(tmp.iterdir())
+                if p.is_file()
+            }
             meta = {"key": key, "fields": fields, "created": time.time(), "files": files, **writer.info}
             write_json(tmp / "meta.json", meta)
             (tmp / MARKER).write_text(hashlib.sha256((tmp / "meta.json").read_bytes()).hexdigest() + "\n")

@@ -9,13 +9,14 @@
   as in the paper's ASR recipe (768->256 projector, 3-layer BiLSTM of 256 per direction).
 - `TaskHead`: a layer selection plus the head for one task folder, with save/load.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -85,9 +86,18 @@ class CTCHead(nn.Module):
         super().__init__()
         self.projector = nn.Linear(input_dim, cfg.proj_dim)
         self.dropout = nn.Dropout(cfg.dropout)
-        self.lstm = (nn.LSTM(cfg.proj_dim, cfg.lstm_hidden, num_layers=cfg.lstm_layers, bidirectional=True,
-                             batch_first=True, dropout=cfg.dropout if cfg.lstm_layers > 1 else 0.0)
-                     if cfg.lstm_layers > 0 else None)
+        self.lstm = (
+            nn.LSTM(
+                cfg.proj_dim,
+                cfg.lstm_hidden,
+                num_layers=cfg.lstm_layers,
+                bidirectional=True,
+                batch_first=True,
+                dropout=cfg.dropout if cfg.lstm_layers > 1 else 0.0,
+            )
+            if cfg.lstm_layers > 0
+            else None
+        )
         self.output = nn.Linear(2 * cfg.lstm_hidden if self.lstm else cfg.proj_dim, num_outputs)
 
     def forward(self, feats: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
@@ -95,8 +105,9 @@ class CTCHead(nn.Module):
         if self.lstm is not None:
             # Packing keeps padded frames out of the recurrence: a padded batch gives each
             # item what it would get alone.
-            packed = nn.utils.rnn.pack_padded_sequence(x, frame_lengths.cpu().clamp(min=1), batch_first=True,
-                                                       enforce_sorted=False)
+            packed = nn.utils.rnn.pack_padded_sequence(
+                x, frame_lengths.cpu().clamp(min=1), batch_first=True, enforce_sorted=False
+            )
             out, _ = self.lstm(packed)
             x, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=feats.shape[1])
             x = self.dropout(x)
@@ -122,8 +133,15 @@ def ctc_loss(log_probs: torch.Tensor, frame_lengths: torch.Tensor, targets: Sequ
     rather than poisoning the batch with inf/NaN. `TaskHead.loss` counts and reports them."""
     flat = torch.tensor([t for seq in targets for t in seq], dtype=torch.long)
     target_lengths = torch.tensor([len(seq) for seq in targets], dtype=torch.long)
-    return nn.functional.ctc_loss(log_probs.transpose(0, 1), flat, frame_lengths.cpu(), target_lengths, blank=0,
-                                  reduction="mean", zero_infinity=True)
+    return nn.functional.ctc_loss(
+        log_probs.transpose(0, 1),
+        flat,
+        frame_lengths.cpu(),
+        target_lengths,
+        blank=0,
+        reduction="mean",
+        zero_infinity=True,
+    )
 
 
 def greedy_ctc(log_probs: torch.Tensor, frame_lengths: torch.Tensor) -> list[list[int]]:
@@ -140,11 +158,26 @@ class TaskHead(nn.Module):
     """Layer selection + head for one task. `labels`/`tokenizer` travel with it, so a saved
     head decodes its own outputs without the task folder."""
 
-    def __init__(self, task_type: str, labels: list[str], input_dim: int, num_states: int,
-                 cfg: HeadConfig | None = None, tokenizer: str | None = None, name: str = "task", metric: str = ""):
+    def __init__(
+        self,
+        task_type: str,
+        labels: list[str],
+        input_dim: int,
+        num_states: int,
+        cfg: HeadConfig | None = None,
+        tokenizer: str | None = None,
+        name: str = "task",
+        metric: str = "",
+    ):
         super().__init__()
         self.cfg = cfg or HeadConfig()
-        self.task_type, self.labels, self.tokenizer, self.name, self.metric = task_type, list(labels), tokenizer, name, metric
+        self.task_type, self.labels, self.tokenizer, self.name, self.metric = (
+            task_type,
+            list(labels),
+            tokenizer,
+            name,
+            metric,
+        )
         self.input_dim, self.num_states = input_dim, num_states
         self.ctc_skipped = 0  # utterances left out of the CTC loss: CTC cannot align them (see ctc_loss)
         self.select = LayerSelect(num_states, self.cfg.layers)
@@ -162,7 +195,7 @@ class TaskHead(nn.Module):
             raise ValueError(f"unknown task type {task_type!r}")
 
     @classmethod
-    def for_task(cls, task, input_dim: int, num_states: int, cfg: HeadConfig | None = None) -> "TaskHead":
+    def for_task(cls, task, input_dim: int, num_states: int, cfg: HeadConfig | None = None) -> TaskHead:
         return cls(task.type, task.labels, input_dim, num_states, cfg, task.tokenizer, task.name, task.metric)
 
     def set_standardization(self, mean: torch.Tensor, std: torch.Tensor, eps: float = 1e-5) -> None:
@@ -221,10 +254,13 @@ class TaskHead(nn.Module):
         if not self.ctc_skipped:
             shown = text if len(text) <= 60 else text[:57] + "..."
             # tqdm.write: on a line of its own, above any progress bar being drawn.
-            tqdm.write(f"speechft: warning: {self.name}: a clip gives {frames} encoder frames but its transcript "
-                       f"'{shown}' needs at least {ctc_min_frames(ids)} for CTC; such clips are skipped in the loss "
-                       "(the encoder's frame rate is too coarse for them: check the manifest's durations and "
-                       "transcripts, or use an encoder with more frames per second)", file=sys.stderr)
+            tqdm.write(
+                f"speechft: warning: {self.name}: a clip gives {frames} encoder frames but its transcript "
+                f"'{shown}' needs at least {ctc_min_frames(ids)} for CTC; such clips are skipped in the loss "
+                "(the encoder's frame rate is too coarse for them: check the manifest's durations and "
+                "transcripts, or use an encoder with more frames per second)",
+                file=sys.stderr,
+            )
         self.ctc_skipped += count
 
     def predict(self, output: torch.Tensor, frame_lengths: torch.Tensor) -> list[str]:
@@ -233,36 +269,50 @@ class TaskHead(nn.Module):
         out = []
         for ids in greedy_ctc(output, frame_lengths):
             toks = [self.labels[i - 1] for i in ids]
-            out.append(" ".join(toks) if self.tokenizer == "space"
-                       else "".join(" " if t == "|" else t for t in toks))
+            out.append(" ".join(toks) if self.tokenizer == "space" else "".join(" " if t == "|" else t for t in toks))
         return out
 
     # ---- save / load -----------------------------------------------------------------
     def describe(self) -> dict:
-        return {"name": self.name, "task_type": self.task_type, "labels": self.labels, "tokenizer": self.tokenizer,
-                "metric": self.metric, "input_dim": self.input_dim, "num_states": self.num_states,
-                "config": dataclasses.asdict(self.cfg)}
+        return {
+            "name": self.name,
+            "task_type": self.task_type,
+            "labels": self.labels,
+            "tokenizer": self.tokenizer,
+            "metric": self.metric,
+            "input_dim": self.input_dim,
+            "num_states": self.num_states,
+            "config": dataclasses.asdict(self.cfg),
+        }
 
     def save(self, out: str | os.PathLike, overwrite: bool = True) -> Path:
         from safetensors.torch import save_file
 
         with atomic_dir(out, overwrite=overwrite) as tmp:
-            save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()},
-                      str(tmp / "head.safetensors"))
+            save_file(
+                {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(tmp / "head.safetensors")
+            )
             write_json(tmp / "head.json", self.describe())
         return Path(out)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "TaskHead":
+    def load(cls, path: str | os.PathLike) -> TaskHead:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         path = Path(path)
         meta = read_json(path / "head.json")
         try:
-            head = cls(meta["task_type"], meta["labels"], meta["input_dim"], meta["num_states"],
-                       HeadConfig(**meta["config"]), meta.get("tokenizer"), meta.get("name", "task"),
-                       meta.get("metric", ""))
+            head = cls(
+                meta["task_type"],
+                meta["labels"],
+                meta["input_dim"],
+                meta["num_states"],
+                HeadConfig(**meta["config"]),
+                meta.get("tokenizer"),
+                meta.get("name", "task"),
+                meta.get("metric", ""),
+            )
             head.load_state_dict(load_file(str(path / "head.safetensors")))
         except (KeyError, TypeError, ValueError, RuntimeError, OSError, SafetensorError) as e:
             raise SpeechFTError(f"{path}: not a valid speechft head folder ({str(e).splitlines()[0][:200]})") from None

@@ -4,6 +4,7 @@ Everything speechft writes goes to a temporary name beside the destination and i
 renamed into place, so a killed process never leaves a half-written file under the
 final name.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -15,10 +16,17 @@ import re
 import shutil
 import socket
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from .errors import SpeechFTError
+
+
+def cache_root(kind: str | None = None) -> Path:
+    """Where speechft keeps what it can regenerate (synthesized clips, converted default encoders,
+    feature caches): `$SPEECHFT_CACHE`, default ~/.cache/speechft; `kind` names the subfolder."""
+    root = Path(os.environ.get("SPEECHFT_CACHE") or Path.home() / ".cache" / "speechft").expanduser()
+    return root / kind if kind else root
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -39,8 +47,10 @@ _DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG}
 
 def _disk_full(e: BaseException, path: Path) -> SpeechFTError | None:
     if isinstance(e, OSError) and e.errno in _DISK_FULL:
-        return SpeechFTError(f"{path}: {os.strerror(e.errno).lower()} while writing it (nothing was changed); "
-                             "free some space or write to another folder, then rerun")
+        return SpeechFTError(
+            f"{path}: {os.strerror(e.errno).lower()} while writing it (nothing was changed); "
+            "free some space or write to another folder, then rerun"
+        )
     return None
 
 

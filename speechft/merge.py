@@ -23,6 +23,7 @@ counts in the process's RSS until the kernel reclaims it, i.e. up to the whole i
 Inputs are hashed (sha256) during that same single read, so provenance costs no second
 pass. Arithmetic is fp32; results are saved in theta0's dtype.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,20 +35,27 @@ import math
 import os
 import re
 import shutil
-import struct
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterable, Sequence
+from typing import Any, ClassVar
 
 import torch
 
 from .errors import SpeechFTError
 from .io_utils import atomic_dir, read_json, write_json
+from .provenance import FORMAT_VERSION, PROVENANCE_FILE, inherited, lineage_entry, read_provenance
+from .safetensors_io import (
+    DEFAULT_MAX_SHARD,
+    Checkpoint,
+    ShardedWriter,
+    Spec,
+    all_finite,
+    check_finite,
+    parse_size,
+    safetensors_order,
+)
 
-WEIGHTS_FILE = "model.safetensors"
-INDEX_FILE = "model.safetensors.index.json"
-PROVENANCE_FILE = "speechft.json"
-DEFAULT_MAX_SHARD = 5 * 1000**3  # bytes; HF's own default shard limit in transformers 4.x
 # Config keys that change no weight: fine-tuning may set them differently from theta0.
 _CONFIG_KEYS_IGNORED = re.compile(r"dropout|^layerdrop$|^mask_|^apply_spec_augment$|^use_cache$")
 
@@ -80,9 +88,12 @@ def real(lo: float | None = None, hi: float | None = None, lo_open: bool = False
         below = lo is not None and (x <= lo if lo_open else x < lo)
         above = hi is not None and (x >= hi if hi_open else x > hi)
         if below or above:
-            raise ValueError(f"must be in {'(' if lo_open else '['}{'-inf' if lo is None else f'{lo:g}'}, "
-                             f"{'inf' if hi is None else f'{hi:g}'}{')' if hi_open else ']'}")
+            raise ValueError(
+                f"must be in {'(' if lo_open else '['}{'-inf' if lo is None else f'{lo:g}'}, "
+                f"{'inf' if hi is None else f'{hi:g}'}{')' if hi_open else ']'}"
+            )
         return x
+
     return parse
 
 
@@ -100,6 +111,7 @@ def choice(*options: str):
         if str(v) not in options:
             raise ValueError(f"must be one of {', '.join(options)}")
         return str(v)
+
     return parse
 
 
@@ -123,15 +135,17 @@ class MergeMethod:
         for raw_name, value in given.items():
             name = self.aliases.get(raw_name, raw_name)
             if name not in declared:
-                raise SpeechFTError(f"merge method '{self.name}' has no parameter '{raw_name}'; its parameters: "
-                                    f"{', '.join(declared)}")
+                raise SpeechFTError(
+                    f"merge method '{self.name}' has no parameter '{raw_name}'; its parameters: {', '.join(declared)}"
+                )
             if value is None:
                 continue
             try:
                 out[name] = declared[name].parse(value)
             except ValueError as e:
-                raise SpeechFTError(f"merge parameter {raw_name}={value!r} for method '{self.name}' {e} "
-                                    f"({declared[name].help})") from None
+                raise SpeechFTError(
+                    f"merge parameter {raw_name}={value!r} for method '{self.name}' {e} ({declared[name].help})"
+                ) from None
         for p in self.params:
             out.setdefault(p.name, p.default)
         return self.finish(out)
@@ -208,8 +222,10 @@ def dare_keep_mask(seed: int, key: str, index: int, shape: Sequence[int], p: flo
 class Linear(MergeMethod):
     name = "linear"
     title = "Speech-FT / WiSE-FT weight interpolation: theta0 + alpha * mean_i(theta_i - theta0)"
-    reference = ("Lin et al., Speech-FT, IEEE/ACM TASLP 2026, arXiv:2502.12672; "
-                 "Wortsman et al., WiSE-FT, CVPR 2022, arXiv:2109.01903")
+    reference = (
+        "Lin et al., Speech-FT, IEEE/ACM TASLP 2026, arXiv:2502.12672; "
+        "Wortsman et al., WiSE-FT, CVPR 2022, arXiv:2109.01903"
+    )
     params = (alpha_param(0.25, "share of the (mean) fine-tuned model; Speech-FT uses 0.25"),)
 
     def target(self, key, theta0, thetas, params):
@@ -240,9 +256,10 @@ class Ties(MergeMethod):
     name = "ties"
     title = "TIES-merging: trim to top-k% magnitude, elect sign, disjoint mean, scale by alpha"
     reference = "Yadav et al., TIES-Merging, NeurIPS 2023, arXiv:2306.01708"
-    params = (Param("k", 20.0, "percent of each task vector's entries kept (per tensor)",
-                    real(0, 100, lo_open=True)),
-              alpha_param(1.0, "scale of the merged task vector (lambda)"))
+    params = (
+        Param("k", 20.0, "percent of each task vector's entries kept (per tensor)", real(0, 100, lo_open=True)),
+        alpha_param(1.0, "scale of the merged task vector (lambda)"),
+    )
 
     def target(self, key, theta0, thetas, params):
         deltas = [trim_top_k(t - theta0, params["k"]) for t in thetas]
@@ -254,11 +271,18 @@ class Dare(MergeMethod):
     name = "dare"
     title = "DARE: drop task-vector entries with rate p, rescale by 1/(1-p), then linear or TIES"
     reference = "Yu et al., Language Models are Super Mario (DARE), ICML 2024, arXiv:2311.03099"
-    params = (Param("p", 0.5, "drop rate", real(0, 1, hi_open=True)),
-              Param("combine", "linear", "how the sparsified task vectors combine: linear (mean) or ties "
-                    "(sign election + disjoint mean; DARE replaces the trim)", choice("linear", "ties")),
-              Param("seed", 0, "seed of the drop masks", integer),
-              alpha_param(None, "scale of the combined task vector (default 0.25 for linear, 1.0 for ties)"))
+    params = (
+        Param("p", 0.5, "drop rate", real(0, 1, hi_open=True)),
+        Param(
+            "combine",
+            "linear",
+            "how the sparsified task vectors combine: linear (mean) or ties "
+            "(sign election + disjoint mean; DARE replaces the trim)",
+            choice("linear", "ties"),
+        ),
+        Param("seed", 0, "seed of the drop masks", integer),
+        alpha_param(None, "scale of the combined task vector (default 0.25 for linear, 1.0 for ties)"),
+    )
 
     def finish(self, params):
         if params["alpha"] is None:
@@ -281,8 +305,9 @@ class Dare(MergeMethod):
         return acc.div_(len(deltas)).add_(theta0)
 
 
-def merge_tensor(method: MergeMethod, params: dict, key: str, theta0: torch.Tensor,
-                 thetas: list[torch.Tensor]) -> torch.Tensor:
+def merge_tensor(
+    method: MergeMethod, params: dict, key: str, theta0: torch.Tensor, thetas: list[torch.Tensor]
+) -> torch.Tensor:
     """Merge one tensor: fp32 arithmetic, result in theta0's dtype. alpha = 0 is theta0 itself."""
     alpha = params["alpha"]
     if alpha == 0:
@@ -292,16 +317,19 @@ def merge_tensor(method: MergeMethod, params: dict, key: str, theta0: torch.Tens
     return interpolate(key, t0, target, alpha, theta0.dtype, inplace=t0.data_ptr() != theta0.data_ptr())
 
 
-def interpolate(key: str, t0: torch.Tensor, target: torch.Tensor, alpha: float, dtype: torch.dtype,
-                inplace: bool = False) -> torch.Tensor:
+def interpolate(
+    key: str, t0: torch.Tensor, target: torch.Tensor, alpha: float, dtype: torch.dtype, inplace: bool = False
+) -> torch.Tensor:
     """theta0 + alpha * (target - theta0) in fp32, returned in `dtype`; refuses a result that
     does not fit `dtype` (fp16 overflows at 65504). `inplace` reuses t0's memory (the
     streaming merge owns it; a caller's state dict is never modified)."""
     # torch.lerp computes from the nearer end, so alpha = 1 gives `target` exactly.
     merged = t0.lerp_(target, float(alpha)) if inplace else torch.lerp(t0, target, float(alpha))
     if not fits(merged, dtype):
-        raise SpeechFTError(f"merged tensor '{key}' overflows {str(dtype).replace('torch.', '')} with "
-                            f"alpha={alpha:g}; use a smaller alpha")
+        raise SpeechFTError(
+            f"merged tensor '{key}' overflows {str(dtype).replace('torch.', '')} with "
+            f"alpha={alpha:g}; use a smaller alpha"
+        )
     return merged.to(dtype)
 
 
@@ -344,9 +372,6 @@ def copied_kind(key: str, dtype: torch.dtype, family_cls, exclude: list[re.Patte
     return None
 
 
-Spec = dict[str, tuple[torch.dtype, tuple[int, ...]]]
-
-
 def prefix_hint(missing: Iterable[str], unexpected: Iterable[str]) -> str:
     """Explain a key-set mismatch that is really a name prefix (DDP's `module.`,
     torch.compile's `_orig_mod.`, a whole-model save's `model.` or `hubert.` ...)."""
@@ -369,59 +394,62 @@ def prefix_hint(missing: Iterable[str], unexpected: Iterable[str]) -> str:
                 break
     if extra and max(extra.values()) >= max(lacking.values(), default=0):
         pre = max(extra, key=extra.get)
-        return (f"the fine-tuned names carry an extra prefix '{pre}' ({extra[pre]} names; typical of DDP "
-                f"'module.', torch.compile '_orig_mod.' or a whole-model save): re-save the encoder alone or strip it")
+        return (
+            f"the fine-tuned names carry an extra prefix '{pre}' ({extra[pre]} names; typical of DDP "
+            f"'module.', torch.compile '_orig_mod.' or a whole-model save): re-save the encoder alone or strip it"
+        )
     if lacking:
         pre = max(lacking, key=lacking.get)
-        return (f"the fine-tuned names lack the prefix '{pre}' that the pre-trained names have "
-                f"({lacking[pre]} names): save both from the same model class")
+        return (
+            f"the fine-tuned names lack the prefix '{pre}' that the pre-trained names have "
+            f"({lacking[pre]} names): save both from the same model class"
+        )
     return "the two checkpoints come from different architectures"
 
 
-def check_compatible(pre_name: str, pre: Spec, ft_name: str, ft: Spec, family_cls,
-                     exclude: list[re.Pattern], ft_file: Callable[[str], str] | None = None) -> None:
+def check_compatible(
+    pre_name: str,
+    pre: Spec,
+    ft_name: str,
+    ft: Spec,
+    family_cls,
+    exclude: list[re.Pattern],
+    ft_file: Callable[[str], str] | None = None,
+) -> None:
     """Refuse, in one line, a fine-tuned checkpoint whose tensors cannot merge into `pre`.
     `ft_file(key)` names the file holding a key (a shard), for the per-tensor messages."""
     where = ft_file or (lambda k: ft_name)
     copied = {k for k, (dt, _) in pre.items() if copied_kind(k, dt, family_cls, exclude)}
     missing = sorted(set(pre) - set(ft) - copied)
-    unexpected = sorted(k for k in set(ft) - set(pre)
-                        if not (family_cls is not None and family_cls.is_pretraining_only(k)))
+    unexpected = sorted(
+        k for k in set(ft) - set(pre) if not (family_cls is not None and family_cls.is_pretraining_only(k))
+    )
     if missing or unexpected:
-        show = "; ".join(s for s in (
-            f"missing {len(missing)} (e.g. '{missing[0]}')" if missing else "",
-            f"unexpected {len(unexpected)} (e.g. '{unexpected[0]}')" if unexpected else "") if s)
-        raise SpeechFTError(f"{ft_name}: tensor names differ from {pre_name} ({show}); "
-                            f"{prefix_hint(missing, unexpected)}")
+        show = "; ".join(
+            s
+            for s in (
+                f"missing {len(missing)} (e.g. '{missing[0]}')" if missing else "",
+                f"unexpected {len(unexpected)} (e.g. '{unexpected[0]}')" if unexpected else "",
+            )
+            if s
+        )
+        raise SpeechFTError(
+            f"{ft_name}: tensor names differ from {pre_name} ({show}); {prefix_hint(missing, unexpected)}"
+        )
     for k, (dt, shape) in pre.items():
         if k in copied or k not in ft:
             continue
         fdt, fshape = ft[k]
         if tuple(fshape) != tuple(shape):
-            raise SpeechFTError(f"{where(k)}: tensor '{k}' has shape {list(fshape)} but {pre_name} has "
-                                f"{list(shape)}; these checkpoints are different architectures")
+            raise SpeechFTError(
+                f"{where(k)}: tensor '{k}' has shape {list(fshape)} but {pre_name} has "
+                f"{list(shape)}; these checkpoints are different architectures"
+            )
         if not fdt.is_floating_point:
-            raise SpeechFTError(f"{where(k)}: tensor '{k}' is {str(fdt).replace('torch.', '')} but {pre_name} "
-                                f"stores it as {str(dt).replace('torch.', '')}; it cannot be interpolated")
-
-
-def nonfinite_error(name: str, key: str) -> SpeechFTError:
-    return SpeechFTError(f"{name}: tensor '{key}' contains NaN or infinite values; the checkpoint is corrupt "
-                         "(re-export or re-train it)")
-
-
-def all_finite(t: torch.Tensor) -> bool:
-    """Exact, and fast on the common path: a sum is finite iff every entry is, unless the
-    sum overflows, and only then is the (much slower) element-wise check needed."""
-    if not t.is_floating_point():
-        return True
-    s = t.sum(dtype=torch.float32) if t.element_size() < 4 else t.sum()
-    return bool(torch.isfinite(s)) or bool(torch.isfinite(t).all())
-
-
-def check_finite(t: torch.Tensor, name: str, key: str) -> None:
-    if not all_finite(t):
-        raise nonfinite_error(name, key)
+            raise SpeechFTError(
+                f"{where(k)}: tensor '{k}' is {str(fdt).replace('torch.', '')} but {pre_name} "
+                f"stores it as {str(dt).replace('torch.', '')}; it cannot be interpolated"
+            )
 
 
 # ----------------------------------------------------------------------------------------
@@ -449,8 +477,15 @@ class InterpolationPath:
     (integer, pre-training-only, excluded) are theta0's own tensor objects at every alpha
     (not copies), as are all tensors at alpha = 0."""
 
-    def __init__(self, theta0: dict[str, torch.Tensor], thetas: Sequence[dict[str, torch.Tensor]],
-                 method: str = "linear", family: str | None = None, exclude: Iterable[str] = (), **params):
+    def __init__(
+        self,
+        theta0: dict[str, torch.Tensor],
+        thetas: Sequence[dict[str, torch.Tensor]],
+        method: str = "linear",
+        family: str | None = None,
+        exclude: Iterable[str] = (),
+        **params,
+    ):
         if not thetas:
             raise SpeechFTError("merge needs at least one fine-tuned model")
         self.method = get_method(method)
@@ -478,8 +513,14 @@ class InterpolationPath:
             self.targets[k] = self.method.target(k, t0, ts, self.params)
 
     @classmethod
-    def from_folders(cls, pretrained: str | os.PathLike, finetuned: Sequence[str | os.PathLike],
-                     method: str = "linear", exclude: Iterable[str] = (), **params) -> "InterpolationPath":
+    def from_folders(
+        cls,
+        pretrained: str | os.PathLike,
+        finetuned: Sequence[str | os.PathLike],
+        method: str = "linear",
+        exclude: Iterable[str] = (),
+        **params,
+    ) -> InterpolationPath:
         """Load encoder folders (validated exactly as `merge_encoders` validates them) and
         build the path. Holds theta0 and the target in memory: meant for small encoders."""
         get_method(method).resolve(params)  # nonsense parameters fail before any reading
@@ -489,8 +530,15 @@ class InterpolationPath:
             patterns = compile_patterns(exclude)
             pre_spec = inputs[0].ckpt.spec()
             for ft in inputs[1:]:
-                check_compatible(str(inputs[0].path), pre_spec, str(ft.path), ft.ckpt.spec(), family_cls, patterns,
-                                 lambda k, ft=ft: str(ft.ckpt.file_of(k)))
+                check_compatible(
+                    str(inputs[0].path),
+                    pre_spec,
+                    str(ft.path),
+                    ft.ckpt.spec(),
+                    family_cls,
+                    patterns,
+                    lambda k, ft=ft: str(ft.ckpt.file_of(k)),
+                )
             state = [{k: _read_checked(i, k) for k in i.ckpt.spec()} for i in inputs]
         finally:
             for i in inputs:
@@ -509,9 +557,14 @@ class InterpolationPath:
         return out
 
 
-def merge_state_dicts(theta0: dict[str, torch.Tensor], thetas: Sequence[dict[str, torch.Tensor]],
-                      method: str = "linear", family: str | None = None, exclude: Iterable[str] = (),
-                      **params) -> dict[str, torch.Tensor]:
+def merge_state_dicts(
+    theta0: dict[str, torch.Tensor],
+    thetas: Sequence[dict[str, torch.Tensor]],
+    method: str = "linear",
+    family: str | None = None,
+    exclude: Iterable[str] = (),
+    **params,
+) -> dict[str, torch.Tensor]:
     """Merge state dicts in memory (same rules as `merge_encoders`). `family` names the
     encoder family whose pre-training-only parameters stay theta0's."""
     if not thetas:
@@ -536,316 +589,6 @@ def merge_state_dicts(theta0: dict[str, torch.Tensor], thetas: Sequence[dict[str
 
 
 # ----------------------------------------------------------------------------------------
-# Streaming safetensors I/O
-# ----------------------------------------------------------------------------------------
-
-DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-          "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-          "BOOL": torch.bool}
-for _name, _attr in (("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2"), ("U16", "uint16"),
-                     ("U32", "uint32"), ("U64", "uint64")):
-    if hasattr(torch, _attr):
-        DTYPES[_name] = getattr(torch, _attr)
-DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
-_CHUNK = 8 << 20
-
-
-@dataclass
-class TensorEntry:
-    dtype: torch.dtype
-    shape: tuple[int, ...]
-    begin: int  # absolute file offsets
-    end: int
-
-
-class SafetensorsFile:
-    """One .safetensors file, read tensor by tensor with positional reads (no mmap).
-
-    It also hashes the file during those reads: bytes read in file order feed a running
-    sha256 (gaps are read and hashed too); a read that goes backwards falls back to
-    hashing the whole file once at the end."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        try:
-            self.f = open(self.path, "rb", buffering=0)
-        except OSError as e:
-            raise SpeechFTError(f"{self.path}: cannot open ({e.strerror})") from None
-        size = os.fstat(self.f.fileno()).st_size
-        head = self.f.read(8)
-        bad = f"{self.path}: not a valid safetensors file"
-        if len(head) < 8:
-            raise SpeechFTError(f"{bad} (only {size} bytes); re-save or re-download it")
-        (n,) = struct.unpack("<Q", head)
-        if n > min(size - 8, 100 << 20):
-            raise SpeechFTError(f"{bad} (header length {n} exceeds the file); re-save or re-download it")
-        raw = self.f.read(n)
-        try:
-            header = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-            raise SpeechFTError(f"{bad} (its header is not JSON); re-save or re-download it") from None
-        if not isinstance(header, dict):
-            raise SpeechFTError(f"{bad} (its header is a JSON {type(header).__name__}, not an object); "
-                                "re-save or re-download it")
-        self.metadata = header.pop("__metadata__", None) or {}
-        if not isinstance(self.metadata, dict):
-            raise SpeechFTError(f"{bad} (its __metadata__ is not an object); re-save or re-download it")
-        start = 8 + n
-        self.entries: dict[str, TensorEntry] = {}
-        spans = []
-        for key, e in header.items():
-            try:
-                dtype = DTYPES[e["dtype"]]
-                shape = tuple(int(s) for s in e["shape"])
-                b, en = (int(x) for x in e["data_offsets"])
-            except (KeyError, TypeError, ValueError):
-                raise SpeechFTError(f"{bad} (tensor '{key}' has an unreadable or unsupported entry "
-                                    f"{json.dumps(e)[:120]})") from None
-            nbytes = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
-            if en - b != nbytes or b < 0:
-                raise SpeechFTError(f"{bad} (tensor '{key}' spans {en - b} bytes, its shape needs {nbytes})")
-            self.entries[key] = TensorEntry(dtype, shape, start + b, start + en)
-            spans.append((b, en))
-        spans.sort()
-        pos = 0
-        for b, en in spans:
-            if b != pos:
-                raise SpeechFTError(f"{bad} (tensor data overlaps or has holes at byte {pos})")
-            pos = en
-        if start + pos != size:
-            raise SpeechFTError(f"{bad} (header describes {start + pos} bytes, the file has {size}); "
-                                "it is truncated or padded: re-save or re-download it")
-        self.size = size
-        self._hash = hashlib.sha256(head + raw)
-        self._pos = start
-        self._in_order = True
-
-    def spec(self) -> Spec:
-        return {k: (e.dtype, e.shape) for k, e in self.entries.items()}
-
-    def _read_into(self, buf, offset: int) -> None:
-        view = memoryview(buf).cast("B")
-        got = 0
-        while got < len(view):
-            n = os.preadv(self.f.fileno(), [view[got:]], offset + got)
-            if n <= 0:
-                raise SpeechFTError(f"{self.path}: unexpected end of file; it changed while being read")
-            got += n
-
-    def read(self, key: str) -> torch.Tensor:
-        e = self.entries[key]
-        nbytes = e.end - e.begin
-        buf = torch.empty(nbytes, dtype=torch.uint8)
-        if nbytes:
-            self._skip_to(e.begin)
-            self._read_into(buf.numpy(), e.begin)
-            if self._in_order and e.begin == self._pos:
-                self._hash.update(buf.numpy())
-                self._pos = e.end
-        return buf.view(e.dtype).reshape(e.shape)
-
-    def _skip_to(self, offset: int) -> None:
-        if not self._in_order:
-            return
-        if offset < self._pos:
-            self._in_order = False
-            return
-        scratch = bytearray(min(_CHUNK, offset - self._pos))
-        while self._pos < offset:
-            n = min(len(scratch), offset - self._pos)
-            self._read_into(memoryview(scratch)[:n], self._pos)
-            self._hash.update(memoryview(scratch)[:n])
-            self._pos += n
-
-    def sha256(self) -> str:
-        if self._in_order:
-            self._skip_to(self.size)
-            return self._hash.hexdigest()
-        h = hashlib.sha256()
-        scratch = bytearray(_CHUNK)
-        pos = 0
-        while pos < self.size:
-            n = min(_CHUNK, self.size - pos)
-            self._read_into(memoryview(scratch)[:n], pos)
-            h.update(memoryview(scratch)[:n])
-            pos += n
-        return h.hexdigest()
-
-    def close(self) -> None:
-        self.f.close()
-
-
-class Checkpoint:
-    """The weights of an encoder folder: model.safetensors, or shards + index.json."""
-
-    def __init__(self, folder: str | os.PathLike):
-        self.folder = Path(folder)
-        index = self.folder / INDEX_FILE
-        if (self.folder / WEIGHTS_FILE).exists():
-            names = [WEIGHTS_FILE]
-            weight_map = None
-        elif index.exists():
-            weight_map = read_json(index).get("weight_map")
-            if not isinstance(weight_map, dict) or not weight_map:
-                raise SpeechFTError(f"{index}: has no 'weight_map'; re-save the folder")
-            names = sorted(set(weight_map.values()))
-        else:
-            other = sorted(p.name for p in self.folder.glob("*.bin")) + sorted(p.name for p in self.folder.glob("*.pt"))
-            hint = (f" (found {other[0]}: pickled weights are not read; convert with `speechft encoder convert`)"
-                    if other else "")
-            raise SpeechFTError(f"{self.folder}: no {WEIGHTS_FILE} or {INDEX_FILE}{hint}")
-        self.files: dict[str, SafetensorsFile] = {}
-        self.where: dict[str, SafetensorsFile] = {}
-        try:
-            for name in names:
-                if not (self.folder / name).exists():
-                    raise SpeechFTError(f"{index}: lists shard {name}, which is missing")
-                f = self.files[name] = SafetensorsFile(self.folder / name)
-                for key in f.entries:
-                    if key in self.where:
-                        raise SpeechFTError(f"{self.folder}: tensor '{key}' appears in two shards")
-                    self.where[key] = f
-            if weight_map is not None:
-                wrong = [k for k, v in weight_map.items() if self.where.get(k) is not self.files.get(v)]
-                if wrong or len(weight_map) != len(self.where):
-                    k = wrong[0] if wrong else sorted(set(self.where) - set(weight_map))[0]
-                    raise SpeechFTError(f"{index}: does not match its shards (e.g. tensor '{k}'); re-save the folder")
-        except BaseException:
-            self.close()
-            raise
-
-    def spec(self) -> Spec:
-        return {k: (f.entries[k].dtype, f.entries[k].shape) for k, f in self.where.items()}
-
-    def read(self, key: str) -> torch.Tensor:
-        return self.where[key].read(key)
-
-    def file_of(self, key: str) -> Path:
-        return self.where[key].path
-
-    def sha256(self) -> dict[str, str]:
-        return {name: f.sha256() for name, f in self.files.items()}
-
-    def close(self) -> None:
-        for f in self.files.values():
-            f.close()
-
-
-def safetensors_order(spec: Spec) -> list[str]:
-    """The order safetensors itself writes: larger element size first, then by name
-    (keeps every tensor aligned to its element size)."""
-    size = {k: torch.empty(0, dtype=dt).element_size() for k, (dt, _) in spec.items()}
-    return sorted(spec, key=lambda k: (-size[k], k))
-
-
-class ShardedWriter:
-    """Writes a state dict to safetensors incrementally, in a fixed announced order.
-
-    The full layout (names, dtypes, shapes) is known up front, so each shard's header is
-    written first and tensor bytes are appended as they are produced; files are hashed
-    as they are written. More than one shard gets HF's model.safetensors.index.json."""
-
-    def __init__(self, folder: Path, spec: Spec, order: list[str], max_shard_size: int = DEFAULT_MAX_SHARD,
-                 metadata: dict[str, str] | None = None):
-        self.folder = Path(folder)
-        self.spec = spec
-        self.order = list(order)
-        self.metadata = {"format": "pt", **(metadata or {})}
-        self.nbytes = {k: math.prod(spec[k][1]) * torch.empty(0, dtype=spec[k][0]).element_size() for k in order}
-        self.total = sum(self.nbytes.values())
-        shards: list[list[str]] = [[]]
-        used = 0
-        for k in self.order:
-            if shards[-1] and used + self.nbytes[k] > max_shard_size:
-                shards.append([])
-                used = 0
-            shards[-1].append(k)
-            used += self.nbytes[k]
-        n = len(shards)
-        names = [WEIGHTS_FILE] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
-        self.shards = list(zip(names, shards))
-        self.file_of = {k: name for name, keys in self.shards for k in keys}
-        self._next = 0  # index into self.order
-        self._shard = -1
-        self._f = None
-        self._hash = None
-        self.hashes: dict[str, str] = {}
-
-    def _open_next_shard(self) -> None:
-        self._close_shard()
-        self._shard += 1
-        name, keys = self.shards[self._shard]
-        header, pos = {"__metadata__": self.metadata}, 0
-        for k in keys:
-            dt, shape = self.spec[k]
-            header[k] = {"dtype": DTYPE_NAMES[dt], "shape": list(shape), "data_offsets": [pos, pos + self.nbytes[k]]}
-            pos += self.nbytes[k]
-        raw = json.dumps(header, separators=(",", ":")).encode()
-        raw += b" " * (-len(raw) % 8)  # pad so tensor data starts 8-byte aligned, as safetensors does
-        self._f = open(self.folder / name, "wb")
-        self._hash = hashlib.sha256()
-        self._emit(struct.pack("<Q", len(raw)) + raw)
-        self._remaining = list(keys)
-
-    def _emit(self, data) -> None:
-        self._hash.update(data)
-        self._f.write(data)
-
-    def _close_shard(self) -> None:
-        if self._f is not None:
-            self._f.close()
-            self.hashes[self.shards[self._shard][0]] = self._hash.hexdigest()
-            self._f = None
-
-    def write(self, key: str, t: torch.Tensor) -> None:
-        expect = self.order[self._next]
-        if key != expect:
-            raise RuntimeError(f"ShardedWriter: got '{key}', expected '{expect}'")
-        dt, shape = self.spec[key]
-        if t.dtype != dt or tuple(t.shape) != tuple(shape):
-            raise RuntimeError(f"ShardedWriter: '{key}' is {t.dtype}{list(t.shape)}, announced {dt}{list(shape)}")
-        if self._f is None or not self._remaining:
-            self._open_next_shard()
-        self._remaining.pop(0)
-        if self.nbytes[key]:
-            self._emit(t.contiguous().reshape(-1).view(torch.uint8).numpy())
-        self._next += 1
-
-    def close(self) -> dict[str, str]:
-        """Finish; returns {file name: sha256} of the weight files (the index is not one)."""
-        if self._next != len(self.order):
-            raise RuntimeError(f"ShardedWriter: {len(self.order) - self._next} tensors were never written")
-        if self._f is None and self.shards[0][1] == []:  # an empty state dict still gets a valid file
-            self._open_next_shard()
-        self._close_shard()
-        if len(self.shards) > 1:
-            write_json(self.folder / INDEX_FILE, {"metadata": {"total_size": self.total},
-                                                  "weight_map": {k: self.file_of[k] for k in sorted(self.file_of)}})
-        return dict(self.hashes)
-
-    def abort(self) -> None:
-        if self._f is not None:
-            self._f.close()
-            self._f = None
-
-
-def parse_size(text: str | int) -> int:
-    """'5GB', '500MB', '2GiB' or a byte count -> bytes."""
-    if isinstance(text, int):
-        return text
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*", str(text), re.IGNORECASE)
-    if not m:
-        raise SpeechFTError(f"--max-shard-size {text!r}: expected a size like 5GB, 500MB or a byte count")
-    unit = (m.group(2) or "B").upper()
-    base = 1024 if "I" in unit else 1000
-    power = {"B": 0, "K": 1, "M": 2, "G": 3, "T": 4}[unit[0]]
-    size = int(float(m.group(1)) * base**power)
-    if size <= 0:
-        raise SpeechFTError(f"--max-shard-size {text!r}: must be positive")
-    return size
-
-
-# ----------------------------------------------------------------------------------------
 # Merging encoder folders
 # ----------------------------------------------------------------------------------------
 
@@ -866,12 +609,15 @@ def _read_checked(inp: Input, key: str) -> torch.Tensor:
 
 def _config_diff(pre: dict, ft: dict) -> list[str]:
     keys = sorted(k for k in set(pre) | set(ft) if not _CONFIG_KEYS_IGNORED.search(k))
-    return [f"{k} {json.dumps(ft.get(k, '(absent)'))} vs {json.dumps(pre.get(k, '(absent)'))}"
-            for k in keys if pre.get(k) != ft.get(k)]
+    return [
+        f"{k} {json.dumps(ft.get(k, '(absent)'))} vs {json.dumps(pre.get(k, '(absent)'))}"
+        for k in keys
+        if pre.get(k) != ft.get(k)
+    ]
 
 
 def _open_inputs(pretrained, finetuned) -> list[Input]:
-    from .encoders import config_summary, detect_family, read_provenance
+    from .encoders import config_summary, detect_family
 
     inputs: list[Input] = []
     try:
@@ -883,13 +629,17 @@ def _open_inputs(pretrained, finetuned) -> list[Input]:
         pre_cfg = config_summary(pre.path)
         for ft in inputs[1:]:
             if ft.family != pre.family:
-                raise SpeechFTError(f"{ft.path} is a {ft.family} encoder but {pre.path} is {pre.family}; "
-                                    "merge fine-tuned encoders into the pre-trained encoder they came from")
+                raise SpeechFTError(
+                    f"{ft.path} is a {ft.family} encoder but {pre.path} is {pre.family}; "
+                    "merge fine-tuned encoders into the pre-trained encoder they came from"
+                )
             diff = _config_diff(pre_cfg, config_summary(ft.path))
             if diff:
                 more = f" (+{len(diff) - 2} more)" if len(diff) > 2 else ""
-                raise SpeechFTError(f"{ft.path}/config.json differs from {pre.path}/config.json: "
-                                    f"{'; '.join(diff[:2])}{more}; merging needs the same architecture")
+                raise SpeechFTError(
+                    f"{ft.path}/config.json differs from {pre.path}/config.json: "
+                    f"{'; '.join(diff[:2])}{more}; merging needs the same architecture"
+                )
     except BaseException:
         for i in inputs:
             i.ckpt.close()
@@ -897,14 +647,17 @@ def _open_inputs(pretrained, finetuned) -> list[Input]:
     return inputs
 
 
-def _lineage_entry(inp: Input, role: str, hashes: dict[str, str]) -> dict:
-    return {"role": role, "path": str(inp.path.resolve()), "family": inp.family,
-            "source": inp.provenance.get("source", "unknown"), "weights_sha256": hashes}
-
-
-def merge_encoders(pretrained: str | os.PathLike, finetuned: Sequence[str | os.PathLike], method: str = "linear",
-                   out: str | os.PathLike | None = None, exclude: Iterable[str] = (), overwrite: bool = False,
-                   max_shard_size: int | str = DEFAULT_MAX_SHARD, progress: bool | None = None, **params) -> Path:
+def merge_encoders(
+    pretrained: str | os.PathLike,
+    finetuned: Sequence[str | os.PathLike],
+    method: str = "linear",
+    out: str | os.PathLike | None = None,
+    exclude: Iterable[str] = (),
+    overwrite: bool = False,
+    max_shard_size: int | str = DEFAULT_MAX_SHARD,
+    progress: bool | None = None,
+    **params,
+) -> Path:
     """Merge fine-tuned encoder folders into their pre-trained folder; write `out`.
 
     Everything is validated from headers and configs before a byte is written; the
@@ -935,8 +688,15 @@ def merge_encoders(pretrained: str | os.PathLike, finetuned: Sequence[str | os.P
         fam_cls = family_class(pre.family)
         pre_spec = pre.ckpt.spec()
         for ft in fts:
-            check_compatible(str(pre.path), pre_spec, str(ft.path), ft.ckpt.spec(), fam_cls, patterns,
-                             lambda k, ft=ft: str(ft.ckpt.file_of(k)))
+            check_compatible(
+                str(pre.path),
+                pre_spec,
+                str(ft.path),
+                ft.ckpt.spec(),
+                fam_cls,
+                patterns,
+                lambda k, ft=ft: str(ft.ckpt.file_of(k)),
+            )
         kinds = {k: copied_kind(k, dt, fam_cls, patterns) for k, (dt, _) in pre_spec.items()}
         order = safetensors_order(pre_spec)
         with atomic_dir(out, overwrite=overwrite) as tmp:
@@ -949,16 +709,23 @@ def merge_encoders(pretrained: str | os.PathLike, finetuned: Sequence[str | os.P
                 raise
             in_hashes = [i.ckpt.sha256() for i in inputs]
             _copy_side_files(pre.path, tmp)
-            write_json(tmp / PROVENANCE_FILE, _provenance(m, resolved, inputs, in_hashes, out_hashes, kinds,
-                                                          exclude))
+            write_json(tmp / PROVENANCE_FILE, _provenance(m, resolved, inputs, in_hashes, out_hashes, kinds, exclude))
     finally:
         for i in inputs:
             i.ckpt.close()
     return out
 
 
-def _stream(m: MergeMethod, params: dict, pre: Input, fts: list[Input], kinds: dict, order: list[str],
-            writer: ShardedWriter, progress: bool | None) -> None:
+def _stream(
+    m: MergeMethod,
+    params: dict,
+    pre: Input,
+    fts: list[Input],
+    kinds: dict,
+    order: list[str],
+    writer: ShardedWriter,
+    progress: bool | None,
+) -> None:
     """Read, merge and write key by key, as a small pipeline: one reader thread per input
     file reads (and hashes, and checks) the next key while the main thread merges the
     current one and a writer thread writes (and hashes) the previous one. File reads,
@@ -993,15 +760,23 @@ def _stream(m: MergeMethod, params: dict, pre: Input, fts: list[Input], kinds: d
         writer.write(key, t)
         bar.update(writer.nbytes[key])
 
-    bar = tqdm(total=writer.total, unit="B", unit_scale=True, desc="merging", leave=False,
-               disable=None if progress is None else not progress)
+    bar = tqdm(
+        total=writer.total,
+        unit="B",
+        unit_scale=True,
+        desc="merging",
+        leave=False,
+        disable=None if progress is None else not progress,
+    )
     # The arithmetic is element-wise and memory-bound: torch's own worker threads would
     # only compete with the pipeline's (and, on a busy machine, stall on each other).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with concurrent.futures.ThreadPoolExecutor(1 + len(fts), thread_name_prefix="merge-read") as readers, \
-                concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="merge-write") as writers:
+        with (
+            concurrent.futures.ThreadPoolExecutor(1 + len(fts), thread_name_prefix="merge-read") as readers,
+            concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="merge-write") as writers,
+        ):
             pending = submit_reads(readers, order[0]) if order else []
             written = None
             for i, key in enumerate(order):
@@ -1024,40 +799,52 @@ def _copy_side_files(src: Path, dst: Path) -> None:
     """config.json byte for byte, plus remote-code modules (DeCoAR 2.0's decoar2_hf.py) and
     preprocessing configs, so the folder loads like its pre-trained parent."""
     for p in sorted(src.iterdir()):
-        if p.is_file() and (p.name in ("config.json", "preprocessor_config.json", "generation_config.json")
-                            or p.suffix == ".py"):
+        if p.is_file() and (
+            p.name in ("config.json", "preprocessor_config.json", "generation_config.json") or p.suffix == ".py"
+        ):
             shutil.copy2(p, dst / p.name)
 
 
-def _provenance(m: MergeMethod, params: dict, inputs: list[Input], in_hashes: list[dict], out_hashes: dict,
-                kinds: dict, exclude) -> dict:
+def _provenance(
+    m: MergeMethod, params: dict, inputs: list[Input], in_hashes: list[dict], out_hashes: dict, kinds: dict, exclude
+) -> dict:
     pre = inputs[0]
     copied: dict[str, list[str]] = {k: [] for k in COPIED_KINDS}
     for key, kind in kinds.items():
         if kind:
             copied[kind].append(key)
     step = {
-        "method": m.name, "params": params, "reference": m.reference, "exclude": list(exclude or ()),
+        "method": m.name,
+        "params": params,
+        "reference": m.reference,
+        "exclude": list(exclude or ()),
         "pretrained": {"path": str(pre.path.resolve()), "weights_sha256": in_hashes[0]},
         "finetuned": [{"path": str(i.path.resolve()), "weights_sha256": h} for i, h in zip(inputs[1:], in_hashes[1:])],
     }
     chain = list(pre.provenance.get("merge_chain", [])) + [step]
     # Carry theta0's behaviour flags (e.g. normalize_waveform) forward; replace bookkeeping.
-    prov = {k: v for k, v in pre.provenance.items()
-            if k not in ("source", "weights_sha256", "parents", "created", "merge", "merge_chain", "format", "family")}
+    prov = inherited(pre.provenance)
     p_desc = ", ".join(f"{k}={v}" for k, v in params.items())
-    prov.update({
-        "format": 1,
-        "family": pre.family,
-        "source": f"speechft merge {m.name} ({p_desc}) of {len(inputs) - 1} fine-tuned encoder(s) into {pre.path}",
-        "merge": {**step, "round": len(chain), "merged_tensors": sum(1 for k in kinds.values() if not k),
-                  "copied_tensors": copied},
-        "merge_chain": chain,
-        "weights_sha256": out_hashes,
-        "parents": [_lineage_entry(pre, "pretrained", in_hashes[0])]
-                   + [_lineage_entry(i, "finetuned", h) for i, h in zip(inputs[1:], in_hashes[1:])],
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    })
+    prov.update(
+        {
+            "format": FORMAT_VERSION,
+            "family": pre.family,
+            "source": f"speechft merge {m.name} ({p_desc}) of {len(inputs) - 1} fine-tuned encoder(s) into {pre.path}",
+            "merge": {
+                **step,
+                "round": len(chain),
+                "merged_tensors": sum(1 for k in kinds.values() if not k),
+                "copied_tensors": copied,
+            },
+            "merge_chain": chain,
+            "weights_sha256": out_hashes,
+            "parents": [lineage_entry("pretrained", pre.path, pre.family, pre.provenance, in_hashes[0])]
+            + [
+                lineage_entry("finetuned", i.path, i.family, i.provenance, h) for i, h in zip(inputs[1:], in_hashes[1:])
+            ],
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }
+    )
     return prov
 
 
@@ -1069,22 +856,41 @@ def _provenance(m: MergeMethod, params: dict, inputs: list[Input], in_hashes: li
 def _methods_help() -> str:
     import textwrap
 
-    return "\n".join(textwrap.fill(m.describe(), width=100, initial_indent="  ", subsequent_indent="      ")
-                     for m in METHODS.values())
+    return "\n".join(
+        textwrap.fill(m.describe(), width=100, initial_indent="  ", subsequent_indent="      ")
+        for m in METHODS.values()
+    )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = "methods:\n" + _methods_help()
     p.add_argument("--pretrained", required=True, metavar="DIR", help="pre-trained encoder folder (theta0)")
-    p.add_argument("--finetuned", required=True, nargs="+", metavar="DIR",
-                   help="fine-tuned encoder folder(s) of the same architecture")
+    p.add_argument(
+        "--finetuned",
+        required=True,
+        nargs="+",
+        metavar="DIR",
+        help="fine-tuned encoder folder(s) of the same architecture",
+    )
     p.add_argument("--method", default="linear", choices=list(METHODS), help="merge method (default: linear)")
     p.add_argument("--alpha", default=None, help="merge coefficient (default: the method's, 0.25 for linear)")
-    p.add_argument("--set", dest="params", action="append", default=[], metavar="PARAM=VALUE",
-                   help="a method parameter, e.g. --set k=20 (ties), --set p=0.3 --set seed=1 (dare)")
-    p.add_argument("--exclude", nargs="+", action="extend", default=[], metavar="REGEX",
-                   help="tensor names (regex search) that keep theta0's weights")
+    p.add_argument(
+        "--set",
+        dest="params",
+        action="append",
+        default=[],
+        metavar="PARAM=VALUE",
+        help="a method parameter, e.g. --set k=20 (ties), --set p=0.3 --set seed=1 (dare)",
+    )
+    p.add_argument(
+        "--exclude",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="REGEX",
+        help="tensor names (regex search) that keep theta0's weights",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="output encoder folder")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--max-shard-size", default="5GB", help="largest weight file before sharding (default 5GB)")
@@ -1099,12 +905,22 @@ def main(args) -> int:
         params[name.strip()] = value.strip()
     if args.alpha is not None:
         params["alpha"] = args.alpha
-    out = merge_encoders(args.pretrained, args.finetuned, method=args.method, out=args.out, exclude=args.exclude,
-                         overwrite=args.overwrite, max_shard_size=args.max_shard_size, **params)
+    out = merge_encoders(
+        args.pretrained,
+        args.finetuned,
+        method=args.method,
+        out=args.out,
+        exclude=args.exclude,
+        overwrite=args.overwrite,
+        max_shard_size=args.max_shard_size,
+        **params,
+    )
     prov = read_json(Path(out) / PROVENANCE_FILE)["merge"]
     copied = ", ".join(f"{len(v)} {k}" for k, v in prov["copied_tensors"].items() if v) or "none"
     p_desc = ", ".join(f"{k}={v}" for k, v in prov["params"].items())
-    print(f"merged {len(args.finetuned)} fine-tuned encoder(s) into {args.pretrained} with {prov['method']} "
-          f"({p_desc}): {prov['merged_tensors']} tensors merged, copied from theta0: {copied}")
+    print(
+        f"merged {len(args.finetuned)} fine-tuned encoder(s) into {args.pretrained} with {prov['method']} "
+        f"({p_desc}): {prov['merged_tensors']} tensors merged, copied from theta0: {copied}"
+    )
     print(f"wrote {out}")
     return 0

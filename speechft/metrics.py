@@ -3,9 +3,10 @@
 Error rates are corpus-level: total edits / total reference tokens (what jiwer and
 SUPERB report), not a mean of per-utterance rates.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

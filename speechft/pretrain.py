@@ -33,6 +33,7 @@ What happens, in order:
 TSV manifest with a `path` column (relative to the manifest's folder, or absolute) and optionally
 `duration` in seconds.
 """
+
 from __future__ import annotations
 
 import csv
@@ -42,7 +43,7 @@ import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 import torch
 from torch import nn
@@ -65,7 +66,7 @@ IGNORE = -100  # target of a frame outside a clip
 @dataclass
 class UnitsConfig:
     clusters: int = 100  # K of k-means (HuBERT Base: 100 in its first iteration, 500 in its second)
-    layer: Optional[int] = None  # hidden state the targets come from (0 = input to layer 1, L = last); null = L // 2
+    layer: int | None = None  # hidden state the targets come from (0 = input to layer 1, L = last); null = L // 2
     sample_frames: int = 100_000  # k-means is fit on at most this many frames from a seeded sample of training clips
     iterations: int = 100  # Lloyd iterations at most; stops earlier once the inertia improves by < 1e-4 (relative)
     dev_clips: int = 100  # a bare manifest: clips held out for the dev metric (at most a tenth of them, at least 1)
@@ -90,8 +91,7 @@ class PretrainConfig(TrainConfig):
 def resolve_pretrain_config(cfg: PretrainConfig) -> PretrainConfig:
     """resolve_config's checks plus the units and masking ones; one-line SpeechFTError naming the key."""
     if not isinstance(cfg, PretrainConfig):
-        raise SpeechFTError("pretrain needs a PretrainConfig (speechft/pretrain.py), got a "
-                            f"{type(cfg).__name__}")
+        raise SpeechFTError(f"pretrain needs a PretrainConfig (speechft/pretrain.py), got a {type(cfg).__name__}")
     cfg = resolve_config(cfg)
     u, m = cfg.units, cfg.mask
 
@@ -111,11 +111,18 @@ def resolve_pretrain_config(cfg: PretrainConfig) -> PretrainConfig:
     if not (math.isfinite(m.start_prob) and 0 < m.start_prob < 1):
         bad("mask.start_prob", m.start_prob, "a probability in (0, 1); HuBERT uses 0.08")
     if m.span < 1 or m.min_spans < 0:
-        bad("mask.span" if m.span < 1 else "mask.min_spans", m.span if m.span < 1 else m.min_spans,
-            "span must be >= 1 frame, min_spans >= 0")
+        bad(
+            "mask.span" if m.span < 1 else "mask.min_spans",
+            m.span if m.span < 1 else m.min_spans,
+            "span must be >= 1 frame, min_spans >= 0",
+        )
     if to_dict(cfg.head) != to_dict(HeadConfig()):
-        bad("head", to_dict(cfg.head), "pretrain's prediction head is one linear layer over the last hidden state "
-            "and takes no head settings; remove the head section")
+        bad(
+            "head",
+            to_dict(cfg.head),
+            "pretrain's prediction head is one linear layer over the last hidden state "
+            "and takes no head settings; remove the head section",
+        )
     return cfg
 
 
@@ -132,7 +139,7 @@ def nearest_centroid(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 6553
     x, centroids = x.float(), centroids.float().to(x.device)
     idx, dist = [], []
     for i in range(0, x.shape[0], chunk):
-        part = x[i:i + chunk]
+        part = x[i : i + chunk]
         d, j = _sqdist(part, (part * part).sum(1), centroids).min(dim=1)
         idx.append(j)
         dist.append(d)
@@ -141,15 +148,19 @@ def nearest_centroid(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 6553
     return torch.cat(idx), torch.cat(dist)
 
 
-def kmeans(x: torch.Tensor, k: int, seed: int = 0, iterations: int = 100, tol: float = 1e-4) -> tuple[torch.Tensor, dict]:
+def kmeans(
+    x: torch.Tensor, k: int, seed: int = 0, iterations: int = 100, tol: float = 1e-4
+) -> tuple[torch.Tensor, dict]:
     """k-means on the rows of `x` (N, D): k-means++ initialisation, then Lloyd iterations until the
     inertia improves by less than `tol` (relative) or `iterations` are done. Deterministic per `seed`
     (a private generator; the global RNG is untouched). Runs on x's device.
     Returns (centroids (k, D) float32, {"iterations", "inertia": mean squared distance, "points"})."""
     n = x.shape[0]
     if n < k:
-        raise SpeechFTError(f"units.clusters={k}: k-means needs at least that many frames, the sample has {n}; "
-                            "lower units.clusters or give more audio")
+        raise SpeechFTError(
+            f"units.clusters={k}: k-means needs at least that many frames, the sample has {n}; "
+            "lower units.clusters or give more audio"
+        )
     x = x.float()
     x_sq = (x * x).sum(1)
     gen = torch.Generator().manual_seed(seed)
@@ -170,7 +181,8 @@ def kmeans(x: torch.Tensor, k: int, seed: int = 0, iterations: int = 100, tol: f
     c = x[chosen].clone()
     prev = math.inf
     done = 0
-    for done in range(1, iterations + 1):
+    for iteration in range(1, iterations + 1):
+        done = iteration
         assign, dist = nearest_centroid(x, c)
         inertia = float(dist.sum())
         sums = torch.zeros_like(c).index_add_(0, assign, x)
@@ -186,8 +198,14 @@ def kmeans(x: torch.Tensor, k: int, seed: int = 0, iterations: int = 100, tol: f
     return c, {"iterations": done, "inertia": float(dist.mean()), "points": n}
 
 
-def span_mask(frame_lengths: torch.Tensor, start_prob: float, span: int, min_spans: int = 0,
-              generator: torch.Generator | None = None, frames: int | None = None) -> torch.Tensor:
+def span_mask(
+    frame_lengths: torch.Tensor,
+    start_prob: float,
+    span: int,
+    min_spans: int = 0,
+    generator: torch.Generator | None = None,
+    frames: int | None = None,
+) -> torch.Tensor:
     """(B,) valid frames -> (B, F) bool mask of spans, all inside each clip's valid frames.
 
     Every frame that leaves room for a whole span (t <= n - span; t = 0 for a clip shorter than a span)
@@ -253,8 +271,9 @@ class AudioSource:
             self.hashes = {"train_sha256": digest, "dev_sha256": digest}
             self.manifest = True
         else:
-            raise SpeechFTError(f"{self.path}: --audio not found; pass a task folder or a TSV manifest with a path "
-                                "column")
+            raise SpeechFTError(
+                f"{self.path}: --audio not found; pass a task folder or a TSV manifest with a path column"
+            )
 
     def task(self, cfg: PretrainConfig):
         """A Task holding the audio (type 'audio': cropped like classification clips, no labels)."""
@@ -263,14 +282,25 @@ class AudioSource:
         train, dev = self.train, self.dev
         if dev is None:  # a bare manifest: hold out a seeded part for the dev metric
             if len(train) < 2:
-                raise SpeechFTError(f"{self.path}: only {len(train)} clip; continued pre-training needs at least 2 "
-                                    "(one is held out for the dev metric)")
+                raise SpeechFTError(
+                    f"{self.path}: only {len(train)} clip; continued pre-training needs at least 2 "
+                    "(one is held out for the dev metric)"
+                )
             n_dev = max(1, min(cfg.units.dev_clips, len(train) // 10))
             held = set(random.Random(cfg.seed).sample(range(len(train)), n_dev))
             train, dev = ([ex for i, ex in enumerate(self.train) if (i in held) == want] for want in (False, True))
         root = self.path if self.path.is_dir() else self.path.parent
-        return Task(root=root, name=UNITS, type="audio", metric="masked_accuracy", labels=[], tokenizer=None,
-                    sample_rate=16000, splits={"train": train, "dev": dev, "test": []}, spec={"audio": str(self.path)})
+        return Task(
+            root=root,
+            name=UNITS,
+            type="audio",
+            metric="masked_accuracy",
+            labels=[],
+            tokenizer=None,
+            sample_rate=16000,
+            splits={"train": train, "dev": dev, "test": []},
+            spec={"audio": str(self.path)},
+        )
 
 
 def read_audio_manifest(path: Path) -> list:
@@ -284,11 +314,16 @@ def read_audio_manifest(path: Path) -> list:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise SpeechFTError(f"{path}: not UTF-8 text (byte {e.start}); an audio manifest is a TSV file") from None
-    rows = [r for r in csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
-            if r and any(c.strip() for c in r)]
+    rows = [
+        r
+        for r in csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+        if r and any(c.strip() for c in r)
+    ]
     if not rows or "path" not in [h.strip() for h in rows[0]]:
-        raise SpeechFTError(f"{path}: an audio manifest needs a header row with a 'path' column (tab-separated; "
-                            "'duration' optional), then one clip per line")
+        raise SpeechFTError(
+            f"{path}: an audio manifest needs a header row with a 'path' column (tab-separated; "
+            "'duration' optional), then one clip per line"
+        )
     header = [h.strip() for h in rows[0]]
     col = {h: i for i, h in enumerate(header)}
     examples, bad, seen = [], [], set()
@@ -335,15 +370,12 @@ def clip_batches(dataset, indices: list[int], max_seconds: float | None, batch_s
 @torch.no_grad()
 def layer_features(encoder, dataset, batches: list[list[int]], layer: int, device, bar=None, num_workers: int = 0):
     """Yields (dataset index, (frames, D) features of hidden state `layer`) for every clip in `batches`."""
-    from torch.utils.data import DataLoader
-
-    from .data.dataset import collate
+    from .data.dataset import split_loader
 
     was_training = encoder.training
     encoder.eval()
     try:
-        loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=num_workers,
-                            generator=torch.Generator())
+        loader = split_loader(dataset, batches, num_workers=num_workers)
         for batch in loader:
             out = encoder(batch.wavs.to(device), batch.lengths.to(device))
             states = out.hidden_states[layer].float()
@@ -365,8 +397,10 @@ def fit_units(encoder, dataset, cfg: PretrainConfig, layer: int, device, progres
     samples = torch.tensor([int(min(ex.duration, cfg.data.max_seconds or math.inf) * 16000) for ex in dataset.examples])
     frames = encoder.frame_lengths(samples).tolist()
     if sum(frames) < u.clusters:  # before any feature is computed (kmeans checks the real count again)
-        raise SpeechFTError(f"units.clusters={u.clusters}: k-means needs at least that many frames, the training "
-                            f"audio has about {sum(frames)}; lower units.clusters or give more audio")
+        raise SpeechFTError(
+            f"units.clusters={u.clusters}: k-means needs at least that many frames, the training "
+            f"audio has about {sum(frames)}; lower units.clusters or give more audio"
+        )
     picked, total = [], 0
     for i in order:  # whole clips in a seeded order until the sample is large enough
         if total >= u.sample_frames:
@@ -375,17 +409,28 @@ def fit_units(encoder, dataset, cfg: PretrainConfig, layer: int, device, progres
         total += frames[i]
     batches = clip_batches(dataset, picked, cfg.data.max_seconds, cfg.data.eval_batch_size)
     with tqdm(total=len(batches), desc="units: k-means sample", unit="batch", **_bar_switch(progress)) as bar:
-        feats = torch.cat([f for _, f in layer_features(encoder, dataset, batches, layer, device, bar,
-                                                         cfg.data.num_workers)])
+        feats = torch.cat(
+            [f for _, f in layer_features(encoder, dataset, batches, layer, device, bar, cfg.data.num_workers)]
+        )
     if feats.shape[0] > u.sample_frames:  # the last clip overshoots: a seeded subset of exactly sample_frames
-        keep = torch.randperm(feats.shape[0], generator=torch.Generator().manual_seed(cfg.seed))[:u.sample_frames]
+        keep = torch.randperm(feats.shape[0], generator=torch.Generator().manual_seed(cfg.seed))[: u.sample_frames]
         feats = feats[keep.sort().values.to(feats.device)]
     centroids, info = kmeans(feats, u.clusters, seed=cfg.seed, iterations=u.iterations)
     return centroids.cpu(), {**info, "clips": len(picked)}
 
 
-def label_split(encoder, dataset, centroids: torch.Tensor, layer: int, cfg: PretrainConfig, state, gather_object,
-                device, progress: bool, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
+def label_split(
+    encoder,
+    dataset,
+    centroids: torch.Tensor,
+    layer: int,
+    cfg: PretrainConfig,
+    state,
+    gather_object,
+    device,
+    progress: bool,
+    desc: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Units of every clip of `dataset`, concatenated, with offsets (N+1). Processes share the batches."""
     from tqdm.auto import tqdm
 
@@ -426,7 +471,7 @@ class UnitTargets:
         return len(self.offsets) - 1
 
     def clip(self, i: int) -> torch.Tensor:
-        return self.units[self.offsets[i]:self.offsets[i + 1]]
+        return self.units[self.offsets[i] : self.offsets[i + 1]]
 
     def lengths(self) -> torch.Tensor:
         return self.offsets[1:] - self.offsets[:-1]
@@ -438,8 +483,10 @@ class UnitTargets:
         for row, (i, frames) in enumerate(zip(indices, n)):
             u = self.clip(i)
             if len(u) != frames:
-                raise SpeechFTError(f"{self.where}: clip {i} has {len(u)} stored units but the encoder gives {frames} "
-                                    "frames for it; the audio changed since they were computed - start a new run")
+                raise SpeechFTError(
+                    f"{self.where}: clip {i} has {len(u)} stored units but the encoder gives {frames} "
+                    "frames for it; the audio changed since they were computed - start a new run"
+                )
             out[row, :frames] = u
         return out
 
@@ -480,13 +527,18 @@ class UnitObjective:
         L = encoder.num_layers
         self.layer = cfg.units.layer if cfg.units.layer is not None else max(1, L // 2)
         if self.layer > L:
-            raise SpeechFTError(f"config units.layer={self.layer}: this {encoder.family} encoder has {L} layers; "
-                                f"choose 0..{L} (null = the middle one, {max(1, L // 2)})")
+            raise SpeechFTError(
+                f"config units.layer={self.layer}: this {encoder.family} encoder has {L} layers; "
+                f"choose 0..{L} (null = the middle one, {max(1, L // 2)})"
+            )
         heads = nn.ModuleDict({UNITS: UnitHead(encoder.hidden_size, cfg.units.clusters)})
 
         folder = out / UNITS_DIR
-        kmeans_file, targets_file, info_file = (folder / "kmeans.safetensors", folder / "targets.safetensors",
-                                                folder / "units.json")
+        kmeans_file, targets_file, info_file = (
+            folder / "kmeans.safetensors",
+            folder / "targets.safetensors",
+            folder / "units.json",
+        )
         main, device = state.is_main_process, state.device
         show = progress and main
         train_ds = SplitDataset(self.task, "train", cfg.data.max_seconds)  # exactly the stream's crops
@@ -499,37 +551,62 @@ class UnitObjective:
                     centroids, info = fit_units(encoder, train_ds, cfg, self.layer, device, show)
                     data = save({"centroids": centroids.contiguous()})
                     # units.json first: kmeans.safetensors existing means both are complete.
-                    write_json(info_file, {"clusters": cfg.units.clusters, "layer": self.layer, **info,
-                                           "sha256": sha256_bytes(data)})
+                    write_json(
+                        info_file,
+                        {"clusters": cfg.units.clusters, "layer": self.layer, **info, "sha256": sha256_bytes(data)},
+                    )
                     with atomic_file(kmeans_file, "wb") as f:
                         f.write(data)
                     if show:
-                        print(f"units: k-means K={cfg.units.clusters} on {info['points']} frames of layer {self.layer} "
-                              f"({info['clips']} clips): {info['iterations']} iterations, inertia {info['inertia']:.4g}")
+                        print(
+                            f"units: k-means K={cfg.units.clusters} on {info['points']} frames of layer {self.layer} "
+                            f"({info['clips']} clips): {info['iterations']} iterations, inertia {info['inertia']:.4g}"
+                        )
                 state.wait_for_everyone()
             centroids = load_tensors(kmeans_file)["centroids"].to(device)
             split_units = {}
             for split, ds in (("train", train_ds), ("dev", dev_ds)):
-                split_units[split] = label_split(encoder, ds, centroids, self.layer, cfg, state, gather_object,
-                                                 device, progress, f"units: labelling {split}")
+                split_units[split] = label_split(
+                    encoder,
+                    ds,
+                    centroids,
+                    self.layer,
+                    cfg,
+                    state,
+                    gather_object,
+                    device,
+                    progress,
+                    f"units: labelling {split}",
+                )
             if main:
-                save_safetensors(targets_file, {f"{s}.{k}": v for s, (units, offsets) in split_units.items()
-                                                for k, v in (("units", units), ("offsets", offsets))})
+                save_safetensors(
+                    targets_file,
+                    {
+                        f"{s}.{k}": v
+                        for s, (units, offsets) in split_units.items()
+                        for k, v in (("units", units), ("offsets", offsets))
+                    },
+                )
             state.wait_for_everyone()
         tensors = load_tensors(targets_file)
         for split, ds in (("train", train_ds), ("dev", dev_ds)):
             t = UnitTargets(tensors[f"{split}.units"], tensors[f"{split}.offsets"], str(targets_file))
             if len(t) != len(ds):
-                raise SpeechFTError(f"{targets_file}: holds units of {len(t)} {split} clips, the audio has {len(ds)}; "
-                                    "delete the run folder and start again")
+                raise SpeechFTError(
+                    f"{targets_file}: holds units of {len(t)} {split} clips, the audio has {len(ds)}; "
+                    "delete the run folder and start again"
+                )
             self.targets[split] = t
         self.units_info = read_json(info_file)
         # Fixed dev masks, one generator per clip: the dev metric compares like with like across evaluations,
         # whatever the batching or the number of processes.
         m = cfg.mask
-        self.dev_masks = [span_mask(n[None], m.start_prob, m.span, m.min_spans,
-                                    torch.Generator().manual_seed(cfg.seed * 1_000_003 + i))[0]
-                          for i, n in enumerate(self.targets["dev"].lengths())]
+        self.dev_masks = [
+            span_mask(
+                n[None], m.start_prob, m.span, m.min_spans, torch.Generator().manual_seed(cfg.seed * 1_000_003 + i)
+            )[0]
+            for i, n in enumerate(self.targets["dev"].lengths())
+        ]
         return heads
 
     def streams(self, cfg: PretrainConfig, rank: int, world: int, device) -> dict:
@@ -547,31 +624,29 @@ class UnitObjective:
     @torch.no_grad()
     def evaluate(self, encoder, heads, cfg: PretrainConfig, autocast, rank, world, device, gather_object) -> dict:
         """Masked-unit accuracy on the dev audio with fixed masks: {"units": {"metric", "value"}}."""
-        from torch.utils.data import DataLoader
-
-        from .data.dataset import SplitDataset, collate
+        from .data.dataset import SplitDataset, split_loader
 
         encoder.eval()
         heads.eval()
         ds = SplitDataset(self.task, "dev", cfg.data.max_seconds)
         batches = clip_batches(ds, list(range(len(ds))), cfg.data.max_seconds, cfg.data.eval_batch_size)
-        loader = DataLoader(ds, batch_sampler=batches[rank::world], collate_fn=collate,
-                            num_workers=cfg.data.num_workers, generator=torch.Generator())
+        loader = split_loader(ds, batches[rank::world], num_workers=cfg.data.num_workers)
         counts = torch.zeros(2, dtype=torch.float64)
         for batch in loader:
             frames = encoder.frame_lengths(batch.lengths).cpu()
             targets = self.targets["dev"].batch(batch.indices, frames)  # (checks the frame counts)
             mask = torch.zeros(len(frames), int(frames.max()), dtype=torch.bool)
             for row, i in enumerate(batch.indices):
-                mask[row, :frames[row]] = self.dev_masks[i]
+                mask[row, : frames[row]] = self.dev_masks[i]
             with autocast():
                 enc_out = encoder(batch.wavs.to(device), batch.lengths.to(device), frame_mask=mask.to(device))
                 logits = heads[UNITS](enc_out.hidden_states[-1])
             f = min(logits.shape[1], targets.shape[1])
             sel = mask[:, :f] & (targets[:, :f] >= 0)
             pred = logits[:, :f].argmax(-1).cpu()
-            counts += torch.tensor([float((pred[sel] == targets[:, :f][sel]).sum()), float(sel.sum())],
-                                   dtype=torch.float64)
+            counts += torch.tensor(
+                [float((pred[sel] == targets[:, :f][sel]).sum()), float(sel.sum())], dtype=torch.float64
+            )
         if world > 1:
             counts = sum(gather_object([counts]), torch.zeros(2, dtype=torch.float64))
         value = float(counts[0] / counts[1]) if counts[1] > 0 else 0.0
@@ -583,14 +658,28 @@ class UnitObjective:
 
     def provenance(self, heads) -> dict:
         info = self.units_info
-        return {"source": "speechft pretrain", "method": "continued-pretraining", "training_method": self.cfg.method,
-                "units": {"clusters": self.cfg.units.clusters, "layer": self.layer, "sample_frames": info.get("points"),
-                          "sample_clips": info.get("clips"), "kmeans_iterations": info.get("iterations"),
-                          "inertia": info.get("inertia"), "kmeans_sha256": info.get("sha256"),
-                          "file": f"{UNITS_DIR}/kmeans.safetensors"},
-                "masking": to_dict(self.cfg.mask),
-                "audio": {"path": str(self.source.path.resolve()), "train_clips": len(self.task.split("train")),
-                          "dev_clips": len(self.task.split("dev")), **self.source.hashes}}
+        return {
+            "source": "speechft pretrain",
+            "method": "continued-pretraining",
+            "training_method": self.cfg.method,
+            "units": {
+                "clusters": self.cfg.units.clusters,
+                "layer": self.layer,
+                "sample_frames": info.get("points"),
+                "sample_clips": info.get("clips"),
+                "kmeans_iterations": info.get("iterations"),
+                "inertia": info.get("inertia"),
+                "kmeans_sha256": info.get("sha256"),
+                "file": f"{UNITS_DIR}/kmeans.safetensors",
+            },
+            "masking": to_dict(self.cfg.mask),
+            "audio": {
+                "path": str(self.source.path.resolve()),
+                "train_clips": len(self.task.split("train")),
+                "dev_clips": len(self.task.split("dev")),
+                **self.source.hashes,
+            },
+        }
 
     def clean_up(self, out: Path) -> None:
         """The per-frame targets can be large and are reproducible from kmeans.safetensors: drop them."""
@@ -600,9 +689,19 @@ class UnitObjective:
 # =====================================================================================================
 # Library entry point and command line
 # =====================================================================================================
-def pretrain(encoder_dir, audio, out, steps: int | None = None, batch_size: int | None = None,
-             max_seconds: float | None = None, seed: int | None = None, resume: bool = False, overwrite: bool = False,
-             progress: bool = True, config: PretrainConfig | None = None) -> Path:
+def pretrain(
+    encoder_dir,
+    audio,
+    out,
+    steps: int | None = None,
+    batch_size: int | None = None,
+    max_seconds: float | None = None,
+    seed: int | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    config: PretrainConfig | None = None,
+) -> Path:
     """Continue pre-training the encoder in `encoder_dir` on the audio `audio` (task folder or TSV manifest)
     by masked-unit prediction; write the run folder `out`, an encoder folder when finished, and return it.
 
@@ -621,15 +720,23 @@ def pretrain(encoder_dir, audio, out, steps: int | None = None, batch_size: int 
 
 def add_arguments(p) -> None:
     p.add_argument("--encoder", required=True, metavar="DIR", help="pre-trained encoder folder")
-    p.add_argument("--audio", required=True, metavar="TASKDIR_OR_MANIFEST",
-                   help="a task folder (train split trains, dev split scores; labels unused) or a TSV manifest "
-                        "with a path column (and optionally duration)")
+    p.add_argument(
+        "--audio",
+        required=True,
+        metavar="TASKDIR_OR_MANIFEST",
+        help="a task folder (train split trains, dev split scores; labels unused) or a TSV manifest "
+        "with a path column (and optionally duration)",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="run folder; an encoder folder when finished")
     p.add_argument("--steps", type=int, metavar="N", help="optimizer updates (overrides the config's steps)")
     p.add_argument("--config", metavar="YAML", help="a recipe: PretrainConfig keys (see speechft/pretrain.py)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config value, e.g. --set units.clusters=500 --set units.layer=9 "
-                        "--set mask.start_prob=0.08")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config value, e.g. --set units.clusters=500 --set units.layer=9 --set mask.start_prob=0.08",
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
@@ -645,5 +752,14 @@ def main(args) -> int:
     return 0
 
 
-__all__ = ["PretrainConfig", "UnitsConfig", "MaskConfig", "pretrain", "kmeans", "span_mask", "masked_unit_loss",
-           "UnitObjective", "UnitHead"]
+__all__ = [
+    "PretrainConfig",
+    "UnitsConfig",
+    "MaskConfig",
+    "pretrain",
+    "kmeans",
+    "span_mask",
+    "masked_unit_loss",
+    "UnitObjective",
+    "UnitHead",
+]

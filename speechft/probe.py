@@ -20,6 +20,7 @@ every epoch of every LR (benchmarks/bench_probe.py measures the difference). Wit
 
 Library: `evaluate(encoders, tasks, out, **options) -> dict` (what results.json holds).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,9 +28,9 @@ import copy
 import dataclasses
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -92,8 +93,13 @@ class ProbeConfig:
 
     def head_config(self, task_type: str) -> HeadConfig:
         layers = self.lstm_layers if (task_type == "ctc" and self.ctc_head == "bilstm") else 0
-        return HeadConfig(layers="weighted", proj_dim=self.proj_dim, lstm_layers=layers,
-                          lstm_hidden=self.lstm_hidden, dropout=self.dropout)
+        return HeadConfig(
+            layers="weighted",
+            proj_dim=self.proj_dim,
+            lstm_layers=layers,
+            lstm_hidden=self.lstm_hidden,
+            dropout=self.dropout,
+        )
 
 
 # ---- feature sources: an encoder folder, or the fbank pseudo-encoder ---------------------
@@ -104,8 +110,11 @@ def folder_fingerprint(path: str | os.PathLike) -> str:
     """sha256 over the files that decide an encoder's outputs (config.json, weights, remote
     code). speechft.json is left out: it changes on every save (timestamps)."""
     path = Path(path).resolve()
-    files = sorted(p for p in path.iterdir()
-                   if p.is_file() and (p.name == "config.json" or p.suffix in (".safetensors", ".py", ".bin")))
+    files = sorted(
+        p
+        for p in path.iterdir()
+        if p.is_file() and (p.name == "config.json" or p.suffix in (".safetensors", ".py", ".bin"))
+    )
     stamp = (str(path), tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files))
     if stamp not in _FINGERPRINTS:
         import hashlib
@@ -141,12 +150,16 @@ class EncoderSource(FeatureSource):
             p.requires_grad_(False)
         self.name = name or self.path.name
         self.num_states, self.dim = self.encoder.num_layers + 1, self.encoder.hidden_size
-        self.fingerprint = {"kind": "encoder", "family": self.encoder.family,
-                            "weights": folder_fingerprint(self.path)}
+        self.fingerprint = {"kind": "encoder", "family": self.encoder.family, "weights": folder_fingerprint(self.path)}
         prov = self.encoder.provenance
-        self.info = {"encoder": str(self.path), "family": self.encoder.family, "fingerprint": self.fingerprint["weights"],
-                     "num_states": self.num_states, "dim": self.dim,
-                     "provenance": {k: prov[k] for k in prov if k not in ("weights_sha256",)}}
+        self.info = {
+            "encoder": str(self.path),
+            "family": self.encoder.family,
+            "fingerprint": self.fingerprint["weights"],
+            "num_states": self.num_states,
+            "dim": self.dim,
+            "provenance": {k: prov[k] for k in prov if k not in ("weights_sha256",)},
+        }
 
     def __call__(self, wavs, lengths):
         out = self.encoder(wavs, lengths)
@@ -168,8 +181,14 @@ class FbankSource(FeatureSource):
         self.filters = mel_filters(self.N_MELS)
         self.name, self.num_states, self.dim = name, 1, self.N_MELS
         self.fingerprint = {"kind": "fbank", "n_mels": self.N_MELS, "recipe": "whisper-log-mel", "version": 1}
-        self.info = {"encoder": FBANK, "family": FBANK, "fingerprint": "fbank-80", "num_states": 1, "dim": self.N_MELS,
-                     "provenance": {"source": "80-bin log-mel filterbank (SUPERB's FBANK baseline)"}}
+        self.info = {
+            "encoder": FBANK,
+            "family": FBANK,
+            "fingerprint": "fbank-80",
+            "num_states": 1,
+            "dim": self.N_MELS,
+            "provenance": {"source": "80-bin log-mel filterbank (SUPERB's FBANK baseline)"},
+        }
 
     def __call__(self, wavs, lengths):
         from .encoders.whisper import HOP, log_mel
@@ -220,7 +239,7 @@ class FrameFeatures:
 
     def get(self, i: int) -> np.ndarray:
         s, start, n = (int(v) for v in self.index[i])
-        return self.shards[s][start:start + n]
+        return self.shards[s][start : start + n]
 
     def batch(self, ids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """(S, B, F, D) float32 zero-padded, and frame lengths (B,)."""
@@ -252,11 +271,21 @@ def _audio_fingerprint(task, split: str) -> str:
 def feature_fields(source: FeatureSource, task, split: str, kind: str, cfg: ProbeConfig) -> dict:
     import transformers
 
-    return {"source": source.fingerprint, "task_root": str(Path(task.root).resolve()), "split": split,
-            "manifest": task.manifest_hash(split), "audio": _audio_fingerprint(task, split), "kind": kind,
-            "dtype": cfg.dtype, "sample_rate": 16000, "max_seconds": cfg.max_seconds,
-            "extract_batch": [cfg.extract_batch_size, cfg.extract_batch_seconds], "code": FEATURE_CODE_VERSION,
-            "torch": torch.__version__.split("+")[0], "transformers": transformers.__version__}
+    return {
+        "source": source.fingerprint,
+        "task_root": str(Path(task.root).resolve()),
+        "split": split,
+        "manifest": task.manifest_hash(split),
+        "audio": _audio_fingerprint(task, split),
+        "kind": kind,
+        "dtype": cfg.dtype,
+        "sample_rate": 16000,
+        "max_seconds": cfg.max_seconds,
+        "extract_batch": [cfg.extract_batch_size, cfg.extract_batch_seconds],
+        "code": FEATURE_CODE_VERSION,
+        "torch": torch.__version__.split("+")[0],
+        "transformers": transformers.__version__,
+    }
 
 
 def _split_batches(task, split: str, cfg: ProbeConfig):
@@ -267,14 +296,22 @@ def _split_batches(task, split: str, cfg: ProbeConfig):
     from .data.dataset import SplitDataset, collate
 
     ds = SplitDataset(task, split, cfg.max_seconds)
-    sampler = BucketBatchSampler(ds.durations, batch_size=cfg.extract_batch_size,
-                                 max_seconds=cfg.extract_batch_seconds, shuffle=False)
+    sampler = BucketBatchSampler(
+        ds.durations, batch_size=cfg.extract_batch_size, max_seconds=cfg.extract_batch_seconds, shuffle=False
+    )
     for ids in sampler:
         yield collate([ds[i] for i in ids])
 
 
-def extract_features(source: FeatureSource, task, split: str, kind: str, cfg: ProbeConfig,
-                     add_array: Callable[[str, np.ndarray], None] | None = None, progress: bool = True):
+def extract_features(
+    source: FeatureSource,
+    task,
+    split: str,
+    kind: str,
+    cfg: ProbeConfig,
+    add_array: Callable[[str, np.ndarray], None] | None = None,
+    progress: bool = True,
+):
     """Run the source over a split. kind 'pooled' -> PooledFeatures, 'frames' ->
     FrameFeatures. With `add_array`, arrays are handed to it (the cache writer) as they are
     finished and the returned features are None (the caller reopens them memory-mapped)."""
@@ -296,8 +333,9 @@ def extract_features(source: FeatureSource, task, split: str, kind: str, cfg: Pr
             shards.append(arr)
         pending, pending_bytes = [], 0
 
-    bar = tqdm(total=n, desc=f"extract {source.name}/{task.name}/{split}", unit="utt", leave=False,
-               disable=not progress)
+    bar = tqdm(
+        total=n, desc=f"extract {source.name}/{task.name}/{split}", unit="utt", leave=False, disable=not progress
+    )
     with torch.random.fork_rng(devices=[]), torch.inference_mode():
         for batch in _split_batches(task, split, cfg):
             states, frame_lengths = source(batch.wavs, batch.lengths)
@@ -334,8 +372,10 @@ def extract_features(source: FeatureSource, task, split: str, kind: str, cfg: Pr
 def _check_finite(x: np.ndarray, source, task, split) -> None:
     if not np.isfinite(x).all():
         hint = "; rerun with --dtype float32" if x.dtype == np.float16 else ""
-        raise SpeechFTError(f"{source.name}: features on {task.name}/{split} contain NaN or infinite values"
-                            f"{hint} (or check the encoder's weights)")
+        raise SpeechFTError(
+            f"{source.name}: features on {task.name}/{split} contain NaN or infinite values"
+            f"{hint} (or check the encoder's weights)"
+        )
 
 
 def _features_from_entry(entry, kind: str):
@@ -350,8 +390,15 @@ class FeatureProvider:
     """Features of one (source, task) for each split, from the cache, from memory, or -
     with `recompute` - from the encoder again on every request (s3prl's way)."""
 
-    def __init__(self, source: FeatureSource, task, cfg: ProbeConfig, cache: FeatureCache | None,
-                 recompute: bool = False, progress: bool = True):
+    def __init__(
+        self,
+        source: FeatureSource,
+        task,
+        cfg: ProbeConfig,
+        cache: FeatureCache | None,
+        recompute: bool = False,
+        progress: bool = True,
+    ):
         self.source, self.task, self.cfg, self.cache = source, task, cfg, cache
         self.recompute, self.progress = recompute, progress
         self.kind = "pooled" if task.type == "classification" else "frames"
@@ -375,16 +422,23 @@ class FeatureProvider:
             if entry is None:
                 t0 = time.perf_counter()
                 with self.cache.write(key, fields) as w:
-                    extract_features(self.source, self.task, split, self.kind, self.cfg, add_array=w.add,
-                                     progress=self.progress)
-                    w.info = {"kind": self.kind, "num_states": self.source.num_states, "dim": self.source.dim,
-                              "items": len(self.task.split(split))}
+                    extract_features(
+                        self.source, self.task, split, self.kind, self.cfg, add_array=w.add, progress=self.progress
+                    )
+                    w.info = {
+                        "kind": self.kind,
+                        "num_states": self.source.num_states,
+                        "dim": self.source.dim,
+                        "items": len(self.task.split(split)),
+                    }
                 self.extract_seconds += time.perf_counter() - t0
                 self.extractions += 1
                 entry = self.cache.open(key)
                 if entry is None:
-                    raise SpeechFTError(f"{self.cache.root}/{key}: the feature cache entry just written cannot be "
-                                        "read back; check the disk (or pass --no-cache)")
+                    raise SpeechFTError(
+                        f"{self.cache.root}/{key}: the feature cache entry just written cannot be "
+                        "read back; check the disk (or pass --no-cache)"
+                    )
                 self.status[split] = "miss"
             else:
                 self.status[split] = "hit"
@@ -404,7 +458,7 @@ class FeatureProvider:
                 n, s1, s2 = 0, 0.0, 0.0
                 for shard in feats.shards:
                     for start in range(0, shard.shape[0], 65536):
-                        x = np.asarray(shard[start:start + 65536], dtype=np.float64)
+                        x = np.asarray(shard[start : start + 65536], dtype=np.float64)
                         n, s1, s2 = n + x.shape[0], s1 + x.sum(0), s2 + (x * x).sum(0)
                 mean = s1 / max(n, 1)
                 var = np.maximum(s2 / max(n, 1) - mean * mean, 0.0)
@@ -434,7 +488,7 @@ def _predict(head: TaskHead, task, feats, cfg: ProbeConfig) -> list[str]:
         preds: list[str] = [""] * len(feats.index)
         order = np.argsort(feats.lengths, kind="stable")
         for start in range(0, len(order), cfg.eval_batch_size):
-            ids = order[start:start + cfg.eval_batch_size].tolist()
+            ids = order[start : start + cfg.eval_batch_size].tolist()
             x, lengths = feats.batch(ids)
             out = head(x, lengths)
             for i, p in zip(ids, head.predict(out, lengths)):
@@ -447,8 +501,9 @@ def score(head: TaskHead, task, feats, split: str, cfg: ProbeConfig) -> float:
     return compute_metric(task.metric, _targets(task, split), _predict(head, task, feats, cfg), labels)
 
 
-def train_probe(provider: FeatureProvider, lr: float, seed: int, cfg: ProbeConfig,
-                on_epoch: Callable[[], None] | None = None) -> dict:
+def train_probe(
+    provider: FeatureProvider, lr: float, seed: int, cfg: ProbeConfig, on_epoch: Callable[[], None] | None = None
+) -> dict:
     """Train one head at one LR and seed; keep the state with the best dev metric.
     Returns {dev, test, best_epoch, epochs, layer_weights}."""
     task, source = provider.task, provider.source
@@ -479,8 +534,7 @@ def train_probe(provider: FeatureProvider, lr: float, seed: int, cfg: ProbeConfi
             from .data.batching import BucketBatchSampler
             from .heads import ctc_loss
 
-            sampler = BucketBatchSampler(feats.lengths.tolist(), batch_size=cfg.ctc_batch_size, shuffle=True,
-                                         seed=seed)
+            sampler = BucketBatchSampler(feats.lengths.tolist(), batch_size=cfg.ctc_batch_size, shuffle=True, seed=seed)
             for ids in sampler.batches(epoch):
                 x, lengths = feats.batch(ids)
                 out = head(x, lengths)
@@ -495,8 +549,13 @@ def train_probe(provider: FeatureProvider, lr: float, seed: int, cfg: ProbeConfi
             on_epoch()
     head.load_state_dict(best["state"])
     test = score(head, task, provider.get("test"), "test", cfg)
-    return {"dev": best["dev"], "test": test, "best_epoch": best["epoch"], "epochs": epochs,
-            "layer_weights": head.select.layer_weights()}
+    return {
+        "dev": best["dev"],
+        "test": test,
+        "best_epoch": best["epoch"],
+        "epochs": epochs,
+        "layer_weights": head.select.layer_weights(),
+    }
 
 
 def probe_epochs(task, cfg: ProbeConfig) -> int:
@@ -511,8 +570,14 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
     return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
 
 
-def probe_task(source: FeatureSource, task, cfg: ProbeConfig, cache: FeatureCache | None,
-               recompute: bool = False, progress: bool = True) -> dict:
+def probe_task(
+    source: FeatureSource,
+    task,
+    cfg: ProbeConfig,
+    cache: FeatureCache | None,
+    recompute: bool = False,
+    progress: bool = True,
+) -> dict:
     """The LR grid x seeds on one task; the LR with the best mean dev metric wins."""
     provider = FeatureProvider(source, task, cfg, cache, recompute=recompute, progress=progress)
     t0 = time.perf_counter()
@@ -520,17 +585,29 @@ def probe_task(source: FeatureSource, task, cfg: ProbeConfig, cache: FeatureCach
         for split in ("train", "dev", "test"):
             provider.get(split)  # extract (or open) everything up front, once
     runs: dict[float, list[dict]] = {}
-    bar = tqdm(total=len(cfg.lrs) * len(cfg.seeds) * probe_epochs(task, cfg), desc=f"probe {source.name}/{task.name}",
-               unit="epoch", leave=False, disable=not progress)
+    bar = tqdm(
+        total=len(cfg.lrs) * len(cfg.seeds) * probe_epochs(task, cfg),
+        desc=f"probe {source.name}/{task.name}",
+        unit="epoch",
+        leave=False,
+        disable=not progress,
+    )
     for lr in cfg.lrs:
         runs[lr] = [train_probe(provider, lr, seed, cfg, on_epoch=lambda: bar.update(1)) for seed in cfg.seeds]
     bar.close()
     search = []
     for lr in cfg.lrs:
         dev_mean, _ = _mean_std([r["dev"] for r in runs[lr]])
-        search.append({"lr": lr, "dev": dev_mean, "dev_per_seed": [r["dev"] for r in runs[lr]],
-                       "test_per_seed": [r["test"] for r in runs[lr]],
-                       "best_epoch_per_seed": [r["best_epoch"] for r in runs[lr]], "epochs": runs[lr][0]["epochs"]})
+        search.append(
+            {
+                "lr": lr,
+                "dev": dev_mean,
+                "dev_per_seed": [r["dev"] for r in runs[lr]],
+                "test_per_seed": [r["test"] for r in runs[lr]],
+                "best_epoch_per_seed": [r["best_epoch"] for r in runs[lr]],
+                "epochs": runs[lr][0]["epochs"],
+            }
+        )
     chosen = search[0]
     for s in search[1:]:
         if is_better(task.metric, s["dev"], chosen["dev"]):
@@ -539,24 +616,43 @@ def probe_task(source: FeatureSource, task, cfg: ProbeConfig, cache: FeatureCach
     test_mean, test_std = _mean_std(chosen["test_per_seed"])
     weights = np.mean([r["layer_weights"] for r in chosen_runs], axis=0).tolist()
     return {
-        "task": task.name, "task_dir": str(task.root), "type": task.type, "metric": task.metric,
+        "task": task.name,
+        "task_dir": str(task.root),
+        "type": task.type,
+        "metric": task.metric,
         "lower_is_better": task.metric in LOWER_IS_BETTER,
-        "dev": chosen["dev"], "test": test_mean, "test_std": test_std,
-        "dev_per_seed": chosen["dev_per_seed"], "test_per_seed": chosen["test_per_seed"],
-        "seeds": list(cfg.seeds), "chosen_lr": chosen["lr"], "lr_search": search,
-        "layer_weights": weights, "layer_weights_per_seed": [r["layer_weights"] for r in chosen_runs],
+        "dev": chosen["dev"],
+        "test": test_mean,
+        "test_std": test_std,
+        "dev_per_seed": chosen["dev_per_seed"],
+        "test_per_seed": chosen["test_per_seed"],
+        "seeds": list(cfg.seeds),
+        "chosen_lr": chosen["lr"],
+        "lr_search": search,
+        "layer_weights": weights,
+        "layer_weights_per_seed": [r["layer_weights"] for r in chosen_runs],
         "num_states": source.num_states,
-        "cache": dict(provider.status), "encoder_passes": provider.extractions,
+        "cache": dict(provider.status),
+        "encoder_passes": provider.extractions,
         "n": {s: len(task.split(s)) for s in ("train", "dev", "test")},
-        "seconds": {"extract": provider.extract_seconds,
-                    "total": time.perf_counter() - t0},
+        "seconds": {"extract": provider.extract_seconds, "total": time.perf_counter() - t0},
     }
 
 
-def evaluate(encoders: Sequence, tasks: Sequence, out: str | os.PathLike | None = None, *,
-             config: ProbeConfig | None = None, cache: FeatureCache | str | os.PathLike | bool | None = True,
-             recompute: bool = False, score_config: str | os.PathLike | None = None, overwrite: bool = False,
-             progress: bool = True, report: bool = True, **options) -> dict:
+def evaluate(
+    encoders: Sequence,
+    tasks: Sequence,
+    out: str | os.PathLike | None = None,
+    *,
+    config: ProbeConfig | None = None,
+    cache: FeatureCache | str | os.PathLike | bool | None = True,
+    recompute: bool = False,
+    score_config: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    report: bool = True,
+    **options,
+) -> dict:
     """Probe every encoder on every task; write `out/results.json` (and a report).
 
     encoders: folders, `fbank`, `NAME=FOLDER` strings, (name, folder) pairs or FeatureSources.
@@ -600,19 +696,24 @@ def evaluate(encoders: Sequence, tasks: Sequence, out: str | os.PathLike | None 
             source.name = f"{base}-{k}"
         model = {"name": source.name, **source.info, "tasks": {}}
         for task in task_objs:
-            model["tasks"][task.name] = probe_task(source, task, cfg, feature_cache, recompute=recompute,
-                                                   progress=progress)
+            model["tasks"][task.name] = probe_task(
+                source, task, cfg, feature_cache, recompute=recompute, progress=progress
+            )
         models.append(model)
         if isinstance(source, EncoderSource):
             source.encoder = None  # free the weights before loading the next encoder
     import datetime
 
     results = {
-        "format": RESULTS_FORMAT, "kind": "speechft-evaluation",
+        "format": RESULTS_FORMAT,
+        "kind": "speechft-evaluation",
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "protocol": {**dataclasses.asdict(cfg), "features": "softmax-weighted sum of all hidden states",
-                     "selection": "LR with the best mean dev metric; test metric reported (mean over seeds)",
-                     "cache": "recompute" if recompute else (str(feature_cache.root) if feature_cache else "off")},
+        "protocol": {
+            **dataclasses.asdict(cfg),
+            "features": "softmax-weighted sum of all hidden states",
+            "selection": "LR with the best mean dev metric; test metric reported (mean over seeds)",
+            "cache": "recompute" if recompute else (str(feature_cache.root) if feature_cache else "off"),
+        },
         "models": models,
     }
     results["superb"] = superb_scores(models, score_cfg)
@@ -645,27 +746,46 @@ def _ints(text: str) -> list[int]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = ProbeConfig()
-    p.add_argument("--encoder", nargs="+", required=True, metavar="DIR",
-                   help="encoder folder(s); NAME=DIR to name one; `fbank` = the filterbank baseline")
+    p.add_argument(
+        "--encoder",
+        nargs="+",
+        required=True,
+        metavar="DIR",
+        help="encoder folder(s); NAME=DIR to name one; `fbank` = the filterbank baseline",
+    )
     p.add_argument("--task", nargs="+", required=True, metavar="TASKDIR", help="task folder(s)")
     p.add_argument("--out", required=True, help="output folder (results.json, report.md, figures)")
-    p.add_argument("--lrs", type=_floats, default=d.lrs, help="learning-rate grid, chosen on dev (default 1e-2,1e-3,1e-4)")
+    p.add_argument(
+        "--lrs", type=_floats, default=d.lrs, help="learning-rate grid, chosen on dev (default 1e-2,1e-3,1e-4)"
+    )
     p.add_argument("--epochs", type=int, default=d.epochs, help=f"epochs per LR and seed (default {d.epochs})")
-    p.add_argument("--min-steps", type=int, default=d.min_steps,
-                   help=f"at least this many optimizer steps per probe: small sets get more epochs (default {d.min_steps})")
+    p.add_argument(
+        "--min-steps",
+        type=int,
+        default=d.min_steps,
+        help=f"at least this many optimizer steps per probe: small sets get more epochs (default {d.min_steps})",
+    )
     p.add_argument("--seeds", type=_ints, default=d.seeds, help="seeds, e.g. 0,1,2: mean and spread are reported")
     p.add_argument("--ctc-head", choices=("linear", "bilstm"), default=d.ctc_head, help="head for ctc tasks")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="classification probe batch (utterances)")
     p.add_argument("--ctc-batch-size", type=int, default=d.ctc_batch_size, help="ctc probe batch (utterances)")
     p.add_argument("--dtype", choices=tuple(FEATURE_DTYPES), default=d.dtype, help="stored feature precision")
     p.add_argument("--max-seconds", type=float, default=None, help="crop longer clips to this many seconds")
-    p.add_argument("--cache", default=None, metavar="DIR",
-                   help="feature cache folder (default $SPEECHFT_CACHE/features, ~/.cache/speechft/features)")
+    p.add_argument(
+        "--cache",
+        default=None,
+        metavar="DIR",
+        help="feature cache folder (default $SPEECHFT_CACHE/features, ~/.cache/speechft/features)",
+    )
     p.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
-    p.add_argument("--cache-max-gb", type=float, default=None, help="cache size limit (LRU); default 20 or "
-                   "$SPEECHFT_CACHE_MAX_GB")
-    p.add_argument("--score-config", default=None, help="SUPERB score config (YAML or a name in speechft/configs; "
-                   "default superb_synthetic)")
+    p.add_argument(
+        "--cache-max-gb", type=float, default=None, help="cache size limit (LRU); default 20 or $SPEECHFT_CACHE_MAX_GB"
+    )
+    p.add_argument(
+        "--score-config",
+        default=None,
+        help="SUPERB score config (YAML or a name in speechft/configs; default superb_synthetic)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing results.json in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -679,11 +799,27 @@ def main(args) -> int:
     else:
         max_bytes = None if args.cache_max_gb is None else int(args.cache_max_gb * 1e9)
         cache = FeatureCache(args.cache, max_bytes=max_bytes)
-    cfg = ProbeConfig(lrs=args.lrs, epochs=args.epochs, min_steps=args.min_steps, seeds=args.seeds, ctc_head=args.ctc_head,
-                      batch_size=args.batch_size, ctc_batch_size=args.ctc_batch_size, dtype=args.dtype,
-                      max_seconds=args.max_seconds)
-    results = evaluate(args.encoder, args.task, args.out, config=cfg, cache=cache, score_config=args.score_config,
-                       overwrite=args.overwrite, progress=not args.quiet)
+    cfg = ProbeConfig(
+        lrs=args.lrs,
+        epochs=args.epochs,
+        min_steps=args.min_steps,
+        seeds=args.seeds,
+        ctc_head=args.ctc_head,
+        batch_size=args.batch_size,
+        ctc_batch_size=args.ctc_batch_size,
+        dtype=args.dtype,
+        max_seconds=args.max_seconds,
+    )
+    results = evaluate(
+        args.encoder,
+        args.task,
+        args.out,
+        config=cfg,
+        cache=cache,
+        score_config=args.score_config,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
     print(results_table([results]))
     out = Path(args.out)
     print(f"wrote {out / 'results.json'} and {out / 'report.md'}")

@@ -7,13 +7,14 @@ states the probes leaned on).
 
 Library: `write_report(results, out) -> Path` (report.md), `results_table(results) -> str`.
 """
+
 from __future__ import annotations
 
 import argparse
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .errors import SpeechFTError
 from .io_utils import atomic_file, read_json
@@ -31,8 +32,9 @@ def _load(results: Sequence) -> list[dict]:
         path = Path(r)
         data = read_json(path)
         if not isinstance(data, dict) or not isinstance(data.get("models"), list):
-            raise SpeechFTError(f"{path}: not a speechft results.json (no 'models' list); pass the file written by "
-                                "`speechft evaluate`")
+            raise SpeechFTError(
+                f"{path}: not a speechft results.json (no 'models' list); pass the file written by `speechft evaluate`"
+            )
         data = dict(data, _path=str(path))
         out.append(data)
     return out
@@ -104,8 +106,10 @@ def results_table(results: Sequence, score_config=None, scores: dict | None = No
         metric = _task_meta(models, t)["metric"]
         header.append(f"{t} {metric} {'↓' if metric in LOWER_IS_BETTER else '↑'}")
     header.append(f"{SCORE} ↑")
-    best = {t: _best({m["name"]: m["tasks"][t]["test"] for m in models if t in m["tasks"]},
-                     _task_meta(models, t)["metric"]) for t in tasks}
+    best = {
+        t: _best({m["name"]: m["tasks"][t]["test"] for m in models if t in m["tasks"]}, _task_meta(models, t)["metric"])
+        for t in tasks
+    }
     have = {k: v for k, v in scores["scores"].items() if v is not None}
     best_score = _best(have, "score") if have else set()
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" + "---:|" * (len(header) - 1)]
@@ -195,8 +199,9 @@ def _plots(models: list[dict], scores: dict, out: Path) -> list[Path]:
     return written
 
 
-def write_report(results: Sequence, out: str | os.PathLike, score_config=None, title: str = "Evaluation report",
-                 plots: bool = True) -> Path:
+def write_report(
+    results: Sequence, out: str | os.PathLike, score_config=None, title: str = "Evaluation report", plots: bool = True
+) -> Path:
     """Write out/report.md (+ PNG figures) from results dicts or results.json paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -206,32 +211,50 @@ def write_report(results: Sequence, out: str | os.PathLike, score_config=None, t
     scores = compute_scores(models, score_config)
     table = results_table(results, scores=scores)
     loaded = _load(results)
-    lines = [f"# {title}", "",
-             "Test metrics in % (mean ± standard deviation over seeds where several ran); the best value of each "
-             "column in **bold** (↓ lower is better, ↑ higher is better). Encoders frozen, probes on a learnable "
-             "weighted sum of all hidden states, learning rate chosen on dev.", "", table, ""]
+    lines = [
+        f"# {title}",
+        "",
+        "Test metrics in % (mean ± standard deviation over seeds where several ran); the best value of each "
+        "column in **bold** (↓ lower is better, ↑ higher is better). Encoders frozen, probes on a learnable "
+        "weighted sum of all hidden states, learning rate chosen on dev.",
+        "",
+        table,
+        "",
+    ]
     cfg_name = scores["config"]
-    lines.append(f"{SCORE} = 1000/|T| · Σ_t mean_m (m − baseline)/(reference − baseline), config `{cfg_name}` "
-                 f"({scores.get('config_path')}); tasks scored: {', '.join(scores['tasks']) or 'none'}.")
+    lines.append(
+        f"{SCORE} = 1000/|T| · Σ_t mean_m (m − baseline)/(reference − baseline), config `{cfg_name}` "
+        f"({scores.get('config_path')}); tasks scored: {', '.join(scores['tasks']) or 'none'}."
+    )
     for t, why in (scores.get("dropped_tasks") or {}).items():
         lines.append(f"- task {t} is not scored: {why}, so it cannot tell models apart")
     for name, note in scores["notes"].items():
         lines.append(f"- {name}: no score ({note})")
-    lines += ["", "## Details", "", "| model | task | dev | test | chosen LR | epochs | best epoch per seed | features |",
-              "|---|---|---:|---:|---:|---:|---|---|"]
+    lines += [
+        "",
+        "## Details",
+        "",
+        "| model | task | dev | test | chosen LR | epochs | best epoch per seed | features |",
+        "|---|---|---:|---:|---:|---:|---|---|",
+    ]
     for m in models:
         for t, r in m["tasks"].items():
             chosen = next((s for s in r.get("lr_search", []) if s["lr"] == r.get("chosen_lr")), {})
             best_epochs = chosen.get("best_epoch_per_seed", "")
             cache = ", ".join(f"{k}: {v}" for k, v in (r.get("cache") or {}).items())
-            lines.append(f"| {m['name']} | {t} | {100 * r['dev']:.2f} | {_fmt(r)} | {r.get('chosen_lr', '')} | "
-                         f"{chosen.get('epochs', '')} | {best_epochs} | {cache} |")
+            lines.append(
+                f"| {m['name']} | {t} | {100 * r['dev']:.2f} | {_fmt(r)} | {r.get('chosen_lr', '')} | "
+                f"{chosen.get('epochs', '')} | {best_epochs} | {cache} |"
+            )
     protocols = [d.get("protocol") for d in loaded if d.get("protocol")]
     if protocols:
         p = protocols[0]
-        lines += ["", f"Protocol: LRs {p.get('lrs')}, {p.get('epochs')} epochs (more where needed to reach "
-                  f"{p.get('min_steps', 0)} optimizer steps), seeds {p.get('seeds')}, ctc head {p.get('ctc_head')}, "
-                  f"features {p.get('dtype')}."]
+        lines += [
+            "",
+            f"Protocol: LRs {p.get('lrs')}, {p.get('epochs')} epochs (more where needed to reach "
+            f"{p.get('min_steps', 0)} optimizer steps), seeds {p.get('seeds')}, ctc head {p.get('ctc_head')}, "
+            f"features {p.get('dtype')}.",
+        ]
         if any(q != p for q in protocols[1:]):
             lines.append("Warning: the results files were produced with different protocols; compare with care.")
     if plots:
@@ -246,8 +269,13 @@ def write_report(results: Sequence, out: str | os.PathLike, score_config=None, t
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("results", nargs="+", metavar="RESULTS.json", help="results.json file(s) from `speechft evaluate`")
     p.add_argument("--out", required=True, help="output folder for report.md and the PNG figures")
-    p.add_argument("--score-config", "--baseline-config", dest="score_config", default=None,
-                   help="SUPERB score config (YAML, or a name in speechft/configs; default superb_synthetic)")
+    p.add_argument(
+        "--score-config",
+        "--baseline-config",
+        dest="score_config",
+        default=None,
+        help="SUPERB score config (YAML, or a name in speechft/configs; default superb_synthetic)",
+    )
     p.add_argument("--title", default="Evaluation report")
 
 

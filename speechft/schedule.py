@@ -5,6 +5,7 @@ constant until 50%, then linear decay to 0 at the last step. Because the multipl
 function of (step, total) alone, resuming a run needs only the step number - there is no
 scheduler object whose state could drift from the optimizer's.
 """
+
 from __future__ import annotations
 
 import math

@@ -10,6 +10,7 @@ Baseline and reference values come from a YAML config (speechft/configs/*.yaml).
 may be a number (in the config's units, percent by default) or the name of a model in the
 results, e.g. `fbank`: the filterbank pseudo-encoder scored by the same protocol.
 """
+
 from __future__ import annotations
 
 import os
@@ -79,13 +80,20 @@ def load_score_config(path: str | os.PathLike | None = None) -> ScoreConfig:
                 raise SpeechFTError(f"{path}: {where}.{metric} must be {{baseline: X, reference: Y}}, got {vals!r}")
             for k in ("baseline", "reference"):
                 if not isinstance(vals[k], (int, float, str)) or isinstance(vals[k], bool):
-                    raise SpeechFTError(f"{path}: {where}.{metric}.{k} must be a number or a model name, "
-                                        f"got {vals[k]!r}")
+                    raise SpeechFTError(
+                        f"{path}: {where}.{metric}.{k} must be a number or a model name, got {vals[k]!r}"
+                    )
     score_tasks = raw.get("score_tasks")
     if score_tasks is not None and not (isinstance(score_tasks, list) and all(isinstance(t, str) for t in score_tasks)):
         raise SpeechFTError(f"{path}: score_tasks must be a list of task names or null")
-    return ScoreConfig(name=str(raw.get("name", path.stem)), units=units, score_tasks=score_tasks,
-                       defaults=defaults, tasks=tasks, path=str(path))
+    return ScoreConfig(
+        name=str(raw.get("name", path.stem)),
+        units=units,
+        score_tasks=score_tasks,
+        defaults=defaults,
+        tasks=tasks,
+        path=str(path),
+    )
 
 
 def metric_values(task_result: dict) -> dict[str, float]:
@@ -127,8 +135,10 @@ def superb_scores(models: list[dict], config: ScoreConfig | None = None) -> dict
             return float(value)
         ref_model = _find_model(models, value)
         if ref_model is None:
-            raise LookupError(f"baseline/reference '{value}' for {task}/{metric} needs the results of model "
-                              f"'{value}' (evaluate it too, e.g. --encoder {value})")
+            raise LookupError(
+                f"baseline/reference '{value}' for {task}/{metric} needs the results of model "
+                f"'{value}' (evaluate it too, e.g. --encoder {value})"
+            )
         r = ref_model.get("tasks", {}).get(task)
         if r is None or metric not in metric_values(r):
             raise LookupError(f"model '{value}' has no {metric} result on task {task}")
@@ -138,8 +148,9 @@ def superb_scores(models: list[dict], config: ScoreConfig | None = None) -> dict
     # and makes the formula divide by zero: it is left out for every model, and said so.
     dropped = {}
     for t in list(tasks):
-        spec = config.task_metrics(t, next((m["tasks"][t].get("metric") for m in models if t in m.get("tasks", {})),
-                                           None))
+        spec = config.task_metrics(
+            t, next((m["tasks"][t].get("metric") for m in models if t in m.get("tasks", {})), None)
+        )
         for metric, vals in (spec or {}).items():
             try:
                 base, ref = resolve(vals["baseline"], t, metric), resolve(vals["reference"], t, metric)
@@ -149,8 +160,16 @@ def superb_scores(models: list[dict], config: ScoreConfig | None = None) -> dict
                 dropped[t] = f"baseline equals reference ({metric} {ref:g})"
                 tasks.remove(t)
                 break
-    out = {"config": config.name, "config_path": config.path, "units": config.units, "tasks": tasks,
-           "dropped_tasks": dropped, "scores": {}, "per_task": {}, "notes": {}}
+    out = {
+        "config": config.name,
+        "config_path": config.path,
+        "units": config.units,
+        "tasks": tasks,
+        "dropped_tasks": dropped,
+        "scores": {},
+        "per_task": {},
+        "notes": {},
+    }
     for m in models:
         name = m["name"]
         terms, note = {}, None

@@ -7,6 +7,7 @@ straight line from theta_0 to the fine-tuned weights), the fine-tuned task head 
 against the pre-trained encoder is measured on a small audio sample. alpha = 0 is the
 pre-trained encoder with the fine-tuned head; alpha = 1 is the fine-tuned model itself.
 """
+
 from __future__ import annotations
 
 import os
@@ -41,15 +42,22 @@ def parse_alphas(text: str) -> list[float]:
 def head_dir(finetuned: str | os.PathLike, task_name: str) -> Path:
     path = Path(finetuned) / "heads" / task_name
     if not (path / "head.json").exists():
-        have = sorted(p.name for p in (Path(finetuned) / "heads").glob("*")) if (Path(finetuned) / "heads").exists() else []
-        raise SpeechFTError(f"{path}: no fine-tuned head for task '{task_name}' (heads here: {have or 'none'}); "
-                            "sweep needs a folder written by `speechft finetune` on that task")
+        have = (
+            sorted(p.name for p in (Path(finetuned) / "heads").glob("*"))
+            if (Path(finetuned) / "heads").exists()
+            else []
+        )
+        raise SpeechFTError(
+            f"{path}: no fine-tuned head for task '{task_name}' (heads here: {have or 'none'}); "
+            "sweep needs a folder written by `speechft finetune` on that task"
+        )
     return path
 
 
 @torch.inference_mode()
-def score_head(encoder, head, task, split: str = "dev", batch_size: int = 8, device="cpu",
-               max_utterances: int | None = None) -> float:
+def score_head(
+    encoder, head, task, split: str = "dev", batch_size: int = 8, device="cpu", max_utterances: int | None = None
+) -> float:
     """The task metric of `head` on top of `encoder` over one split (greedy CTC decoding)."""
     from .data.dataset import make_loader
     from .metrics import compute_metric
@@ -74,20 +82,40 @@ def pick_alpha(results: list[dict], metric: str, fraction: float) -> dict:
     sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
     base, top = rows[0]["target_metric"], rows[-1]["target_metric"]
     full_gain = sign * (top - base)
-    rule = (f"smallest alpha whose {metric} gain over alpha={rows[0]['alpha']:g} reaches {fraction:.0%} of the gain at "
-            f"alpha={rows[-1]['alpha']:g}")
+    rule = (
+        f"smallest alpha whose {metric} gain over alpha={rows[0]['alpha']:g} reaches {fraction:.0%} of the gain at "
+        f"alpha={rows[-1]['alpha']:g}"
+    )
     if full_gain <= 0:
-        return {"rule": rule, "alpha": None, "reason": f"no gain to keep: {metric} at alpha={rows[-1]['alpha']:g} is "
-                                                        f"not better than at alpha={rows[0]['alpha']:g}"}
+        return {
+            "rule": rule,
+            "alpha": None,
+            "reason": f"no gain to keep: {metric} at alpha={rows[-1]['alpha']:g} is "
+            f"not better than at alpha={rows[0]['alpha']:g}",
+        }
     for r in rows:
         if sign * (r["target_metric"] - base) >= fraction * full_gain - 1e-12:
             return {"rule": rule, "alpha": r["alpha"], "target_metric": r["target_metric"], "cka_mean": r["cka_mean"]}
     return {"rule": rule, "alpha": rows[-1]["alpha"]}
 
 
-def sweep(pretrained, finetuned, task_dir, out=None, alphas=(0.0, 0.1, 0.25, 0.5, 0.75, 1.0), *, split: str = "dev",
-          cka_utterances: int = 64, batch_size: int = 8, pick_gain: float | None = None, max_utterances=None,
-          device: str | None = None, overwrite: bool = False, seed: int = 0, progress: bool = True) -> dict:
+def sweep(
+    pretrained,
+    finetuned,
+    task_dir,
+    out=None,
+    alphas=(0.0, 0.1, 0.25, 0.5, 0.75, 1.0),
+    *,
+    split: str = "dev",
+    cka_utterances: int = 64,
+    batch_size: int = 8,
+    pick_gain: float | None = None,
+    max_utterances=None,
+    device: str | None = None,
+    overwrite: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
     """Sweep linear interpolation between `pretrained` and `finetuned`; see the module docstring."""
     from tqdm import tqdm
 
@@ -109,11 +137,17 @@ def sweep(pretrained, finetuned, task_dir, out=None, alphas=(0.0, 0.1, 0.25, 0.5
     if ft.family != ref.family:
         raise SpeechFTError(f"{finetuned}: a {ft.family} encoder, but {pretrained} is {ref.family}")
     if head.input_dim != ref.hidden_size or head.num_states != ref.num_layers + 1:
-        raise SpeechFTError(f"{finetuned}: its head expects width {head.input_dim} and {head.num_states} states; "
-                            f"the encoder has {ref.hidden_size} and {ref.num_layers + 1}")
+        raise SpeechFTError(
+            f"{finetuned}: its head expects width {head.input_dim} and {head.num_states} states; "
+            f"the encoder has {ref.hidden_size} and {ref.num_layers + 1}"
+        )
     head.to(dev)
-    path = InterpolationPath({k: v.detach().cpu() for k, v in ref.model.state_dict().items()},
-                             [ft.model.state_dict()], method="linear", family=ref.family)
+    path = InterpolationPath(
+        {k: v.detach().cpu() for k, v in ref.model.state_dict().items()},
+        [ft.model.state_dict()],
+        method="linear",
+        family=ref.family,
+    )
     del ft
 
     # The CKA sample: a seeded subset of the split, with the pre-trained states kept in memory.
@@ -140,10 +174,24 @@ def sweep(pretrained, finetuned, task_dir, out=None, alphas=(0.0, 0.1, 0.25, 0.5
                 for layer, h in enumerate(o.hidden_states):
                     ckas[layer].update(xs[layer], h[o.padding_mask].float().cpu())
         per_layer = [c.value for c in ckas]
-        results.append({"alpha": alpha, "target_metric": metric, "cka_mean": float(np.nanmean(per_layer)),
-                        "cka_per_layer": per_layer})
-    report = {"pretrained": str(pretrained), "finetuned": str(finetuned), "task": task.name, "split": split,
-              "metric": task.metric, "method": "linear", "cka_utterances": len(sample), "results": results}
+        results.append(
+            {
+                "alpha": alpha,
+                "target_metric": metric,
+                "cka_mean": float(np.nanmean(per_layer)),
+                "cka_per_layer": per_layer,
+            }
+        )
+    report = {
+        "pretrained": str(pretrained),
+        "finetuned": str(finetuned),
+        "task": task.name,
+        "split": split,
+        "metric": task.metric,
+        "method": "linear",
+        "cka_utterances": len(sample),
+        "results": results,
+    }
     if pick_gain is not None:
         report["pick"] = pick_alpha(results, task.metric, pick_gain)
     if out is not None:
@@ -157,8 +205,11 @@ def sweep(pretrained, finetuned, task_dir, out=None, alphas=(0.0, 0.1, 0.25, 0.5
 
 
 def markdown_table(report: dict) -> str:
-    lines = [f"# alpha sweep: {report['task']} ({report['split']}, {report['metric']})\n",
-             f"| alpha | {report['metric']} | mean CKA vs pre-trained |", "|---|---|---|"]
+    lines = [
+        f"# alpha sweep: {report['task']} ({report['split']}, {report['metric']})\n",
+        f"| alpha | {report['metric']} | mean CKA vs pre-trained |",
+        "|---|---|---|",
+    ]
     for r in report["results"]:
         lines.append(f"| {r['alpha']:g} | {r['target_metric']:.4f} | {r['cka_mean']:.4f} |")
     if "pick" in report:
@@ -174,8 +225,13 @@ def add_arguments(p):
     p.add_argument("--alphas", default="0,0.1,0.25,0.5,0.75,1", help="e.g. 0,0.25,1 or 0:1:0.1 (default: %(default)s)")
     p.add_argument("--out", required=True, help="output folder: sweep.json, sweep.md, sweep.png")
     p.add_argument("--split", default="dev")
-    p.add_argument("--pick", type=float, default=None, metavar="FRACTION",
-                   help="choose the smallest alpha keeping FRACTION (e.g. 0.9) of the fine-tuned model's gain")
+    p.add_argument(
+        "--pick",
+        type=float,
+        default=None,
+        metavar="FRACTION",
+        help="choose the smallest alpha keeping FRACTION (e.g. 0.9) of the fine-tuned model's gain",
+    )
     p.add_argument("--cka-utterances", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device")
@@ -183,8 +239,18 @@ def add_arguments(p):
 
 
 def main(args):
-    report = sweep(args.pretrained, args.finetuned, args.task, args.out, parse_alphas(args.alphas), split=args.split,
-                   cka_utterances=args.cka_utterances, batch_size=args.batch_size, pick_gain=args.pick,
-                   device=args.device, overwrite=args.overwrite)
+    report = sweep(
+        args.pretrained,
+        args.finetuned,
+        args.task,
+        args.out,
+        parse_alphas(args.alphas),
+        split=args.split,
+        cka_utterances=args.cka_utterances,
+        batch_size=args.batch_size,
+        pick_gain=args.pick,
+        device=args.device,
+        overwrite=args.overwrite,
+    )
     print(markdown_table(report))
     print(f"wrote {args.out}/sweep.json, sweep.md, sweep.png")

@@ -33,6 +33,7 @@ The output folder, when finished, is itself an encoder folder (config.json, mode
 and also holds heads/<task>/ (the trained task heads), metrics.jsonl, config.yaml (the resolved config),
 curves.png, adapter/ (lora/dora only) and, while the run is going, checkpoints/ (resumable state).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -44,9 +45,10 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional, Sequence
+from typing import Literal
 
 import torch
 from torch import nn
@@ -55,6 +57,7 @@ from .config import apply_overrides, from_dict, load_config, save_config, to_dic
 from .errors import SpeechFTError
 from .heads import HeadConfig, TaskHead
 from .io_utils import read_json, sha256_file, write_json
+from .provenance import PROVENANCE_FILE, inherited, lineage_entry
 from .schedule import fraction_steps, lr_multiplier
 
 METHODS = ("stable", "regular", "l2sp", "lora", "dora", "early-stop")
@@ -70,8 +73,8 @@ PROBING_LR = 1e-3  # an encoder LR above this is what SUPERB probes use, and it 
 @dataclass
 class OptimConfig:
     lr: float = 1e-4  # Adam learning rate of the encoder and the heads
-    encoder_lr: Optional[float] = None  # null = lr; the encoder's (or its adapters') own LR
-    head_lr: Optional[float] = None  # null = lr; the task heads' own LR
+    encoder_lr: float | None = None  # null = lr; the encoder's (or its adapters') own LR
+    head_lr: float | None = None  # null = lr; the task heads' own LR
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     clip: float = 1.0  # max global gradient norm (0 = no clipping)
@@ -88,7 +91,7 @@ class ScheduleConfig:
 class DataConfig:
     batch_size: int = 8  # utterances per micro-batch, over all processes together
     eval_batch_size: int = 16
-    max_seconds: Optional[float] = None  # training clips longer than this are cropped (ctc: skipped)
+    max_seconds: float | None = None  # training clips longer than this are cropped (ctc: skipped)
     num_workers: int = 0  # DataLoader worker processes for audio decoding
     multitask: Literal["interleave", "mixed"] = "interleave"  # one task per step in turn | every task every step
 
@@ -101,8 +104,18 @@ class LoraSettings:
     # Module-name suffixes: attention and feed-forward linears of every supported family
     # (wav2vec2/HuBERT/WavLM/data2vec/DeCoAR 2.0 name the FFN intermediate_dense/output_dense,
     # Whisper fc1/fc2). Names a family lacks are ignored; none matching is an error.
-    targets: list[str] = field(default_factory=lambda: [
-        "q_proj", "k_proj", "v_proj", "out_proj", "intermediate_dense", "output_dense", "fc1", "fc2"])
+    targets: list[str] = field(
+        default_factory=lambda: [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "out_proj",
+            "intermediate_dense",
+            "output_dense",
+            "fc1",
+            "fc2",
+        ]
+    )
 
 
 @dataclass
@@ -125,7 +138,7 @@ class TrainConfig:
     seed: int = 0
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16/fp16 = autocast with fp32 master weights
     deterministic: bool = False  # torch.use_deterministic_algorithms (bit-exact resume on CPU)
-    frozen_fraction: Optional[float] = None  # encoder frozen for this fraction of steps; null = method default
+    frozen_fraction: float | None = None  # encoder frozen for this fraction of steps; null = method default
     early_stop_fraction: float = 0.2  # early-stop: the result is the checkpoint at this fraction of the steps
     l2sp_lambda: float = 0.01  # l2sp: weight of lambda/2 * ||theta - theta_0||^2
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -177,8 +190,12 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
     if not 0 < cfg.early_stop_fraction <= 1:
         bad("early_stop_fraction", cfg.early_stop_fraction, "must be in (0, 1]")
     if fraction_steps(cfg.frozen_fraction, cfg.steps) >= run_steps(cfg):
-        bad("frozen_fraction", cfg.frozen_fraction, f"the encoder would stay frozen for all {run_steps(cfg)} steps "
-            "of this run; lower frozen_fraction or raise steps")
+        bad(
+            "frozen_fraction",
+            cfg.frozen_fraction,
+            f"the encoder would stay frozen for all {run_steps(cfg)} steps "
+            "of this run; lower frozen_fraction or raise steps",
+        )
     if not (math.isfinite(cfg.l2sp_lambda) and cfg.l2sp_lambda >= 0):
         bad("l2sp_lambda", cfg.l2sp_lambda, "must be a number >= 0")
     if cfg.lora.rank < 1 or cfg.lora.alpha <= 0 or not 0 <= cfg.lora.dropout < 1 or not cfg.lora.targets:
@@ -201,8 +218,16 @@ def run_steps(cfg: TrainConfig) -> int:
 # =====================================================================================================
 # The run
 # =====================================================================================================
-def finetune(encoder_dir, task_dirs: Sequence, out, method: str | None = None, config: TrainConfig | None = None,
-             resume: bool = False, overwrite: bool = False, progress: bool = True) -> Path:
+def finetune(
+    encoder_dir,
+    task_dirs: Sequence,
+    out,
+    method: str | None = None,
+    config: TrainConfig | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
     """Fine-tune the encoder in `encoder_dir` on the task folders `task_dirs`; write the run folder `out`.
 
     `method` (if given) overrides `config.method`. With `resume=True` the run continues from the latest
@@ -216,8 +241,15 @@ def finetune(encoder_dir, task_dirs: Sequence, out, method: str | None = None, c
     return run_training(encoder_dir, out, TaskObjective(load_tasks(task_dirs)), config, resume, overwrite, progress)
 
 
-def run_training(encoder_dir, out, objective, config: TrainConfig | None = None, resume: bool = False,
-                 overwrite: bool = False, progress: bool = True) -> Path:
+def run_training(
+    encoder_dir,
+    out,
+    objective,
+    config: TrainConfig | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
     """The loop itself, for any objective: `TaskObjective` (fine-tuning: task heads on task folders) or
     speechft.pretrain's masked-unit prediction. The objective says what the heads are, where batches come
     from, the loss of a batch, the dev metric and what the finished folder records; everything else -
@@ -225,8 +257,14 @@ def run_training(encoder_dir, out, objective, config: TrainConfig | None = None,
     from accelerate import PartialState
     from accelerate.utils import gather_object
 
-    from .checkpoint import (load_optimizer_state, load_tensors, optimizer_state, rng_state, set_rng_state,
-                             write_checkpoint)
+    from .checkpoint import (
+        load_optimizer_state,
+        load_tensors,
+        optimizer_state,
+        rng_state,
+        set_rng_state,
+        write_checkpoint,
+    )
     from .encoders import load_encoder
 
     out = Path(out)
@@ -239,8 +277,11 @@ def run_training(encoder_dir, out, objective, config: TrainConfig | None = None,
     if cfg is not None:
         check_device(cfg, device)
     encoder_dir = Path(encoder_dir)
-    run_info = {"encoder": str(encoder_dir.resolve()), "encoder_sha256": weights_sha256(encoder_dir),
-                "tasks": objective.run_info()}
+    run_info = {
+        "encoder": str(encoder_dir.resolve()),
+        "encoder_sha256": weights_sha256(encoder_dir),
+        "tasks": objective.run_info(),
+    }
     ckpt_root = out / "checkpoints"
     cfg, latest = open_run_folder(out, cfg, run_info, resume, overwrite, state, objective)
     if cfg is None:  # --resume of a run that has already finished
@@ -251,8 +292,10 @@ def run_training(encoder_dir, out, objective, config: TrainConfig | None = None,
     frozen_steps = fraction_steps(cfg.frozen_fraction, T)
     o = cfg.optim
     if o.encoder_lr > PROBING_LR and main:
-        warn(f"encoder learning rate {o.encoder_lr:g} looks like a probing LR (> {PROBING_LR:g}); fine-tuning a "
-             "pre-trained encoder at it usually destroys it (Speech-FT uses 1e-4)")
+        warn(
+            f"encoder learning rate {o.encoder_lr:g} looks like a probing LR (> {PROBING_LR:g}); fine-tuning a "
+            "pre-trained encoder at it usually destroys it (Speech-FT uses 1e-4)"
+        )
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     deterministic_before = torch.are_deterministic_algorithms_enabled()
@@ -280,9 +323,16 @@ def run_training(encoder_dir, out, objective, config: TrainConfig | None = None,
         # ---- optimizer: Adam without weight decay, one group for the encoder, one for the heads ----------
         # Encoder parameters get no gradient during the frozen phase (grad is None), and Adam skips those: its
         # moments for them start at the first real update, as if the optimizer had been built at the boundary.
-        opt = torch.optim.Adam([{"params": [p for _, p in enc_params], "base_lr": o.encoder_lr, "name": "encoder"},
-                                {"params": list(heads.parameters()), "base_lr": o.head_lr, "name": "heads"}],
-                               lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=0.0)
+        opt = torch.optim.Adam(
+            [
+                {"params": [p for _, p in enc_params], "base_lr": o.encoder_lr, "name": "encoder"},
+                {"params": list(heads.parameters()), "base_lr": o.head_lr, "name": "heads"},
+            ],
+            lr=o.lr,
+            betas=tuple(o.betas),
+            eps=o.eps,
+            weight_decay=0.0,
+        )
         scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
         amp_dtype = torch.float16 if cfg.precision == "fp16" else torch.bfloat16
 
@@ -293,8 +343,10 @@ def run_training(encoder_dir, out, objective, config: TrainConfig | None = None,
         streams = objective.streams(cfg, rank, world, device)
         task_index = {name: i for i, name in enumerate(streams)}
         if world > 1 and cfg.data.batch_size < world:
-            raise SpeechFTError(f"data.batch_size={cfg.data.batch_size} is smaller than the {world} processes; "
-                                "it is the global batch, split across them")
+            raise SpeechFTError(
+                f"data.batch_size={cfg.data.batch_size} is smaller than the {world} processes; "
+                "it is the global batch, split across them"
+            )
 
         # ---- resume: weights, optimizer, RNG, data position, best-so-far -----------------------------------
         step, best, best_state, best_written, log_rows = 0, None, None, None, []
@@ -306,12 +358,15 @@ def run_training(encoder_dir, out, objective, config: TrainConfig | None = None,
                 scaler.load_state_dict(meta["scaler"])
             if len(meta["rng"]) == world:
                 rng = load_tensors(latest / "rng.safetensors")
-                set_rng_state({k.split("/", 1)[1]: v for k, v in rng.items() if k.startswith(f"rank{rank}/")},
-                              meta["rng"][rank])
+                set_rng_state(
+                    {k.split("/", 1)[1]: v for k, v in rng.items() if k.startswith(f"rank{rank}/")}, meta["rng"][rank]
+                )
             else:  # resumed on another number of processes: correct, but not bit-identical to the original
                 if main:
-                    warn(f"resuming a {len(meta['rng'])}-process run on {world} processes: the data order is kept, "
-                         "dropout masks are not")
+                    warn(
+                        f"resuming a {len(meta['rng'])}-process run on {world} processes: the data order is kept, "
+                        "dropout masks are not"
+                    )
                 torch.manual_seed(cfg.seed + rank + 7919 * meta["step"])
             for name, pos in meta["data"].items():
                 streams[name].seek(*pos)
@@ -339,8 +394,11 @@ def run_training(encoder_dir, out, objective, config: TrainConfig | None = None,
                 return module
             # Buffers are constants here (no batch norm): no need to re-send them every forward pass.
             DDP = nn.parallel.DistributedDataParallel
-            no_buffer_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
-                              inspect.signature(DDP.__init__).parameters else {"broadcast_buffers": False})
+            no_buffer_sync = (
+                {"forward_sync_buffers": False}
+                if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters
+                else {"broadcast_buffers": False}
+            )
             return DDP(module, device_ids=[device.index] if device.type == "cuda" else None, **no_buffer_sync)
 
         head_fwd = {name: ddp(h) for name, h in heads.items()}
@@ -380,7 +438,7 @@ def run_training(encoder_dir, out, objective, config: TrainConfig | None = None,
                 batch, n_global = next(streams[name])
                 n_local = len(batch.targets)
                 # Gradients are all-reduced only on each wrapper's last use in this step (no_sync before).
-                last_enc, last_head = i == len(plan) - 1, name not in plan[i + 1:]
+                last_enc, last_head = i == len(plan) - 1, name not in plan[i + 1 :]
                 with no_sync(enc_fwd, not last_enc), no_sync(head_fwd[name], not last_head), autocast():
                     loss = objective.loss(encode, head_fwd[name], name, batch)
                     # The objective is the mean over every utterance of the step. DDP averages gradients over
@@ -416,21 +474,30 @@ def run_training(encoder_dir, out, objective, config: TrainConfig | None = None,
             window_time += dt
             timing["train_seconds"] += dt
             if log_now:
-                row = {"kind": "train", "step": step, "loss": round(sum(sums[0]) / max(sum(sums[1]), 1), 6),
-                       "task_loss": {n: round(sums[0][i] / sums[1][i], 6) for n, i in task_index.items() if sums[1][i]},
-                       "lr_encoder": opt.param_groups[0]["lr"], "lr_heads": opt.param_groups[1]["lr"],
-                       "encoder_frozen": frozen, "utterances": int(sum(sums[1])), "seconds": round(window_time, 4),
-                       "utts_per_s": round(sum(sums[1]) / max(window_time, 1e-9), 2)}
+                row = {
+                    "kind": "train",
+                    "step": step,
+                    "loss": round(sum(sums[0]) / max(sum(sums[1]), 1), 6),
+                    "task_loss": {n: round(sums[0][i] / sums[1][i], 6) for n, i in task_index.items() if sums[1][i]},
+                    "lr_encoder": opt.param_groups[0]["lr"],
+                    "lr_heads": opt.param_groups[1]["lr"],
+                    "encoder_frozen": frozen,
+                    "utterances": int(sum(sums[1])),
+                    "seconds": round(window_time, 4),
+                    "utts_per_s": round(sum(sums[1]) / max(window_time, 1e-9), 2),
+                }
                 if theta0 is not None:
-                    row["l2sp_distance"] = float(sum(((p.detach() - p0) ** 2).sum() for (_, p), p0 in
-                                                     zip(enc_params, theta0)) ** 0.5)
+                    row["l2sp_distance"] = float(
+                        sum(((p.detach() - p0) ** 2).sum() for (_, p), p0 in zip(enc_params, theta0)) ** 0.5
+                    )
                 window_loss.zero_()
                 window_time = 0.0
                 if main:
                     log_rows.append(row)
                     append_metrics(out / "metrics.jsonl", row)
-                    bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr_encoder']:.2e}",
-                                    frozen="yes" if frozen else "no")
+                    bar.set_postfix(
+                        loss=f"{row['loss']:.4f}", lr=f"{row['lr_encoder']:.2e}", frozen="yes" if frozen else "no"
+                    )
 
             if step % cfg.eval.every == 0 or step == R:
                 metrics = objective.evaluate(encoder, heads, cfg, autocast, rank, world, device, gather_object)
@@ -445,8 +512,7 @@ def run_training(encoder_dir, out, objective, config: TrainConfig | None = None,
                     if cfg.method == "early-stop" or best is None or score > best["score"]:
                         best = {"step": step, "score": score, "metrics": metrics, "dir": None}
                         best_state = trainable_state(enc_params, heads)
-                    bar.write(f"step {step}: dev {format_metrics(metrics)}"
-                              f"{'  (best)' if best['step'] == step else ''}")
+                    bar.write(f"step {step}: dev {format_metrics(metrics)}{'  (best)' if best['step'] == step else ''}")
 
             if step % cfg.checkpoint.every == 0 and step < R:
                 # RNG states differ per process; the main process writes everyone's.
@@ -459,13 +525,22 @@ def run_training(encoder_dir, out, objective, config: TrainConfig | None = None,
                         write_best(ckpt_root / best["dir"], best_state)
                         best_written = best["dir"]
                     opt_tensors, opt_meta = optimizer_state(opt)
-                    meta = {"step": step, "best": best, "optimizer": opt_meta, "scaler": scaler.state_dict() or None,
-                            "data": {n: s.position for n, s in streams.items()},
-                            "rng": [m for _, _, m in sorted(rngs, key=lambda r: r[0])]}
+                    meta = {
+                        "step": step,
+                        "best": best,
+                        "optimizer": opt_meta,
+                        "scaler": scaler.state_dict() or None,
+                        "data": {n: s.position for n, s in streams.items()},
+                        "rng": [m for _, _, m in sorted(rngs, key=lambda r: r[0])],
+                    }
                     rng_tensors = {f"rank{r}/{k}": v for r, t, _ in rngs for k, v in t.items()}
-                    write_checkpoint(ckpt_root, step, {"model": trainable_state(enc_params, heads),
-                                                       "optimizer": opt_tensors, "rng": rng_tensors}, meta,
-                                     keep_last=cfg.checkpoint.keep_last)
+                    write_checkpoint(
+                        ckpt_root,
+                        step,
+                        {"model": trainable_state(enc_params, heads), "optimizer": opt_tensors, "rng": rng_tensors},
+                        meta,
+                        keep_last=cfg.checkpoint.keep_last,
+                    )
                     clean_stale(ckpt_root, None, best_written)
                 state.wait_for_everyone()
         bar.close()
@@ -473,20 +548,27 @@ def run_training(encoder_dir, out, objective, config: TrainConfig | None = None,
         # ---- the result: best-on-dev weights (early-stop: the last ones) as an encoder folder --------------
         if main:
             load_trainable(encoder, enc_params, heads, best_state, where="best checkpoint")
-            write_result(out, encoder, heads, lora, cfg, best, T, R, frozen_steps, run_info, log_rows, timing,
-                         objective)
+            write_result(
+                out, encoder, heads, lora, cfg, best, T, R, frozen_steps, run_info, log_rows, timing, objective
+            )
             if not cfg.checkpoint.keep_at_end:
                 shutil.rmtree(ckpt_root, ignore_errors=True)
                 objective.clean_up(out)
-            print(f"wrote {objective.result_name} encoder ({cfg.method}, best step {best['step']}, dev "
-                  f"{format_metrics(best['metrics'])}) to {out}")
+            print(
+                f"wrote {objective.result_name} encoder ({cfg.method}, best step {best['step']}, dev "
+                f"{format_metrics(best['metrics'])}) to {out}"
+            )
         state.wait_for_everyone()
         return out
     except SpeechFTError:
         # Bad input found before anything resumable was written (e.g. undecodable audio in the first
         # batches): the folder holds only config.yaml and run.json, so leave nothing behind.
-        if main and latest is None and not (ckpt_root.exists() and any(ckpt_root.iterdir())) \
-                and not (out / "speechft.json").exists():
+        if (
+            main
+            and latest is None
+            and not (ckpt_root.exists() and any(ckpt_root.iterdir()))
+            and not (out / "speechft.json").exists()
+        ):
             shutil.rmtree(out, ignore_errors=True)
         raise
     finally:
@@ -513,13 +595,15 @@ def load_tasks(task_dirs) -> list:
         raise SpeechFTError(f"task name {bad[0]!r} (task.yaml) cannot name a head; use letters, digits, - and _")
     dup = sorted(n for n in names if names.count(n) > 1)
     if dup:
-        raise SpeechFTError(f"two task folders are both named {dup[0]!r} in task.yaml; one head per task needs "
-                            "distinct names")
+        raise SpeechFTError(
+            f"two task folders are both named {dup[0]!r} in task.yaml; one head per task needs distinct names"
+        )
     return tasks
 
 
-def open_run_folder(out: Path, cfg: TrainConfig | None, run_info: dict, resume: bool, overwrite: bool, state,
-                    objective=None):
+def open_run_folder(
+    out: Path, cfg: TrainConfig | None, run_info: dict, resume: bool, overwrite: bool, state, objective=None
+):
     """Create the run folder (or check the one being resumed). Returns (config to use, latest checkpoint
     folder or None); (None, None) when resuming a run that has already finished. `objective` supplies the
     config class, its resolver and the name of the data option (fine-tuning's when None)."""
@@ -539,24 +623,32 @@ def open_run_folder(out: Path, cfg: TrainConfig | None, run_info: dict, resume: 
         stored = resolve(load_config(config_class, out / "config.yaml"))
         if cfg is not None and to_dict(cfg) != to_dict(stored):
             key, was, now = first_difference(to_dict(stored), to_dict(cfg))
-            raise SpeechFTError(f"--resume: {key} is {now!r} here but {was!r} in {out / 'config.yaml'}; resume with "
-                                "the same options (or none) or start a new run")
+            raise SpeechFTError(
+                f"--resume: {key} is {now!r} here but {was!r} in {out / 'config.yaml'}; resume with "
+                "the same options (or none) or start a new run"
+            )
         started = read_json(out / "run.json")
         if started["encoder_sha256"] != run_info["encoder_sha256"]:
-            raise SpeechFTError(f"--resume: the encoder weights differ from those {out} was started with "
-                                f"({started['encoder']}); pass the same --encoder")
+            raise SpeechFTError(
+                f"--resume: the encoder weights differ from those {out} was started with "
+                f"({started['encoder']}); pass the same --encoder"
+            )
         manifests = lambda info: {k: (v["train_sha256"], v["dev_sha256"]) for k, v in info["tasks"].items()}  # noqa
         if manifests(started) != manifests(run_info):
-            raise SpeechFTError(f"--resume: the task manifests differ from those {out} was started with "
-                                f"({', '.join(v['path'] for v in started['tasks'].values())}); pass the same "
-                                f"{data_option}")
+            raise SpeechFTError(
+                f"--resume: the task manifests differ from those {out} was started with "
+                f"({', '.join(v['path'] for v in started['tasks'].values())}); pass the same "
+                f"{data_option}"
+            )
         return stored, latest_checkpoint(out / "checkpoints")
 
     cfg = cfg or resolve(config_class())
     if out.exists():
         if not overwrite:
-            raise SpeechFTError(f"{out}: output folder already exists; choose another --out, or pass --resume to "
-                                "continue that run or --overwrite to replace it")
+            raise SpeechFTError(
+                f"{out}: output folder already exists; choose another --out, or pass --resume to "
+                "continue that run or --overwrite to replace it"
+            )
         if any(out.iterdir()) and not any((out / f).exists() for f in ("config.yaml", "run.json", "speechft.json")):
             raise SpeechFTError(f"{out}: exists and is not a speechft run folder; refusing to --overwrite it")
     state.wait_for_everyone()  # every process has looked before the main one deletes or creates
@@ -594,8 +686,14 @@ class TaskObjective:
 
     def run_info(self) -> dict:
         """What identifies the data: checked against run.json on --resume."""
-        return {t.name: {"path": str(Path(t.root).resolve()), "train_sha256": t.manifest_hash("train"),
-                         "dev_sha256": t.manifest_hash("dev")} for t in self.tasks}
+        return {
+            t.name: {
+                "path": str(Path(t.root).resolve()),
+                "train_sha256": t.manifest_hash("train"),
+                "dev_sha256": t.manifest_hash("dev"),
+            }
+            for t in self.tasks
+        }
 
     def build_heads(self, encoder, cfg: TrainConfig, out: Path, state, progress: bool) -> nn.ModuleDict:
         from .heads import ctc_min_frames
@@ -608,12 +706,15 @@ class TaskObjective:
             frames = encoder.frame_lengths(samples).tolist()
             if not any(n >= ctc_min_frames(t.encode(ex.target)) for n, ex in zip(frames, examples)):
                 ex = examples[0]
-                raise SpeechFTError(f"{t.root}/train.tsv: no clip has enough {encoder.family} frames for its transcript "
-                                    f"(e.g. '{ex.id}': {frames[0]} frames, needs {ctc_min_frames(t.encode(ex.target))}"
-                                    " for CTC); use longer clips, shorter transcripts or an encoder with more frames "
-                                    "per second")
-        self.heads = nn.ModuleDict({t.name: TaskHead.for_task(t, encoder.hidden_size, encoder.num_layers + 1, cfg.head)
-                                    for t in self.tasks})
+                raise SpeechFTError(
+                    f"{t.root}/train.tsv: no clip has enough {encoder.family} frames for its transcript "
+                    f"(e.g. '{ex.id}': {frames[0]} frames, needs {ctc_min_frames(t.encode(ex.target))}"
+                    " for CTC); use longer clips, shorter transcripts or an encoder with more frames "
+                    "per second"
+                )
+        self.heads = nn.ModuleDict(
+            {t.name: TaskHead.for_task(t, encoder.hidden_size, encoder.num_layers + 1, cfg.head) for t in self.tasks}
+        )
         return self.heads
 
     def streams(self, cfg: TrainConfig, rank: int, world: int, device) -> dict:
@@ -659,11 +760,14 @@ class TaskStream:
             # Cropping would cut words off their transcripts: long CTC clips are left out instead.
             keep = [ex for ex in self.dataset.examples if ex.duration <= data_cfg.max_seconds]
             if not keep:
-                raise SpeechFTError(f"{task.root}/train.tsv: every clip is longer than data.max_seconds="
-                                    f"{data_cfg.max_seconds}")
+                raise SpeechFTError(
+                    f"{task.root}/train.tsv: every clip is longer than data.max_seconds={data_cfg.max_seconds}"
+                )
             if len(keep) < len(self.dataset.examples):
-                warn(f"{task.name}: {len(self.dataset.examples) - len(keep)} training clips longer than "
-                     f"data.max_seconds={data_cfg.max_seconds} s are skipped (ctc transcripts cannot be cropped)")
+                warn(
+                    f"{task.name}: {len(self.dataset.examples) - len(keep)} training clips longer than "
+                    f"data.max_seconds={data_cfg.max_seconds} s are skipped (ctc transcripts cannot be cropped)"
+                )
             self.dataset.examples = keep
         durations = [min(d, data_cfg.max_seconds or d) for d in self.dataset.durations]
         self.sampler = BucketBatchSampler(durations, batch_size=data_cfg.batch_size, shuffle=True, seed=seed)
@@ -677,21 +781,20 @@ class TaskStream:
         self.epoch, self.index, self._it = epoch, index, None
 
     def _epoch(self):
-        from torch.utils.data import DataLoader
-
-        from .data.dataset import collate
+        from .data.dataset import split_loader
 
         plan = self.sampler.batches(self.epoch)
         if self.world > 1:  # every process needs at least one item of every batch
             plan = [b for b in plan if len(b) >= self.world]
         if not plan:
             raise SpeechFTError(f"{self.task.root}/train.tsv: too few examples for a batch on {self.world} processes")
-        plan = plan[self.index:]
-        # A private generator: creating a loader must not draw from the global torch RNG, or a resumed run
-        # (which creates its loader mid-epoch) would see different dropout masks than an uninterrupted one.
-        loader = DataLoader(self.dataset, batch_sampler=[b[self.rank::self.world] for b in plan], collate_fn=collate,
-                            num_workers=self.cfg.num_workers, generator=torch.Generator(),
-                            pin_memory=self.device.type == "cuda")
+        plan = plan[self.index :]
+        loader = split_loader(
+            self.dataset,
+            [b[self.rank :: self.world] for b in plan],
+            num_workers=self.cfg.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
         for batch, full in zip(loader, plan):
             yield batch, len(full)
 
@@ -731,10 +834,8 @@ def no_sync(module, skip: bool):
 def evaluate(encoder, heads, tasks, data_cfg: DataConfig, autocast, rank, world, device, gather_object) -> dict:
     """Dev metric per task by greedy decoding: {task: {"metric": name, "value": v}}. Processes split the
     dev batches and the main process scores the gathered predictions."""
-    from torch.utils.data import DataLoader
-
     from .data.batching import BucketBatchSampler
-    from .data.dataset import SplitDataset, collate
+    from .data.dataset import SplitDataset, split_loader
     from .metrics import compute_metric
 
     encoder.eval()
@@ -743,8 +844,7 @@ def evaluate(encoder, heads, tasks, data_cfg: DataConfig, autocast, rank, world,
     for task in tasks:
         ds = SplitDataset(task, "dev")
         batches = BucketBatchSampler(ds.durations, batch_size=data_cfg.eval_batch_size, shuffle=False).batches()
-        loader = DataLoader(ds, batch_sampler=batches[rank::world], collate_fn=collate,
-                            num_workers=data_cfg.num_workers, generator=torch.Generator())
+        loader = split_loader(ds, batches[rank::world], num_workers=data_cfg.num_workers)
         pairs = []
         for batch in loader:
             with autocast():
@@ -792,8 +892,14 @@ def add_adapters(encoder, settings: LoraSettings, dora: bool):
     from peft import LoraConfig
     from peft.tuners.lora import LoraModel
 
-    lora_cfg = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                          target_modules=list(settings.targets), use_dora=dora, bias="none")
+    lora_cfg = LoraConfig(
+        r=settings.rank,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=list(settings.targets),
+        use_dora=dora,
+        bias="none",
+    )
     try:
         return LoraModel(encoder.model, lora_cfg, "default")  # modifies encoder.model in place
     except ValueError as e:
@@ -813,21 +919,24 @@ def load_trainable(encoder, enc_params, heads, tensors: dict, where: str) -> Non
     want = {f"encoder.{n}" for n in params} | {f"head.{t}.{k}" for t, h in heads.items() for k in h.state_dict()}
     if set(tensors) != want:
         odd = sorted(set(tensors) ^ want)
-        raise SpeechFTError(f"{where}: does not match this run's model (first mismatched key {odd[0]!r}); it was "
-                            "written by a different encoder, task or method")
+        raise SpeechFTError(
+            f"{where}: does not match this run's model (first mismatched key {odd[0]!r}); it was "
+            "written by a different encoder, task or method"
+        )
     with torch.no_grad():
         for n, p in params.items():
             p.copy_(tensors[f"encoder.{n}"])
     for t, h in heads.items():
-        h.load_state_dict({k[len(f"head.{t}."):]: v for k, v in tensors.items() if k.startswith(f"head.{t}.")})
+        h.load_state_dict({k[len(f"head.{t}.") :]: v for k, v in tensors.items() if k.startswith(f"head.{t}.")})
 
 
 # ---- files -------------------------------------------------------------------------------------------
 def weights_sha256(encoder_dir: Path) -> dict[str, str]:
     files = sorted(encoder_dir.glob("*.safetensors")) if encoder_dir.is_dir() else []
     if not files:
-        raise SpeechFTError(f"{encoder_dir}: no model.safetensors; pass an encoder folder "
-                            "(see `speechft encoder default|tiny|convert`)")
+        raise SpeechFTError(
+            f"{encoder_dir}: no model.safetensors; pass an encoder folder (see `speechft encoder default|tiny|convert`)"
+        )
     return {f.name: sha256_file(f) for f in files}
 
 
@@ -875,46 +984,61 @@ def truncate_metrics(path: Path, step: int) -> list[dict]:
     return rows
 
 
-def write_result(out: Path, encoder, heads, lora, cfg: TrainConfig, best: dict, T: int, R: int, frozen_steps: int,
-                 run_info: dict, log_rows: list[dict], timing: dict, objective=None) -> None:
+def write_result(
+    out: Path,
+    encoder,
+    heads,
+    lora,
+    cfg: TrainConfig,
+    best: dict,
+    T: int,
+    R: int,
+    frozen_steps: int,
+    run_info: dict,
+    log_rows: list[dict],
+    timing: dict,
+    objective=None,
+) -> None:
     """Turn the run folder into an encoder folder. speechft.json is written last: it marks a finished run.
     The objective (fine-tuning's when None) saves what it keeps of its heads and adds its provenance."""
     from .checkpoint import save_tensors
-    from .encoders.base import PROVENANCE_FILE
 
     if lora is not None:
         # Keep the adapters themselves (small) for provenance, then fold them into the base weights.
         adapter = out / "adapter"
         adapter.mkdir(exist_ok=True)
-        save_tensors(adapter / "adapter.safetensors",
-                     {n: p for n, p in encoder.model.named_parameters() if "lora_" in n})
+        save_tensors(
+            adapter / "adapter.safetensors", {n: p for n, p in encoder.model.named_parameters() if "lora_" in n}
+        )
         write_json(adapter / "adapter.json", {**to_dict(cfg.lora), "use_dora": cfg.method == "dora"})
         lora.merge_and_unload()
     objective = objective or TaskObjective([])
     objective.save_heads(out, heads)
     plot_curves(out / "curves.png", log_rows, frozen_steps, best["step"], cfg.method)
-    parent = {"role": "pretrained", "path": run_info["encoder"], "family": encoder.family,
-              "source": encoder.provenance.get("source", "unknown"), "weights_sha256": run_info["encoder_sha256"]}
-    # Carry the parent's behaviour flags (e.g. normalize_waveform) forward; replace its bookkeeping.
-    encoder.provenance = {k: v for k, v in encoder.provenance.items() if k not in PARENT_ONLY_KEYS}
+    parent = lineage_entry(
+        "pretrained", run_info["encoder"], encoder.family, encoder.provenance, run_info["encoder_sha256"]
+    )
+    encoder.provenance = inherited(encoder.provenance)
     provenance = {
-        "source": "speechft finetune", "method": cfg.method, "steps": T, "steps_run": R, "frozen_steps": frozen_steps,
-        "best_step": best["step"], "dev_score": best["score"], "dev_metrics": best["metrics"],
+        "source": "speechft finetune",
+        "method": cfg.method,
+        "steps": T,
+        "steps_run": R,
+        "frozen_steps": frozen_steps,
+        "best_step": best["step"],
+        "dev_score": best["score"],
+        "dev_metrics": best["metrics"],
         "parents": [parent],
         "timing": {"train_seconds": round(timing["train_seconds"], 3), "utterances": timing["utterances"]},
-        "config": to_dict(cfg), **objective.provenance(heads)}
+        "config": to_dict(cfg),
+        **objective.provenance(heads),
+    }
     tmp = out / ".encoder.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     encoder.save(tmp, provenance=provenance, overwrite=True)
     for f in sorted(tmp.iterdir(), key=lambda p: p.name == PROVENANCE_FILE):
         os.replace(f, out / f.name)
     tmp.rmdir()
-
-
-# speechft.json keys that describe how the *parent* was made, not the fine-tuned child.
-PARENT_ONLY_KEYS = {"source", "parents", "weights_sha256", "created", "method", "steps", "steps_run", "frozen_steps",
-                    "best_step", "dev_score", "dev_metrics", "tasks", "timing", "config", "merge", "merge_chain",
-                    "training_method", "units", "masking", "audio"}
 
 
 def plot_curves(path: Path, rows: list[dict], frozen_steps: int, best_step: int, method: str) -> None:
@@ -931,9 +1055,14 @@ def plot_curves(path: Path, rows: list[dict], frozen_steps: int, best_step: int,
         ax1.plot([p[0] for p in pts], [p[1] for p in pts], label=name)
     ax1.legend(fontsize=8)
     ax1.set(xlabel="step", ylabel="training loss", title=f"{method}: loss")
-    for name in (dev[0]["metrics"] if dev else {}):
-        ax2.plot([r["step"] for r in dev], [r["metrics"][name]["value"] for r in dev], marker="o", ms=3,
-                 label=f"{name} ({dev[0]['metrics'][name]['metric']})")
+    for name in dev[0]["metrics"] if dev else {}:
+        ax2.plot(
+            [r["step"] for r in dev],
+            [r["metrics"][name]["value"] for r in dev],
+            marker="o",
+            ms=3,
+            label=f"{name} ({dev[0]['metrics'][name]['metric']})",
+        )
     ax2.set(xlabel="step", ylabel="dev metric", title="dev metric")
     for ax in (ax1, ax2):
         if frozen_steps:
@@ -979,14 +1108,24 @@ def first_difference(a: dict, b: dict, prefix: str = "") -> tuple | None:
 # =====================================================================================================
 def add_arguments(p) -> None:
     p.add_argument("--encoder", required=True, metavar="DIR", help="pre-trained encoder folder")
-    p.add_argument("--task", required=True, action="append", metavar="TASKDIR",
-                   help="task folder; repeat for joint multi-task fine-tuning (one head per task)")
+    p.add_argument(
+        "--task",
+        required=True,
+        action="append",
+        metavar="TASKDIR",
+        help="task folder; repeat for joint multi-task fine-tuning (one head per task)",
+    )
     p.add_argument("--method", metavar="NAME", help=f"{' | '.join(METHODS)} (default: the config's, stable)")
     p.add_argument("--out", required=True, metavar="DIR", help="run folder; an encoder folder when finished")
     p.add_argument("--steps", type=int, metavar="N", help="optimizer updates (overrides the config's steps)")
     p.add_argument("--config", metavar="YAML", help="a recipe: TrainConfig keys (see speechft/train.py)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config value, e.g. --set optim.lr=5e-5 --set head.layers=weighted")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config value, e.g. --set optim.lr=5e-5 --set head.layers=weighted",
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 

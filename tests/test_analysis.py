@@ -1,4 +1,5 @@
 """Feature similarity (linear CKA, frame cosine), weight distance and `speechft analyze`."""
+
 from __future__ import annotations
 
 import itertools
@@ -9,8 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from speechft.analysis import (StreamingCKA, analyze, frame_cosines, hsic_unbiased_gram, layer_index, linear_cka,
-                               mean_frame_cosine, read_audio_manifest, weight_distance)
+from speechft.analysis import (
+    StreamingCKA,
+    analyze,
+    frame_cosines,
+    hsic_unbiased_gram,
+    layer_index,
+    linear_cka,
+    mean_frame_cosine,
+    read_audio_manifest,
+    weight_distance,
+)
 from speechft.errors import SpeechFTError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -20,8 +30,9 @@ def related(n: int, dx: int = 12, dy: int = 9, seed: int = 0, noise: float = 0.5
     """X and a noisy non-linear function of it: a CKA well inside (0, 1)."""
     g = torch.Generator().manual_seed(seed)
     X = torch.randn(n, dx, generator=g, dtype=torch.float64)
-    Y = torch.tanh(X @ torch.randn(dx, dy, generator=g, dtype=torch.float64)) \
-        + noise * torch.randn(n, dy, generator=g, dtype=torch.float64)
+    Y = torch.tanh(X @ torch.randn(dx, dy, generator=g, dtype=torch.float64)) + noise * torch.randn(
+        n, dy, generator=g, dtype=torch.float64
+    )
     return X, Y
 
 
@@ -34,7 +45,7 @@ def orthogonal(d: int, seed: int) -> torch.Tensor:
 def streamed(X, Y, size: int, full: bool = False) -> StreamingCKA:
     s = StreamingCKA(full=full)
     for i in range(0, X.shape[0], size):
-        s.update(X[i:i + size], Y[i:i + size])
+        s.update(X[i : i + size], Y[i : i + size])
     return s
 
 
@@ -174,13 +185,21 @@ def test_weight_distance_to_itself_is_zero(tiny_encoder_dir):
     assert wd["excluded_tensors"]["frontend"] > 0 and wd["excluded_tensors"]["pretraining_only"] == 1
 
 
-@pytest.mark.parametrize("family,layer_key,other_key,frontend_key", [
-    ("hubert", "encoder.layers.1.attention.k_proj.weight", "encoder.layer_norm.weight",
-     "feature_extractor.conv_layers.0.conv.weight"),
-    ("whisper", "layers.1.fc1.weight", "layer_norm.bias", "conv1.weight"),
-])
-def test_weight_distance_of_a_perturbed_copy_is_the_perturbation_norm(tmp_path, family, layer_key, other_key,
-                                                                      frontend_key):
+@pytest.mark.parametrize(
+    "family,layer_key,other_key,frontend_key",
+    [
+        (
+            "hubert",
+            "encoder.layers.1.attention.k_proj.weight",
+            "encoder.layer_norm.weight",
+            "feature_extractor.conv_layers.0.conv.weight",
+        ),
+        ("whisper", "layers.1.fc1.weight", "layer_norm.bias", "conv1.weight"),
+    ],
+)
+def test_weight_distance_of_a_perturbed_copy_is_the_perturbation_norm(
+    tmp_path, family, layer_key, other_key, frontend_key
+):
     from speechft.encoders import load_encoder, tiny_encoder
 
     base = tiny_encoder(family, seed=0)
@@ -196,10 +215,17 @@ def test_weight_distance_of_a_perturbed_copy_is_the_perturbation_norm(tmp_path, 
         state[frontend_key] += 1.0  # the front end is frozen in Speech-FT: not counted
     base.save(tmp_path / "moved")
     expect_total = math.sqrt(float(d_layer.double().square().sum() + d_other.double().square().sum()))
-    norm0 = math.sqrt(sum(float(v.double().square().sum()) for k, v in theta0.items()
-                          if not base.is_frontend(k) and not base.is_pretraining_only(k)))
-    for a, b in (((tmp_path / "base"), (tmp_path / "moved")),
-                 (theta0, load_encoder(tmp_path / "moved").model.state_dict())):
+    norm0 = math.sqrt(
+        sum(
+            float(v.double().square().sum())
+            for k, v in theta0.items()
+            if not base.is_frontend(k) and not base.is_pretraining_only(k)
+        )
+    )
+    for a, b in (
+        ((tmp_path / "base"), (tmp_path / "moved")),
+        (theta0, load_encoder(tmp_path / "moved").model.state_dict()),
+    ):
         wd = weight_distance(a, b, family)
         # float32 storage of theta: the difference carries float32 rounding of theta0 + delta.
         assert wd["total"]["distance"] == pytest.approx(expect_total, rel=1e-5)
@@ -246,15 +272,35 @@ def test_analyze_end_to_end(tmp_path, cls_task, tiny_encoder_dir, family):
     same = _copy_dir(pre, tmp_path / "same")
     other = tiny_encoder_dir(family, seed=1, name="other")
     sweep = tmp_path / "sweep.json"
-    sweep.write_text(json.dumps({"metric": "accuracy", "results": [
-        {"alpha": a, "target_metric": 0.5 + a / 4, "cka_mean": 1 - a / 2, "cka_per_layer": [1, 1 - a / 3, 1 - a]}
-        for a in (0.0, 0.25, 0.5, 1.0)]}))
+    sweep.write_text(
+        json.dumps(
+            {
+                "metric": "accuracy",
+                "results": [
+                    {
+                        "alpha": a,
+                        "target_metric": 0.5 + a / 4,
+                        "cka_mean": 1 - a / 2,
+                        "cka_per_layer": [1, 1 - a / 3, 1 - a],
+                    }
+                    for a in (0.0, 0.25, 0.5, 1.0)
+                ],
+            }
+        )
+    )
     out = tmp_path / "analysis"
     rep = analyze(pre, [same, other], cls_task, out, split="dev", batch_size=2, sweep=sweep, progress=False)
 
     files = {p.name for p in out.iterdir()}
-    assert {"analysis.json", "analysis.md", "cka_per_layer.png", "weight_distance_vs_cka.png", "alpha_vs_cka.png",
-            "weight_distance_per_layer.png", "cosine_per_layer.png"} <= files
+    assert {
+        "analysis.json",
+        "analysis.md",
+        "cka_per_layer.png",
+        "weight_distance_vs_cka.png",
+        "alpha_vs_cka.png",
+        "weight_distance_per_layer.png",
+        "cosine_per_layer.png",
+    } <= files
     for f in files:
         if f.endswith(".png"):
             assert (out / f).read_bytes()[:8] == PNG_MAGIC
@@ -287,8 +333,17 @@ def test_analyze_on_an_audio_manifest_with_labels_and_utterance_limit(tmp_path, 
     # Only a path column (no durations): they are read from the files' headers.
     manifest.write_text("path\n" + "\n".join(f"cls_task/{r.split(chr(9))[0]}" for r in rows) + "\n")
     assert len(read_audio_manifest(manifest)) == 12
-    rep = analyze(pre, [other, pre], manifest, tmp_path / "out", labels=["seed 2", "itself"], max_utterances=5,
-                  batch_size=3, cka_estimator="full", progress=False)
+    rep = analyze(
+        pre,
+        [other, pre],
+        manifest,
+        tmp_path / "out",
+        labels=["seed 2", "itself"],
+        max_utterances=5,
+        batch_size=3,
+        cka_estimator="full",
+        progress=False,
+    )
     assert rep["audio"]["utterances"] == 5 and rep["audio"]["minibatches"] == 2
     assert rep["cka"]["estimator"] == "full"
     assert rep["models"][0]["cka_per_layer"] == rep["models"][0]["cka_full_per_layer"]
@@ -324,14 +379,28 @@ def test_cli_analyze(tmp_path, cls_task, tiny_encoder_dir, capsys):
     pre = tiny_encoder_dir("hubert", seed=0, name="pre")
     other = tiny_encoder_dir("hubert", seed=1, name="other")
     out = tmp_path / "out"
-    rc = main(["analyze", "--pretrained", str(pre), "--models", str(other), "--task", str(cls_task),
-               "--split", "test", "--out", str(out), "--max-utterances", "4"])
+    rc = main(
+        [
+            "analyze",
+            "--pretrained",
+            str(pre),
+            "--models",
+            str(other),
+            "--task",
+            str(cls_task),
+            "--split",
+            "test",
+            "--out",
+            str(out),
+            "--max-utterances",
+            "4",
+        ]
+    )
     assert rc == 0
     printed = capsys.readouterr().out
     assert "| other |" in printed and f"wrote {out}" in printed
     assert json.loads((out / "analysis.json").read_text())["audio"]["utterances"] == 4
     # Refused: the folder exists now (one-line error, exit 2), and nothing is replaced.
-    rc = main(["analyze", "--pretrained", str(pre), "--models", str(other), "--task", str(cls_task), "--out",
-               str(out)])
+    rc = main(["analyze", "--pretrained", str(pre), "--models", str(other), "--task", str(cls_task), "--out", str(out)])
     assert rc == 2
     assert "already exists" in capsys.readouterr().err

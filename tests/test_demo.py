@@ -1,4 +1,5 @@
 """`speechft demo`: the outcome sentences follow the numbers, and the quick demo runs end to end."""
+
 from __future__ import annotations
 
 import json
@@ -13,16 +14,24 @@ def fake_results(sid: dict, pr: dict, std: float = 0.01, scores: dict | None = N
     """Two tasks: synth_sid (accuracy, target) and synth_pr (per, lower is better)."""
     models = []
     for name in sid:
-        models.append({"name": name, "tasks": {
-            "synth_sid": {"metric": "accuracy", "test": sid[name], "test_std": std, "n": {"test": 100}},
-            "synth_pr": {"metric": "per", "test": pr[name], "test_std": std, "n": {"test": 100}}}})
+        models.append(
+            {
+                "name": name,
+                "tasks": {
+                    "synth_sid": {"metric": "accuracy", "test": sid[name], "test_std": std, "n": {"test": 100}},
+                    "synth_pr": {"metric": "per", "test": pr[name], "test_std": std, "n": {"test": 100}},
+                },
+            }
+        )
     return {"models": models, "superb": {"scores": scores or {}}}
 
 
 def test_outcome_when_the_claims_hold():
-    r = fake_results(sid={"pre-trained": .50, "Stable-FT": .80, "Speech-FT": .70},
-                     pr={"pre-trained": .20, "Stable-FT": .40, "Speech-FT": .21},
-                     scores={"pre-trained": 100.0, "Stable-FT": 50.0, "Speech-FT": 150.0})
+    r = fake_results(
+        sid={"pre-trained": 0.50, "Stable-FT": 0.80, "Speech-FT": 0.70},
+        pr={"pre-trained": 0.20, "Stable-FT": 0.40, "Speech-FT": 0.21},
+        scores={"pre-trained": 100.0, "Stable-FT": 50.0, "Speech-FT": 150.0},
+    )
     lines = outcome(r, "synth_sid", "Speech-FT", "pre-trained", "Stable-FT")
     assert lines[0].startswith("YES") and "50.0% -> 70.0%" in lines[0]
     assert lines[1].startswith("YES") and "synth_pr" in lines[1]
@@ -31,9 +40,11 @@ def test_outcome_when_the_claims_hold():
 
 
 def test_outcome_says_no_where_the_numbers_say_no():
-    r = fake_results(sid={"pre-trained": .50, "Stable-FT": .80, "Speech-FT": .49},
-                     pr={"pre-trained": .20, "Stable-FT": .21, "Speech-FT": .35},
-                     scores={"pre-trained": 100.0, "Stable-FT": 120.0, "Speech-FT": 90.0})
+    r = fake_results(
+        sid={"pre-trained": 0.50, "Stable-FT": 0.80, "Speech-FT": 0.49},
+        pr={"pre-trained": 0.20, "Stable-FT": 0.21, "Speech-FT": 0.35},
+        scores={"pre-trained": 100.0, "Stable-FT": 120.0, "Speech-FT": 90.0},
+    )
     lines = outcome(r, "synth_sid", "Speech-FT", "pre-trained", "Stable-FT")
     assert lines[0].startswith("NO")
     assert lines[1].startswith("NO") and "lost synth_pr" in lines[1]
@@ -42,8 +53,11 @@ def test_outcome_says_no_where_the_numbers_say_no():
 
 
 def test_outcome_within_spread_is_not_a_win():
-    r = fake_results(sid={"pre-trained": .50, "Speech-FT": .52, "Stable-FT": .6},
-                     pr={"pre-trained": .20, "Speech-FT": .20, "Stable-FT": .2}, std=0.02)
+    r = fake_results(
+        sid={"pre-trained": 0.50, "Speech-FT": 0.52, "Stable-FT": 0.6},
+        pr={"pre-trained": 0.20, "Speech-FT": 0.20, "Stable-FT": 0.2},
+        std=0.02,
+    )
     assert outcome(r, "synth_sid", "Speech-FT", "pre-trained", None)[0].startswith("NOT CLEARLY")
 
 
@@ -56,13 +70,26 @@ def test_quick_demo_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
     out = tmp_path / "demo"
     summary = run_demo(out, quick=True, progress=False)
     report = (out / "report.md").read_text()
-    for name in ("pre-trained", "Stable-FT", "Speech-FT", "regular FT", "regular+merge", "L2-SP", "LoRA",
-                 "early stop", "fbank"):
+    for name in (
+        "pre-trained",
+        "Stable-FT",
+        "Speech-FT",
+        "regular FT",
+        "regular+merge",
+        "L2-SP",
+        "LoRA",
+        "early stop",
+        "fbank",
+    ):
         assert f"| {name} |" in report
     assert len(summary["outcome"]) == 4
     assert all(line.split(" - ")[0] in ("YES", "NO", "NOT CLEARLY") for line in summary["outcome"][:2])
-    for png in ("evaluation/task_synth_sid.png", "analysis/cka_per_layer.png", "sweep/sweep.png",
-                "analysis/weight_distance_vs_cka.png"):
+    for png in (
+        "evaluation/task_synth_sid.png",
+        "analysis/cka_per_layer.png",
+        "sweep/sweep.png",
+        "analysis/weight_distance_vs_cka.png",
+    ):
         assert (out / png).stat().st_size > 1000, png
     merged = json.loads((out / "merged" / "speech-ft" / "speechft.json").read_text())
     assert merged["merge"]["method"] == "linear" and merged["merge"]["params"]["alpha"] == 0.25

@@ -1,12 +1,13 @@
 """`speechft doctor` reports every problem at once."""
+
 from __future__ import annotations
 
 import numpy as np
 import soundfile as sf
 from safetensors.torch import load_file, save_file
 
-from speechft.doctor import doctor
 from speechft.cli import main
+from speechft.doctor import doctor
 
 
 def errors(findings):

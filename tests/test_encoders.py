@@ -1,4 +1,5 @@
 """The encoder wrapper: hidden states, frame lengths, padding, save/load, loading without speechft."""
+
 from __future__ import annotations
 
 import json
@@ -9,12 +10,11 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from conftest import FAMILIES as ALL_FAMILIES
 from safetensors.torch import load_file, save_file
 
 from speechft.encoders import FAMILIES, load_encoder, tiny_encoder
 from speechft.errors import SpeechFTError
-
-from conftest import FAMILIES as ALL_FAMILIES
 
 LENGTHS = [16000, 11000, 7000]
 # data2vec-audio's positional embedding is a stack of convolutions: padded frames leak
@@ -52,7 +52,7 @@ def test_hidden_states_and_frame_lengths(family):
     # Each item alone has exactly its computed number of frames.
     for i, n in enumerate(LENGTHS):
         with torch.no_grad():
-            alone = enc(wavs[i:i + 1, :n], lengths[i:i + 1])
+            alone = enc(wavs[i : i + 1, :n], lengths[i : i + 1])
         assert alone.hidden_states[0].shape[1] == int(out.frame_lengths[i])
 
 
@@ -63,11 +63,10 @@ def test_padded_batch_matches_items_alone(family):
     with torch.no_grad():
         out = enc(wavs, lengths)
         for i, n in enumerate(LENGTHS):
-            alone = enc(wavs[i:i + 1, :n], lengths[i:i + 1])
+            alone = enc(wavs[i : i + 1, :n], lengths[i : i + 1])
             m = int(out.frame_lengths[i])
             for layer, (a, b) in enumerate(zip(out.hidden_states, alone.hidden_states)):
-                torch.testing.assert_close(a[i, :m], b[0], atol=1e-4, rtol=1e-4,
-                                           msg=f"{family} item {i} layer {layer}")
+                torch.testing.assert_close(a[i, :m], b[0], atol=1e-4, rtol=1e-4, msg=f"{family} item {i} layer {layer}")
 
 
 def test_data2vec_unpadded_item_matches_alone():
@@ -191,15 +190,19 @@ FRESH_PROCESS = textwrap.dedent("""
 def test_folder_loads_with_transformers_without_speechft(family, tmp_path):
     enc = tiny_encoder(family, seed=1)
     folder = enc.save(tmp_path / "enc")
-    wav = (torch.randn(1, 12000, generator=torch.Generator().manual_seed(0)) * 0.1)
+    wav = torch.randn(1, 12000, generator=torch.Generator().manual_seed(0)) * 0.1
     np.save(tmp_path / "wav.npy", wav.numpy())
     if family == "whisper":
         mel = enc.features(wav, torch.tensor([12000]))
         np.save(tmp_path / "wav_mel.npy", mel.numpy())
     script = tmp_path / "fresh.py"
     script.write_text(FRESH_PROCESS)
-    proc = subprocess.run([sys.executable, str(script), str(folder), family, str(tmp_path / "wav.npy"),
-                           str(tmp_path / "out.npy")], cwd=tmp_path, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(folder), family, str(tmp_path / "wav.npy"), str(tmp_path / "out.npy")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     theirs = torch.from_numpy(np.load(tmp_path / "out.npy"))
     with torch.no_grad():

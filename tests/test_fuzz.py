@@ -6,6 +6,7 @@ random and *near-valid* (a valid file with random damage), because near-valid in
 past the first sanity checks and reach the deeper code. Examples are kept few so the file
 runs in seconds; CI runs it on every push, so over time many more inputs are tried.
 """
+
 from __future__ import annotations
 
 import io
@@ -15,7 +16,7 @@ import struct
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 import numpy as np
 import pytest
@@ -29,8 +30,9 @@ from speechft.data.audio import load_audio
 from speechft.data.tasks import load_task
 from speechft.errors import SpeechFTError
 
-FUZZ = settings(max_examples=120, deadline=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
 
 
 def one_line(e: SpeechFTError) -> None:
@@ -71,11 +73,47 @@ def load_or_clean_error(root: Path):
 
 # ---- manifests ----------------------------------------------------------------------------------------------
 # Atoms that reach the interesting branches: escaping paths, odd numbers, unicode digits, NUL bytes, quotes.
-PATHS = ["audio/a0.wav", "audio/a1.wav", "audio/a2.wav", "audio/../audio/a0.wav", "../x.wav", "/etc/passwd",
-         "audio/missing.wav", "", " ", "audio", "audio/a0.wav\0", "~/a.wav", "audio//a1.wav", "./audio/a2.wav",
-         "\"audio/a0.wav\"", "audio/\u00e9.wav", "C:\\x.wav", "audio/a0.wav " * 3]
-NUMBERS = ["0.5", "1", "0", "-1", "nan", "inf", "-inf", "1e400", "1e-400", "abc", "", "\u0661.\u0665", "0x10",
-           "1_0", " 2 ", "+3", "1e3", "0.0000001", "\"1\""]
+PATHS = [
+    "audio/a0.wav",
+    "audio/a1.wav",
+    "audio/a2.wav",
+    "audio/../audio/a0.wav",
+    "../x.wav",
+    "/etc/passwd",
+    "audio/missing.wav",
+    "",
+    " ",
+    "audio",
+    "audio/a0.wav\0",
+    "~/a.wav",
+    "audio//a1.wav",
+    "./audio/a2.wav",
+    '"audio/a0.wav"',
+    "audio/\u00e9.wav",
+    "C:\\x.wav",
+    "audio/a0.wav " * 3,
+]
+NUMBERS = [
+    "0.5",
+    "1",
+    "0",
+    "-1",
+    "nan",
+    "inf",
+    "-inf",
+    "1e400",
+    "1e-400",
+    "abc",
+    "",
+    "\u0661.\u0665",
+    "0x10",
+    "1_0",
+    " 2 ",
+    "+3",
+    "1e3",
+    "0.0000001",
+    '"1"',
+]
 LABELS = ["low", "high", "LOW", "", " low", "medium", "a b c", "abc", "a|b", "\u00e9", "a\tb", "cab ", "\0"]
 COLUMNS = ["path", "duration", "label", "transcript", "speaker", "extra", "", "path ", "Path", "duration"]
 
@@ -117,11 +155,46 @@ def test_random_bytes_as_a_manifest(audio_dir, data):
         shutil.rmtree(root)
 
 
-YAML_VALUES = ["classification", "ctc", "accuracy", "per", "[low, high]", "[a, b, a]", "[]", "{}", "null", "~", "1",
-               "-5", "16000", "8000.5", "true", "'false'", "no", "[[1, 2]]", "{a: 1}", "char", "space", "'x'",
-               "!!python/object/apply:os.getcwd []", "&a [*a]", "[unclosed", "\"\\x00\"", "2e400"]
-YAML_KEYS = ["name", "type", "metric", "labels", "vocabulary", "tokenizer", "sample_rate", "allow_outside_paths",
-             "extra"]
+YAML_VALUES = [
+    "classification",
+    "ctc",
+    "accuracy",
+    "per",
+    "[low, high]",
+    "[a, b, a]",
+    "[]",
+    "{}",
+    "null",
+    "~",
+    "1",
+    "-5",
+    "16000",
+    "8000.5",
+    "true",
+    "'false'",
+    "no",
+    "[[1, 2]]",
+    "{a: 1}",
+    "char",
+    "space",
+    "'x'",
+    "!!python/object/apply:os.getcwd []",
+    "&a [*a]",
+    "[unclosed",
+    '"\\x00"',
+    "2e400",
+]
+YAML_KEYS = [
+    "name",
+    "type",
+    "metric",
+    "labels",
+    "vocabulary",
+    "tokenizer",
+    "sample_rate",
+    "allow_outside_paths",
+    "extra",
+]
 
 
 @FUZZ
@@ -142,7 +215,7 @@ def test_task_yaml_loads_or_fails_cleanly(audio_dir, fields):
 @dataclass
 class Inner:
     rate: float = 1e-4
-    maybe: Optional[float] = None
+    maybe: float | None = None
     pair: list[float] = field(default_factory=lambda: [0.9, 0.99])
     kind: Literal["a", "b"] = "a"
 
@@ -157,17 +230,77 @@ class Outer:
     inner: Inner = field(default_factory=Inner)
 
 
-KEYS = ["steps", "name", "flag", "table", "coords", "inner", "inner.rate", "inner.maybe", "inner.pair", "inner.kind",
-        "inner.rate.x", "nope", "inner.nope", "", ".", "steps.", " steps", "inner..rate", "=", "steps=1"]
-VALUES = ["1", "-1", "1.5", "1e-4", "1e400", "nan", ".inf", "-.inf", "true", "yes", "off", "null", "~", "", " ",
-          "[1, 2]", "[1, [2]]", "{a: 1}", "{rate: 2}", "a", "b", "c", "0x1F", "1_000", "'1'", "[", "{", "]]",
-          "!!python/object/apply:os.getcwd []", "!!binary aGVsbG8=", "&a [*a]", "1,2,3", "[" * 50 + "]" * 50,
-          "2020-01-01", "\x00", "\u00e9"]
+KEYS = [
+    "steps",
+    "name",
+    "flag",
+    "table",
+    "coords",
+    "inner",
+    "inner.rate",
+    "inner.maybe",
+    "inner.pair",
+    "inner.kind",
+    "inner.rate.x",
+    "nope",
+    "inner.nope",
+    "",
+    ".",
+    "steps.",
+    " steps",
+    "inner..rate",
+    "=",
+    "steps=1",
+]
+VALUES = [
+    "1",
+    "-1",
+    "1.5",
+    "1e-4",
+    "1e400",
+    "nan",
+    ".inf",
+    "-.inf",
+    "true",
+    "yes",
+    "off",
+    "null",
+    "~",
+    "",
+    " ",
+    "[1, 2]",
+    "[1, [2]]",
+    "{a: 1}",
+    "{rate: 2}",
+    "a",
+    "b",
+    "c",
+    "0x1F",
+    "1_000",
+    "'1'",
+    "[",
+    "{",
+    "]]",
+    "!!python/object/apply:os.getcwd []",
+    "!!binary aGVsbG8=",
+    "&a [*a]",
+    "1,2,3",
+    "[" * 50 + "]" * 50,
+    "2020-01-01",
+    "\x00",
+    "\u00e9",
+]
 
 
 @FUZZ
-@given(st.lists(st.one_of(st.builds(lambda k, v: f"{k}={v}", st.sampled_from(KEYS), st.sampled_from(VALUES)),
-                          st.text(max_size=40)), max_size=4))
+@given(
+    st.lists(
+        st.one_of(
+            st.builds(lambda k, v: f"{k}={v}", st.sampled_from(KEYS), st.sampled_from(VALUES)), st.text(max_size=40)
+        ),
+        max_size=4,
+    )
+)
 def test_config_overrides_apply_or_fail_cleanly(overrides):
     try:
         cfg = apply_overrides(Outer(), overrides)
@@ -180,10 +313,33 @@ def test_config_overrides_apply_or_fail_cleanly(overrides):
 
 
 @FUZZ
-@given(st.lists(st.builds(lambda k, v: f"{k}={v}", st.sampled_from(
-    ["steps", "seed", "method", "optim.lr", "optim.betas", "optim.grad_accum", "data.batch_size", "data.max_seconds",
-     "head.layers", "head.proj_dim", "frozen_fraction", "lora.targets", "schedule.warmup", "eval.every"]),
-    st.sampled_from(VALUES + ["stable", "lora", "weighted", "last", "0.1", "0", "100"])), max_size=3))
+@given(
+    st.lists(
+        st.builds(
+            lambda k, v: f"{k}={v}",
+            st.sampled_from(
+                [
+                    "steps",
+                    "seed",
+                    "method",
+                    "optim.lr",
+                    "optim.betas",
+                    "optim.grad_accum",
+                    "data.batch_size",
+                    "data.max_seconds",
+                    "head.layers",
+                    "head.proj_dim",
+                    "frozen_fraction",
+                    "lora.targets",
+                    "schedule.warmup",
+                    "eval.every",
+                ]
+            ),
+            st.sampled_from(VALUES + ["stable", "lora", "weighted", "last", "0.1", "0", "100"]),
+        ),
+        max_size=3,
+    )
+)
 def test_train_config_overrides_apply_or_fail_cleanly(overrides):
     from speechft.train import TrainConfig
 
@@ -194,9 +350,14 @@ def test_train_config_overrides_apply_or_fail_cleanly(overrides):
 
 
 @FUZZ
-@given(st.one_of(st.text(max_size=200),
-                 st.dictionaries(st.sampled_from(KEYS[:10]), st.sampled_from(VALUES), max_size=5).map(
-                     lambda d: "".join(f"{k}: {v}\n" for k, v in d.items()))))
+@given(
+    st.one_of(
+        st.text(max_size=200),
+        st.dictionaries(st.sampled_from(KEYS[:10]), st.sampled_from(VALUES), max_size=5).map(
+            lambda d: "".join(f"{k}: {v}\n" for k, v in d.items())
+        ),
+    )
+)
 def test_config_files_load_or_fail_cleanly(text):
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "c.yaml"
@@ -211,8 +372,13 @@ def test_config_files_load_or_fail_cleanly(text):
 def valid_audio(fmt: str) -> bytes:
     buf = io.BytesIO()
     t = np.arange(4000) / 16000
-    sf.write(buf, (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 16000, format=fmt,
-             subtype="PCM_16" if fmt in ("WAV", "FLAC") else None)
+    sf.write(
+        buf,
+        (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32),
+        16000,
+        format=fmt,
+        subtype="PCM_16" if fmt in ("WAV", "FLAC") else None,
+    )
     return buf.getvalue()
 
 
@@ -227,12 +393,12 @@ def damaged_audio(draw) -> tuple[str, bytes]:
         return ext, draw(st.binary(max_size=400))
     data = bytearray(VALID[ext])
     if how == "truncate":
-        return ext, bytes(data[:draw(st.integers(0, len(data)))])
+        return ext, bytes(data[: draw(st.integers(0, len(data)))])
     if how == "header" and ext == "wav":  # the fields a decoder trusts: channels, rate, bits, sizes
         at = draw(st.sampled_from([4, 16, 20, 22, 24, 28, 32, 34, 40]))
         size = 2 if at in (20, 22, 32, 34) else 4
-        value = draw(st.sampled_from([0, 1, 2**(8 * size) - 1, 2**(8 * size - 1), 7, 3]))
-        data[at:at + size] = value.to_bytes(size, "little")
+        value = draw(st.sampled_from([0, 1, 2 ** (8 * size) - 1, 2 ** (8 * size - 1), 7, 3]))
+        data[at : at + size] = value.to_bytes(size, "little")
         return ext, bytes(data)
     for at, value in draw(st.lists(st.tuples(st.integers(0, 200), st.integers(0, 255)), min_size=1, max_size=8)):
         data[at % len(data)] = value
@@ -262,8 +428,14 @@ CT2_DTYPES = [np.float32, np.float16, np.int8, np.int16, np.int32]
 
 @st.composite
 def ct2_variables(draw) -> dict[str, np.ndarray]:
-    names = draw(st.lists(st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"),
-                                  min_size=1, max_size=12), min_size=0, max_size=5, unique=True))
+    names = draw(
+        st.lists(
+            st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"), min_size=1, max_size=12),
+            min_size=0,
+            max_size=5,
+            unique=True,
+        )
+    )
     out = {}
     for name in names:
         shape = tuple(draw(st.lists(st.integers(0, 4), max_size=3)))
@@ -289,7 +461,7 @@ def test_ct2_random_models_round_trip_and_survive_splices(variables, data):
     # Insert or delete a few bytes somewhere: every later offset shifts.
     at = data.draw(st.integers(0, len(blob)))
     cut = data.draw(st.integers(0, 6))
-    spliced = blob[:at] + data.draw(st.binary(max_size=6)) + blob[at + cut:]
+    spliced = blob[:at] + data.draw(st.binary(max_size=6)) + blob[at + cut :]
     try:
         parse_model_bin(spliced, "fuzz.bin")
     except SpeechFTError as e:
@@ -308,10 +480,15 @@ VALID_PT = torch_save_bytes({"model": {"w": torch.arange(6.0).reshape(2, 3)}, "c
 
 
 @FUZZ
-@given(st.one_of(st.binary(max_size=300),
-                 st.lists(st.tuples(st.integers(0, len(VALID_PT) - 1), st.integers(0, 255)), min_size=1,
-                          max_size=6).map(lambda edits: bytes(_apply(VALID_PT, edits))),
-                 st.integers(0, len(VALID_PT)).map(lambda n: VALID_PT[:n])))
+@given(
+    st.one_of(
+        st.binary(max_size=300),
+        st.lists(st.tuples(st.integers(0, len(VALID_PT) - 1), st.integers(0, 255)), min_size=1, max_size=6).map(
+            lambda edits: bytes(_apply(VALID_PT, edits))
+        ),
+        st.integers(0, len(VALID_PT)).map(lambda n: VALID_PT[:n]),
+    )
+)
 def test_checkpoint_loader_fails_cleanly_on_damaged_files(data):
     from speechft.encoders.convert import load_checkpoint
 
@@ -339,23 +516,33 @@ def safetensors_bytes(header: dict | list | str, payload: bytes) -> bytes:
     return struct.pack("<Q", len(raw)) + raw + payload
 
 
-ST_ENTRY = st.fixed_dictionaries({
-    "dtype": st.sampled_from(["F32", "F16", "BF16", "I64", "BOOL", "F8_E4M3", "X", 3]),
-    "shape": st.one_of(st.lists(st.integers(-2, 4), max_size=3), st.just("2")),
-    "data_offsets": st.one_of(st.lists(st.integers(-4, 40), min_size=0, max_size=3), st.just(None)),
-})
+ST_ENTRY = st.fixed_dictionaries(
+    {
+        "dtype": st.sampled_from(["F32", "F16", "BF16", "I64", "BOOL", "F8_E4M3", "X", 3]),
+        "shape": st.one_of(st.lists(st.integers(-2, 4), max_size=3), st.just("2")),
+        "data_offsets": st.one_of(st.lists(st.integers(-4, 40), min_size=0, max_size=3), st.just(None)),
+    }
+)
 
 
 @FUZZ
-@given(st.one_of(
-    st.builds(safetensors_bytes,
-              st.one_of(st.dictionaries(st.text(max_size=5), ST_ENTRY, max_size=3),
-                        st.dictionaries(st.just("__metadata__"), st.one_of(st.none(), st.just([1]), st.just("x"))),
-                        st.lists(st.integers(), max_size=2), st.text(max_size=20)),
-              st.binary(max_size=48)),
-    st.binary(max_size=64)))
+@given(
+    st.one_of(
+        st.builds(
+            safetensors_bytes,
+            st.one_of(
+                st.dictionaries(st.text(max_size=5), ST_ENTRY, max_size=3),
+                st.dictionaries(st.just("__metadata__"), st.one_of(st.none(), st.just([1]), st.just("x"))),
+                st.lists(st.integers(), max_size=2),
+                st.text(max_size=20),
+            ),
+            st.binary(max_size=48),
+        ),
+        st.binary(max_size=64),
+    )
+)
 def test_merge_safetensors_reader_fails_cleanly(data):
-    from speechft.merge import SafetensorsFile
+    from speechft.safetensors_io import SafetensorsFile
 
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "model.safetensors"

@@ -1,4 +1,5 @@
 """Merging: the methods' arithmetic, what is never merged, streaming I/O, refusals, provenance, CLI."""
+
 from __future__ import annotations
 
 import json
@@ -6,30 +7,24 @@ import os
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from conftest import weights
+from safetensors.torch import save_file
 
 from speechft.encoders import load_encoder
 from speechft.errors import SpeechFTError
 from speechft.io_utils import sha256_file
-from speechft.merge import (METHODS, InterpolationPath, ShardedWriter, dare_keep_mask, disjoint_mean,
-                            merge_encoders, merge_state_dicts, trim_top_k)
-
+from speechft.merge import (
+    METHODS,
+    InterpolationPath,
+    ShardedWriter,
+    dare_keep_mask,
+    disjoint_mean,
+    merge_encoders,
+    merge_state_dicts,
+    trim_top_k,
+)
 
 # ---------------------------------------------------------------- helpers
-
-
-def weights(folder) -> dict[str, torch.Tensor]:
-    """All tensors of an encoder folder, single-file or sharded, read with safetensors itself."""
-    folder = os.fspath(folder)
-    index = os.path.join(folder, "model.safetensors.index.json")
-    if os.path.exists(index):
-        files = sorted(set(json.load(open(index))["weight_map"].values()))
-    else:
-        files = ["model.safetensors"]
-    out = {}
-    for f in files:
-        out.update(load_file(os.path.join(folder, f)))
-    return out
 
 
 def rewrite(folder, sd) -> None:
@@ -140,14 +135,16 @@ def test_task_arithmetic_hand_computed():
     # task vectors [1, 0, -1] and [-1, 2, 0]; sum [0, 2, -1]; alpha (lambda) 0.5
     out = merge_state_dicts(theta0, [t1, t2], method="task-arithmetic", alpha=0.5)
     torch.testing.assert_close(out["w"], torch.tensor([1.0, 3.0, 2.5]))
-    assert torch.equal(merge_state_dicts(theta0, [t1, t2], method="task-arithmetic", **{"lambda": 1})["w"],
-                       torch.tensor([1.0, 4.0, 2.0]))
+    assert torch.equal(
+        merge_state_dicts(theta0, [t1, t2], method="task-arithmetic", **{"lambda": 1})["w"],
+        torch.tensor([1.0, 4.0, 2.0]),
+    )
 
 
 def test_ties_hand_computed():
     theta0 = sd(10, 10, 10, 10, 10)
-    t1 = sd(13, 9, 10.5, 8, 10.1)   # task vector [3, -1, .5, -2, .1] -> top 60%: [3, -1, 0, -2, 0]
-    t2 = sd(9, 7, 10.2, 11, 10.4)   # task vector [-1, -3, .2, 1, .4] -> top 60%: [-1, -3, 0, 1, 0]
+    t1 = sd(13, 9, 10.5, 8, 10.1)  # task vector [3, -1, .5, -2, .1] -> top 60%: [3, -1, 0, -2, 0]
+    t2 = sd(9, 7, 10.2, 11, 10.4)  # task vector [-1, -3, .2, 1, .4] -> top 60%: [-1, -3, 0, 1, 0]
     # summed [2, -4, 0, -1, 0] elects [+, -, +, -, +]; agreeing entries averaged: [3, -2, 0, -2, 0]
     out = merge_state_dicts(theta0, [t1, t2], method="ties", k=60, alpha=1)
     torch.testing.assert_close(out["w"], torch.tensor([13.0, 8.0, 10.0, 8.0, 10.0]))
@@ -155,8 +152,9 @@ def test_ties_hand_computed():
     torch.testing.assert_close(out["w"], torch.tensor([11.5, 9.0, 10.0, 9.0, 10.0]))
     # k = 100 trims nothing
     torch.testing.assert_close(trim_top_k(torch.tensor([3.0, -1.0, 0.5]), 100), torch.tensor([3.0, -1.0, 0.5]))
-    torch.testing.assert_close(disjoint_mean([torch.tensor([1.0, -2.0]), torch.tensor([3.0, 1.0])]),
-                               torch.tensor([2.0, -2.0]))
+    torch.testing.assert_close(
+        disjoint_mean([torch.tensor([1.0, -2.0]), torch.tensor([3.0, 1.0])]), torch.tensor([2.0, -2.0])
+    )
 
 
 def test_dare_hand_computed_from_its_masks():
@@ -171,8 +169,10 @@ def test_dare_hand_computed_from_its_masks():
     out = merge_state_dicts(theta0, thetas, method="dare", p=p, seed=seed, combine="ties")  # alpha 1.0
     torch.testing.assert_close(out["w"], theta0["w"] + disjoint_mean(deltas), rtol=1e-6, atol=1e-6)
     # p = 0 drops nothing: DARE-linear is the linear merge
-    torch.testing.assert_close(merge_state_dicts(theta0, thetas, method="dare", p=0)["w"],
-                               merge_state_dicts(theta0, thetas, method="linear")["w"])
+    torch.testing.assert_close(
+        merge_state_dicts(theta0, thetas, method="dare", p=0)["w"],
+        merge_state_dicts(theta0, thetas, method="linear")["w"],
+    )
 
 
 def test_dare_masks_are_seeded_and_drop_at_rate_p():
@@ -211,9 +211,13 @@ def test_interpolation_path_matches_direct_merges():
 
 def test_integer_excluded_and_pretraining_only_tensors_keep_theta0():
     g = torch.Generator().manual_seed(2)
-    theta0 = {"final_proj.weight": torch.randn(3, 3, generator=g), "encoder.norm.weight": torch.randn(3, generator=g),
-              "encoder.lin.weight": torch.randn(3, 3, generator=g), "bn.num_batches_tracked": torch.tensor(5),
-              "flags": torch.tensor([True, False])}
+    theta0 = {
+        "final_proj.weight": torch.randn(3, 3, generator=g),
+        "encoder.norm.weight": torch.randn(3, generator=g),
+        "encoder.lin.weight": torch.randn(3, 3, generator=g),
+        "bn.num_batches_tracked": torch.tensor(5),
+        "flags": torch.tensor([True, False]),
+    }
     ft = {k: (v + 1 if v.is_floating_point() else (v + 7 if v.dtype != torch.bool else ~v)) for k, v in theta0.items()}
     out = merge_state_dicts(theta0, [ft], family="hubert", exclude=[r"norm\."], alpha=1)
     for k in ("final_proj.weight", "encoder.norm.weight", "bn.num_batches_tracked", "flags"):
@@ -264,12 +268,15 @@ def _truncated(folder):
     open(path, "wb").write(data[: len(data) - 100])
 
 
-@pytest.mark.parametrize("damage, message", [
-    (_nan_in, "'encoder.layers.1.attention.v_proj.weight' contains NaN"),
-    (_prefixed, "extra prefix 'module.'"),
-    (_reshaped, "/model.safetensors: tensor 'encoder.layers.0.attention.q_proj.bias' has shape [33]"),
-    (_truncated, "truncated"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (_nan_in, "'encoder.layers.1.attention.v_proj.weight' contains NaN"),
+        (_prefixed, "extra prefix 'module.'"),
+        (_reshaped, "/model.safetensors: tensor 'encoder.layers.0.attention.q_proj.bias' has shape [33]"),
+        (_truncated, "truncated"),
+    ],
+)
 def test_damaged_finetuned_checkpoint_is_refused_and_nothing_written(pair, tmp_path, damage, message):
     pre, ft = pair
     f1 = ft(1)
@@ -316,17 +323,20 @@ def test_other_family_other_config_and_prefix_lacking_are_refused(pair, tiny_enc
     no_leftovers(out)
 
 
-@pytest.mark.parametrize("method, params, message", [
-    ("linear", {"alpha": "abc"}, "alpha='abc' for method 'linear' must be a number"),
-    ("linear", {"alpha": float("nan")}, "must be a finite number"),
-    ("dare", {"p": 1.0}, "p=1.0 for method 'dare' must be in [0, 1)"),
-    ("dare", {"p": -0.1}, "must be in [0, 1)"),
-    ("dare", {"combine": "mean"}, "must be one of linear, ties"),
-    ("ties", {"k": 0}, "k=0 for method 'ties' must be in (0, 100]"),
-    ("ties", {"k": 101}, "must be in (0, 100]"),
-    ("ties", {"density": 0.2}, "has no parameter 'density'; its parameters: k, alpha"),
-    ("slerp", {}, "unknown merge method 'slerp'"),
-])
+@pytest.mark.parametrize(
+    "method, params, message",
+    [
+        ("linear", {"alpha": "abc"}, "alpha='abc' for method 'linear' must be a number"),
+        ("linear", {"alpha": float("nan")}, "must be a finite number"),
+        ("dare", {"p": 1.0}, "p=1.0 for method 'dare' must be in [0, 1)"),
+        ("dare", {"p": -0.1}, "must be in [0, 1)"),
+        ("dare", {"combine": "mean"}, "must be one of linear, ties"),
+        ("ties", {"k": 0}, "k=0 for method 'ties' must be in (0, 100]"),
+        ("ties", {"k": 101}, "must be in (0, 100]"),
+        ("ties", {"density": 0.2}, "has no parameter 'density'; its parameters: k, alpha"),
+        ("slerp", {}, "unknown merge method 'slerp'"),
+    ],
+)
 def test_nonsense_parameters_are_refused_before_reading(pair, tmp_path, method, params, message):
     pre, ft = pair
     out = tmp_path / "m"
@@ -442,17 +452,49 @@ def test_cli_end_to_end(pair, tmp_path, capsys):
     pre, ft = pair
     f1, f2 = ft(1), ft(2)
     out = tmp_path / "m"
-    rc = main(["merge", "--pretrained", str(pre), "--finetuned", str(f1), str(f2), "--method", "dare",
-               "--alpha", "0.5", "--set", "p=0.2", "--set", "combine=ties", "--exclude", "layer_norm",
-               "--out", str(out)])
+    rc = main(
+        [
+            "merge",
+            "--pretrained",
+            str(pre),
+            "--finetuned",
+            str(f1),
+            str(f2),
+            "--method",
+            "dare",
+            "--alpha",
+            "0.5",
+            "--set",
+            "p=0.2",
+            "--set",
+            "combine=ties",
+            "--exclude",
+            "layer_norm",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     printed = capsys.readouterr().out
     assert f"wrote {out}" in printed and "copied from theta0" in printed
     merge = json.load(open(out / "speechft.json"))["merge"]
     assert merge["params"] == {"p": 0.2, "combine": "ties", "seed": 0, "alpha": 0.5}
     assert merge["exclude"] == ["layer_norm"] and merge["copied_tensors"]["excluded"]
-    rc = main(["merge", "--pretrained", str(pre), "--finetuned", str(f1), "--set", "p=2", "--method", "dare",
-               "--out", str(tmp_path / "bad")])
+    rc = main(
+        [
+            "merge",
+            "--pretrained",
+            str(pre),
+            "--finetuned",
+            str(f1),
+            "--set",
+            "p=2",
+            "--method",
+            "dare",
+            "--out",
+            str(tmp_path / "bad"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "p='2' for method 'dare' must be in [0, 1)" in err
     no_leftovers(tmp_path / "bad")

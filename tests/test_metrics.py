@@ -1,4 +1,5 @@
 """Metrics agree with the reference implementations (jiwer, scikit-learn) on random cases."""
+
 from __future__ import annotations
 
 import jiwer
@@ -6,8 +7,19 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, roc_curve
 
-from speechft.metrics import (LOWER_IS_BETTER, accuracy, cer, compute_metric, edit_distance, eer, error_rate,
-                              is_better, macro_f1, per, wer)
+from speechft.metrics import (
+    LOWER_IS_BETTER,
+    accuracy,
+    cer,
+    compute_metric,
+    edit_distance,
+    eer,
+    error_rate,
+    is_better,
+    macro_f1,
+    per,
+    wer,
+)
 
 rng = np.random.default_rng(1234)
 
@@ -76,7 +88,8 @@ def test_accuracy_and_macro_f1_agree_with_sklearn(case):
     assert macro_f1(refs, hyps) == pytest.approx(f1_score(refs, hyps, average="macro", zero_division=0))
     # With the full label list, classes that never occur count as F1 = 0, as in sklearn.
     assert macro_f1(refs, hyps, labels=classes) == pytest.approx(
-        f1_score(refs, hyps, labels=classes, average="macro", zero_division=0))
+        f1_score(refs, hyps, labels=classes, average="macro", zero_division=0)
+    )
 
 
 def sklearn_eer(scores, same) -> float:

@@ -1,5 +1,6 @@
 """configs/paper/*.yaml: every recipe loads with its schema, validates, and carries the paper's
 published hyper-parameters, its reported numbers and a GPU-hour estimate."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,8 +31,15 @@ def schema(path: Path):
 
 def test_the_paper_recipes_are_all_there():
     names = {p.stem for p in RECIPES}
-    assert {"finetune-tedlium3-asr", "finetune-iemocap-er", "finetune-voxceleb1-sid", "finetune-librispeech-pr",
-            "multitask-pr-sid", "pretrain-aishell3", "probe-superb"} <= names
+    assert {
+        "finetune-tedlium3-asr",
+        "finetune-iemocap-er",
+        "finetune-voxceleb1-sid",
+        "finetune-librispeech-pr",
+        "multitask-pr-sid",
+        "pretrain-aishell3",
+        "probe-superb",
+    } <= names
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
@@ -45,8 +53,13 @@ def test_recipe_loads_and_documents_itself(path):
 
 def test_published_speechft_settings():
     by = {p.stem: load_config(schema(p), p) for p in RECIPES}
-    for name in ("finetune-tedlium3-asr", "finetune-iemocap-er", "finetune-voxceleb1-sid", "finetune-librispeech-pr",
-                 "multitask-pr-sid"):
+    for name in (
+        "finetune-tedlium3-asr",
+        "finetune-iemocap-er",
+        "finetune-voxceleb1-sid",
+        "finetune-librispeech-pr",
+        "multitask-pr-sid",
+    ):
         c = resolve_config(by[name])
         assert (c.method, c.optim.lr, c.optim.clip, c.frozen_fraction) == ("stable", 1e-4, 1.0, 0.1), name
         assert (c.schedule.warmup, c.schedule.hold_until, c.head.layers) == (0.1, 0.5, "last"), name

@@ -1,6 +1,7 @@
 """`speechft data prepare`: miniature copies of the real corpus layouts (real directory
 structure, real metadata formats, a few generated wav/flac/sph files) become task folders
 that load, with the right labels, transcripts and splits."""
+
 from __future__ import annotations
 
 import csv
@@ -41,10 +42,25 @@ LIBRI = {  # subset -> (speaker, chapter, [transcripts])
     "dev-clean": (84, 121123, ["GO DO YOU HEAR"]),
     "test-clean": (1089, 134686, ["HE HOPED THERE WOULD BE STEW"]),
 }
-LEXICON = {"CHAPTER": "CH AE1 P T ER0", "ONE": "W AH1 N", "MISSUS": "M IH1 S IH0 Z", "RACHEL": "R EY1 CH AH0 L",
-           "THE": "DH AH0", "LYNDE'S": "L IH1 N D Z", "HOLLOW": "HH AA1 L OW0", "GO": "G OW1", "DO": "D UW1",
-           "YOU": "Y UW1", "HEAR": "HH IY1 R", "HE": "HH IY1", "HOPED": "HH OW1 P T", "THERE": "DH EH1 R",
-           "WOULD": "W UH1 D", "BE": "B IY1", "STEW": "S T UW1"}
+LEXICON = {
+    "CHAPTER": "CH AE1 P T ER0",
+    "ONE": "W AH1 N",
+    "MISSUS": "M IH1 S IH0 Z",
+    "RACHEL": "R EY1 CH AH0 L",
+    "THE": "DH AH0",
+    "LYNDE'S": "L IH1 N D Z",
+    "HOLLOW": "HH AA1 L OW0",
+    "GO": "G OW1",
+    "DO": "D UW1",
+    "YOU": "Y UW1",
+    "HEAR": "HH IY1 R",
+    "HE": "HH IY1",
+    "HOPED": "HH OW1 P T",
+    "THERE": "DH EH1 R",
+    "WOULD": "W UH1 D",
+    "BE": "B IY1",
+    "STEW": "S T UW1",
+}
 
 
 @pytest.fixture
@@ -106,8 +122,13 @@ def test_librispeech_pr_from_superb_csv(tmp_path, librispeech):
             for i, text in enumerate(texts):
                 utt = f"{spk}-{chap}-{i:04d}"
                 # absolute paths from the machine that ran s3prl
-                w.writerow([utt, f"/mnt/other/LibriSpeech/{subset}/{spk}/{chap}/{utt}.flac",
-                            " ".join(LEXICON[x] for x in text.split())])
+                w.writerow(
+                    [
+                        utt,
+                        f"/mnt/other/LibriSpeech/{subset}/{spk}/{chap}/{utt}.flac",
+                        " ".join(LEXICON[x] for x in text.split()),
+                    ]
+                )
     task = load_task(prepare_corpus("librispeech-pr", root, tmp_path / "pr", phone_csv=csv_dir))
     assert by_name(task.splits["test"])["1089-134686-0000.flac"].target.startswith("HH IY1 HH OW1 P T")
 
@@ -180,8 +201,12 @@ def iemocap(tmp_path):
         for k, emo in enumerate(emotions):
             turn = f"{dialog}_{'F' if k % 2 == 0 else 'M'}{k:03d}"
             write(root / f"Session{n}" / "sentences" / "wav" / dialog / f"{turn}.wav", 0.3, seed=n * 10 + k)
-            lines += [f"[{k * 3.1:.4f} - {k * 3.1 + 2.5:.4f}]\t{turn}\t{emo}\t[2.5000, 2.5000, 2.5000]",
-                      "C-E2:\tNeutral;\t()", "A-E3:\tval 3; act 2; dom  2;\t()", ""]
+            lines += [
+                f"[{k * 3.1:.4f} - {k * 3.1 + 2.5:.4f}]\t{turn}\t{emo}\t[2.5000, 2.5000, 2.5000]",
+                "C-E2:\tNeutral;\t()",
+                "A-E3:\tval 3; act 2; dom  2;\t()",
+                "",
+            ]
         d = root / f"Session{n}" / "dialog" / "EmoEvaluation"
         d.mkdir(parents=True)
         (d / f"{dialog}.txt").write_text("\n".join(lines))
@@ -229,8 +254,20 @@ def speech_commands(tmp_path):
 def test_speech_commands_lists_and_silence(tmp_path, speech_commands):
     out = prepare_corpus("speechcommands-ks", speech_commands, tmp_path / "ks")
     task = load_task(out)
-    assert task.labels == ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go", "_unknown_",
-                           "_silence_"]
+    assert task.labels == [
+        "yes",
+        "no",
+        "up",
+        "down",
+        "left",
+        "right",
+        "on",
+        "off",
+        "stop",
+        "go",
+        "_unknown_",
+        "_silence_",
+    ]
     dev = {e.id: e.target for e in task.splits["dev"]}
     assert dev["audio/yes/00000001_nohash_0.wav"] == "yes"
     assert dev["audio/bed/00000001_nohash_0.wav"] == "_unknown_"
@@ -243,7 +280,7 @@ def test_speech_commands_lists_and_silence(tmp_path, speech_commands):
     assert [len(silence[s]) for s in ("train", "dev", "test")] == [8, 1, 1]
     assert silence["test"][0].id == "silence/test/white_noise_009.wav"
     noise, _ = sf.read(str(speech_commands / "_background_noise_" / "white_noise.wav"), dtype="float32")
-    np.testing.assert_allclose(load_audio(silence["test"][0].path), noise[9 * SR:10 * SR], atol=1e-4)
+    np.testing.assert_allclose(load_audio(silence["test"][0].path), noise[9 * SR : 10 * SR], atol=1e-4)
     assert not (out / "silence").is_symlink()
 
 
@@ -269,9 +306,11 @@ def test_speech_commands_official_test_set(tmp_path, speech_commands):
 # ---------------------------------------------------------------------------------------
 def test_fluent_speech_commands(tmp_path):
     root = tmp_path / "fluent_speech_commands_dataset"
-    intents = [("activate", "lights", "kitchen", "Turn on the kitchen lights"),
-               ("change language", "Chinese", "none", "Switch to Chinese"),
-               ("decrease", "volume", "none", "Turn it down")]
+    intents = [
+        ("activate", "lights", "kitchen", "Turn on the kitchen lights"),
+        ("change language", "Chinese", "none", "Switch to Chinese"),
+        ("decrease", "volume", "none", "Turn it down"),
+    ]
     for split, name in (("train", "train_data.csv"), ("dev", "valid_data.csv"), ("test", "test_data.csv")):
         (root / "data").mkdir(parents=True, exist_ok=True)
         with open(root / "data" / name, "w", newline="") as f:
@@ -297,8 +336,10 @@ def test_fluent_speech_commands(tmp_path):
 def write_sph(path, samples: np.ndarray, sr: int = SR):
     """An uncompressed NIST SPHERE file: a 1024-byte text header, then 16-bit little-endian PCM."""
     pcm = np.clip(samples * 32767, -32768, 32767).astype("<i2")
-    header = (f"NIST_1A\n   1024\nsample_count -i {len(pcm)}\nsample_rate -i {sr}\nchannel_count -i 1\n"
-              "sample_n_bytes -i 2\nsample_byte_format -s2 01\nsample_coding -s3 pcm\nend_head\n")
+    header = (
+        f"NIST_1A\n   1024\nsample_count -i {len(pcm)}\nsample_rate -i {sr}\nchannel_count -i 1\n"
+        "sample_n_bytes -i 2\nsample_byte_format -s2 01\nsample_coding -s3 pcm\nend_head\n"
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(header.encode("ascii").ljust(1024, b" ") + pcm.tobytes())
 
@@ -307,10 +348,16 @@ def write_sph(path, samples: np.ndarray, sr: int = SR):
 def tedlium(tmp_path):
     root = tmp_path / "TEDLIUM_release-3"
     talks = {  # dir -> talk -> [(start, end, text)]
-        "data": {"AaronHuey_2010X": [(0.5, 2.0, "the first segment"), (2.0, 2.6, "too short"),
-                                     (3.0, 4.5, "it 's a well-known fact"), (5.0, 6.5, "an <unk> word"),
-                                     (7.0, 8.5, "ignore_time_segment_in_scoring")],
-                 "BillGates_2010": [(0.0, 1.5, "second talk one"), (1.5, 3.2, "second talk two")]},
+        "data": {
+            "AaronHuey_2010X": [
+                (0.5, 2.0, "the first segment"),
+                (2.0, 2.6, "too short"),
+                (3.0, 4.5, "it 's a well-known fact"),
+                (5.0, 6.5, "an <unk> word"),
+                (7.0, 8.5, "ignore_time_segment_in_scoring"),
+            ],
+            "BillGates_2010": [(0.0, 1.5, "second talk one"), (1.5, 3.2, "second talk two")],
+        },
         "legacy/dev": {"DanBarber_2010": [(0.2, 1.4, "dev words")]},
         "legacy/test": {"JaneMcGonigal_2010": [(0.1, 1.3, "test words here")]},
     }
@@ -318,7 +365,7 @@ def tedlium(tmp_path):
         for t, (talk, segs) in enumerate(tt.items()):
             length = max(e for _, e, _ in segs) + 0.5
             write_sph(root / d / "sph" / f"{talk}.sph", wav(length, seed=t, freq=200 + 100 * t))
-            lines = [";; LABEL \"o\" \"Overall\" \"Overall results\""]
+            lines = [';; LABEL "o" "Overall" "Overall results"']
             lines += [f"{talk} 1 {talk} {s:.2f} {e:.2f} <o,f0,male> {text}" for s, e, text in segs]
             (root / d / "stm").mkdir(parents=True, exist_ok=True)
             (root / d / "stm" / f"{talk}.stm").write_text("\n".join(lines) + "\n")
@@ -348,8 +395,9 @@ def test_tedlium3_hours_cap_stops_after_crossing_segment(tmp_path, tedlium):
 
 
 def test_tedlium3_compressed_or_missing_sph(tmp_path, tedlium):
-    (tedlium / "legacy" / "dev" / "sph" / "DanBarber_2010.sph").write_bytes(b"NIST_1A\n   1024\nsample_coding -s7 "
-                                                                            b"shorten\nend_head\n".ljust(1024) + b"xx")
+    (tedlium / "legacy" / "dev" / "sph" / "DanBarber_2010.sph").write_bytes(
+        b"NIST_1A\n   1024\nsample_coding -s7 shorten\nend_head\n".ljust(1024) + b"xx"
+    )
     with pytest.raises(SpeechFTError, match="DanBarber_2010.sph: cannot read this NIST SPHERE file.*sph2pipe"):
         prepare_corpus("tedlium3-asr", tedlium, tmp_path / "ted")
     (tedlium / "legacy" / "dev" / "sph" / "DanBarber_2010.sph").unlink()
@@ -366,9 +414,14 @@ def test_tedlium3_compressed_or_missing_sph(tmp_path, tedlium):
 # ---------------------------------------------------------------------------------------
 def test_aishell3(tmp_path):
     root = tmp_path / "data_aishell3"
-    content = {"train": [("SSB00050001.wav", "广 guang3 州 zhou1 女 nv3 大 da4 学 xue2"),
-                         ("SSB00050002.wav", "你 ni3 好 hao3"), ("SSB00120001.wav", "北 bei3 京 jing1")],
-               "test": [("SSB00090001.wav", "上 shang4 海 hai3")]}
+    content = {
+        "train": [
+            ("SSB00050001.wav", "广 guang3 州 zhou1 女 nv3 大 da4 学 xue2"),
+            ("SSB00050002.wav", "你 ni3 好 hao3"),
+            ("SSB00120001.wav", "北 bei3 京 jing1"),
+        ],
+        "test": [("SSB00090001.wav", "上 shang4 海 hai3")],
+    }
     for part, lines in content.items():
         for k, (name, _) in enumerate(lines):
             write(root / part / "wav" / name[:7] / name, 0.5, seed=k, fmt="WAV")
@@ -401,8 +454,22 @@ def test_cli_prepare(tmp_path, voxceleb, capsys):
     spec = load_task(out).spec
     assert spec["name"] == "sid"  # the SUPERB score config's key
     assert spec["source"]["corpus"] == "voxceleb1-sid" and json.dumps(spec["source"])
-    assert main(["data", "prepare", "voxceleb1-sid", "--root", str(voxceleb), "--out", str(tmp_path / "sid2"),
-                 "--name", "vox1"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "prepare",
+                "voxceleb1-sid",
+                "--root",
+                str(voxceleb),
+                "--out",
+                str(tmp_path / "sid2"),
+                "--name",
+                "vox1",
+            ]
+        )
+        == 0
+    )
     assert load_task(tmp_path / "sid2").name == "vox1"
     assert main(["data", "prepare", "voxceleb1-sid", "--root", str(voxceleb), "--out", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err

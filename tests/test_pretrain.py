@@ -1,5 +1,6 @@
 """Continued pre-training (speechft.pretrain): k-means targets, span masks, the masked loss, the per-family
 frame mask, and whole runs on tiny encoders of all six families (a dozen steps each)."""
+
 from __future__ import annotations
 
 import json
@@ -9,32 +10,38 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import FAMILIES, make_classification_task, rows, tone, weights
 from safetensors.torch import load_file
 
-from conftest import FAMILIES, make_classification_task, tone
 from speechft.config import load_config
 from speechft.data.audio import write_audio
 from speechft.encoders import family_class, load_encoder, tiny_encoder
 from speechft.errors import SpeechFTError
-from speechft.pretrain import (PretrainConfig, UnitObjective, kmeans, masked_unit_loss, nearest_centroid, pretrain,
-                               span_mask)
+from speechft.pretrain import (
+    PretrainConfig,
+    UnitObjective,
+    kmeans,
+    masked_unit_loss,
+    nearest_centroid,
+    pretrain,
+    span_mask,
+)
 
 # Tiny runs: K=8 units, the whole 12-clip train split in one batch (only the masks vary between steps),
 # a constant LR (no warm-up) so a dozen steps show learning.
-FAST = ["units.clusters=8", "data.batch_size=12", "eval.log_every=1", "optim.lr=1e-3", "optim.head_lr=1e-2",
-        "schedule.warmup=0", "schedule.hold_until=1"]
+FAST = [
+    "units.clusters=8",
+    "data.batch_size=12",
+    "eval.log_every=1",
+    "optim.lr=1e-3",
+    "optim.head_lr=1e-2",
+    "schedule.warmup=0",
+    "schedule.hold_until=1",
+]
 
 
 def config(steps=12, *sets) -> PretrainConfig:
     return load_config(PretrainConfig, None, [f"steps={steps}", *FAST, *sets])
-
-
-def weights(folder) -> dict[str, torch.Tensor]:
-    return load_file(str(Path(folder) / "model.safetensors"))
-
-
-def rows(out, kind):
-    return [r for r in map(json.loads, (Path(out) / "metrics.jsonl").read_text().splitlines()) if r["kind"] == kind]
 
 
 # ---- k-means ----------------------------------------------------------------------------------------------
@@ -89,7 +96,7 @@ def test_span_mask_spans_stay_inside_clips_and_cover_the_hubert_fraction():
     for i, k in enumerate(n.tolist()):
         assert not m[i, k:].any(), "masked a frame past the clip"
     # p = 8%, l = 10: a frame is masked unless none of the 10 frames before it started a span
-    assert m[0].float().mean().item() == pytest.approx(1 - 0.92 ** 10, abs=0.04)
+    assert m[0].float().mean().item() == pytest.approx(1 - 0.92**10, abs=0.04)
     runs = np.diff(np.flatnonzero(np.diff(np.r_[0, m[0].int().numpy(), 0])))[::2]
     assert runs.min() >= 10  # spans are whole (overlaps only make runs longer)
     assert m[1].any() and m[2, :9].all()  # short clips still get masked: a clip shorter than a span is all masked
@@ -160,7 +167,7 @@ def test_frame_mask_blanks_exactly_the_masked_frames_input(family):
         assert all(torch.equal(a, b) for a, b in zip(ref.hidden_states, out.hidden_states))
     plain, masked = seen[1], seen[2]
     # which input positions sit under the masked output frames
-    under = mask.repeat_interleave(2, dim=1)[:, :plain.shape[-1]] if family == "whisper" else mask
+    under = mask.repeat_interleave(2, dim=1)[:, : plain.shape[-1]] if family == "whisper" else mask
     under = under.unsqueeze(1) if axis == -1 else under.unsqueeze(-1)
     under = under.expand_as(plain)
     assert torch.equal(masked[~under], plain[~under]), "an unmasked frame's input changed"
@@ -208,8 +215,10 @@ def test_pretrain_learns_keeps_the_front_end_and_merges(tmp_path, tiny_encoder_d
     prov = json.loads((out / "speechft.json").read_text())
     assert prov["method"] == "continued-pretraining" and prov["training_method"] == "regular"
     assert prov["units"]["clusters"] == 8 and prov["units"]["layer"] == 1  # tiny encoders: 2 layers -> the middle
-    assert prov["steps"] == 12 and prov["parents"][0]["weights_sha256"] == json.loads(
-        (enc / "speechft.json").read_text())["weights_sha256"]
+    assert (
+        prov["steps"] == 12
+        and prov["parents"][0]["weights_sha256"] == json.loads((enc / "speechft.json").read_text())["weights_sha256"]
+    )
     assert prov["dev_metrics"]["units"]["metric"] == "masked_accuracy"
     assert not (out / "heads").exists() and not (out / "checkpoints").exists()
     assert sorted(p.name for p in (out / "units").iterdir()) == ["kmeans.safetensors", "units.json"]
@@ -227,8 +236,14 @@ def test_targets_are_the_initial_encoders_units_of_the_training_crops(tmp_path, 
     from speechft.data.audio import load_audio
 
     enc_dir = tiny_encoder_dir("wav2vec2")
-    out = pretrain(enc_dir, cls_task, tmp_path / "run", config=config(2, "checkpoint.keep_at_end=true"),
-                   max_seconds=0.6, progress=False)
+    out = pretrain(
+        enc_dir,
+        cls_task,
+        tmp_path / "run",
+        config=config(2, "checkpoint.keep_at_end=true"),
+        max_seconds=0.6,
+        progress=False,
+    )
     t = load_file(str(out / "units" / "targets.safetensors"))
     centroids = load_file(str(out / "units" / "kmeans.safetensors"))["centroids"]
     assert centroids.shape == (8, 32)
@@ -240,7 +255,7 @@ def test_targets_are_the_initial_encoders_units_of_the_training_crops(tmp_path, 
         wav = torch.from_numpy(load_audio(ex.path))[: int(0.6 * 16000)]  # the crop the stream yields
         with torch.no_grad():
             feats = enc(wav[None]).hidden_states[1][0]
-        units = t["train.units"][offsets[i]:offsets[i + 1]].long()
+        units = t["train.units"][offsets[i] : offsets[i + 1]].long()
         assert len(units) == int(enc.frame_lengths(torch.tensor([len(wav)]))[0])
         assert torch.equal(units, nearest_centroid(feats, centroids)[0])
 
@@ -274,15 +289,16 @@ def test_objective_loss_masks_the_input_and_scores_masked_frames_only(tmp_path, 
     stored = obj.targets["train"]
     for row, i in enumerate(batch.indices):
         o = int(stored.offsets[i])
-        keep = ~mask[row, :frames[row]]
-        stored.units[o:o + int(frames[row])][keep] = (stored.units[o:o + int(frames[row])][keep] + 1) % 8
+        keep = ~mask[row, : frames[row]]
+        stored.units[o : o + int(frames[row])][keep] = (stored.units[o : o + int(frames[row])][keep] + 1) % 8
     torch.manual_seed(0)
     assert obj.loss(encode, heads["units"], "units", batch).item() == pytest.approx(loss.item(), rel=1e-6)
     assert torch.equal(calls[1], mask)
 
 
-def test_resume_after_a_crash_equals_an_uninterrupted_run_and_reuses_the_targets(tmp_path, tiny_encoder_dir,
-                                                                                  cls_task, monkeypatch):
+def test_resume_after_a_crash_equals_an_uninterrupted_run_and_reuses_the_targets(
+    tmp_path, tiny_encoder_dir, cls_task, monkeypatch
+):
     import speechft.pretrain as pt
 
     enc = tiny_encoder_dir("hubert")
@@ -344,22 +360,34 @@ def test_cli_on_a_bare_manifest_holds_out_dev_clips(tmp_path, tiny_encoder_dir, 
     assert f"to {out}" in capsys.readouterr().out
     prov = json.loads((out / "speechft.json").read_text())
     assert (prov["audio"]["train_clips"], prov["audio"]["dev_clips"]) == (11, 1)  # a tenth, at least one
-    assert main(argv[:-2 * len(FAST)] + ["--resume"]) == 0  # finished: nothing to do
+    assert main(argv[: -2 * len(FAST)] + ["--resume"]) == 0  # finished: nothing to do
     assert "already finished" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("sets, needle", [
-    (["units.clusters=100000", "units.sample_frames=100000"], "k-means needs at least that many frames"),
-    (["units.layer=3"], "units.layer=3: this hubert encoder has 2 layers"),
-    (["head.proj_dim=64"], "takes no head settings"),
-    (["mask.start_prob=1.5"], "mask.start_prob=1.5"),
-    (["units.clusters=1"], "at least 2 clusters"),
-])
+@pytest.mark.parametrize(
+    "sets, needle",
+    [
+        (["units.clusters=100000", "units.sample_frames=100000"], "k-means needs at least that many frames"),
+        (["units.layer=3"], "units.layer=3: this hubert encoder has 2 layers"),
+        (["head.proj_dim=64"], "takes no head settings"),
+        (["mask.start_prob=1.5"], "mask.start_prob=1.5"),
+        (["units.clusters=1"], "at least 2 clusters"),
+    ],
+)
 def test_bad_settings_are_one_line_errors(tmp_path, tiny_encoder_dir, cls_task, capsys, sets, needle):
     from speechft.cli import main
 
-    argv = ["pretrain", "--encoder", str(tiny_encoder_dir("hubert")), "--audio", str(cls_task), "--out",
-            str(tmp_path / "run"), "--steps", "2"]
+    argv = [
+        "pretrain",
+        "--encoder",
+        str(tiny_encoder_dir("hubert")),
+        "--audio",
+        str(cls_task),
+        "--out",
+        str(tmp_path / "run"),
+        "--steps",
+        "2",
+    ]
     for s in [*FAST, *sets]:
         argv += ["--set", s]
     assert main(argv) == 2
@@ -382,7 +410,9 @@ def test_bad_audio_arguments(tmp_path, tiny_encoder_dir):
 
 
 def test_recipe_loads_as_a_pretrain_config():
-    cfg = load_config(PretrainConfig, Path(__file__).resolve().parents[1] / "configs" / "paper" / "pretrain-aishell3.yaml")
+    cfg = load_config(
+        PretrainConfig, Path(__file__).resolve().parents[1] / "configs" / "paper" / "pretrain-aishell3.yaml"
+    )
     cfg = UnitObjective.resolve(cfg)
     assert (cfg.units.clusters, cfg.units.layer, cfg.mask.start_prob, cfg.mask.span) == (500, 9, 0.08, 10)
     assert cfg.method == "regular" and cfg.steps == 20000

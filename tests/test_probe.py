@@ -1,5 +1,6 @@
 """SUPERB-style probing: learning, the feature cache (exactness, corruption, staleness,
 eviction), results.json and the CLI."""
+
 from __future__ import annotations
 
 import json
@@ -9,16 +10,23 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_classification_task, make_ctc_task
+
 from speechft.cli import main as cli_main
 from speechft.data import load_task
 from speechft.encoders import load_encoder, tiny_encoder
 from speechft.errors import SpeechFTError
 from speechft.feature_cache import MARKER, FeatureCache
 from speechft.heads import mean_pool
-from speechft.probe import (FbankSource, FeatureSource, ProbeConfig, evaluate, extract_features, feature_fields,
-                            open_source)
+from speechft.probe import (
+    FbankSource,
+    FeatureSource,
+    ProbeConfig,
+    evaluate,
+    extract_features,
+    feature_fields,
+    open_source,
+)
 
 FAST = dict(lrs=[1e-2, 1e-3], epochs=3, min_steps=0, progress=False)
 
@@ -27,9 +35,12 @@ FAST = dict(lrs=[1e-2, 1e-3], epochs=3, min_steps=0, progress=False)
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("probe")
     tiny_encoder("hubert", seed=0).save(root / "enc")
-    return SimpleNamespace(root=root, enc=root / "enc",
-                           cls=make_classification_task(root / "cls", n_per_class=10),
-                           ctc=make_ctc_task(root / "ctc", n=12))
+    return SimpleNamespace(
+        root=root,
+        enc=root / "enc",
+        cls=make_classification_task(root / "cls", n_per_class=10),
+        ctc=make_ctc_task(root / "ctc", n=12),
+    )
 
 
 def runs(results) -> dict:
@@ -37,9 +48,13 @@ def runs(results) -> dict:
     out = {}
     for m in results["models"]:
         for t, r in m["tasks"].items():
-            out[(m["name"], t)] = (r["chosen_lr"], r["dev"], r["test"], r["layer_weights"],
-                                   [(s["lr"], s["dev_per_seed"], s["test_per_seed"], s["best_epoch_per_seed"])
-                                    for s in r["lr_search"]])
+            out[(m["name"], t)] = (
+                r["chosen_lr"],
+                r["dev"],
+                r["test"],
+                r["layer_weights"],
+                [(s["lr"], s["dev_per_seed"], s["test_per_seed"], s["best_epoch_per_seed"]) for s in r["lr_search"]],
+            )
     return out
 
 
@@ -62,8 +77,9 @@ def test_probe_learns_a_separable_classification_task(world, encoder):
 
 def test_probe_learns_a_ctc_task(tmp_path, world):
     task = make_ctc_task(tmp_path / "ctc24", n=24)
-    r = evaluate([world.enc], [task], None, cache=False, lrs=[5e-2], epochs=30, min_steps=0, ctc_batch_size=4,
-                 progress=False)
+    r = evaluate(
+        [world.enc], [task], None, cache=False, lrs=[5e-2], epochs=30, min_steps=0, ctc_batch_size=4, progress=False
+    )
     res = r["models"][0]["tasks"]["beeps"]
     # Emitting nothing scores PER 1.0; the probe must transcribe most tones correctly.
     assert res["metric"] == "per" and res["lower_is_better"]
@@ -71,8 +87,19 @@ def test_probe_learns_a_ctc_task(tmp_path, world):
 
 
 def test_bilstm_ctc_head_trains_and_is_recorded(world):
-    r = evaluate([world.enc], [world.ctc], None, cache=False, lrs=[1e-2], epochs=2, min_steps=0, ctc_head="bilstm",
-                 lstm_layers=1, lstm_hidden=16, progress=False)
+    r = evaluate(
+        [world.enc],
+        [world.ctc],
+        None,
+        cache=False,
+        lrs=[1e-2],
+        epochs=2,
+        min_steps=0,
+        ctc_head="bilstm",
+        lstm_layers=1,
+        lstm_hidden=16,
+        progress=False,
+    )
     assert r["protocol"]["ctc_head"] == "bilstm"
     assert 0.0 <= r["models"][0]["tasks"]["beeps"]["test"] <= 5.0
 
@@ -124,8 +151,11 @@ def test_cached_features_equal_the_encoder_run_on_each_utterance_alone(world, tm
 
 # ---- the cache is never silently wrong -----------------------------------------------
 def _entries(cache_dir):
-    return {p.name: json.loads((p / "meta.json").read_text()) for p in cache_dir.iterdir()
-            if p.is_dir() and (p / MARKER).exists()}
+    return {
+        p.name: json.loads((p / "meta.json").read_text())
+        for p in cache_dir.iterdir()
+        if p.is_dir() and (p / MARKER).exists()
+    }
 
 
 def _entry_for(cache_dir, task_name_dir, split):
@@ -213,8 +243,9 @@ def test_feature_fields_name_everything_features_depend_on(world):
     fields = feature_fields(open_source(world.enc), load_task(world.cls), "train", "pooled", ProbeConfig())
     for key in ("source", "manifest", "audio", "dtype", "code", "kind", "max_seconds", "torch"):
         assert key in fields
-    assert fields["source"]["weights"] != feature_fields(FbankSource(), load_task(world.cls), "train", "pooled",
-                                                         ProbeConfig())["source"].get("weights")
+    assert fields["source"]["weights"] != feature_fields(
+        FbankSource(), load_task(world.cls), "train", "pooled", ProbeConfig()
+    )["source"].get("weights")
 
 
 # ---- fbank and sources ---------------------------------------------------------------
@@ -246,8 +277,17 @@ def test_non_finite_features_are_refused(world):
 # ---- results.json, CLI, errors -------------------------------------------------------
 def test_results_json_records_the_protocol_and_every_task(world, tmp_path):
     out = tmp_path / "eval"
-    evaluate([world.enc, "fbank"], [world.cls, world.ctc], out, cache=FeatureCache(tmp_path / "c"),
-             lrs=[1e-2, 1e-3], epochs=2, min_steps=0, seeds=[0, 1], progress=False)
+    evaluate(
+        [world.enc, "fbank"],
+        [world.cls, world.ctc],
+        out,
+        cache=FeatureCache(tmp_path / "c"),
+        lrs=[1e-2, 1e-3],
+        epochs=2,
+        min_steps=0,
+        seeds=[0, 1],
+        progress=False,
+    )
     res = json.loads((out / "results.json").read_text())
     assert res["kind"] == "speechft-evaluation" and res["protocol"]["lrs"] == [1e-2, 1e-3]
     assert [m["name"] for m in res["models"]] == ["enc", "fbank"]
@@ -273,8 +313,25 @@ def test_results_json_records_the_protocol_and_every_task(world, tmp_path):
 
 def test_evaluate_cli_and_report_cli(world, tmp_path, capsys):
     out = tmp_path / "cli"
-    argv = ["evaluate", "--encoder", f"mine={world.enc}", "fbank", "--task", str(world.cls), "--out", str(out),
-            "--lrs", "1e-2", "--epochs", "2", "--min-steps", "0", "--cache", str(tmp_path / "cache"), "--quiet"]
+    argv = [
+        "evaluate",
+        "--encoder",
+        f"mine={world.enc}",
+        "fbank",
+        "--task",
+        str(world.cls),
+        "--out",
+        str(out),
+        "--lrs",
+        "1e-2",
+        "--epochs",
+        "2",
+        "--min-steps",
+        "0",
+        "--cache",
+        str(tmp_path / "cache"),
+        "--quiet",
+    ]
     assert cli_main(argv) == 0
     printed = capsys.readouterr().out
     assert "| mine |" in printed and "results.json" in printed
@@ -287,11 +344,13 @@ def test_evaluate_cli_and_report_cli(world, tmp_path, capsys):
 
 def test_small_training_sets_get_enough_steps(world):
     # 20 training clips at batch 8 = 3 steps an epoch: 2 epochs asked, 10 steps required -> 4 epochs.
-    r = evaluate([world.enc], [world.cls], None, cache=False, lrs=[1e-2], epochs=2, min_steps=10, batch_size=8,
-                 progress=False)
+    r = evaluate(
+        [world.enc], [world.cls], None, cache=False, lrs=[1e-2], epochs=2, min_steps=10, batch_size=8, progress=False
+    )
     assert r["models"][0]["tasks"]["tones"]["lr_search"][0]["epochs"] == 4
-    r = evaluate([world.enc], [world.cls], None, cache=False, lrs=[1e-2], epochs=2, min_steps=0, batch_size=8,
-                 progress=False)
+    r = evaluate(
+        [world.enc], [world.cls], None, cache=False, lrs=[1e-2], epochs=2, min_steps=0, batch_size=8, progress=False
+    )
     assert r["models"][0]["tasks"]["tones"]["lr_search"][0]["epochs"] == 2
 
 

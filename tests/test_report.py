@@ -1,4 +1,5 @@
 """Comparison reports and the SUPERB score, on hand-made results (no training)."""
+
 from __future__ import annotations
 
 import json
@@ -15,24 +16,40 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 def task(metric: str, test: float, per_seed=None, weights=(0.2, 0.3, 0.5)) -> dict:
     per_seed = per_seed or [test]
-    return {"metric": metric, "lower_is_better": metric in ("per", "cer", "wer", "eer"), "test": test,
-            "test_std": 0.0 if len(per_seed) == 1 else 0.01, "test_per_seed": per_seed, "dev": test,
-            "chosen_lr": 1e-3, "layer_weights": list(weights),
-            "lr_search": [{"lr": 1e-3, "dev": test, "best_epoch_per_seed": [1]}], "cache": {"train": "hit"}}
+    return {
+        "metric": metric,
+        "lower_is_better": metric in ("per", "cer", "wer", "eer"),
+        "test": test,
+        "test_std": 0.0 if len(per_seed) == 1 else 0.01,
+        "test_per_seed": per_seed,
+        "dev": test,
+        "chosen_lr": 1e-3,
+        "layer_weights": list(weights),
+        "lr_search": [{"lr": 1e-3, "dev": test, "best_epoch_per_seed": [1]}],
+        "cache": {"train": "hit"},
+    }
 
 
 def model(name: str, per: float, acc: float, fingerprint: str | None = None) -> dict:
-    return {"name": name, "encoder": name, "fingerprint": fingerprint or name,
-            "tasks": {"phones": task("per", per), "speakers": task("accuracy", acc)}}
+    return {
+        "name": name,
+        "encoder": name,
+        "fingerprint": fingerprint or name,
+        "tasks": {"phones": task("per", per), "speakers": task("accuracy", acc)},
+    }
 
 
 def results(*models) -> dict:
-    return {"format": 1, "kind": "speechft-evaluation", "protocol": {"lrs": [1e-3], "epochs": 1, "seeds": [0]},
-            "models": list(models)}
+    return {
+        "format": 1,
+        "kind": "speechft-evaluation",
+        "protocol": {"lrs": [1e-3], "epochs": 1, "seeds": [0]},
+        "models": list(models),
+    }
 
 
 def row(table: str, name: str) -> list[str]:
-    line = next(l for l in table.splitlines() if l.startswith(f"| {name} |"))
+    line = next(ln for ln in table.splitlines() if ln.startswith(f"| {name} |"))
     return [c.strip() for c in line.strip("|").split("|")]
 
 
@@ -97,13 +114,19 @@ def test_paper_config_reproduces_the_published_scale():
     cfg = load_score_config("superb_paper")
 
     def hubert(name, pr, sid, er, f1, cer):
-        return {"name": name, "tasks": {"pr": {"metric": "per", "test": pr / 100},
-                                        "sid": {"metric": "accuracy", "test": sid / 100},
-                                        "er": {"metric": "accuracy", "test": er / 100},
-                                        "sf": {"metric": "f1", "test": f1 / 100, "metrics": {"cer": cer / 100}}}}
+        return {
+            "name": name,
+            "tasks": {
+                "pr": {"metric": "per", "test": pr / 100},
+                "sid": {"metric": "accuracy", "test": sid / 100},
+                "er": {"metric": "accuracy", "test": er / 100},
+                "sf": {"metric": "f1", "test": f1 / 100, "metrics": {"cer": cer / 100}},
+            },
+        }
 
-    s = superb_scores([hubert("pre", 5.17, 81.86, 64.99, 88.54, 24.70),
-                       hubert("speechft", 3.94, 84.11, 67.78, 88.84, 23.46)], cfg)["scores"]
+    s = superb_scores(
+        [hubert("pre", 5.17, 81.86, 64.99, 88.54, 24.70), hubert("speechft", 3.94, 84.11, 67.78, 88.84, 23.46)], cfg
+    )["scores"]
     assert s["pre"] == pytest.approx(870.20, rel=0.01)
     assert s["speechft"] == pytest.approx(905.79, rel=0.01)
     assert s["speechft"] > s["pre"]
@@ -126,8 +149,14 @@ def test_write_report_writes_markdown_and_figures(tmp_path):
     path = write_report([res], tmp_path / "rep")
     text = path.read_text()
     assert "| merged | **10.00** |" in text and "SUPERB_S" in text
-    for name in ("task_phones.png", "task_speakers.png", "superb_score.png", "layers_fbank.png",
-                 "layers_pretrained.png", "layers_merged.png"):
+    for name in (
+        "task_phones.png",
+        "task_speakers.png",
+        "superb_score.png",
+        "layers_fbank.png",
+        "layers_pretrained.png",
+        "layers_merged.png",
+    ):
         assert (tmp_path / "rep" / name).read_bytes()[:8] == PNG
         assert f"({name})" in text
 
@@ -150,6 +179,6 @@ def test_report_cli_and_bad_files(tmp_path, capsys):
     a.write_text(json.dumps(results(model("fbank", 0.8, 0.3), model("m", 0.2, 0.7))))
     assert cli_main(["report", str(a), "--out", str(tmp_path / "rep")]) == 0
     assert "| m |" in capsys.readouterr().out
-    (tmp_path / "junk.json").write_text("{\"x\": 1}")
+    (tmp_path / "junk.json").write_text('{"x": 1}')
     assert cli_main(["report", str(tmp_path / "junk.json"), "--out", str(tmp_path / "rep2")]) == 2
     assert "not a speechft results.json" in capsys.readouterr().err

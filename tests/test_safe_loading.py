@@ -6,6 +6,7 @@ each test feeds one to a command that reads that kind of file and asserts the co
 refused with one line and that the marker never appears. `test_the_code_has_no_unsafe_loader`
 keeps it true: it parses every module and fails on an unsafe loading call.
 """
+
 from __future__ import annotations
 
 import ast
@@ -19,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import cli
 
 import speechft
-from speechft.cli import main
 from speechft.errors import SpeechFTError
 
 
@@ -60,10 +61,6 @@ def hostile_bytes(marker: Path, how: str) -> bytes:
     return buf.getvalue()
 
 
-def cli(*argv) -> int:
-    return main([str(a) for a in argv])
-
-
 def refused(capsys, rc, *needles):
     err = capsys.readouterr().err.strip()
     assert rc != 0 and len(err.splitlines()) == 1 and "Traceback" not in err, (rc, err)
@@ -93,14 +90,16 @@ def test_convert_refuses_hostile_checkpoints(tmp_path, capsys, marker, how):
 
 
 def test_convert_refuses_a_hostile_like_checkpoint(tmp_path, capsys, marker):
-    from speechft.encoders import tiny_encoder
     from test_convert import downstream_ckpt
+
+    from speechft.encoders import tiny_encoder
 
     torch.save(downstream_ckpt(tiny_encoder("hubert", seed=1)), tmp_path / "dev-best.ckpt")
     evil = tmp_path / "pretrained.pt"
     evil.write_bytes(hostile_bytes(marker, "zip"))
-    rc = cli("encoder", "convert", "--from", "s3prl", tmp_path / "dev-best.ckpt", "--like", evil,
-             "--out", tmp_path / "enc")
+    rc = cli(
+        "encoder", "convert", "--from", "s3prl", tmp_path / "dev-best.ckpt", "--like", evil, "--out", tmp_path / "enc"
+    )
     refused(capsys, rc, str(evil), "refused to unpickle", "mkdir")
     assert not (tmp_path / "enc").exists()
 
@@ -108,8 +107,11 @@ def test_convert_refuses_a_hostile_like_checkpoint(tmp_path, capsys, marker):
 def test_a_pickle_named_safetensors_is_not_unpickled(tmp_path, capsys, marker):
     evil = tmp_path / "model.safetensors"
     evil.write_bytes(hostile_bytes(marker, "zip"))
-    refused(capsys, cli("encoder", "convert", "--from", "fairseq", evil, "--out", tmp_path / "enc"),
-            "not a readable safetensors file")
+    refused(
+        capsys,
+        cli("encoder", "convert", "--from", "fairseq", evil, "--out", tmp_path / "enc"),
+        "not a readable safetensors file",
+    )
 
 
 # ---- encoder folders holding pickled weights: every command that loads an encoder ------------------------------
@@ -122,18 +124,31 @@ def pickled_encoder(tiny_encoder_dir, marker):
     return folder
 
 
-def test_encoder_commands_never_unpickle_pytorch_model_bin(tmp_path, capsys, pickled_encoder, tiny_encoder_dir,
-                                                           cls_task):
+def test_encoder_commands_never_unpickle_pytorch_model_bin(
+    tmp_path, capsys, pickled_encoder, tiny_encoder_dir, cls_task
+):
     good = tiny_encoder_dir("hubert", seed=1)
     refused(capsys, cli("encoder", "info", pickled_encoder), "pytorch_model.bin", "never unpickles")
-    refused(capsys, cli("evaluate", "--encoder", pickled_encoder, "--task", cls_task, "--out", tmp_path / "e",
-                        "--no-cache"), "never unpickles")
-    refused(capsys, cli("finetune", "--encoder", pickled_encoder, "--task", cls_task, "--out", tmp_path / "f",
-                        "--steps", "2"), "no model.safetensors")
-    refused(capsys, cli("merge", "--pretrained", good, "--finetuned", pickled_encoder, "--out", tmp_path / "m"),
-            "pickled weights are not read")
-    refused(capsys, cli("analyze", "--pretrained", good, "--models", pickled_encoder, "--task", cls_task,
-                        "--out", tmp_path / "a"), str(pickled_encoder))
+    refused(
+        capsys,
+        cli("evaluate", "--encoder", pickled_encoder, "--task", cls_task, "--out", tmp_path / "e", "--no-cache"),
+        "never unpickles",
+    )
+    refused(
+        capsys,
+        cli("finetune", "--encoder", pickled_encoder, "--task", cls_task, "--out", tmp_path / "f", "--steps", "2"),
+        "no model.safetensors",
+    )
+    refused(
+        capsys,
+        cli("merge", "--pretrained", good, "--finetuned", pickled_encoder, "--out", tmp_path / "m"),
+        "pickled weights are not read",
+    )
+    refused(
+        capsys,
+        cli("analyze", "--pretrained", good, "--models", pickled_encoder, "--task", cls_task, "--out", tmp_path / "a"),
+        str(pickled_encoder),
+    )
     assert cli("doctor", pickled_encoder) == 1
     assert "never unpickles" in capsys.readouterr().out
     for name in ("e", "f", "m", "a"):
@@ -167,8 +182,11 @@ def finished_run(tmp_path, tiny_encoder_dir, cls_task):
     from speechft.config import load_config
     from speechft.train import TrainConfig, finetune
 
-    cfg = load_config(TrainConfig, None, ["steps=4", "eval.every=2", "data.batch_size=4", "head.proj_dim=8",
-                                          "checkpoint.keep_at_end=true"])
+    cfg = load_config(
+        TrainConfig,
+        None,
+        ["steps=4", "eval.every=2", "data.batch_size=4", "head.proj_dim=8", "checkpoint.keep_at_end=true"],
+    )
     enc = tiny_encoder_dir("hubert")
     return enc, cls_task, finetune(enc, [cls_task], tmp_path / "run", config=cfg)
 
@@ -190,8 +208,9 @@ def test_sweep_refuses_a_hostile_head(tmp_path, capsys, finished_run, marker):
     assert head.exists()
     head.write_bytes(hostile_bytes(marker, "legacy"))
     capsys.readouterr()
-    rc = cli("sweep", "--pretrained", enc, "--finetuned", run, "--task", task, "--out", tmp_path / "sw",
-             "--alphas", "0,1")
+    rc = cli(
+        "sweep", "--pretrained", enc, "--finetuned", run, "--task", task, "--out", tmp_path / "sw", "--alphas", "0,1"
+    )
     refused(capsys, rc, str(run / "heads" / "tones"), "not a valid speechft head folder")
     assert not (tmp_path / "sw").exists()
 
@@ -218,12 +237,30 @@ def forge_cache_with_pickles(cache: Path, marker: Path) -> None:
 
 
 def evaluate_argv(tmp_path, enc, task):
-    return ["evaluate", "--encoder", enc, "--task", task, "--out", tmp_path / "eval", "--cache", tmp_path / "cache",
-            "--epochs", "1", "--lrs", "1e-2", "--min-steps", "0", "--quiet", "--overwrite"]
+    return [
+        "evaluate",
+        "--encoder",
+        enc,
+        "--task",
+        task,
+        "--out",
+        tmp_path / "eval",
+        "--cache",
+        tmp_path / "cache",
+        "--epochs",
+        "1",
+        "--lrs",
+        "1e-2",
+        "--min-steps",
+        "0",
+        "--quiet",
+        "--overwrite",
+    ]
 
 
-def test_a_forged_feature_cache_entry_holding_a_pickle_is_never_unpickled(tmp_path, capsys, tiny_encoder_dir,
-                                                                          cls_task, marker):
+def test_a_forged_feature_cache_entry_holding_a_pickle_is_never_unpickled(
+    tmp_path, capsys, tiny_encoder_dir, cls_task, marker
+):
     """The guarantee is np.load(allow_pickle=False): whatever happens next, no code runs."""
     argv = evaluate_argv(tmp_path, tiny_encoder_dir("hubert"), cls_task)
     assert cli(*argv) == 0
@@ -250,8 +287,11 @@ def python_tag(marker: Path) -> str:
 def test_task_yaml_with_a_python_tag_is_refused(tmp_path, capsys, cls_task, tiny_encoder_dir, marker):
     y = cls_task / "task.yaml"
     y.write_text(y.read_text().replace("name: tones", f"name: {python_tag(marker)}"))
-    refused(capsys, cli("evaluate", "--encoder", tiny_encoder_dir("hubert"), "--task", cls_task, "--out",
-                        tmp_path / "e"), f"{y}: not valid YAML")
+    refused(
+        capsys,
+        cli("evaluate", "--encoder", tiny_encoder_dir("hubert"), "--task", cls_task, "--out", tmp_path / "e"),
+        f"{y}: not valid YAML",
+    )
     assert cli("doctor", cls_task) == 1
     assert "not valid YAML" in capsys.readouterr().out
 
@@ -260,25 +300,48 @@ def test_config_and_score_config_with_python_tags_are_refused(tmp_path, capsys, 
     enc = tiny_encoder_dir("hubert")
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(f"steps: 2\noptim: {python_tag(marker)}\n")
-    refused(capsys, cli("finetune", "--encoder", enc, "--task", cls_task, "--out", tmp_path / "f", "--config", recipe),
-            f"{recipe}: not valid YAML")
+    refused(
+        capsys,
+        cli("finetune", "--encoder", enc, "--task", cls_task, "--out", tmp_path / "f", "--config", recipe),
+        f"{recipe}: not valid YAML",
+    )
     # On the command line the tag is not YAML to us: it stays the plain string it looks like.
-    refused(capsys, cli("finetune", "--encoder", enc, "--task", cls_task, "--out", tmp_path / "f", "--set",
-                        f"seed={python_tag(marker)}"), "seed: expected an integer", "!!python/object")
+    refused(
+        capsys,
+        cli(
+            "finetune",
+            "--encoder",
+            enc,
+            "--task",
+            cls_task,
+            "--out",
+            tmp_path / "f",
+            "--set",
+            f"seed={python_tag(marker)}",
+        ),
+        "seed: expected an integer",
+        "!!python/object",
+    )
     score = tmp_path / "score.yaml"
     score.write_text(f"name: {python_tag(marker)}\n")
-    refused(capsys, cli("evaluate", "--encoder", enc, "--task", cls_task, "--out", tmp_path / "e", "--score-config",
-                        score), f"{score}: not valid YAML")
+    refused(
+        capsys,
+        cli("evaluate", "--encoder", enc, "--task", cls_task, "--out", tmp_path / "e", "--score-config", score),
+        f"{score}: not valid YAML",
+    )
 
 
 # ---- task paths stay inside the task folder ---------------------------------------------------------------
-@pytest.mark.parametrize("path", ["/etc/hostname", "../outside.wav", "audio/../../outside.wav", "./../outside.wav",
-                                  "audio/./../../../etc/hostname"])
+@pytest.mark.parametrize(
+    "path",
+    ["/etc/hostname", "../outside.wav", "audio/../../outside.wav", "./../outside.wav", "audio/./../../../etc/hostname"],
+)
 def test_task_paths_cannot_escape_the_folder(cls_task, path):
     from speechft.data import load_task
 
-    (cls_task.parent / "outside.wav").write_bytes((cls_task / "audio").resolve().joinpath(
-        next(iter(sorted(os.listdir(cls_task / "audio"))))).read_bytes())
+    (cls_task.parent / "outside.wav").write_bytes(
+        (cls_task / "audio").resolve().joinpath(next(iter(sorted(os.listdir(cls_task / "audio"))))).read_bytes()
+    )
     tsv = cls_task / "dev.tsv"
     lines = tsv.read_text().splitlines()
     tsv.write_text("\n".join([lines[0], f"{path}\t0.7\tlow\tspk0"] + lines[2:]) + "\n")
@@ -334,8 +397,10 @@ def test_the_code_has_no_unsafe_loader():
 
 
 def test_the_guard_itself_catches_unsafe_calls():
-    src = ("import torch, yaml, pickle, numpy as np\n"
-           "torch.load('a')\ntorch.load('a', weights_only=False)\nyaml.load(s)\npickle.loads(b)\n"
-           "np.load('x', allow_pickle=True)\nM.from_pretrained(d, trust_remote_code=True)\neval('1')\n"
-           "torch.load('a', weights_only=True)\nyaml.safe_load(s)\nnp.load('x')\n")
+    src = (
+        "import torch, yaml, pickle, numpy as np\n"
+        "torch.load('a')\ntorch.load('a', weights_only=False)\nyaml.load(s)\npickle.loads(b)\n"
+        "np.load('x', allow_pickle=True)\nM.from_pretrained(d, trust_remote_code=True)\neval('1')\n"
+        "torch.load('a', weights_only=True)\nyaml.safe_load(s)\nnp.load('x')\n"
+    )
     assert len(unsafe_calls(src, "x.py")) == 7

@@ -1,4 +1,5 @@
 """`speechft sweep`: alpha vs target metric and CKA."""
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,7 @@ def make_finetuned(tmp_path, task_dir):
 
 def test_endpoints_match_the_two_models(tmp_path, cls_task):
     pre_dir, ft_dir, task = make_finetuned(tmp_path, cls_task)
-    report = sweep(pre_dir, ft_dir, cls_task, tmp_path / "sw", alphas=[0.0, 0.5, 1.0], cka_utterances=6,
-                   progress=False)
+    report = sweep(pre_dir, ft_dir, cls_task, tmp_path / "sw", alphas=[0.0, 0.5, 1.0], cka_utterances=6, progress=False)
     rows = {r["alpha"]: r for r in report["results"]}
     # alpha = 0 is the pre-trained encoder: identical features at every layer.
     assert all(abs(c - 1.0) < 1e-6 for c in rows[0.0]["cka_per_layer"])
@@ -62,10 +62,12 @@ def test_parse_alphas():
 
 
 def test_pick_rule_higher_and_lower_is_better():
-    acc = [{"alpha": a, "target_metric": m, "cka_mean": 1 - a} for a, m in [(0, .5), (.25, .8), (.5, .88), (1, .9)]]
+    acc = [
+        {"alpha": a, "target_metric": m, "cka_mean": 1 - a} for a, m in [(0, 0.5), (0.25, 0.8), (0.5, 0.88), (1, 0.9)]
+    ]
     assert pick_alpha(acc, "accuracy", 0.9)["alpha"] == 0.5  # gain .38 >= .9 * .4
     assert pick_alpha(acc, "accuracy", 0.5)["alpha"] == 0.25
-    per = [{"alpha": a, "target_metric": m, "cka_mean": 0} for a, m in [(0, .5), (.25, .3), (1, .1)]]
+    per = [{"alpha": a, "target_metric": m, "cka_mean": 0} for a, m in [(0, 0.5), (0.25, 0.3), (1, 0.1)]]
     assert pick_alpha(per, "per", 0.5)["alpha"] == 0.25
-    worse = [{"alpha": 0, "target_metric": .1, "cka_mean": 1}, {"alpha": 1, "target_metric": .5, "cka_mean": 0}]
+    worse = [{"alpha": 0, "target_metric": 0.1, "cka_mean": 1}, {"alpha": 1, "target_metric": 0.5, "cka_mean": 0}]
     assert pick_alpha(worse, "per", 0.9)["alpha"] is None

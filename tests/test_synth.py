@@ -3,6 +3,7 @@
 The small benchmark is generated once per session (espeak-ng only, so the result does not
 depend on which optional engines a machine has) into a tmp folder with a tmp cache.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,8 +16,7 @@ import pytest
 
 pytest.importorskip("espeakng_loader")
 
-from speechft.data import load_audio, load_task  # noqa: E402
-from speechft.data import espeak, synth  # noqa: E402
+from speechft.data import espeak, load_audio, load_task, synth  # noqa: E402  # noqa: E402
 from speechft.data import synth_text as T  # noqa: E402
 from speechft.errors import SpeechFTError  # noqa: E402
 
@@ -31,8 +31,9 @@ def synth_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def small_bench(tmp_path_factory, synth_cache):
     out = tmp_path_factory.mktemp("bench") / "small"
-    summary = synth.synthesize_benchmark(out, size="small", seed=0, cache_dir=synth_cache,
-                                         engines=["espeak-ng"], progress=False)
+    summary = synth.synthesize_benchmark(
+        out, size="small", seed=0, cache_dir=synth_cache, engines=["espeak-ng"], progress=False
+    )
     return out, summary
 
 
@@ -41,8 +42,10 @@ def fingerprint(root: Path, tasks) -> dict:
     fp = {}
     for task in tasks:
         t = load_task(root / task)
-        fp[task] = {s: (t.manifest_hash(s), [(e.id, hashlib.sha256(e.path.read_bytes()).hexdigest())
-                                             for e in t.splits[s]]) for s in ("train", "dev", "test")}
+        fp[task] = {
+            s: (t.manifest_hash(s), [(e.id, hashlib.sha256(e.path.read_bytes()).hexdigest()) for e in t.splits[s]])
+            for s in ("train", "dev", "test")
+        }
         fp[task]["task.yaml"] = (root / task / "task.yaml").read_bytes()
     return fp
 
@@ -86,16 +89,29 @@ def test_german_phonemes_map_onto_the_german_inventory():
 
 def test_german_grammar_agrees_in_gender_and_case():
     rng = np.random.default_rng(0)
-    articles = {("acc", "m"): {"den", "einen"}, ("acc", "f"): {"die", "eine"}, ("acc", "n"): {"das", "ein"},
-                ("nom", "m"): {"der", "ein"}, ("nom", "f"): {"die", "eine"}, ("nom", "n"): {"das", "ein"}}
+    articles = {
+        ("acc", "m"): {"den", "einen"},
+        ("acc", "f"): {"die", "eine"},
+        ("acc", "n"): {"das", "ein"},
+        ("nom", "m"): {"der", "ein"},
+        ("nom", "f"): {"die", "eine"},
+        ("nom", "n"): {"das", "ein"},
+    }
     for case in ("nom", "acc"):
         for _ in range(300):
             words = T.de_noun_phrase(rng, case).split()
             gender = T.DE_NOUNS[words[-1]]
             assert words[0] in articles[(case, gender)], words
             if len(words) == 3:  # article + adjective + noun: weak ending after der/die/das, mixed after ein
-                ending = {"der": "e", "die": "e", "das": "e", "den": "en", "eine": "e", "einen": "en",
-                          "ein": "er" if gender == "m" else "es"}[words[0]]
+                ending = {
+                    "der": "e",
+                    "die": "e",
+                    "das": "e",
+                    "den": "en",
+                    "eine": "e",
+                    "einen": "en",
+                    "ein": "er" if gender == "m" else "es",
+                }[words[0]]
                 assert words[1] in {T.de_adjective(a, ending) for a in T.DE_ADJECTIVES}, words
     texts = T.de_utterances(np.random.default_rng(1), 200)
     assert len(set(texts)) == 200
@@ -159,11 +175,10 @@ def test_augment_is_seeded_and_hits_the_requested_snr():
     a, b = synth.augment(wav, spec), synth.augment(wav, spec)
     assert np.array_equal(a, b)
     noise = a.astype(np.float64) - wav
-    snr = 10 * np.log10(np.mean(wav.astype(np.float64) ** 2) / np.mean(noise ** 2))
+    snr = 10 * np.log10(np.mean(wav.astype(np.float64) ** 2) / np.mean(noise**2))
     assert abs(snr - 10.0) < 0.5
     assert not np.array_equal(a, synth.augment(wav, dict(spec, seed=4)))
-    cropped = synth.augment(wav + 0 * rng.standard_normal(32000).astype(np.float32),
-                            {"crop": (1.0, 1.5), "seed": 1})
+    cropped = synth.augment(wav + 0 * rng.standard_normal(32000).astype(np.float32), {"crop": (1.0, 1.5), "seed": 1})
     assert 16000 <= len(cropped) <= 24000
     padded = synth.augment(wav[:8000], {"pad_to": 1.0, "peak": (0.5, 0.5), "seed": 2})
     assert len(padded) == 16000 and abs(np.abs(padded).max() - 0.5) < 1e-4
@@ -254,8 +269,15 @@ def test_held_out_voices_never_speak_in_training(small_bench):
 def test_same_seed_is_byte_identical_with_a_fresh_cache(small_bench, tmp_path):
     out, _ = small_bench
     again = tmp_path / "again"
-    s = synth.synthesize_benchmark(again, size="small", seed=0, tasks=["ks", "lid", "pr_de"],
-                                   cache_dir=tmp_path / "cache", engines=["espeak-ng"], progress=False)
+    s = synth.synthesize_benchmark(
+        again,
+        size="small",
+        seed=0,
+        tasks=["ks", "lid", "pr_de"],
+        cache_dir=tmp_path / "cache",
+        engines=["espeak-ng"],
+        progress=False,
+    )
     assert s["cache_hits"] == 0  # everything synthesised anew, in another order than the first run
     assert fingerprint(again, ["ks", "lid", "pr_de"]) == fingerprint(out, ["ks", "lid", "pr_de"])
 
@@ -263,8 +285,9 @@ def test_same_seed_is_byte_identical_with_a_fresh_cache(small_bench, tmp_path):
 def test_another_seed_gives_another_benchmark(small_bench, synth_cache, tmp_path):
     out, _ = small_bench
     other = tmp_path / "seed1"
-    synth.synthesize_benchmark(other, size="small", seed=1, tasks=["lid"], cache_dir=synth_cache,
-                               engines=["espeak-ng"], progress=False)
+    synth.synthesize_benchmark(
+        other, size="small", seed=1, tasks=["lid"], cache_dir=synth_cache, engines=["espeak-ng"], progress=False
+    )
     a, b = fingerprint(out, ["lid"])["lid"], fingerprint(other, ["lid"])["lid"]
     for split in ("train", "dev", "test"):
         assert a[split][0] != b[split][0]
@@ -285,18 +308,21 @@ def test_killed_run_leaves_no_folder_and_resumes_from_the_cache(small_bench, tmp
 
     monkeypatch.setattr(synth, "augment", dies_after_20)
     with pytest.raises(KeyboardInterrupt):
-        synth.synthesize_benchmark(tmp_path / "b", tasks=["style"], cache_dir=cache, engines=["espeak-ng"],
-                                   progress=False)
+        synth.synthesize_benchmark(
+            tmp_path / "b", tasks=["style"], cache_dir=cache, engines=["espeak-ng"], progress=False
+        )
     assert not (tmp_path / "b").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".b.")]  # no temp folder left either
     monkeypatch.setattr(synth, "augment", real)
-    s = synth.synthesize_benchmark(tmp_path / "b", tasks=["style"], cache_dir=cache, engines=["espeak-ng"],
-                                   progress=False)
+    s = synth.synthesize_benchmark(
+        tmp_path / "b", tasks=["style"], cache_dir=cache, engines=["espeak-ng"], progress=False
+    )
     assert s["cache_hits"] == 20
     assert fingerprint(tmp_path / "b", ["style"]) == fingerprint(out, ["style"])
     # a rerun reuses every clip
-    s = synth.synthesize_benchmark(tmp_path / "b", tasks=["style"], cache_dir=cache, engines=["espeak-ng"],
-                                   progress=False, overwrite=True)
+    s = synth.synthesize_benchmark(
+        tmp_path / "b", tasks=["style"], cache_dir=cache, engines=["espeak-ng"], progress=False, overwrite=True
+    )
     assert s["cache_hits"] == s["clips"]
 
 
@@ -336,8 +362,9 @@ def test_bad_requests_raise_speechft_errors(small_bench, tmp_path):
 def test_cli_writes_the_folder_and_says_where(small_bench, synth_cache, tmp_path, capsys):
     parser = argparse.ArgumentParser()
     synth.add_arguments(parser)
-    args = parser.parse_args(["--out", str(tmp_path / "cli"), "--tasks", "style", "--cache-dir", str(synth_cache),
-                              "--engines", "espeak-ng"])
+    args = parser.parse_args(
+        ["--out", str(tmp_path / "cli"), "--tasks", "style", "--cache-dir", str(synth_cache), "--engines", "espeak-ng"]
+    )
     assert synth.main(args) == 0
     printed = capsys.readouterr().out
     assert f"wrote {tmp_path / 'cli'}" in printed and "style" in printed

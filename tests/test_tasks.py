@@ -1,4 +1,5 @@
 """Task folders and audio: validation errors name the file and the offending rows."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -39,22 +40,25 @@ def test_char_tokenizer_round_trip(tmp_path):
     assert t.decode(t.encode("ab ca")) == "ab ca"
 
 
-@pytest.mark.parametrize("case, match", [
-    ("no_yaml", "task.yaml: missing"),
-    ("bad_type", "type 'regression' is not one of"),
-    ("bad_metric", "metric 'wer' does not fit type classification"),
-    ("missing_column", "missing column\\(s\\) label"),
-    ("unknown_label", "line 2: label uses \\['medium'\\] not in"),
-    ("missing_audio", "audio file 'audio/.*' not found"),
-    ("empty_split", "the dev split has no examples"),
-    ("duplicate", "repeats line 2"),
-    ("escape", "points outside the task folder"),
-    ("absolute", "points outside the task folder"),
-    ("bad_duration", "duration 'abc' is not a positive number"),
-    ("missing_split", "test.tsv: missing"),
-    ("yaml_garbage", "not valid YAML"),
-    ("field_count", "fields, header has"),
-])
+@pytest.mark.parametrize(
+    "case, match",
+    [
+        ("no_yaml", "task.yaml: missing"),
+        ("bad_type", "type 'regression' is not one of"),
+        ("bad_metric", "metric 'wer' does not fit type classification"),
+        ("missing_column", "missing column\\(s\\) label"),
+        ("unknown_label", "line 2: label uses \\['medium'\\] not in"),
+        ("missing_audio", "audio file 'audio/.*' not found"),
+        ("empty_split", "the dev split has no examples"),
+        ("duplicate", "repeats line 2"),
+        ("escape", "points outside the task folder"),
+        ("absolute", "points outside the task folder"),
+        ("bad_duration", "duration 'abc' is not a positive number"),
+        ("missing_split", "test.tsv: missing"),
+        ("yaml_garbage", "not valid YAML"),
+        ("field_count", "fields, header has"),
+    ],
+)
 def test_broken_folder_errors(cls_task, case, match):
     y, tr = cls_task / "task.yaml", cls_task / "train.tsv"
     lines = tr.read_text().splitlines()
@@ -65,7 +69,7 @@ def test_broken_folder_errors(cls_task, case, match):
     elif case == "bad_metric":
         rewrite(y, "metric: accuracy", "metric: wer")
     elif case == "missing_column":
-        tr.write_text("\n".join(l.rsplit("\t", 2)[0] if i == 0 else l for i, l in enumerate(lines)) + "\n")
+        tr.write_text("\n".join(ln.rsplit("\t", 2)[0] if i == 0 else ln for i, ln in enumerate(lines)) + "\n")
         tr.write_text(tr.read_text().replace("path\tduration", "path\tduration\tlabelz", 1))
     elif case == "unknown_label":
         tr.write_text("\n".join([lines[0], lines[1].replace("\tlow\t", "\tmedium\t")] + lines[2:]) + "\n")
@@ -97,7 +101,7 @@ def test_broken_folder_errors(cls_task, case, match):
 def test_error_names_first_rows_and_counts_more(cls_task):
     tr = cls_task / "train.tsv"
     lines = tr.read_text().splitlines()
-    tr.write_text("\n".join([lines[0]] + [l.replace("\tlow\t", "\tmid\t") for l in lines[1:]]) + "\n")
+    tr.write_text("\n".join([lines[0]] + [ln.replace("\tlow\t", "\tmid\t") for ln in lines[1:]]) + "\n")
     with pytest.raises(SpeechFTError, match=r"line 2: .*line 3: .*line 4: .*\(and \d+ more\)"):
         load_task(cls_task)
 
@@ -115,13 +119,16 @@ def test_audio_mono_downmix_and_resample(tmp_path):
     assert abs(np.argmax(spec) * 16000 / len(wav) - 440) < 3
 
 
-@pytest.mark.parametrize("case, match", [
-    ("empty", "empty \\(0 samples\\)"),
-    ("nan", "NaN or infinite"),
-    ("corrupt", "cannot decode audio"),
-    ("short", "shorter than the 25 ms minimum"),
-    ("missing", "audio file not found"),
-])
+@pytest.mark.parametrize(
+    "case, match",
+    [
+        ("empty", "empty \\(0 samples\\)"),
+        ("nan", "NaN or infinite"),
+        ("corrupt", "cannot decode audio"),
+        ("short", "shorter than the 25 ms minimum"),
+        ("missing", "audio file not found"),
+    ],
+)
 def test_bad_audio(tmp_path, case, match):
     p = tmp_path / "x.wav"
     if case == "empty":

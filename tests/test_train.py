@@ -2,6 +2,7 @@
 
 Tiny random encoders and tiny synthetic tasks (conftest.py); every run is a handful of steps.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import cli, rows, weights
 from safetensors.torch import load_file
 
 from speechft.config import load_config
@@ -31,14 +33,10 @@ def config(steps=10, *sets) -> TrainConfig:
     return load_config(TrainConfig, None, [f"steps={steps}", *FAST, *sets])
 
 
-def weights(folder) -> dict[str, torch.Tensor]:
-    return load_file(str(Path(folder) / "model.safetensors"))
-
-
 def encoder_part(ckpt_dir) -> dict[str, torch.Tensor]:
     """Encoder tensors of a resumable checkpoint (keys as in model.safetensors)."""
     t = load_file(str(Path(ckpt_dir) / "model.safetensors"))
-    return {k[len("encoder."):]: v for k, v in t.items() if k.startswith("encoder.")}
+    return {k[len("encoder.") :]: v for k, v in t.items() if k.startswith("encoder.")}
 
 
 def distance(a: dict, b: dict) -> float:
@@ -47,10 +45,6 @@ def distance(a: dict, b: dict) -> float:
 
 def is_frontend(name: str) -> bool:
     return name.startswith("feature_extractor.")
-
-
-def rows(out, kind):
-    return [r for r in map(json.loads, (Path(out) / "metrics.jsonl").read_text().splitlines()) if r["kind"] == kind]
 
 
 # ---- pure functions --------------------------------------------------------------------------------------
@@ -102,8 +96,13 @@ def test_resolved_config_fills_method_defaults():
 # ---- methods -----------------------------------------------------------------------------------------
 def test_stable_frozen_phase_is_exact_then_the_encoder_trains(tmp_path, tiny_encoder_dir, cls_task):
     enc = tiny_encoder_dir("hubert")
-    out = finetune(enc, [cls_task], tmp_path / "run", method="stable",
-                   config=config(20, "checkpoint.every=1", "checkpoint.keep_last=100", "checkpoint.keep_at_end=true"))
+    out = finetune(
+        enc,
+        [cls_task],
+        tmp_path / "run",
+        method="stable",
+        config=config(20, "checkpoint.every=1", "checkpoint.keep_last=100", "checkpoint.keep_at_end=true"),
+    )
     before = weights(enc)
     ck = out / "checkpoints"
     frozen = encoder_part(ck / "step-0000002")  # 10% of 20 steps
@@ -126,6 +125,7 @@ def test_stable_frozen_phase_is_exact_then_the_encoder_trains(tmp_path, tiny_enc
 @pytest.mark.parametrize("family", ["wav2vec2", "whisper"])
 def test_regular_trains_everything_but_the_front_end(tmp_path, tiny_encoder_dir, cls_task, family):
     from speechft.encoders import family_class, load_encoder
+
     enc = tiny_encoder_dir(family)
     out = finetune(enc, [cls_task], tmp_path / "run", method="regular", config=config(6, "eval.every=6"))
     before, after = weights(enc), weights(out)
@@ -148,8 +148,13 @@ def test_l2sp_stays_closer_to_the_pretrained_weights_than_regular(tmp_path, tiny
     enc = tiny_encoder_dir("hubert")
     cfg = config(8, "eval.every=8", "optim.lr=1e-3")
     reg = finetune(enc, [cls_task], tmp_path / "regular", method="regular", config=cfg)
-    l2 = finetune(enc, [cls_task], tmp_path / "l2sp", method="l2sp",
-                  config=config(8, "eval.every=8", "optim.lr=1e-3", "l2sp_lambda=1000"))
+    l2 = finetune(
+        enc,
+        [cls_task],
+        tmp_path / "l2sp",
+        method="l2sp",
+        config=config(8, "eval.every=8", "optim.lr=1e-3", "l2sp_lambda=1000"),
+    )
     theta0 = {k: v for k, v in weights(enc).items() if not is_frontend(k)}
     d_reg = distance(theta0, {k: weights(reg)[k] for k in theta0})
     d_l2 = distance(theta0, {k: weights(l2)[k] for k in theta0})
@@ -175,10 +180,14 @@ def test_lora_output_is_a_plain_encoder_matching_the_adapted_model(tmp_path, tin
     merged = load_encoder(out)  # loads as an ordinary encoder
     adapted = load_encoder(enc)
     spec = json.loads((out / "adapter" / "adapter.json").read_text())
-    LoraModel(adapted.model, LoraConfig(r=spec["rank"], lora_alpha=spec["alpha"], target_modules=spec["targets"],
-                                        use_dora=spec["use_dora"]), "default")
-    missing, unexpected = adapted.model.load_state_dict(load_file(str(out / "adapter" / "adapter.safetensors")),
-                                                        strict=False)
+    LoraModel(
+        adapted.model,
+        LoraConfig(r=spec["rank"], lora_alpha=spec["alpha"], target_modules=spec["targets"], use_dora=spec["use_dora"]),
+        "default",
+    )
+    missing, unexpected = adapted.model.load_state_dict(
+        load_file(str(out / "adapter" / "adapter.safetensors")), strict=False
+    )
     assert not unexpected and not [k for k in missing if "lora_" in k]
     adapted.eval()
     wavs = torch.randn(2, 16000) * 0.1
@@ -193,9 +202,15 @@ def test_lora_output_is_a_plain_encoder_matching_the_adapted_model(tmp_path, tin
 
 def test_early_stop_returns_the_checkpoint_at_20_percent(tmp_path, tiny_encoder_dir, cls_task):
     enc = tiny_encoder_dir("hubert")
-    full = finetune(enc, [cls_task], tmp_path / "stable", method="stable",
-                    config=config(20, "checkpoint.every=4", "checkpoint.keep_last=10", "checkpoint.keep_at_end=true",
-                                  "eval.every=4"))
+    full = finetune(
+        enc,
+        [cls_task],
+        tmp_path / "stable",
+        method="stable",
+        config=config(
+            20, "checkpoint.every=4", "checkpoint.keep_last=10", "checkpoint.keep_at_end=true", "eval.every=4"
+        ),
+    )
     early = finetune(enc, [cls_task], tmp_path / "early", method="early-stop", config=config(20, "eval.every=100"))
     at4 = encoder_part(full / "checkpoints" / "step-0000004")
     got = weights(early)
@@ -211,9 +226,21 @@ def test_early_stop_returns_the_checkpoint_at_20_percent(tmp_path, tiny_encoder_
 def test_best_on_dev_checkpoint_is_the_result(tmp_path, tiny_encoder_dir, cls_task):
     enc = tiny_encoder_dir("hubert")
     # A high LR makes the dev accuracy of this tiny task jump around, so the best step is not the last.
-    out = finetune(enc, [cls_task], tmp_path / "run", method="regular",
-                   config=config(12, "optim.lr=3e-2", "eval.every=1", "checkpoint.every=1", "checkpoint.keep_last=100",
-                                 "checkpoint.keep_at_end=true", "seed=1"))
+    out = finetune(
+        enc,
+        [cls_task],
+        tmp_path / "run",
+        method="regular",
+        config=config(
+            12,
+            "optim.lr=3e-2",
+            "eval.every=1",
+            "checkpoint.every=1",
+            "checkpoint.keep_last=100",
+            "checkpoint.keep_at_end=true",
+            "seed=1",
+        ),
+    )
     dev = rows(out, "dev")
     scores = [r["score"] for r in dev]
     expected = dev[scores.index(max(scores))]["step"]  # the earliest of equal best scores
@@ -222,16 +249,22 @@ def test_best_on_dev_checkpoint_is_the_result(tmp_path, tiny_encoder_dir, cls_ta
     assert expected < 12, f"precondition: this scenario should peak before the end (scores {scores})"
     best = load_file(str(out / "checkpoints" / f"step-{expected:07d}" / "model.safetensors"))
     got = weights(out)
-    assert all(torch.equal(got[k[len("encoder."):]], v) for k, v in best.items() if k.startswith("encoder."))
+    assert all(torch.equal(got[k[len("encoder.") :]], v) for k, v in best.items() if k.startswith("encoder."))
     head = load_file(str(out / "heads" / "tones" / "head.safetensors"))
-    assert all(torch.equal(head[k[len("head.tones."):]], v) for k, v in best.items() if k.startswith("head.tones."))
+    assert all(torch.equal(head[k[len("head.tones.") :]], v) for k, v in best.items() if k.startswith("head.tones."))
 
 
 def test_multitask_one_head_per_task_and_mean_normalised_dev_score(tmp_path, tiny_encoder_dir, cls_task, ctc_task):
     enc = tiny_encoder_dir("hubert")
-    out = finetune(enc, [cls_task, ctc_task], tmp_path / "run", method="regular",
-                   config=config(4, "data.multitask=mixed", "eval.every=4", "optim.grad_accum=2",
-                                 "head.layers=weighted", "precision=bf16"))
+    out = finetune(
+        enc,
+        [cls_task, ctc_task],
+        tmp_path / "run",
+        method="regular",
+        config=config(
+            4, "data.multitask=mixed", "eval.every=4", "optim.grad_accum=2", "head.layers=weighted", "precision=bf16"
+        ),
+    )
     assert TaskHead.load(out / "heads" / "tones").task_type == "classification"
     assert TaskHead.load(out / "heads" / "beeps").task_type == "ctc"
     prov = json.loads((out / "speechft.json").read_text())
@@ -245,21 +278,20 @@ def test_multitask_one_head_per_task_and_mean_normalised_dev_score(tmp_path, tin
 
 
 # ---- errors and run-folder rules -----------------------------------------------------------------------
-def cli(*argv):
-    from speechft.cli import main
-
-    return main([str(a) for a in argv])
 
 
-@pytest.mark.parametrize("extra, needle", [
-    (["--method", "sgd"], "unknown; choose one of stable"),
-    (["--steps", "0"], "steps=0"),
-    (["--set", "optim.encoder_lr=-1"], "optim.encoder_lr=-1.0"),
-    (["--set", "optim.lr=nan"], "optim.lr=nan"),
-    (["--set", "optim.lr=5"], "optim.lr=5.0"),
-    (["--set", "optim.learning_rate=1e-4"], "unknown key 'learning_rate'"),
-    (["--set", "frozen_fraction=1.0"], "frozen_fraction=1.0"),
-])
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["--method", "sgd"], "unknown; choose one of stable"),
+        (["--steps", "0"], "steps=0"),
+        (["--set", "optim.encoder_lr=-1"], "optim.encoder_lr=-1.0"),
+        (["--set", "optim.lr=nan"], "optim.lr=nan"),
+        (["--set", "optim.lr=5"], "optim.lr=5.0"),
+        (["--set", "optim.learning_rate=1e-4"], "unknown key 'learning_rate'"),
+        (["--set", "frozen_fraction=1.0"], "frozen_fraction=1.0"),
+    ],
+)
 def test_bad_options_give_one_line_errors(tmp_path, tiny_encoder_dir, cls_task, capsys, extra, needle):
     rc = cli("finetune", "--encoder", tiny_encoder_dir("hubert"), "--task", cls_task, "--out", tmp_path / "o", *extra)
     err = capsys.readouterr().err.strip()
@@ -269,17 +301,36 @@ def test_bad_options_give_one_line_errors(tmp_path, tiny_encoder_dir, cls_task, 
 
 def test_cli_yaml_recipe_with_set_overrides_is_stored_resolved(tmp_path, tiny_encoder_dir, cls_task, capsys):
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text("method: l2sp\nsteps: 4\nl2sp_lambda: 0.5\noptim:\n  lr: 5.0e-5\n  head_lr: 1e-3\n"
-                      "data:\n  batch_size: 4\nhead:\n  proj_dim: 16\n  layers: weighted\n")
+    recipe.write_text(
+        "method: l2sp\nsteps: 4\nl2sp_lambda: 0.5\noptim:\n  lr: 5.0e-5\n  head_lr: 1e-3\n"
+        "data:\n  batch_size: 4\nhead:\n  proj_dim: 16\n  layers: weighted\n"
+    )
     out = tmp_path / "run"
-    rc = cli("finetune", "--encoder", tiny_encoder_dir("hubert"), "--task", cls_task, "--out", out,
-             "--config", recipe, "--set", "optim.clip=0.5", "--steps", "3")
+    rc = cli(
+        "finetune",
+        "--encoder",
+        tiny_encoder_dir("hubert"),
+        "--task",
+        cls_task,
+        "--out",
+        out,
+        "--config",
+        recipe,
+        "--set",
+        "optim.clip=0.5",
+        "--steps",
+        "3",
+    )
     assert rc == 0
     assert f"to {out}" in capsys.readouterr().out  # says where it wrote
     stored = load_config(TrainConfig, out / "config.yaml")
     assert (stored.method, stored.steps, stored.l2sp_lambda) == ("l2sp", 3, 0.5)
-    assert (stored.optim.lr, stored.optim.encoder_lr, stored.optim.head_lr, stored.optim.clip) == \
-        (5e-5, 5e-5, 1e-3, 0.5)
+    assert (stored.optim.lr, stored.optim.encoder_lr, stored.optim.head_lr, stored.optim.clip) == (
+        5e-5,
+        5e-5,
+        1e-3,
+        0.5,
+    )
     assert stored.head.layers == "weighted" and stored.frozen_fraction == 0.0
     prov = json.loads((out / "speechft.json").read_text())
     assert prov["config"]["optim"]["head_lr"] == 1e-3 and prov["method"] == "l2sp"
@@ -314,19 +365,44 @@ def test_run_folder_rules(tmp_path, tiny_encoder_dir, cls_task, capsys):
 
 
 # ---- kill and resume -----------------------------------------------------------------------------------
-RESUME_SETS = ["data.batch_size=4", "eval.log_every=5", "eval.every=10", "checkpoint.every=5", "deterministic=true",
-               "head.proj_dim=16"]
+RESUME_SETS = [
+    "data.batch_size=4",
+    "eval.log_every=5",
+    "eval.every=10",
+    "checkpoint.every=5",
+    "deterministic=true",
+    "head.proj_dim=16",
+]
 
 
 def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_encoder_dir, cls_task):
     enc = tiny_encoder_dir("hubert")
     steps = 40
-    ref = finetune(enc, [cls_task], tmp_path / "ref", method="stable",
-                   config=load_config(TrainConfig, None, [f"steps={steps}", *RESUME_SETS]))
+    ref = finetune(
+        enc,
+        [cls_task],
+        tmp_path / "ref",
+        method="stable",
+        config=load_config(TrainConfig, None, [f"steps={steps}", *RESUME_SETS]),
+    )
 
     run = tmp_path / "killed"
-    argv = [sys.executable, "-m", "speechft", "finetune", "--encoder", str(enc), "--task", str(cls_task),
-            "--method", "stable", "--out", str(run), "--steps", str(steps)]
+    argv = [
+        sys.executable,
+        "-m",
+        "speechft",
+        "finetune",
+        "--encoder",
+        str(enc),
+        "--task",
+        str(cls_task),
+        "--method",
+        "stable",
+        "--out",
+        str(run),
+        "--steps",
+        str(steps),
+    ]
     for s in RESUME_SETS:
         argv += ["--set", s]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
@@ -371,18 +447,61 @@ def test_two_processes_match_one_process(tmp_path, cls_task, ctc_task):
     from speechft.encoders import tiny_encoder
 
     enc = tmp_path / "enc"
-    tiny_encoder("hubert", seed=0, hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
-                 feat_proj_dropout=0.0).save(enc)
-    sets = ["data.batch_size=4", "eval.log_every=1", "eval.every=6", "checkpoint.every=1", "checkpoint.keep_last=10",
-            "checkpoint.keep_at_end=true", "head.dropout=0.0", "head.proj_dim=16", "head.lstm_layers=1",
-            "head.lstm_hidden=16", "frozen_fraction=0.3"]
-    one = finetune(enc, [cls_task, ctc_task], tmp_path / "one", method="stable",
-                   config=load_config(TrainConfig, None, ["steps=6", *sets]))
+    tiny_encoder(
+        "hubert", seed=0, hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0
+    ).save(enc)
+    sets = [
+        "data.batch_size=4",
+        "eval.log_every=1",
+        "eval.every=6",
+        "checkpoint.every=1",
+        "checkpoint.keep_last=10",
+        "checkpoint.keep_at_end=true",
+        "head.dropout=0.0",
+        "head.proj_dim=16",
+        "head.lstm_layers=1",
+        "head.lstm_hidden=16",
+        "frozen_fraction=0.3",
+    ]
+    one = finetune(
+        enc,
+        [cls_task, ctc_task],
+        tmp_path / "one",
+        method="stable",
+        config=load_config(TrainConfig, None, ["steps=6", *sets]),
+    )
     two = tmp_path / "two"
-    argv = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-            "--main_process_port", str(free_port()), "-m", "speechft", "finetune", "--encoder", str(enc),
-            "--task", str(cls_task), "--task", str(ctc_task), "--method", "stable", "--out", str(two), "--steps", "6"]
+    argv = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        "-m",
+        "speechft",
+        "finetune",
+        "--encoder",
+        str(enc),
+        "--task",
+        str(cls_task),
+        "--task",
+        str(ctc_task),
+        "--method",
+        "stable",
+        "--out",
+        str(two),
+        "--steps",
+        "6",
+    ]
     for s in sets:
         argv += ["--set", s]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "CUDA_VISIBLE_DEVICES": ""}

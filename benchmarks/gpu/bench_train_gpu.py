@@ -10,6 +10,7 @@ depend on the weights) and 4-8 s clips. Also reports peak GPU memory of each loo
 Exits 0 with a message when no CUDA GPU is present. `--allow-cpu` runs a tiny version on the CPU,
 only to check the script itself.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,9 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--workers", type=int, default=4)
-    p.add_argument("--allow-cpu", action="store_true",
-                   help="tiny model on the CPU (checks the script, measures nothing)")
+    p.add_argument(
+        "--allow-cpu", action="store_true", help="tiny model on the CPU (checks the script, measures nothing)"
+    )
     args = p.parse_args(argv)
     gpu = torch.cuda.is_available()
     if not gpu and not args.allow_cpu:
@@ -77,17 +79,20 @@ def main(argv=None) -> int:
         name = torch.cuda.get_device_name() if gpu else "CPU dry run"
         n = sum(1 for _ in enc.glob("*.safetensors"))
         model = "HuBERT Base" if gpu else "tiny HuBERT stand-in"
-        print(f"\n### {name}: {model}, bf16, batch {args.batch} x {seconds[0]:g}-{seconds[1]:g} s, "
-              f"{args.steps} steps (first {args.warmup} not timed), {args.repeats} alternating repeats, "
-              f"{args.workers} loader workers, {n} weight file(s)\n")
+        print(
+            f"\n### {name}: {model}, bf16, batch {args.batch} x {seconds[0]:g}-{seconds[1]:g} s, "
+            f"{args.steps} steps (first {args.warmup} not timed), {args.repeats} alternating repeats, "
+            f"{args.workers} loader workers, {n} weight file(s)\n"
+        )
         print("| loop | utterances/s (each repeat) | ratio to bare | peak GPU memory |")
         print("|---|---|---|---|")
         b = max(x["loop"] for x in bare)
-        print(f"| bare PyTorch loop | {rates(bare)} | 1.00x | "
-              f"{bare[-1]['peak_gib']:.2f} GiB |")
+        print(f"| bare PyTorch loop | {rates(bare)} | 1.00x | {bare[-1]['peak_gib']:.2f} GiB |")
         o = max(x["loop"] for x in ours)
-        print(f"| speechft finetune, training steps | {rates(ours)} | {o / b:.3f}x "
-              f"(best vs best) | {ours[-1]['peak_gib']:.2f} GiB |")
+        print(
+            f"| speechft finetune, training steps | {rates(ours)} | {o / b:.3f}x "
+            f"(best vs best) | {ours[-1]['peak_gib']:.2f} GiB |"
+        )
         e = max(x["end_to_end"] for x in ours)
         print(f"| speechft finetune, end to end (setup, 1 dev eval, save) | {e:.1f} | {e / b:.3f}x | |")
     return 0

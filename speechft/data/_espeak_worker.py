@@ -16,6 +16,7 @@ Protocol on stdin/stdout, every message framed as u32 length + bytes:
     request  JSON {"op": "synth", "voice", "text", "rate", "pitch"} | {"op": "voices", "spec"}
     response JSON header {"ok", "error"?, ...}, then for "synth" one more frame of int16 PCM.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -37,15 +38,30 @@ class _EventId(ctypes.Union):
 
 
 class _Event(ctypes.Structure):  # espeak_EVENT (speak_lib.h)
-    _fields_ = [("type", ctypes.c_int), ("unique_identifier", ctypes.c_uint), ("text_position", ctypes.c_int),
-                ("length", ctypes.c_int), ("audio_position", ctypes.c_int), ("sample", ctypes.c_int),
-                ("user_data", ctypes.c_void_p), ("id", _EventId)]
+    _fields_ = [
+        ("type", ctypes.c_int),
+        ("unique_identifier", ctypes.c_uint),
+        ("text_position", ctypes.c_int),
+        ("length", ctypes.c_int),
+        ("audio_position", ctypes.c_int),
+        ("sample", ctypes.c_int),
+        ("user_data", ctypes.c_void_p),
+        ("id", _EventId),
+    ]
 
 
 class _Voice(ctypes.Structure):  # espeak_VOICE (speak_lib.h)
-    _fields_ = [("name", ctypes.c_char_p), ("languages", ctypes.c_char_p), ("identifier", ctypes.c_char_p),
-                ("gender", ctypes.c_ubyte), ("age", ctypes.c_ubyte), ("variant", ctypes.c_ubyte),
-                ("xx1", ctypes.c_ubyte), ("score", ctypes.c_int), ("spare", ctypes.c_void_p)]
+    _fields_ = [
+        ("name", ctypes.c_char_p),
+        ("languages", ctypes.c_char_p),
+        ("identifier", ctypes.c_char_p),
+        ("gender", ctypes.c_ubyte),
+        ("age", ctypes.c_ubyte),
+        ("variant", ctypes.c_ubyte),
+        ("xx1", ctypes.c_ubyte),
+        ("score", ctypes.c_int),
+        ("spare", ctypes.c_void_p),
+    ]
 
 
 _CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event))
@@ -72,8 +88,16 @@ class Library:
         self.lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
         self.lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
         self.lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
-        self.lib.espeak_Synth.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
-                                          ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
+        self.lib.espeak_Synth.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_size_t,
+            ctypes.c_uint,
+            ctypes.c_int,
+            ctypes.c_uint,
+            ctypes.c_uint,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+        ]
         self.lib.espeak_ListVoices.argtypes = [ctypes.POINTER(_Voice)]
         self.lib.espeak_ListVoices.restype = ctypes.POINTER(ctypes.POINTER(_Voice))
         self.sample_rate = self.lib.espeak_Initialize(AUDIO_OUTPUT_SYNCHRONOUS, 0, data_path.encode(), INIT_OPTIONS)
@@ -138,10 +162,15 @@ class Library:
             # `languages` is (priority byte, NUL-terminated code) pairs, but libespeak-ng 1.52 does not
             # always write the list's terminating 0 (the buffer is reused), so trust only the first pair.
             raw = ctypes.string_at(v.languages, 64) if v.languages else b""
-            langs = [raw[1:raw.index(b"\0", 1)].decode("utf-8", "replace")] if len(raw) > 1 and raw[0] else []
-            out.append({"name": (v.name or b"").decode("utf-8", "replace"),
-                        "identifier": (v.identifier or b"").decode("utf-8", "replace"),
-                        "languages": langs, "gender": int(v.gender)})
+            langs = [raw[1 : raw.index(b"\0", 1)].decode("utf-8", "replace")] if len(raw) > 1 and raw[0] else []
+            out.append(
+                {
+                    "name": (v.name or b"").decode("utf-8", "replace"),
+                    "identifier": (v.identifier or b"").decode("utf-8", "replace"),
+                    "languages": langs,
+                    "gender": int(v.gender),
+                }
+            )
             i += 1
         return {"ok": True, "voices": out}
 
@@ -166,8 +195,11 @@ def _serve_synth_in_child(lib: Library, req: dict) -> tuple[dict, bytes]:
         head, pcm = _read_frame(f), _read_frame(f)
     _, status = os.waitpid(pid, 0)
     if status != 0 or head is None or pcm is None:
-        return {"ok": False, "error": f"espeak-ng crashed synthesising voice '{req['voice']}' "
-                                      f"text {req['text'][:40]!r} (wait status {status})"}, b""
+        return {
+            "ok": False,
+            "error": f"espeak-ng crashed synthesising voice '{req['voice']}' "
+            f"text {req['text'][:40]!r} (wait status {status})",
+        }, b""
     return json.loads(head), pcm
 
 
@@ -182,14 +214,22 @@ def main(argv: list[str]) -> int:
             return 0
         req = json.loads(raw)
         if req["op"] == "synth":
-            head, pcm = _serve_synth_in_child(lib, req) if can_fork else lib.synth(
-                req["voice"], req["text"], req["rate"], req["pitch"])
+            head, pcm = (
+                _serve_synth_in_child(lib, req)
+                if can_fork
+                else lib.synth(req["voice"], req["text"], req["rate"], req["pitch"])
+            )
             stdout.write(_frame(json.dumps(head).encode()) + _frame(pcm))
         elif req["op"] == "voices":
             stdout.write(_frame(json.dumps(lib.voices(req.get("spec"))).encode()))
         elif req["op"] == "hello":
-            stdout.write(_frame(json.dumps({"ok": True, "sample_rate": lib.sample_rate, "version": lib.version(),
-                                            "isolated": can_fork}).encode()))
+            stdout.write(
+                _frame(
+                    json.dumps(
+                        {"ok": True, "sample_rate": lib.sample_rate, "version": lib.version(), "isolated": can_fork}
+                    ).encode()
+                )
+            )
         else:
             stdout.write(_frame(json.dumps({"ok": False, "error": f"unknown op {req['op']!r}"}).encode()))
         stdout.flush()

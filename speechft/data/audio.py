@@ -2,6 +2,7 @@
 
 torchaudio >= 2.9 moved its I/O to torchcodec, so speechft never depends on it.
 """
+
 from __future__ import annotations
 
 import os
@@ -42,20 +43,26 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, max_seco
     try:
         wav, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as e:  # soundfile raises LibsndfileError / RuntimeError with varying text
-        raise SpeechFTError(f"{path}: cannot decode audio ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
-                            "use wav, flac or ogg") from None
+        raise SpeechFTError(
+            f"{path}: cannot decode audio ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+            "use wav, flac or ogg"
+        ) from None
     if wav.shape[0] == 0:
         raise SpeechFTError(f"{path}: audio is empty (0 samples); remove it from the manifest")
     wav = wav.mean(axis=1) if wav.shape[1] > 1 else wav[:, 0]
     if not np.isfinite(wav).all():
         raise SpeechFTError(f"{path}: audio contains NaN or infinite samples; re-encode or remove it")
     if max_seconds is not None and wav.shape[0] > max_seconds * sr:
-        raise SpeechFTError(f"{path}: audio is {wav.shape[0] / sr:.1f} s, longer than the limit of {max_seconds} s; "
-                            "segment it or raise the limit")
+        raise SpeechFTError(
+            f"{path}: audio is {wav.shape[0] / sr:.1f} s, longer than the limit of {max_seconds} s; "
+            "segment it or raise the limit"
+        )
     wav = resample(wav, sr, sample_rate)
     if wav.shape[0] < MIN_SAMPLES * sample_rate // SAMPLE_RATE:
-        raise SpeechFTError(f"{path}: audio is {wav.shape[0] / sample_rate * 1000:.0f} ms long, shorter than the "
-                            f"{MIN_SAMPLES / SAMPLE_RATE * 1000:.0f} ms minimum; remove it from the manifest")
+        raise SpeechFTError(
+            f"{path}: audio is {wav.shape[0] / sample_rate * 1000:.0f} ms long, shorter than the "
+            f"{MIN_SAMPLES / SAMPLE_RATE * 1000:.0f} ms minimum; remove it from the manifest"
+        )
     return wav
 
 

@@ -3,10 +3,11 @@
 Random batching of speech pads every short clip to the longest one in its batch; sorting
 by length first keeps the padded fraction small (benchmarks/README.md records both).
 """
+
 from __future__ import annotations
 
 import random
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -17,8 +18,15 @@ class BucketBatchSampler:
     `max_seconds` of (padded) audio when that is given. Deterministic for a given
     (seed, epoch): resuming a run replays the same order."""
 
-    def __init__(self, durations: Sequence[float], batch_size: int = 8, max_seconds: float | None = None,
-                 shuffle: bool = True, seed: int = 0, drop_last: bool = False):
+    def __init__(
+        self,
+        durations: Sequence[float],
+        batch_size: int = 8,
+        max_seconds: float | None = None,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+    ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.durations = np.asarray(durations, dtype=np.float64)
@@ -62,7 +70,7 @@ def random_batches(n: int, batch_size: int, seed: int = 0) -> list[list[int]]:
     """Plain shuffled batching, the baseline the bucketing benchmark compares against."""
     order = list(range(n))
     random.Random(seed).shuffle(order)
-    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
 def padded_fraction(batches: list[list[int]], lengths: Sequence[float]) -> float:

@@ -1,4 +1,5 @@
 """`speechft data ...`: make task folders."""
+
 from __future__ import annotations
 
 from ..cli import add_subcommands, dispatch

@@ -9,6 +9,7 @@ An engine has `name`, `version`, `voices()` and `synthesize(clip) -> (audio floa
 [(phone IPA, onset seconds or None)])`. Nothing here is needed for the benchmark to work:
 a missing engine is skipped and the benchmark README lists the engines that were used.
 """
+
 from __future__ import annotations
 
 import re
@@ -24,10 +25,46 @@ from .audio import SAMPLE_RATE, load_audio
 
 # CMU/ARPAbet (flite's phone set) -> the benchmark's IPA phone inventory (synth_text.PHONES).
 ARPABET_TO_IPA = {
-    "aa": "ɑ", "ae": "æ", "ah": "ʌ", "ao": "ɔ", "aw": "aʊ", "ax": "ə", "ay": "aɪ", "b": "b", "ch": "tʃ", "d": "d",
-    "dh": "ð", "eh": "ɛ", "er": "ɝ", "ey": "eɪ", "f": "f", "g": "ɡ", "hh": "h", "ih": "ɪ", "iy": "i", "jh": "dʒ",
-    "k": "k", "l": "l", "m": "m", "n": "n", "ng": "ŋ", "ow": "oʊ", "oy": "ɔɪ", "p": "p", "r": "ɹ", "s": "s",
-    "sh": "ʃ", "t": "t", "th": "θ", "uh": "ʊ", "uw": "u", "v": "v", "w": "w", "y": "j", "z": "z", "zh": "ʒ",
+    "aa": "ɑ",
+    "ae": "æ",
+    "ah": "ʌ",
+    "ao": "ɔ",
+    "aw": "aʊ",
+    "ax": "ə",
+    "ay": "aɪ",
+    "b": "b",
+    "ch": "tʃ",
+    "d": "d",
+    "dh": "ð",
+    "eh": "ɛ",
+    "er": "ɝ",
+    "ey": "eɪ",
+    "f": "f",
+    "g": "ɡ",
+    "hh": "h",
+    "ih": "ɪ",
+    "iy": "i",
+    "jh": "dʒ",
+    "k": "k",
+    "l": "l",
+    "m": "m",
+    "n": "n",
+    "ng": "ŋ",
+    "ow": "oʊ",
+    "oy": "ɔɪ",
+    "p": "p",
+    "r": "ɹ",
+    "s": "s",
+    "sh": "ʃ",
+    "t": "t",
+    "th": "θ",
+    "uh": "ʊ",
+    "uw": "u",
+    "v": "v",
+    "w": "w",
+    "y": "j",
+    "z": "z",
+    "zh": "ʒ",
 }
 
 
@@ -54,12 +91,26 @@ class Flite:
         shift = 2.0 ** ((clip.pitch - 50) / 100.0)
         with tempfile.TemporaryDirectory(prefix="speechft-flite-") as d:
             wav = Path(d) / "out.wav"
-            cmd = [self.exe, "-voice", clip.voice, "--setf", f"duration_stretch={stretch:.4f}",
-                   "--setf", f"f0_shift={shift:.4f}", "-ps", "-t", clip.text, "-o", str(wav)]
+            cmd = [
+                self.exe,
+                "-voice",
+                clip.voice,
+                "--setf",
+                f"duration_stretch={stretch:.4f}",
+                "--setf",
+                f"f0_shift={shift:.4f}",
+                "-ps",
+                "-t",
+                clip.text,
+                "-o",
+                str(wav),
+            ]
             res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
             if res.returncode != 0 or not wav.exists():
-                raise SpeechFTError(f"flite failed for voice '{clip.voice}' text {clip.text[:40]!r}: "
-                                    f"{(res.stderr or res.stdout).strip()[:200]}")
+                raise SpeechFTError(
+                    f"flite failed for voice '{clip.voice}' text {clip.text[:40]!r}: "
+                    f"{(res.stderr or res.stdout).strip()[:200]}"
+                )
             audio = load_audio(wav, SAMPLE_RATE)
         phones = [(ARPABET_TO_IPA[p], None) for p in res.stdout.split() if p in ARPABET_TO_IPA]
         return audio, phones

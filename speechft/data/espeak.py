@@ -13,6 +13,7 @@ was synthesised before - the property the synthetic benchmark's cache and its
 determinism tests rely on. Calls are serialised with a lock (the worker is one pipe); a
 forked Python process (e.g. a DataLoader worker) starts its own worker.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -62,8 +63,9 @@ def _paths() -> tuple[str, str]:
     try:
         import espeakng_loader
     except ImportError:
-        raise SpeechFTError("espeak-ng is not installed; run `pip install espeakng-loader` "
-                            "(or `pip install speechft[default]`)") from None
+        raise SpeechFTError(
+            "espeak-ng is not installed; run `pip install espeakng-loader` (or `pip install speechft[default]`)"
+        ) from None
     return espeakng_loader.get_library_path(), espeakng_loader.get_data_path()
 
 
@@ -74,6 +76,7 @@ def library_version() -> str:
         version = _get_worker().version
     try:
         from importlib.metadata import version as dist_version
+
         return f"espeak-ng {version} (espeakng-loader {dist_version('espeakng-loader')})"
     except Exception:  # noqa: BLE001 - metadata missing in odd installs; the library version still identifies it
         return f"espeak-ng {version}"
@@ -94,8 +97,12 @@ class _Worker:
         # -I: isolated mode (no user site, no PYTHON* env, cwd not on sys.path); the worker is stdlib only.
         # stderr to a file, not a pipe: espeak-ng may print warnings, and an unread pipe would fill and block it.
         self.stderr = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen([sys.executable, "-I", str(script), lib, data], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=self.stderr)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-I", str(script), lib, data],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+        )
         self.pid = os.getpid()
         hello = self.call({"op": "hello"})
         self.native_rate = int(hello["sample_rate"])
@@ -111,8 +118,10 @@ class _Worker:
                 self.proc.kill()
             self.stderr.seek(0)
             err = self.stderr.read().decode(errors="replace").strip().splitlines()
-            raise SpeechFTError(f"the espeak-ng worker stopped ({err[-1] if err else 'no message'}); "
-                                "check `pip show espeakng-loader` and rerun")
+            raise SpeechFTError(
+                f"the espeak-ng worker stopped ({err[-1] if err else 'no message'}); "
+                "check `pip show espeakng-loader` and rerun"
+            )
         (n,) = struct.unpack("<I", head)
         return self.proc.stdout.read(n)
 
@@ -127,8 +136,10 @@ class _Worker:
         pcm = self._read() if with_pcm else None
         if not head.get("ok"):
             if head.get("kind") == "voice":
-                raise SpeechFTError(f"{head['error']}; pick one from speechft.data.espeak.list_voices() "
-                                    "(variants: list_voices(variants=True), used as 'en-us+f3')")
+                raise SpeechFTError(
+                    f"{head['error']}; pick one from speechft.data.espeak.list_voices() "
+                    "(variants: list_voices(variants=True), used as 'en-us+f3')"
+                )
             raise SpeechFTError(head.get("error", "espeak-ng failed"))
         return (head, pcm) if with_pcm else head
 
@@ -159,8 +170,9 @@ def _shutdown():
         _worker.close()
 
 
-def synthesize(text: str, voice: str = "en-us", rate: int = 175, pitch: int = 50,
-               sample_rate: int = SAMPLE_RATE) -> SynthResult:
+def synthesize(
+    text: str, voice: str = "en-us", rate: int = 175, pitch: int = 50, sample_rate: int = SAMPLE_RATE
+) -> SynthResult:
     """Speak `text` with espeak-ng voice `voice` (e.g. "en-us", "en-us+f3", "de", "fr+klatt").
 
     `rate` in words per minute (80-450), `pitch` 0-100 (50 is the voice's default).
@@ -177,13 +189,15 @@ def synthesize(text: str, voice: str = "en-us", rate: int = 175, pitch: int = 50
             raise SpeechFTError(f"espeak: {what}={value!r} is outside {lo}-{hi}; pass an integer in that range")
     with _lock:
         worker = _get_worker()
-        head, pcm = worker.call({"op": "synth", "voice": voice, "text": text, "rate": int(rate),
-                                 "pitch": int(pitch)}, with_pcm=True)
+        head, pcm = worker.call(
+            {"op": "synth", "voice": voice, "text": text, "rate": int(rate), "pitch": int(pitch)}, with_pcm=True
+        )
     native = int(head["sample_rate"])
     audio = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
     if audio.size == 0:
-        raise SpeechFTError(f"espeak: voice '{voice}' produced no audio for {text[:40]!r}; "
-                            "check the text is speakable in that language")
+        raise SpeechFTError(
+            f"espeak: voice '{voice}' produced no audio for {text[:40]!r}; check the text is speakable in that language"
+        )
     audio = resample(audio, native, sample_rate)
     phonemes = [(ipa, round(sample / native, 6)) for ipa, sample in head["phonemes"] if ipa]
     return SynthResult(audio=audio, sample_rate=sample_rate, phonemes=phonemes)

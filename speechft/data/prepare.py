@@ -17,6 +17,7 @@ test-clean.csv with phone transcriptions); their absolute wav paths are re-roote
 What each corpus becomes (audio in place or generated, split rules, deviations from s3prl)
 is written into the task folder's README.md; see speechft/data/corpora.py.
 """
+
 from __future__ import annotations
 
 import os
@@ -39,8 +40,10 @@ def prepare_corpus(name: str, root, out, overwrite: bool = False, task_name: str
     opts = {k: v for k, v in opts.items() if v is not None and v != () and v != []}
     unknown = sorted(set(opts) - set(accepted))
     if unknown:
-        raise SpeechFTError(f"{name} does not take option(s) {', '.join('--' + u.replace('_', '-') for u in unknown)}"
-                            f"; it takes {', '.join('--' + a.replace('_', '-') for a in accepted) or 'none'}")
+        raise SpeechFTError(
+            f"{name} does not take option(s) {', '.join('--' + u.replace('_', '-') for u in unknown)}"
+            f"; it takes {', '.join('--' + a.replace('_', '-') for a in accepted) or 'none'}"
+        )
     root, out = Path(root).expanduser(), Path(out)
     if not root.is_dir():
         raise SpeechFTError(f"{root}: corpus folder not found; pass --root the folder you extracted the corpus into")
@@ -54,10 +57,15 @@ def prepare_corpus(name: str, root, out, overwrite: bool = False, task_name: str
         spec = dict(prep.spec)
         if task_name:
             spec["name"] = str(task_name)
-        spec["source"] = {"corpus": name, "root": str(root.resolve()), "options": {k: _plain(v) for k, v in opts.items()}}
+        spec["source"] = {
+            "corpus": name,
+            "root": str(root.resolve()),
+            "options": {k: _plain(v) for k, v in opts.items()},
+        }
         # manifests via the shared writer (into a sub-folder, then moved up beside the audio)
-        sub = write_task_folder(tmp / ".manifests", spec, prep.splits,
-                                files={"README.md": _readme(name, root, prep).encode("utf-8")})
+        sub = write_task_folder(
+            tmp / ".manifests", spec, prep.splits, files={"README.md": _readme(name, root, prep).encode("utf-8")}
+        )
         for f in sub.iterdir():
             os.replace(f, tmp / f.name)
         shutil.rmtree(sub)
@@ -90,16 +98,24 @@ def _readme(name: str, root: Path, prep) -> str:
         counts = {s: Counter(r["label"] for r in prep.splits.get(s, [])) for s in ("train", "dev", "test")}
         if len(spec["labels"]) <= 40:
             lines += ["", "| label | train | dev | test |", "|---|---|---|---|"]
-            lines += [f"| {lab} | {counts['train'][lab]} | {counts['dev'][lab]} | {counts['test'][lab]} |"
-                      for lab in spec["labels"]]
+            lines += [
+                f"| {lab} | {counts['train'][lab]} | {counts['dev'][lab]} | {counts['test'][lab]} |"
+                for lab in spec["labels"]
+            ]
         else:
             lines += ["", f"{len(spec['labels'])} classes."]
     else:
-        lines += ["", f"{len(spec['vocabulary'])} output tokens ({spec['tokenizer']} tokenizer), metric {spec['metric']}."]
+        lines += [
+            "",
+            f"{len(spec['vocabulary'])} output tokens ({spec['tokenizer']} tokenizer), metric {spec['metric']}.",
+        ]
     if prep.links:
-        lines += ["", "Audio is referenced in place: " + ", ".join(f"`{k}` -> `{Path(v).resolve()}`"
-                                                                   for k, v in prep.links.items())
-                  + " (symlinks; re-run prepare if the corpus moves)."]
+        lines += [
+            "",
+            "Audio is referenced in place: "
+            + ", ".join(f"`{k}` -> `{Path(v).resolve()}`" for k, v in prep.links.items())
+            + " (symlinks; re-run prepare if the corpus moves).",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -116,24 +132,44 @@ def add_arguments(p):
     g = p.add_argument_group("corpus options (each applies to the corpora named)")
     g.add_argument("--lexicon", action="append", help="librispeech-pr: word -> phones lexicon file (repeatable)")
     g.add_argument("--phone-csv", help="librispeech-pr: folder of s3prl SuperbPR csv files with phone transcripts")
-    g.add_argument("--skip-oov", action="store_true", default=None,
-                   help="librispeech-pr: drop utterances with words missing from the lexicon instead of failing")
-    g.add_argument("--sets", help="librispeech-*: train,dev,test subsets (default train-clean-100,dev-clean,test-clean)")
+    g.add_argument(
+        "--skip-oov",
+        action="store_true",
+        default=None,
+        help="librispeech-pr: drop utterances with words missing from the lexicon instead of failing",
+    )
+    g.add_argument(
+        "--sets", help="librispeech-*: train,dev,test subsets (default train-clean-100,dev-clean,test-clean)"
+    )
     g.add_argument("--split-file", help="voxceleb1-sid: iden_split.txt (default ROOT/iden_split.txt)")
     g.add_argument("--fold", type=int, help="iemocap-er: session 1-5 held out as the test set (default 1)")
-    g.add_argument("--dev-fraction", type=float,
-                   help="iemocap-er (default 0.2), aishell3 (default 0.05): share of training utterances kept for dev")
+    g.add_argument(
+        "--dev-fraction",
+        type=float,
+        help="iemocap-er (default 0.2), aishell3 (default 0.05): share of training utterances kept for dev",
+    )
     g.add_argument("--test-root", help="speechcommands-ks: SUPERB's official test set speech_commands_test_set_v0.01")
-    g.add_argument("--hours", type=float, help="tedlium3-asr: training hours to keep (default 10, the paper's; 0 = all)")
+    g.add_argument(
+        "--hours", type=float, help="tedlium3-asr: training hours to keep (default 10, the paper's; 0 = all)"
+    )
     g.add_argument("--min-seconds", type=float, help="tedlium3-asr: shortest segment kept (default 1)")
     g.add_argument("--max-seconds", type=float, help="tedlium3-asr: longest segment kept (default 60)")
 
 
 def main(args):
-    opts = dict(lexicon=args.lexicon, phone_csv=args.phone_csv, skip_oov=args.skip_oov,
-                sets=args.sets.split(",") if args.sets else None, split_file=args.split_file, fold=args.fold,
-                dev_fraction=args.dev_fraction, test_root=args.test_root, hours=args.hours,
-                min_seconds=args.min_seconds, max_seconds=args.max_seconds)
+    opts = dict(
+        lexicon=args.lexicon,
+        phone_csv=args.phone_csv,
+        skip_oov=args.skip_oov,
+        sets=args.sets.split(",") if args.sets else None,
+        split_file=args.split_file,
+        fold=args.fold,
+        dev_fraction=args.dev_fraction,
+        test_root=args.test_root,
+        hours=args.hours,
+        min_seconds=args.min_seconds,
+        max_seconds=args.max_seconds,
+    )
     out = prepare_corpus(args.corpus, args.root, args.out, overwrite=args.overwrite, task_name=args.name, **opts)
     task = load_task(out)
     sizes = ", ".join(f"{s} {len(task.splits[s])}" for s in ("train", "dev", "test"))

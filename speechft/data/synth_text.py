@@ -4,6 +4,7 @@ strings, and the phone inventories (English, German) that espeak-ng's IPA events
 Everything here is a pure function of a `numpy.random.Generator`, so a benchmark seed
 fixes every sentence; nothing is downloaded.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -11,30 +12,225 @@ import numpy as np
 # ---------------------------------------------------------------- sentence grammar
 # Plain, common words (lower case a-z only, so the asr transcripts need no normalisation).
 # None of them is a keyword, so ks "unknown" words can be drawn from here too.
-NAMES = ("anna", "peter", "maria", "david", "laura", "james", "emma", "thomas", "sarah", "michael", "julia",
-         "daniel", "olivia", "robert", "helen", "simon", "grace", "martin", "alice", "henry")
-ADJECTIVES = ("red", "blue", "green", "small", "large", "old", "new", "warm", "cold", "quiet", "heavy", "bright",
-              "dark", "clean", "empty", "yellow", "little", "happy", "careful", "wooden", "broken", "golden",
-              "simple", "famous", "strange", "gentle", "narrow", "sweet", "fresh", "tired", "thick", "thin",
-              "usual", "noisy", "good")
-NOUNS = ("house", "garden", "window", "table", "river", "letter", "basket", "kitchen", "doctor", "teacher",
-         "farmer", "bottle", "picture", "mountain", "village", "bridge", "pencil", "carpet", "orange", "apple",
-         "market", "station", "ticket", "jacket", "candle", "flower", "bucket", "button", "ladder", "pillow",
-         "rabbit", "kitten", "tiger", "monkey", "wagon", "castle", "forest", "island", "painter", "sailor",
-         "baker", "horse", "chair", "boat", "bread", "cheese", "coffee", "paper", "music", "story",
-         # rarer English sounds, so every phone of the inventory occurs: ʒ ɔɪ θ ŋ ʊ
-         "treasure", "television", "coin", "toy", "voice", "thumb", "mouth", "king", "ring", "book", "cookie")
-VERBS_T = ("found", "painted", "carried", "moved", "opened", "cleaned", "bought", "sold", "watched", "liked",
-           "wanted", "needed", "kept", "took", "brought", "held", "washed", "fixed", "dropped", "visited",
-           "followed", "pushed", "pulled", "showed", "covered", "filled", "hid", "built", "drew", "asked")
-VERBS_I = ("slept", "waited", "smiled", "laughed", "walked", "jumped", "sang", "danced", "arrived", "worked",
-           "played", "rested", "listened", "whispered", "shouted", "cried", "stayed", "returned")
-VERBS_BASE = ("bring", "carry", "open", "clean", "paint", "move", "find", "take", "hold", "wash", "fix",
-              "show", "fill", "cover", "watch", "visit", "follow", "push", "pull", "keep")
-ADVERBIALS = ("in the morning", "near the river", "after lunch", "at home", "on monday", "very slowly",
-              "every day", "by the window", "in the garden", "before dinner", "at the station", "last night",
-              "with a smile", "in the kitchen", "on the bridge", "at noon", "in the rain", "quite early",
-              "without a word", "on sunday")
+NAMES = (
+    "anna",
+    "peter",
+    "maria",
+    "david",
+    "laura",
+    "james",
+    "emma",
+    "thomas",
+    "sarah",
+    "michael",
+    "julia",
+    "daniel",
+    "olivia",
+    "robert",
+    "helen",
+    "simon",
+    "grace",
+    "martin",
+    "alice",
+    "henry",
+)
+ADJECTIVES = (
+    "red",
+    "blue",
+    "green",
+    "small",
+    "large",
+    "old",
+    "new",
+    "warm",
+    "cold",
+    "quiet",
+    "heavy",
+    "bright",
+    "dark",
+    "clean",
+    "empty",
+    "yellow",
+    "little",
+    "happy",
+    "careful",
+    "wooden",
+    "broken",
+    "golden",
+    "simple",
+    "famous",
+    "strange",
+    "gentle",
+    "narrow",
+    "sweet",
+    "fresh",
+    "tired",
+    "thick",
+    "thin",
+    "usual",
+    "noisy",
+    "good",
+)
+NOUNS = (
+    "house",
+    "garden",
+    "window",
+    "table",
+    "river",
+    "letter",
+    "basket",
+    "kitchen",
+    "doctor",
+    "teacher",
+    "farmer",
+    "bottle",
+    "picture",
+    "mountain",
+    "village",
+    "bridge",
+    "pencil",
+    "carpet",
+    "orange",
+    "apple",
+    "market",
+    "station",
+    "ticket",
+    "jacket",
+    "candle",
+    "flower",
+    "bucket",
+    "button",
+    "ladder",
+    "pillow",
+    "rabbit",
+    "kitten",
+    "tiger",
+    "monkey",
+    "wagon",
+    "castle",
+    "forest",
+    "island",
+    "painter",
+    "sailor",
+    "baker",
+    "horse",
+    "chair",
+    "boat",
+    "bread",
+    "cheese",
+    "coffee",
+    "paper",
+    "music",
+    "story",
+    # rarer English sounds, so every phone of the inventory occurs: ʒ ɔɪ θ ŋ ʊ
+    "treasure",
+    "television",
+    "coin",
+    "toy",
+    "voice",
+    "thumb",
+    "mouth",
+    "king",
+    "ring",
+    "book",
+    "cookie",
+)
+VERBS_T = (
+    "found",
+    "painted",
+    "carried",
+    "moved",
+    "opened",
+    "cleaned",
+    "bought",
+    "sold",
+    "watched",
+    "liked",
+    "wanted",
+    "needed",
+    "kept",
+    "took",
+    "brought",
+    "held",
+    "washed",
+    "fixed",
+    "dropped",
+    "visited",
+    "followed",
+    "pushed",
+    "pulled",
+    "showed",
+    "covered",
+    "filled",
+    "hid",
+    "built",
+    "drew",
+    "asked",
+)
+VERBS_I = (
+    "slept",
+    "waited",
+    "smiled",
+    "laughed",
+    "walked",
+    "jumped",
+    "sang",
+    "danced",
+    "arrived",
+    "worked",
+    "played",
+    "rested",
+    "listened",
+    "whispered",
+    "shouted",
+    "cried",
+    "stayed",
+    "returned",
+)
+VERBS_BASE = (
+    "bring",
+    "carry",
+    "open",
+    "clean",
+    "paint",
+    "move",
+    "find",
+    "take",
+    "hold",
+    "wash",
+    "fix",
+    "show",
+    "fill",
+    "cover",
+    "watch",
+    "visit",
+    "follow",
+    "push",
+    "pull",
+    "keep",
+)
+ADVERBIALS = (
+    "in the morning",
+    "near the river",
+    "after lunch",
+    "at home",
+    "on monday",
+    "very slowly",
+    "every day",
+    "by the window",
+    "in the garden",
+    "before dinner",
+    "at the station",
+    "last night",
+    "with a smile",
+    "in the kitchen",
+    "on the bridge",
+    "at noon",
+    "in the rain",
+    "quite early",
+    "without a word",
+    "on sunday",
+)
 DETERMINERS = ("the", "a", "my", "your", "his", "her", "that", "this", "our")
 
 
@@ -42,8 +238,11 @@ def _noun_phrase(rng: np.random.Generator) -> str:
     det = DETERMINERS[rng.integers(len(DETERMINERS))]
     noun = NOUNS[rng.integers(len(NOUNS))]
     if rng.random() < 0.5:
-        return f"{det} {ADJECTIVES[rng.integers(len(ADJECTIVES))]} {noun}".replace("a a", "an a").replace(
-            "a e", "an e").replace("a o", "an o")
+        return (
+            f"{det} {ADJECTIVES[rng.integers(len(ADJECTIVES))]} {noun}".replace("a a", "an a")
+            .replace("a e", "an e")
+            .replace("a o", "an o")
+        )
     return f"{det} {noun}"
 
 
@@ -60,8 +259,10 @@ def sentence(rng: np.random.Generator, max_words: int = 7) -> str:
         elif kind == 1:
             s = f"{_subject(rng)} {VERBS_I[rng.integers(len(VERBS_I))]} {ADVERBIALS[rng.integers(len(ADVERBIALS))]}"
         elif kind == 2:
-            s = (f"{_subject(rng)} {VERBS_T[rng.integers(len(VERBS_T))]} {_noun_phrase(rng)} "
-                 f"{ADVERBIALS[rng.integers(len(ADVERBIALS))]}")
+            s = (
+                f"{_subject(rng)} {VERBS_T[rng.integers(len(VERBS_T))]} {_noun_phrase(rng)} "
+                f"{ADVERBIALS[rng.integers(len(ADVERBIALS))]}"
+            )
         else:
             s = f"please {VERBS_BASE[rng.integers(len(VERBS_BASE))]} {_noun_phrase(rng)}"
         if 3 <= len(s.split()) <= max_words:
@@ -84,14 +285,62 @@ def sentences(rng: np.random.Generator, n: int, exclude: set[str] | None = None,
 
 # ---------------------------------------------------------------- keyword spotting
 # Speech Commands' ten command words plus the ten digits, and an 'unknown' class.
-KEYWORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go",
-            "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+KEYWORDS = (
+    "yes",
+    "no",
+    "up",
+    "down",
+    "left",
+    "right",
+    "on",
+    "off",
+    "stop",
+    "go",
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+)
 UNKNOWN = "unknown"
 # Words that sound like a keyword (or contain one) would be wrong 'unknown' examples.
-_SOUNDS_LIKE_KEYWORD = {"to", "too", "for", "won", "ate", "know", "write", "of", "gone", "stopped", "upon",
-                        "nine", "none", "yet", "left", "right", "down", "go", "seven", "noon", "on"}
-UNKNOWN_WORDS = tuple(sorted({w for w in NOUNS + ADJECTIVES + VERBS_T + VERBS_I + NAMES
-                              if w not in KEYWORDS and w not in _SOUNDS_LIKE_KEYWORD}))
+_SOUNDS_LIKE_KEYWORD = {
+    "to",
+    "too",
+    "for",
+    "won",
+    "ate",
+    "know",
+    "write",
+    "of",
+    "gone",
+    "stopped",
+    "upon",
+    "nine",
+    "none",
+    "yet",
+    "left",
+    "right",
+    "down",
+    "go",
+    "seven",
+    "noon",
+    "on",
+}
+UNKNOWN_WORDS = tuple(
+    sorted(
+        {
+            w
+            for w in NOUNS + ADJECTIVES + VERBS_T + VERBS_I + NAMES
+            if w not in KEYWORDS and w not in _SOUNDS_LIKE_KEYWORD
+        }
+    )
+)
 
 
 # ---------------------------------------------------------------- language id
@@ -111,22 +360,119 @@ def digit_string(rng: np.random.Generator) -> str:
 # A 39-phone English inventory in the spirit of the CMU/TIMIT folding (one symbol per
 # phoneme, no stress), written in IPA. espeak-ng's en-us IPA events are mapped onto it;
 # stress and length marks are stripped first.
-PHONES = ("p", "b", "t", "d", "k", "ɡ", "tʃ", "dʒ", "f", "v", "θ", "ð", "s", "z", "ʃ", "ʒ", "h",
-          "m", "n", "ŋ", "l", "ɹ", "w", "j",
-          "i", "ɪ", "eɪ", "ɛ", "æ", "ɑ", "ʌ", "ɔ", "oʊ", "ʊ", "u", "ɝ", "aɪ", "aʊ", "ɔɪ", "ə")
+PHONES = (
+    "p",
+    "b",
+    "t",
+    "d",
+    "k",
+    "ɡ",
+    "tʃ",
+    "dʒ",
+    "f",
+    "v",
+    "θ",
+    "ð",
+    "s",
+    "z",
+    "ʃ",
+    "ʒ",
+    "h",
+    "m",
+    "n",
+    "ŋ",
+    "l",
+    "ɹ",
+    "w",
+    "j",
+    "i",
+    "ɪ",
+    "eɪ",
+    "ɛ",
+    "æ",
+    "ɑ",
+    "ʌ",
+    "ɔ",
+    "oʊ",
+    "ʊ",
+    "u",
+    "ɝ",
+    "aɪ",
+    "aʊ",
+    "ɔɪ",
+    "ə",
+)
 # espeak-ng (en-us) spellings -> inventory phones. A value with spaces expands to several
 # phones (r-coloured vowels); None drops the event (glottal stop).
 ESPEAK_TO_PHONE: dict[str, str | None] = {
-    "g": "ɡ", "r": "ɹ", "ɾ": "t", "ʔ": None, "x": "k", "ç": "h", "ɬ": "l", "n̩": "n", "l̩": "l", "m̩": "m",
-    "ᵻ": "ɪ", "ɐ": "ə", "ɚ": "ɝ", "ɜ": "ɝ", "əl": "ə l", "ɑɹ": "ɑ ɹ", "ɔɹ": "ɔ ɹ", "oɹ": "ɔ ɹ",
-    "ɛɹ": "ɛ ɹ", "ɪɹ": "ɪ ɹ", "ʊɹ": "ʊ ɹ", "aɪɚ": "aɪ ɝ", "aɪə": "aɪ ə", "aʊɚ": "aʊ ɝ", "iə": "i ə",
-    "e": "eɪ", "o": "oʊ", "a": "æ", "ɒ": "ɑ", "ɜɹ": "ɝ", "əʊ": "oʊ", "eə": "ɛ ɹ",
-    "ɐɪ": "aɪ", "ɑɪ": "aɪ", "ɑʊ": "aʊ", "ɔø": "ɔɪ", "y": "u", "ɯ": "u", "ɵ": "oʊ", "ɘ": "ə", "ɨ": "ɪ",
-    "ɑ̃": "ɑ n", "ʍ": "w", "ɫ": "l", "ʁ": "ɹ",
+    "g": "ɡ",
+    "r": "ɹ",
+    "ɾ": "t",
+    "ʔ": None,
+    "x": "k",
+    "ç": "h",
+    "ɬ": "l",
+    "n̩": "n",
+    "l̩": "l",
+    "m̩": "m",
+    "ᵻ": "ɪ",
+    "ɐ": "ə",
+    "ɚ": "ɝ",
+    "ɜ": "ɝ",
+    "əl": "ə l",
+    "ɑɹ": "ɑ ɹ",
+    "ɔɹ": "ɔ ɹ",
+    "oɹ": "ɔ ɹ",
+    "ɛɹ": "ɛ ɹ",
+    "ɪɹ": "ɪ ɹ",
+    "ʊɹ": "ʊ ɹ",
+    "aɪɚ": "aɪ ɝ",
+    "aɪə": "aɪ ə",
+    "aʊɚ": "aʊ ɝ",
+    "iə": "i ə",
+    "e": "eɪ",
+    "o": "oʊ",
+    "a": "æ",
+    "ɒ": "ɑ",
+    "ɜɹ": "ɝ",
+    "əʊ": "oʊ",
+    "eə": "ɛ ɹ",
+    "ɐɪ": "aɪ",
+    "ɑɪ": "aɪ",
+    "ɑʊ": "aʊ",
+    "ɔø": "ɔɪ",
+    "y": "u",
+    "ɯ": "u",
+    "ɵ": "oʊ",
+    "ɘ": "ə",
+    "ɨ": "ɪ",
+    "ɑ̃": "ɑ n",
+    "ʍ": "w",
+    "ɫ": "l",
+    "ʁ": "ɹ",
     # British, Scottish and Caribbean accents (en-gb-x-rp, en-gb-scotland, en-029, ...)
-    "aa": "ɑ", "a:": "ɑ", "ʌʉ": "aʊ", "ɑə": "ɑ", "ɔə": "ɔ", "oə": "ɔ", "ʉɹ": "ʊ ɹ", "ʉ": "u", "ʌɹ": "ɝ",
-    "ʲ": "j", "ɐʊ": "aʊ", "ɛə": "ɛ", "ʊə": "ʊ", "ɪə": "ɪ", "əɹ": "ɝ", "t̪": "t", "əɪ": "aɪ", "æʊ": "aʊ",
-    "əu": "oʊ", "ʌʊ": "oʊ", "ei": "eɪ", "oɪ": "ɔɪ",
+    "aa": "ɑ",
+    "a:": "ɑ",
+    "ʌʉ": "aʊ",
+    "ɑə": "ɑ",
+    "ɔə": "ɔ",
+    "oə": "ɔ",
+    "ʉɹ": "ʊ ɹ",
+    "ʉ": "u",
+    "ʌɹ": "ɝ",
+    "ʲ": "j",
+    "ɐʊ": "aʊ",
+    "ɛə": "ɛ",
+    "ʊə": "ʊ",
+    "ɪə": "ɪ",
+    "əɹ": "ɝ",
+    "t̪": "t",
+    "əɪ": "aɪ",
+    "æʊ": "aʊ",
+    "əu": "oʊ",
+    "ʌʊ": "oʊ",
+    "ei": "eɪ",
+    "oɪ": "ɔɪ",
 }
 
 
@@ -168,41 +514,215 @@ def to_phones(ipa_events: list[str], language: str = "en") -> tuple[list[str], l
 # grammar with gender, case and adjective agreement, plus digit strings (read as German number
 # words). Nouns, names and sentence starts are capitalised as German spells them; espeak does
 # not care, the README and the `text` column show proper German.
-DE_NAMES = ("Anna", "Peter", "Maria", "Lukas", "Jonas", "Lena", "Paul", "Sophie", "Felix", "Klara", "Max",
-            "Emma", "Ben", "Mia", "Leon", "Hanna", "Tobias", "Greta", "Moritz", "Julia")
+DE_NAMES = (
+    "Anna",
+    "Peter",
+    "Maria",
+    "Lukas",
+    "Jonas",
+    "Lena",
+    "Paul",
+    "Sophie",
+    "Felix",
+    "Klara",
+    "Max",
+    "Emma",
+    "Ben",
+    "Mia",
+    "Leon",
+    "Hanna",
+    "Tobias",
+    "Greta",
+    "Moritz",
+    "Julia",
+)
 # noun -> grammatical gender (m, f, n); no weak masculine nouns (der Bär, den Bären), whose
 # accusative the simple declension below would get wrong.
 DE_NOUNS = {
-    "Hund": "m", "Vogel": "m", "Baum": "m", "Tisch": "m", "Stuhl": "m", "Apfel": "m", "Zug": "m", "Bäcker": "m",
-    "Lehrer": "m", "Garten": "m", "Schlüssel": "m", "Brief": "m", "Käse": "m", "Wagen": "m", "Fisch": "m",
-    "Koch": "m", "Ball": "m", "Teller": "m", "Schrank": "m", "Löffel": "m", "Kuchen": "m", "Kopf": "m",
-    "Topf": "m", "König": "m", "Käfer": "m", "Rock": "m", "Onkel": "m",
-    "Katze": "f", "Blume": "f", "Tür": "f", "Lampe": "f", "Straße": "f", "Schule": "f", "Brücke": "f",
-    "Tasche": "f", "Uhr": "f", "Frau": "f", "Kirche": "f", "Wolke": "f", "Zeitung": "f", "Flasche": "f",
-    "Küche": "f", "Maus": "f", "Jacke": "f", "Säge": "f", "Pfanne": "f", "Sonne": "f", "Wolle": "f",
-    "Haus": "n", "Buch": "n", "Fenster": "n", "Brot": "n", "Kind": "n", "Pferd": "n", "Auto": "n", "Bild": "n",
-    "Glas": "n", "Boot": "n", "Dorf": "n", "Mädchen": "n", "Zimmer": "n", "Feuer": "n", "Geschenk": "n",
-    "Schiff": "n", "Rad": "n", "Heft": "n", "Spielzeug": "n", "Gemüse": "n", "Öl": "n", "Hähnchen": "n",
+    "Hund": "m",
+    "Vogel": "m",
+    "Baum": "m",
+    "Tisch": "m",
+    "Stuhl": "m",
+    "Apfel": "m",
+    "Zug": "m",
+    "Bäcker": "m",
+    "Lehrer": "m",
+    "Garten": "m",
+    "Schlüssel": "m",
+    "Brief": "m",
+    "Käse": "m",
+    "Wagen": "m",
+    "Fisch": "m",
+    "Koch": "m",
+    "Ball": "m",
+    "Teller": "m",
+    "Schrank": "m",
+    "Löffel": "m",
+    "Kuchen": "m",
+    "Kopf": "m",
+    "Topf": "m",
+    "König": "m",
+    "Käfer": "m",
+    "Rock": "m",
+    "Onkel": "m",
+    "Katze": "f",
+    "Blume": "f",
+    "Tür": "f",
+    "Lampe": "f",
+    "Straße": "f",
+    "Schule": "f",
+    "Brücke": "f",
+    "Tasche": "f",
+    "Uhr": "f",
+    "Frau": "f",
+    "Kirche": "f",
+    "Wolke": "f",
+    "Zeitung": "f",
+    "Flasche": "f",
+    "Küche": "f",
+    "Maus": "f",
+    "Jacke": "f",
+    "Säge": "f",
+    "Pfanne": "f",
+    "Sonne": "f",
+    "Wolle": "f",
+    "Haus": "n",
+    "Buch": "n",
+    "Fenster": "n",
+    "Brot": "n",
+    "Kind": "n",
+    "Pferd": "n",
+    "Auto": "n",
+    "Bild": "n",
+    "Glas": "n",
+    "Boot": "n",
+    "Dorf": "n",
+    "Mädchen": "n",
+    "Zimmer": "n",
+    "Feuer": "n",
+    "Geschenk": "n",
+    "Schiff": "n",
+    "Rad": "n",
+    "Heft": "n",
+    "Spielzeug": "n",
+    "Gemüse": "n",
+    "Öl": "n",
+    "Hähnchen": "n",
 }
-DE_ADJECTIVES = ("alt", "neu", "klein", "groß", "rot", "blau", "grün", "warm", "kalt", "schön", "leise", "schwer",
-                 "hell", "leer", "gelb", "müde", "frisch", "schnell", "lang", "kurz", "weiß", "schwarz", "braun",
-                 "süß", "still", "nass", "klug", "fremd", "bunt", "jung", "freundlich", "ruhig", "böse")
-DE_VERBS_T = ("sah", "fand", "kaufte", "trug", "malte", "öffnete", "suchte", "holte", "brachte", "baute", "wusch",
-              "hielt", "zeigte", "nahm", "füllte", "verkaufte", "besuchte", "vergaß", "putzte", "schob", "zog")
-DE_VERBS_I = ("schlief", "wartete", "lachte", "lief", "sang", "tanzte", "arbeitete", "spielte", "schwieg", "kam",
-              "ging", "weinte", "rief", "schwamm", "fuhr", "blieb")
+DE_ADJECTIVES = (
+    "alt",
+    "neu",
+    "klein",
+    "groß",
+    "rot",
+    "blau",
+    "grün",
+    "warm",
+    "kalt",
+    "schön",
+    "leise",
+    "schwer",
+    "hell",
+    "leer",
+    "gelb",
+    "müde",
+    "frisch",
+    "schnell",
+    "lang",
+    "kurz",
+    "weiß",
+    "schwarz",
+    "braun",
+    "süß",
+    "still",
+    "nass",
+    "klug",
+    "fremd",
+    "bunt",
+    "jung",
+    "freundlich",
+    "ruhig",
+    "böse",
+)
+DE_VERBS_T = (
+    "sah",
+    "fand",
+    "kaufte",
+    "trug",
+    "malte",
+    "öffnete",
+    "suchte",
+    "holte",
+    "brachte",
+    "baute",
+    "wusch",
+    "hielt",
+    "zeigte",
+    "nahm",
+    "füllte",
+    "verkaufte",
+    "besuchte",
+    "vergaß",
+    "putzte",
+    "schob",
+    "zog",
+)
+DE_VERBS_I = (
+    "schlief",
+    "wartete",
+    "lachte",
+    "lief",
+    "sang",
+    "tanzte",
+    "arbeitete",
+    "spielte",
+    "schwieg",
+    "kam",
+    "ging",
+    "weinte",
+    "rief",
+    "schwamm",
+    "fuhr",
+    "blieb",
+)
 DE_IMPERATIVES = ("nimm", "bring", "hol", "öffne", "zeig", "such", "wasch", "kauf", "mal", "trag", "schieb", "zieh")
-DE_ADVERBIALS = ("am Morgen", "im Garten", "am Montag", "nach dem Essen", "vor der Schule", "in der Küche",
-                 "auf der Brücke", "heute Abend", "sehr langsam", "jeden Tag", "am Fenster", "im Regen", "gestern",
-                 "in der Nacht", "am Sonntag", "ohne ein Wort", "um zwölf Uhr", "hinter dem Haus", "im Winter",
-                 "zu Hause", "mit Freude", "ganz früh", "spät am Abend")
+DE_ADVERBIALS = (
+    "am Morgen",
+    "im Garten",
+    "am Montag",
+    "nach dem Essen",
+    "vor der Schule",
+    "in der Küche",
+    "auf der Brücke",
+    "heute Abend",
+    "sehr langsam",
+    "jeden Tag",
+    "am Fenster",
+    "im Regen",
+    "gestern",
+    "in der Nacht",
+    "am Sonntag",
+    "ohne ein Wort",
+    "um zwölf Uhr",
+    "hinter dem Haus",
+    "im Winter",
+    "zu Hause",
+    "mit Freude",
+    "ganz früh",
+    "spät am Abend",
+)
 _DE_NOUN_LIST = tuple(sorted(DE_NOUNS))
 # Articles by case and gender, and the adjective endings that go with them: weak after the
 # definite article (der alte Hund, den alten Hund), mixed after ein/eine (ein alter Hund).
-_DE_ARTICLES = {"def": {"nom": {"m": "der", "f": "die", "n": "das"}, "acc": {"m": "den", "f": "die", "n": "das"}},
-                "indef": {"nom": {"m": "ein", "f": "eine", "n": "ein"}, "acc": {"m": "einen", "f": "eine", "n": "ein"}}}
-_DE_ENDINGS = {"def": {"nom": {"m": "e", "f": "e", "n": "e"}, "acc": {"m": "en", "f": "e", "n": "e"}},
-               "indef": {"nom": {"m": "er", "f": "e", "n": "es"}, "acc": {"m": "en", "f": "e", "n": "es"}}}
+_DE_ARTICLES = {
+    "def": {"nom": {"m": "der", "f": "die", "n": "das"}, "acc": {"m": "den", "f": "die", "n": "das"}},
+    "indef": {"nom": {"m": "ein", "f": "eine", "n": "ein"}, "acc": {"m": "einen", "f": "eine", "n": "ein"}},
+}
+_DE_ENDINGS = {
+    "def": {"nom": {"m": "e", "f": "e", "n": "e"}, "acc": {"m": "en", "f": "e", "n": "e"}},
+    "indef": {"nom": {"m": "er", "f": "e", "n": "es"}, "acc": {"m": "en", "f": "e", "n": "es"}},
+}
 
 
 def de_adjective(stem: str, ending: str) -> str:
@@ -230,11 +750,15 @@ def de_sentence(rng: np.random.Generator, max_words: int = 6) -> str:
         if kind == 0:
             s = f"{subject} {DE_VERBS_T[rng.integers(len(DE_VERBS_T))]} {de_noun_phrase(rng, 'acc')}"
         elif kind == 1:
-            s = (f"{subject} {DE_VERBS_I[rng.integers(len(DE_VERBS_I))]} "
-                 f"{DE_ADVERBIALS[rng.integers(len(DE_ADVERBIALS))]}")
+            s = (
+                f"{subject} {DE_VERBS_I[rng.integers(len(DE_VERBS_I))]} "
+                f"{DE_ADVERBIALS[rng.integers(len(DE_ADVERBIALS))]}"
+            )
         elif kind == 2:  # German puts the time/place adverbial before the object: 'Anna sah am Morgen den Hund'
-            s = (f"{subject} {DE_VERBS_T[rng.integers(len(DE_VERBS_T))]} "
-                 f"{DE_ADVERBIALS[rng.integers(len(DE_ADVERBIALS))]} {de_noun_phrase(rng, 'acc')}")
+            s = (
+                f"{subject} {DE_VERBS_T[rng.integers(len(DE_VERBS_T))]} "
+                f"{DE_ADVERBIALS[rng.integers(len(DE_ADVERBIALS))]} {de_noun_phrase(rng, 'acc')}"
+            )
         else:
             s = f"bitte {DE_IMPERATIVES[rng.integers(len(DE_IMPERATIVES))]} {de_noun_phrase(rng, 'acc')}"
         if 3 <= len(s.split()) <= max_words:
@@ -260,15 +784,85 @@ def de_utterances(rng: np.random.Generator, n: int, exclude: set[str] | None = N
 
 # A 42-phone German inventory (one symbol per phoneme, stress stripped, vowel length kept:
 # it is phonemic in German - Staat/Stadt, Miete/Mitte). espeak-ng's `de` IPA events map onto it.
-PHONES_DE = ("p", "b", "t", "d", "k", "ɡ", "pf", "ts", "f", "v", "s", "z", "ʃ", "ç", "x", "h",
-             "m", "n", "ŋ", "l", "r", "j",
-             "iː", "ɪ", "yː", "ʏ", "eː", "ɛ", "ɛː", "øː", "œ", "ə", "ɐ", "aː", "a", "oː", "ɔ", "uː", "ʊ",
-             "aɪ", "aʊ", "ɔʏ")
+PHONES_DE = (
+    "p",
+    "b",
+    "t",
+    "d",
+    "k",
+    "ɡ",
+    "pf",
+    "ts",
+    "f",
+    "v",
+    "s",
+    "z",
+    "ʃ",
+    "ç",
+    "x",
+    "h",
+    "m",
+    "n",
+    "ŋ",
+    "l",
+    "r",
+    "j",
+    "iː",
+    "ɪ",
+    "yː",
+    "ʏ",
+    "eː",
+    "ɛ",
+    "ɛː",
+    "øː",
+    "œ",
+    "ə",
+    "ɐ",
+    "aː",
+    "a",
+    "oː",
+    "ɔ",
+    "uː",
+    "ʊ",
+    "aɪ",
+    "aʊ",
+    "ɔʏ",
+)
 ESPEAK_DE_TO_PHONE: dict[str, str | None] = {
-    "ɾ": "r", "ʁ": "r", "ʀ": "r", "ɹ": "r", "g": "ɡ", "ɜ": "ɐ", "ɑː": "aː", "ɑ": "a", "aa": "aː", "a:": "aː",
-    "ɔø": "ɔʏ", "ɔy": "ɔʏ", "l̩": "ə l", "n̩": "ə n", "m̩": "ə m", "ʔ": None, "ʒ": "ʃ", "dʒ": "t ʃ", "tʃ": "t ʃ",
-    "e": "eː", "o": "oː", "i": "iː", "u": "uː", "y": "yː", "ø": "øː", "ɛ̃": "ɛ ŋ", "ɔ̃": "ɔ ŋ", "ɑ̃": "a ŋ",
-    "ɒ": "ɔ", "æ": "ɛ", "w": "v", "θ": "s", "ð": "z", "ɫ": "l",
+    "ɾ": "r",
+    "ʁ": "r",
+    "ʀ": "r",
+    "ɹ": "r",
+    "g": "ɡ",
+    "ɜ": "ɐ",
+    "ɑː": "aː",
+    "ɑ": "a",
+    "aa": "aː",
+    "a:": "aː",
+    "ɔø": "ɔʏ",
+    "ɔy": "ɔʏ",
+    "l̩": "ə l",
+    "n̩": "ə n",
+    "m̩": "ə m",
+    "ʔ": None,
+    "ʒ": "ʃ",
+    "dʒ": "t ʃ",
+    "tʃ": "t ʃ",
+    "e": "eː",
+    "o": "oː",
+    "i": "iː",
+    "u": "uː",
+    "y": "yː",
+    "ø": "øː",
+    "ɛ̃": "ɛ ŋ",
+    "ɔ̃": "ɔ ŋ",
+    "ɑ̃": "a ŋ",
+    "ɒ": "ɔ",
+    "æ": "ɛ",
+    "w": "v",
+    "θ": "s",
+    "ð": "z",
+    "ɫ": "l",
 }
 
 # language -> (inventory, espeak-to-inventory map, keep vowel length marks)

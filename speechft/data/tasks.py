@@ -12,6 +12,7 @@ vocabulary, non-empty splits, no duplicate paths, no path escaping the folder) s
 runs on a broken folder; each problem is one line naming the file and the first
 offending rows.
 """
+
 from __future__ import annotations
 
 import csv
@@ -114,7 +115,9 @@ def _load_spec(root: Path) -> dict:
         _fail(f"{path}: type '{spec['type']}' is not one of {', '.join(TASK_TYPES)}")
     metric = spec.setdefault("metric", METRICS[spec["type"]][0])
     if metric not in METRICS[spec["type"]]:
-        _fail(f"{path}: metric '{metric}' does not fit type {spec['type']}; use one of {', '.join(METRICS[spec['type']])}")
+        _fail(
+            f"{path}: metric '{metric}' does not fit type {spec['type']}; use one of {', '.join(METRICS[spec['type']])}"
+        )
     key = "labels" if spec["type"] == "classification" else "vocabulary"
     labels = spec.get(key)
     if not isinstance(labels, list) or not labels:
@@ -165,8 +168,10 @@ def _read_manifest(root: Path, split: str, task: dict, allow_outside: bool) -> l
     target_col = "label" if task["type"] == "classification" else "transcript"
     missing = [c for c in ("path", "duration", target_col) if c not in header]
     if missing:
-        _fail(f"{path}: missing column(s) {', '.join(missing)} in header {header}; "
-              f"a {task['type']} manifest needs path, duration, {target_col}")
+        _fail(
+            f"{path}: missing column(s) {', '.join(missing)} in header {header}; "
+            f"a {task['type']} manifest needs path, duration, {target_col}"
+        )
     if len(rows) == 1:
         _fail(f"{path}: the {split} split has no examples")
     col = {h: i for i, h in enumerate(header)}
@@ -205,8 +210,10 @@ def _read_manifest(root: Path, split: str, task: dict, allow_outside: bool) -> l
                 bad.append(f"line {lineno}: empty transcript")
                 continue
         if unknown:
-            bad.append(f"line {lineno}: {target_col} uses {unknown[:5]} not in task.yaml's "
-                       f"{'labels' if task['type'] == 'classification' else 'vocabulary'}")
+            bad.append(
+                f"line {lineno}: {target_col} uses {unknown[:5]} not in task.yaml's "
+                f"{'labels' if task['type'] == 'classification' else 'vocabulary'}"
+            )
             continue
         if not audio.exists():
             bad.append(f"line {lineno}: audio file '{rel}' not found")
@@ -227,13 +234,27 @@ def load_task(root: str | os.PathLike, allow_outside_paths: bool = False) -> Tas
     allow = allow_outside_paths or bool(spec.get("allow_outside_paths", False))
     splits = {s: _read_manifest(root, s, spec, allow) for s in SPLITS}
     labels = spec["labels"] if spec["type"] == "classification" else spec["vocabulary"]
-    return Task(root=root, name=str(spec["name"]), type=spec["type"], metric=spec["metric"], labels=labels,
-                tokenizer=spec.get("tokenizer"), sample_rate=spec["sample_rate"], splits=splits, spec=spec)
+    return Task(
+        root=root,
+        name=str(spec["name"]),
+        type=spec["type"],
+        metric=spec["metric"],
+        labels=labels,
+        tokenizer=spec.get("tokenizer"),
+        sample_rate=spec["sample_rate"],
+        splits=splits,
+        spec=spec,
+    )
 
 
-def write_task_folder(out: str | os.PathLike, spec: dict, splits: dict[str, list[dict]],
-                      files: dict[str, bytes] | None = None, overwrite: bool = False,
-                      audio_dir: str | os.PathLike | None = None) -> Path:
+def write_task_folder(
+    out: str | os.PathLike,
+    spec: dict,
+    splits: dict[str, list[dict]],
+    files: dict[str, bytes] | None = None,
+    overwrite: bool = False,
+    audio_dir: str | os.PathLike | None = None,
+) -> Path:
     """Write a task folder atomically (temp folder + rename).
 
     `splits` maps train/dev/test to rows (dicts with path, duration, label|transcript,

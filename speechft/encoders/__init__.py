@@ -1,4 +1,5 @@
 """Speech encoders: one wrapper (`Encoder`), thin per-family adapters, load/save/tiny."""
+
 from __future__ import annotations
 
 import os
@@ -14,8 +15,14 @@ FAMILIES: dict[str, type[Encoder]] = {
     for cls in (HubertEncoder, Wav2Vec2Encoder, WavLMEncoder, Data2VecAudioEncoder, WhisperEncoder, DeCoAR2Encoder)
 }
 # config.json model_type -> family
-MODEL_TYPES = {"hubert": "hubert", "wav2vec2": "wav2vec2", "wavlm": "wavlm", "data2vec-audio": "data2vec",
-               "whisper": "whisper", "decoar2": "decoar2"}
+MODEL_TYPES = {
+    "hubert": "hubert",
+    "wav2vec2": "wav2vec2",
+    "wavlm": "wavlm",
+    "data2vec-audio": "data2vec",
+    "whisper": "whisper",
+    "decoar2": "decoar2",
+}
 
 
 def family_class(family: str) -> type[Encoder]:
@@ -32,9 +39,20 @@ def load_encoder(path: str | os.PathLike, check_finite: bool = True) -> Encoder:
 def tiny_encoder(family: str, seed: int = 0, **overrides) -> Encoder:
     """A small random-weight encoder of `family` for tests and examples (deterministic per seed)."""
     cls = family_class(family)
-    return cls.from_config(cls.tiny_config(**overrides), provenance={"source": f"tiny random {family}, seed {seed}"},
-                           seed=seed)
+    return cls.from_config(
+        cls.tiny_config(**overrides), provenance={"source": f"tiny random {family}, seed {seed}"}, seed=seed
+    )
 
 
-__all__ = ["Encoder", "EncoderOutput", "FAMILIES", "MODEL_TYPES", "load_encoder", "tiny_encoder", "family_class",
-           "detect_family", "read_provenance", "config_summary"]
+__all__ = [
+    "Encoder",
+    "EncoderOutput",
+    "FAMILIES",
+    "MODEL_TYPES",
+    "load_encoder",
+    "tiny_encoder",
+    "family_class",
+    "detect_family",
+    "read_provenance",
+    "config_summary",
+]

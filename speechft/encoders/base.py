@@ -6,6 +6,7 @@ and analysis all speak the same names. Family adapters (hubert.py, whisper.py, .
 only what differs: which config/model classes, how to run the forward pass, which
 parameters are the front end and which exist only for pre-training.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -22,9 +23,7 @@ from torch import nn
 
 from ..errors import SpeechFTError
 from ..io_utils import atomic_dir, read_json, sha256_file, write_json
-
-PROVENANCE_FILE = "speechft.json"
-FORMAT_VERSION = 1
+from ..provenance import FORMAT_VERSION, PROVENANCE_FILE, read_provenance
 
 
 @dataclass
@@ -79,8 +78,9 @@ class Encoder(nn.Module):
         self.train(model.training)  # the wrapper's mode follows the model's (eval after loading)
 
     # ---- what the adapters provide -------------------------------------------------
-    def _forward(self, wavs: torch.Tensor, lengths: torch.Tensor,
-                 frame_mask: torch.Tensor | None = None) -> list[torch.Tensor]:
+    def _forward(
+        self, wavs: torch.Tensor, lengths: torch.Tensor, frame_mask: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
         raise NotImplementedError
 
     def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
@@ -104,8 +104,9 @@ class Encoder(nn.Module):
             cfg.apply_spec_augment = False
 
     # ---- shared behaviour ----------------------------------------------------------
-    def forward(self, wavs: torch.Tensor, lengths: torch.Tensor | None = None,
-                frame_mask: torch.Tensor | None = None) -> EncoderOutput:
+    def forward(
+        self, wavs: torch.Tensor, lengths: torch.Tensor | None = None, frame_mask: torch.Tensor | None = None
+    ) -> EncoderOutput:
         """wavs: (B, T) float32 at 16 kHz, zero-padded; lengths: (B,) valid samples.
 
         frame_mask: optional (B, F) bool over the output frames, True = hide what this frame sees of the
@@ -122,8 +123,10 @@ class Encoder(nn.Module):
             states = self._forward(wavs, lengths)
         else:
             if frame_mask.dim() != 2 or frame_mask.shape[0] != wavs.shape[0] or frame_mask.dtype != torch.bool:
-                raise ValueError(f"frame_mask must be a (batch, frames) bool tensor for {wavs.shape[0]} items, got "
-                                 f"{frame_mask.dtype} {tuple(frame_mask.shape)}")
+                raise ValueError(
+                    f"frame_mask must be a (batch, frames) bool tensor for {wavs.shape[0]} items, got "
+                    f"{frame_mask.dtype} {tuple(frame_mask.shape)}"
+                )
             states = self._forward(wavs, lengths, frame_mask=frame_mask.to(wavs.device))
         return EncoderOutput(list(states), self.frame_lengths(lengths).to(wavs.device))
 
@@ -158,11 +161,14 @@ class Encoder(nn.Module):
 
     def finetunable_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """Everything but the front end and the pre-training-only parameters."""
-        return [(n, p) for n, p in self.model.named_parameters()
-                if not self.is_frontend(n) and not self.is_pretraining_only(n)]
+        return [
+            (n, p)
+            for n, p in self.model.named_parameters()
+            if not self.is_frontend(n) and not self.is_pretraining_only(n)
+        ]
 
     @classmethod
-    def from_config(cls, config, provenance: dict | None = None, seed: int | None = None) -> "Encoder":
+    def from_config(cls, config, provenance: dict | None = None, seed: int | None = None) -> Encoder:
         if seed is not None:
             torch.manual_seed(seed)
         model = cls.model_class(config)
@@ -170,8 +176,13 @@ class Encoder(nn.Module):
         return cls(model, provenance)
 
     # ---- save / load ---------------------------------------------------------------
-    def save(self, out: str | os.PathLike, provenance: dict | None = None, overwrite: bool = False,
-             extra_files: dict[str, bytes] | None = None) -> Path:
+    def save(
+        self,
+        out: str | os.PathLike,
+        provenance: dict | None = None,
+        overwrite: bool = False,
+        extra_files: dict[str, bytes] | None = None,
+    ) -> Path:
         """Write a HF `save_pretrained` folder + speechft.json, atomically."""
         out = Path(out)
         prov = {**self.provenance, **(provenance or {})}
@@ -179,12 +190,14 @@ class Encoder(nn.Module):
             with quiet_transformers():
                 self.model.save_pretrained(tmp)
             weights = sorted(p.name for p in tmp.glob("*.safetensors"))
-            prov.update({
-                "format": FORMAT_VERSION,
-                "family": self.family,
-                "weights_sha256": {w: sha256_file(tmp / w) for w in weights},
-                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            })
+            prov.update(
+                {
+                    "format": FORMAT_VERSION,
+                    "family": self.family,
+                    "weights_sha256": {w: sha256_file(tmp / w) for w in weights},
+                    "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                }
+            )
             prov.setdefault("source", "unknown")
             prov.setdefault("parents", [])
             write_json(tmp / PROVENANCE_FILE, prov)
@@ -194,44 +207,56 @@ class Encoder(nn.Module):
         return out
 
     @classmethod
-    def load(cls, path: str | os.PathLike, check_finite: bool = True) -> "Encoder":
+    def load(cls, path: str | os.PathLike, check_finite: bool = True) -> Encoder:
         from safetensors import SafetensorError
 
         path = Path(path)
         if not (path / "config.json").is_file():
-            raise SpeechFTError(f"{path}/config.json: missing; an encoder folder needs config.json and "
-                                "model.safetensors (`speechft doctor` checks a folder)")
+            raise SpeechFTError(
+                f"{path}/config.json: missing; an encoder folder needs config.json and "
+                "model.safetensors (`speechft doctor` checks a folder)"
+            )
         if not any(path.glob("*.safetensors")):
             pickled = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
-            hint = (f"it holds pickled weights ({', '.join(pickled[:3])}), which speechft never unpickles: convert "
-                    "them with `speechft encoder convert`" if pickled else "write one with `speechft encoder "
-                    "default|tiny|convert`")
+            hint = (
+                f"it holds pickled weights ({', '.join(pickled[:3])}), which speechft never unpickles: convert "
+                "them with `speechft encoder convert`"
+                if pickled
+                else "write one with `speechft encoder default|tiny|convert`"
+            )
             raise SpeechFTError(f"{path}: no model.safetensors; {hint}")
         try:
             with quiet_transformers():
                 # use_safetensors: never fall back to a pickled pytorch_model.bin. Mismatched shapes are
                 # collected (not raised deep inside transformers) so the error below can name them.
-                model, info = cls.model_class.from_pretrained(path, output_loading_info=True, use_safetensors=True,
-                                                              ignore_mismatched_sizes=True)
+                model, info = cls.model_class.from_pretrained(
+                    path, output_loading_info=True, use_safetensors=True, ignore_mismatched_sizes=True
+                )
         except (OSError, ValueError, RuntimeError, SafetensorError) as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-            raise SpeechFTError(f"{path}: cannot load the {cls.family} weights ({first}); "
-                                "check that the folder is a complete, matching encoder folder") from None
+            raise SpeechFTError(
+                f"{path}: cannot load the {cls.family} weights ({first}); "
+                "check that the folder is a complete, matching encoder folder"
+            ) from None
         problems = []
         for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
             keys = sorted(_describe_key(k) for k in info.get(kind, []) or [])
             if keys:
                 problems.append(f"{kind.replace('_', ' ')}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}")
         if problems:
-            why = ("the weights were saved with another config.json (sizes differ): pair them with their own config"
-                   if len(problems) == 1 and problems[0].startswith("mismatched") else
-                   "the weights belong to another architecture or were saved with a prefix")
+            why = (
+                "the weights were saved with another config.json (sizes differ): pair them with their own config"
+                if len(problems) == 1 and problems[0].startswith("mismatched")
+                else "the weights belong to another architecture or were saved with a prefix"
+            )
             raise SpeechFTError(f"{path}: model.safetensors does not match config.json ({'; '.join(problems)}); {why}")
         if check_finite:
             for name, t in model.state_dict().items():
                 if t.is_floating_point() and not torch.isfinite(t).all():
-                    raise SpeechFTError(f"{path}: weight '{name}' contains NaN or infinite values; "
-                                        "the checkpoint is corrupt (re-export or re-train it)")
+                    raise SpeechFTError(
+                        f"{path}: weight '{name}' contains NaN or infinite values; "
+                        "the checkpoint is corrupt (re-export or re-train it)"
+                    )
         model.eval()
         prov = read_json(path / PROVENANCE_FILE) if (path / PROVENANCE_FILE).exists() else {}
         return cls(model, prov)
@@ -261,11 +286,6 @@ def quiet_transformers():
             hf_logging.enable_progress_bar()
 
 
-def read_provenance(path: str | os.PathLike) -> dict:
-    p = Path(path) / PROVENANCE_FILE
-    return read_json(p) if p.exists() else {}
-
-
 def detect_family(path: str | os.PathLike) -> str:
     """The family of an encoder folder: speechft.json's `family`, else config.json's model_type."""
     from . import FAMILIES, MODEL_TYPES
@@ -274,10 +294,14 @@ def detect_family(path: str | os.PathLike) -> str:
     if not path.exists():
         s = str(path)
         if re.fullmatch(r"[\w.-]+/[\w.-]+", s) and not s.startswith((".", "/")):
-            raise SpeechFTError(f"'{s}' is not a local folder and looks like a Hugging Face Hub id; this tool runs "
-                                "offline: download the model elsewhere and pass its local folder")
-        raise SpeechFTError(f"{path}: encoder folder not found; pass a folder written by `speechft encoder "
-                            "default|tiny|convert`, `finetune` or `merge`")
+            raise SpeechFTError(
+                f"'{s}' is not a local folder and looks like a Hugging Face Hub id; this tool runs "
+                "offline: download the model elsewhere and pass its local folder"
+            )
+        raise SpeechFTError(
+            f"{path}: encoder folder not found; pass a folder written by `speechft encoder "
+            "default|tiny|convert`, `finetune` or `merge`"
+        )
     if not path.is_dir():
         raise SpeechFTError(f"{path}: is a file; an encoder is a folder with config.json and model.safetensors")
     prov = read_provenance(path)
@@ -290,23 +314,40 @@ def detect_family(path: str | os.PathLike) -> str:
         # wrong model, so the two files must agree.
         model_type = read_json(cfg_path).get("model_type") if cfg_path.is_file() else None
         if model_type in MODEL_TYPES and MODEL_TYPES[model_type] != fam:
-            raise SpeechFTError(f"{path}/speechft.json: family '{fam}' contradicts config.json's model_type "
-                                f"'{model_type}' ({MODEL_TYPES[model_type]}); fix or delete speechft.json's family")
+            raise SpeechFTError(
+                f"{path}/speechft.json: family '{fam}' contradicts config.json's model_type "
+                f"'{model_type}' ({MODEL_TYPES[model_type]}); fix or delete speechft.json's family"
+            )
         return fam
     if not cfg_path.exists():
-        raise SpeechFTError(f"{cfg_path}: missing; an encoder folder needs config.json and model.safetensors "
-                            "(convert fairseq/s3prl checkpoints with `speechft encoder convert`)")
+        raise SpeechFTError(
+            f"{cfg_path}: missing; an encoder folder needs config.json and model.safetensors "
+            "(convert fairseq/s3prl checkpoints with `speechft encoder convert`)"
+        )
     model_type = read_json(cfg_path).get("model_type")
     if model_type not in MODEL_TYPES:
-        raise SpeechFTError(f"{cfg_path}: model_type '{model_type}' is not a supported speech encoder; "
-                            f"supported: {', '.join(sorted(MODEL_TYPES))}")
+        raise SpeechFTError(
+            f"{cfg_path}: model_type '{model_type}' is not a supported speech encoder; "
+            f"supported: {', '.join(sorted(MODEL_TYPES))}"
+        )
     return MODEL_TYPES[model_type]
 
 
 def config_summary(path: str | os.PathLike) -> dict:
     """config.json without bookkeeping keys, for comparing two folders' architectures."""
     cfg = read_json(Path(path) / "config.json")
-    for k in ("transformers_version", "_name_or_path", "architectures", "torch_dtype", "dtype", "auto_map",
-              "layerdrop", "encoder_layerdrop", "mask_time_prob", "mask_feature_prob", "apply_spec_augment"):
+    for k in (
+        "transformers_version",
+        "_name_or_path",
+        "architectures",
+        "torch_dtype",
+        "dtype",
+        "auto_map",
+        "layerdrop",
+        "encoder_layerdrop",
+        "mask_time_prob",
+        "mask_feature_prob",
+        "apply_spec_augment",
+    ):
         cfg.pop(k, None)
     return json.loads(json.dumps(cfg, sort_keys=True))

@@ -1,4 +1,5 @@
 """`speechft encoder ...`: make, convert and inspect encoder folders."""
+
 from __future__ import annotations
 
 from ..cli import add_subcommands, dispatch

@@ -29,6 +29,7 @@ imported: an inert stand-in keeps their pickled state as data and runs nothing. 
 else is refused with one line naming the object; if you trust the file, re-save its weights
 and config as plain data with the recipe in ``speechft encoder convert --help``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,7 +51,8 @@ CONVERTIBLE = ("hubert", "wav2vec2", "wavlm", "decoar2")
 RESAVE_RECIPE = (
     "python -c \"import torch; from omegaconf import OmegaConf as O; c = torch.load('IN.pt', weights_only=False); "
     "cfg = c.get('cfg'); cfg = O.to_container(cfg, resolve=True, enum_to_str=True) if O.is_config(cfg) else cfg; "
-    "torch.save({'cfg': cfg, 'args': c.get('args'), 'model': c['model']}, 'OUT.pt')\"")
+    "torch.save({'cfg': cfg, 'args': c.get('args'), 'model': c['model']}, 'OUT.pt')\""
+)
 
 
 # ---------------------------------------------------------------------------------------
@@ -97,21 +99,26 @@ def load_checkpoint(path: str | Path):
         with torch.serialization.safe_globals(_safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        m = (re.search(r"GLOBAL ([\w.]+)", str(e)) or re.search(r"but got (<[^>]+>)", str(e))
-             or re.search(r"unrecognized function (\S+)", str(e)))
+        m = (
+            re.search(r"GLOBAL ([\w.]+)", str(e))
+            or re.search(r"but got (<[^>]+>)", str(e))
+            or re.search(r"unrecognized function (\S+)", str(e))
+        )
         if m is None:  # not a refusal: the bytes are not a pickle/zip checkpoint at all
             detail = next((ln for ln in reversed(str(e).splitlines()) if ln.strip() and "documentation" not in ln), "")
             raise SpeechFTError(f"{path}: not a readable PyTorch checkpoint ({detail.strip()[:200]})") from None
         what = m.group(1)
         raise SpeechFTError(
-            f"{path}: refused to unpickle '{what}': the file holds an object that is neither a tensor, a plain container "
+            f"{path}: refused to unpickle '{what}': the file holds an object that is neither a tensor, "
+            "a plain container "
             "nor a known-harmless config type, and loading it would run code from the file. If you trust the file, "
             "re-save its weights and config as plain data (recipe: speechft encoder convert --help) and convert that"
         ) from None
     except Exception as e:  # noqa: BLE001 - on damaged bytes torch's unpickler raises almost anything
         # (IndexError, KeyError, TypeError, struct.error, zipfile.BadZipFile, ...): all mean "not a checkpoint".
-        raise SpeechFTError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {_first_line(e)})") \
-            from None
+        raise SpeechFTError(
+            f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {_first_line(e)})"
+        ) from None
 
 
 def _first_line(e: BaseException) -> str:
@@ -166,21 +173,33 @@ def _identify(obj, path: Path, source: str) -> Found:
         return Found("s3prl-converted", _tensors_only(obj["model_weight"]), cfg, task.get("normalize"), hint)
     if "Upstream" in keys or "Downstream" in keys:
         if "Upstream" not in keys:
-            raise SpeechFTError(f"{path}: this s3prl downstream checkpoint has no 'Upstream' weights (the upstream was "
-                                "frozen in that run; s3prl saves it only with --upstream_trainable); convert the "
-                                "pre-trained checkpoint instead")
+            raise SpeechFTError(
+                f"{path}: this s3prl downstream checkpoint has no 'Upstream' weights (the upstream was "
+                "frozen in that run; s3prl saves it only with --upstream_trainable); convert the "
+                "pre-trained checkpoint instead"
+            )
         if source == "fairseq":
             raise SpeechFTError(f"{path}: this is an s3prl downstream checkpoint, not a fairseq one; pass --from s3prl")
         weights, dropped = {}, []
         for k, v in _tensors_only(obj["Upstream"]).items():
             if k.startswith("model."):
-                weights[k[len("model."):]] = v
+                weights[k[len("model.") :]] = v
             else:
                 dropped.append(k)  # e.g. DeCoAR's feature-extraction buffers
         args = _as_dict(obj.get("Args")) or {}
-        return Found("s3prl-downstream", weights, None, None, _family_from_name(args.get("upstream")), dropped,
-                     {"s3prl_upstream": args.get("upstream"), "s3prl_upstream_ckpt": args.get("upstream_ckpt"),
-                      "s3prl_step": obj.get("Step")})
+        return Found(
+            "s3prl-downstream",
+            weights,
+            None,
+            None,
+            _family_from_name(args.get("upstream")),
+            dropped,
+            {
+                "s3prl_upstream": args.get("upstream"),
+                "s3prl_upstream_ckpt": args.get("upstream_ckpt"),
+                "s3prl_step": obj.get("Step"),
+            },
+        )
     if isinstance(obj.get("model"), dict):
         weights = _tensors_only(obj["model"])
         cfg, args = _as_dict(obj.get("cfg")), _as_dict(obj.get("args"))
@@ -201,7 +220,7 @@ def _identify(obj, path: Path, source: str) -> Found:
             inner = {}
             for k, v in weights.items():
                 if k.startswith("w2v_encoder.w2v_model."):
-                    inner[k[len("w2v_encoder.w2v_model."):]] = v
+                    inner[k[len("w2v_encoder.w2v_model.") :]] = v
                 else:
                     dropped.append(k)  # the CTC output projection
             weights = inner
@@ -214,9 +233,11 @@ def _identify(obj, path: Path, source: str) -> Found:
         return Found(kind, weights, model_cfg, (task or {}).get("normalize"), hint, dropped)
     if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return Found("state-dict", dict(obj), None, None, None)
-    raise SpeechFTError(f"{path}: unrecognised checkpoint layout (top-level keys: {', '.join(sorted(map(str, keys))[:8])});"
-                        " expected a fairseq ('cfg'/'args' + 'model'), s3prl converted ('model_cfg' + 'model_weight') "
-                        "or s3prl downstream ('Upstream') checkpoint")
+    raise SpeechFTError(
+        f"{path}: unrecognised checkpoint layout (top-level keys: {', '.join(sorted(map(str, keys))[:8])});"
+        " expected a fairseq ('cfg'/'args' + 'model'), s3prl converted ('model_cfg' + 'model_weight') "
+        "or s3prl downstream ('Upstream') checkpoint"
+    )
 
 
 def _detect_family(w: dict, hint: str | None, path: Path) -> str:
@@ -231,10 +252,14 @@ def _detect_family(w: dict, hint: str | None, path: Path) -> str:
     if hint in CONVERTIBLE:
         return hint
     if not any(k.startswith("feature_extractor.conv_layers.") for k in w):
-        raise SpeechFTError(f"{path}: no speech-encoder weights found (no feature_extractor.* or post_extract_proj.*); "
-                            f"first keys: {', '.join(sorted(w)[:4])}")
-    raise SpeechFTError(f"{path}: cannot tell HuBERT from wav2vec 2.0 from these weights alone (no pre-training "
-                        "head); pass --family hubert or --family wav2vec2")
+        raise SpeechFTError(
+            f"{path}: no speech-encoder weights found (no feature_extractor.* or post_extract_proj.*); "
+            f"first keys: {', '.join(sorted(w)[:4])}"
+        )
+    raise SpeechFTError(
+        f"{path}: cannot tell HuBERT from wav2vec 2.0 from these weights alone (no pre-training "
+        "head); pass --family hubert or --family wav2vec2"
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -243,10 +268,23 @@ def _detect_family(w: dict, hint: str | None, path: Path) -> str:
 # fairseq's defaults for the Base models (wav2vec2.py / hubert.py dataclasses), used for
 # keys an older checkpoint does not spell out.
 FAIRSEQ_DEFAULTS = dict(
-    extractor_mode="default", encoder_layers=12, encoder_embed_dim=768, encoder_ffn_embed_dim=3072,
-    encoder_attention_heads=12, activation_fn="gelu", dropout=0.1, attention_dropout=0.1, activation_dropout=0.0,
-    dropout_input=0.0, conv_feature_layers="[(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] + [(512, 2, 2)]",
-    conv_bias=False, conv_pos=128, conv_pos_groups=16, layer_norm_first=False, num_buckets=320, max_distance=800,
+    extractor_mode="default",
+    encoder_layers=12,
+    encoder_embed_dim=768,
+    encoder_ffn_embed_dim=3072,
+    encoder_attention_heads=12,
+    activation_fn="gelu",
+    dropout=0.1,
+    attention_dropout=0.1,
+    activation_dropout=0.0,
+    dropout_input=0.0,
+    conv_feature_layers="[(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] + [(512, 2, 2)]",
+    conv_bias=False,
+    conv_pos=128,
+    conv_pos_groups=16,
+    layer_norm_first=False,
+    num_buckets=320,
+    max_distance=800,
 )
 # kernel sizes -> strides of the one front end every published model uses
 STANDARD_FRONTEND = {(10, 3, 3, 3, 3, 2, 2): (5, 2, 2, 2, 2, 2, 2)}
@@ -258,6 +296,7 @@ def parse_conv_layers(spec) -> list[tuple[int, int, int]]:
     if isinstance(spec, (list, tuple)):
         value = spec
     else:
+
         def ev(node):
             if isinstance(node, ast.Expression):
                 return ev(node.body)
@@ -274,7 +313,9 @@ def parse_conv_layers(spec) -> list[tuple[int, int, int]]:
         try:
             value = ev(ast.parse(str(spec), mode="eval"))
         except (SyntaxError, ValueError, TypeError) as e:
-            raise SpeechFTError(f"conv_feature_layers {spec!r} is not a list of (dim, kernel, stride) tuples ({e})") from None
+            raise SpeechFTError(
+                f"conv_feature_layers {spec!r} is not a list of (dim, kernel, stride) tuples ({e})"
+            ) from None
     try:
         layers = [tuple(int(x) for x in t) for t in value]
         if not layers or any(len(t) != 3 for t in layers):
@@ -291,8 +332,11 @@ def _count_layers(w: dict, prefix: str = "encoder.layers.") -> int:
 
 def _pos_conv(w: dict) -> tuple[int, int] | None:
     """(kernel, groups) of the convolutional positional embedding, from its weight shape."""
-    for k in ("encoder.pos_conv.0.weight_v", "encoder.pos_conv.0.parametrizations.weight.original1",
-              "encoder.pos_conv.0.weight"):
+    for k in (
+        "encoder.pos_conv.0.weight_v",
+        "encoder.pos_conv.0.parametrizations.weight.original1",
+        "encoder.pos_conv.0.weight",
+    ):
         if k in w:
             out_ch, in_per_group, kernel = w[k].shape
             return int(kernel), int(out_ch // in_per_group)
@@ -308,20 +352,26 @@ def infer_fairseq_cfg(w: dict, family: str, path: Path) -> dict:
         convs.append((int(out_ch), int(kernel)))
     strides = STANDARD_FRONTEND.get(tuple(k for _, k in convs))
     if strides is None:
-        raise SpeechFTError(f"{path}: carries no config and its front end (kernels {[k for _, k in convs]}) is not the "
-                            "standard one, so the strides are unknown; pass --like with the pre-trained checkpoint or "
-                            "encoder folder it was fine-tuned from")
+        raise SpeechFTError(
+            f"{path}: carries no config and its front end (kernels {[k for _, k in convs]}) is not the "
+            "standard one, so the strides are unknown; pass --like with the pre-trained checkpoint or "
+            "encoder folder it was fine-tuned from"
+        )
     layer_norm_frontend = "feature_extractor.conv_layers.1.2.1.weight" in w
     kernel, groups = _pos_conv(w) or (128, 16)
     cfg = dict(
-        encoder_embed_dim=hidden, encoder_layers=_count_layers(w), encoder_attention_heads=max(1, hidden // 64),
+        encoder_embed_dim=hidden,
+        encoder_layers=_count_layers(w),
+        encoder_attention_heads=max(1, hidden // 64),
         encoder_ffn_embed_dim=int(w["encoder.layers.0.fc1.weight"].shape[0]),
         conv_feature_layers=[(d, k, s) for (d, k), s in zip(convs, strides)],
         conv_bias="feature_extractor.conv_layers.0.0.bias" in w,
         extractor_mode="layer_norm" if layer_norm_frontend else "default",
         # Every published model with a layer-normed front end (wav2vec 2.0 LV-60, HuBERT
         # Large, WavLM Large) is also pre-LN; Base models are post-LN.
-        layer_norm_first=layer_norm_frontend, conv_pos=kernel, conv_pos_groups=groups,
+        layer_norm_first=layer_norm_frontend,
+        conv_pos=kernel,
+        conv_pos_groups=groups,
     )
     if family == "wavlm" and "encoder.layers.0.self_attn.relative_attention_bias.weight" in w:
         cfg["num_buckets"] = int(w["encoder.layers.0.self_attn.relative_attention_bias.weight"].shape[0])
@@ -338,15 +388,25 @@ def hf_config(family: str, fcfg: dict, has_mask_emb: bool):
     if mode not in ("default", "layer_norm"):
         raise SpeechFTError(f"extractor_mode '{mode}' is not supported (expected default or layer_norm)")
     kw = dict(
-        hidden_size=int(c["encoder_embed_dim"]), num_hidden_layers=int(c["encoder_layers"]),
-        num_attention_heads=int(c["encoder_attention_heads"]), intermediate_size=int(c["encoder_ffn_embed_dim"]),
-        hidden_act=str(c["activation_fn"]), hidden_dropout=float(c["dropout"]),
-        attention_dropout=float(c["attention_dropout"]), activation_dropout=float(c["activation_dropout"]),
-        feat_proj_dropout=float(c["dropout_input"]), layerdrop=0.0,
-        feat_extract_norm="group" if mode == "default" else "layer", feat_extract_activation="gelu",
-        conv_dim=[d for d, _, _ in convs], conv_kernel=[k for _, k, _ in convs], conv_stride=[s for _, _, s in convs],
-        conv_bias=bool(c["conv_bias"]), num_conv_pos_embeddings=int(c["conv_pos"]),
-        num_conv_pos_embedding_groups=int(c["conv_pos_groups"]), do_stable_layer_norm=bool(c["layer_norm_first"]),
+        hidden_size=int(c["encoder_embed_dim"]),
+        num_hidden_layers=int(c["encoder_layers"]),
+        num_attention_heads=int(c["encoder_attention_heads"]),
+        intermediate_size=int(c["encoder_ffn_embed_dim"]),
+        hidden_act=str(c["activation_fn"]),
+        hidden_dropout=float(c["dropout"]),
+        attention_dropout=float(c["attention_dropout"]),
+        activation_dropout=float(c["activation_dropout"]),
+        feat_proj_dropout=float(c["dropout_input"]),
+        layerdrop=0.0,
+        feat_extract_norm="group" if mode == "default" else "layer",
+        feat_extract_activation="gelu",
+        conv_dim=[d for d, _, _ in convs],
+        conv_kernel=[k for _, k, _ in convs],
+        conv_stride=[s for _, _, s in convs],
+        conv_bias=bool(c["conv_bias"]),
+        num_conv_pos_embeddings=int(c["conv_pos"]),
+        num_conv_pos_embedding_groups=int(c["conv_pos_groups"]),
+        do_stable_layer_norm=bool(c["layer_norm_first"]),
     )
     if not has_mask_emb:  # no masked_spec_embed parameter in the model then
         kw.update(mask_time_prob=0.0, mask_feature_prob=0.0)
@@ -364,53 +424,74 @@ def decoar2_config(w: dict, fcfg: dict | None):
     kernel, groups = _pos_conv(w) or (128, 16)
     c = {**{k: v for k, v in (fcfg or {}).items() if v is not None}}
     return DeCoAR2Config(
-        num_mel_bins=mels, hidden_size=hidden, num_hidden_layers=_count_layers(w),
+        num_mel_bins=mels,
+        hidden_size=hidden,
+        num_hidden_layers=_count_layers(w),
         num_attention_heads=int(c.get("encoder_attention_heads", max(1, hidden // 64))),
-        intermediate_size=int(w["encoder.layers.0.fc1.weight"].shape[0]), hidden_act=str(c.get("activation_fn", "gelu")),
-        num_conv_pos_embeddings=kernel, num_conv_pos_embedding_groups=groups)
+        intermediate_size=int(w["encoder.layers.0.fc1.weight"].shape[0]),
+        hidden_act=str(c.get("activation_fn", "gelu")),
+        num_conv_pos_embeddings=kernel,
+        num_conv_pos_embedding_groups=groups,
+    )
 
 
 # ---------------------------------------------------------------------------------------
 # Parameter names: fairseq -> transformers
 # ---------------------------------------------------------------------------------------
 # Pre-training-only parameters of the original models; not part of the encoder.
-PRETRAINING_ONLY = re.compile(r"^(final_proj\.|label_embs|label_embs_concat$|quantizer\.|project_q\.|target_glu\.|"
-                              r"project_inp\.|decoder\.)")
+PRETRAINING_ONLY = re.compile(
+    r"^(final_proj\.|label_embs|label_embs_concat$|quantizer\.|project_q\.|target_glu\.|"
+    r"project_inp\.|decoder\.)"
+)
 
 _LAYER_PARTS = {
-    "self_attn.q_proj": "attention.q_proj", "self_attn.k_proj": "attention.k_proj",
-    "self_attn.v_proj": "attention.v_proj", "self_attn.out_proj": "attention.out_proj",
-    "self_attn.grep_linear": "attention.gru_rel_pos_linear", "self_attn.grep_a": "attention.gru_rel_pos_const",
+    "self_attn.q_proj": "attention.q_proj",
+    "self_attn.k_proj": "attention.k_proj",
+    "self_attn.v_proj": "attention.v_proj",
+    "self_attn.out_proj": "attention.out_proj",
+    "self_attn.grep_linear": "attention.gru_rel_pos_linear",
+    "self_attn.grep_a": "attention.gru_rel_pos_const",
     "self_attn.relative_attention_bias": "attention.rel_attn_embed",
-    "self_attn_layer_norm": "layer_norm", "fc1": "feed_forward.intermediate_dense",
-    "fc2": "feed_forward.output_dense", "final_layer_norm": "final_layer_norm",
+    "self_attn_layer_norm": "layer_norm",
+    "fc1": "feed_forward.intermediate_dense",
+    "fc2": "feed_forward.output_dense",
+    "final_layer_norm": "final_layer_norm",
 }
-_LAYER_RE = re.compile(r"encoder\.layers\.(\d+)\.(" + "|".join(re.escape(p) for p in _LAYER_PARTS) + r")(\.weight|\.bias)?$")
+_LAYER_RE = re.compile(
+    r"encoder\.layers\.(\d+)\.(" + "|".join(re.escape(p) for p in _LAYER_PARTS) + r")(\.weight|\.bias)?$"
+)
 
 
 def _pos_conv_names(model_keys: set[str], prefix: str) -> dict[str, str]:
     """fairseq's weight-normed positional conv -> whichever names this transformers uses."""
     new = f"{prefix}.parametrizations.weight.original0" in model_keys
-    return {"weight_g": f"{prefix}.parametrizations.weight.original0" if new else f"{prefix}.weight_g",
-            "weight_v": f"{prefix}.parametrizations.weight.original1" if new else f"{prefix}.weight_v",
-            "parametrizations.weight.original0": f"{prefix}.parametrizations.weight.original0" if new else f"{prefix}.weight_g",
-            "parametrizations.weight.original1": f"{prefix}.parametrizations.weight.original1" if new else f"{prefix}.weight_v",
-            "bias": f"{prefix}.bias", "weight": f"{prefix}.weight"}
+    return {
+        "weight_g": f"{prefix}.parametrizations.weight.original0" if new else f"{prefix}.weight_g",
+        "weight_v": f"{prefix}.parametrizations.weight.original1" if new else f"{prefix}.weight_v",
+        "parametrizations.weight.original0": f"{prefix}.parametrizations.weight.original0"
+        if new
+        else f"{prefix}.weight_g",
+        "parametrizations.weight.original1": f"{prefix}.parametrizations.weight.original1"
+        if new
+        else f"{prefix}.weight_v",
+        "bias": f"{prefix}.bias",
+        "weight": f"{prefix}.weight",
+    }
 
 
 def map_fairseq_name(name: str, family: str, model_keys: set[str]) -> str | None:
     """The transformers name of a fairseq parameter; None if it has no counterpart."""
-    if (m := _LAYER_RE.match(name)):
+    if m := _LAYER_RE.match(name):
         return f"encoder.layers.{m.group(1)}.{_LAYER_PARTS[m.group(2)]}{m.group(3) or ''}"
     if name.startswith("encoder.pos_conv.0."):
-        return _pos_conv_names(model_keys, "encoder.pos_conv_embed.conv").get(name[len("encoder.pos_conv.0."):])
+        return _pos_conv_names(model_keys, "encoder.pos_conv_embed.conv").get(name[len("encoder.pos_conv.0.") :])
     if name.startswith("encoder.layer_norm."):
         return name
     if family == "decoar2":
         if name.startswith("post_extract_proj."):
-            return "feature_projection." + name[len("post_extract_proj."):]
+            return "feature_projection." + name[len("post_extract_proj.") :]
         return None
-    if (m := re.fullmatch(r"feature_extractor\.conv_layers\.(\d+)\.(\d+)\.(?:1\.)?(weight|bias)", name)):
+    if m := re.fullmatch(r"feature_extractor\.conv_layers\.(\d+)\.(\d+)\.(?:1\.)?(weight|bias)", name):
         layer, part, what = m.groups()
         if part == "0":
             return f"feature_extractor.conv_layers.{layer}.conv.{what}"
@@ -418,9 +499,9 @@ def map_fairseq_name(name: str, family: str, model_keys: set[str]) -> str | None
             return f"feature_extractor.conv_layers.{layer}.layer_norm.{what}"
         return None
     if name.startswith("post_extract_proj."):
-        return "feature_projection.projection." + name[len("post_extract_proj."):]
+        return "feature_projection.projection." + name[len("post_extract_proj.") :]
     if name.startswith("layer_norm."):  # over the conv features, before the projection
-        return "feature_projection.layer_norm." + name[len("layer_norm."):]
+        return "feature_projection.layer_norm." + name[len("layer_norm.") :]
     if name == "mask_emb":
         return "masked_spec_embed"
     return None
@@ -439,14 +520,18 @@ def map_state_dict(w: dict, family: str, model_keys: set[str], path: Path) -> tu
         else:
             unknown.append(name if new is None else f"{name} (-> {new})")
     if unknown:
-        raise SpeechFTError(f"{path}: {len(unknown)} weight(s) with no place in a {family} encoder: "
-                            f"{', '.join(unknown[:4])}{' ...' if len(unknown) > 4 else ''}; wrong --family, or a "
-                            "variant this converter does not know")
+        raise SpeechFTError(
+            f"{path}: {len(unknown)} weight(s) with no place in a {family} encoder: "
+            f"{', '.join(unknown[:4])}{' ...' if len(unknown) > 4 else ''}; wrong --family, or a "
+            "variant this converter does not know"
+        )
     missing = sorted(model_keys - set(out))
     if missing:
-        raise SpeechFTError(f"{path}: missing {len(missing)} weight(s) a {family} encoder needs: "
-                            f"{', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}; the checkpoint is "
-                            "incomplete or of another architecture")
+        raise SpeechFTError(
+            f"{path}: missing {len(missing)} weight(s) a {family} encoder needs: "
+            f"{', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}; the checkpoint is "
+            "incomplete or of another architecture"
+        )
     return out, dropped
 
 
@@ -474,8 +559,14 @@ def _config_from_like(like: Path, family: str):
     return hf_config(family, fcfg, "mask_emb" in found.weights), bool(found.normalize)
 
 
-def convert_checkpoint(path: str | Path, source: str, out: str | Path, family: str | None = None,
-                       overwrite: bool = False, like: str | Path | None = None) -> Path:
+def convert_checkpoint(
+    path: str | Path,
+    source: str,
+    out: str | Path,
+    family: str | None = None,
+    overwrite: bool = False,
+    like: str | Path | None = None,
+) -> Path:
     """Convert a fairseq / s3prl / Speech-FT checkpoint into a speechft encoder folder."""
     from . import family_class
 
@@ -488,11 +579,19 @@ def convert_checkpoint(path: str | Path, source: str, out: str | Path, family: s
         raise SpeechFTError(f"{out}: output folder already exists; choose another --out or pass --overwrite")
     found = _identify(load_checkpoint(path), path, source)
     if source == "fairseq" and found.kind == "s3prl-converted":
-        raise SpeechFTError(f"{path}: this is an s3prl converted checkpoint (model_cfg + model_weight); pass --from s3prl")
+        raise SpeechFTError(
+            f"{path}: this is an s3prl converted checkpoint (model_cfg + model_weight); pass --from s3prl"
+        )
     detected = _detect_family(found.weights, family or found.family_hint, path)
-    if family is not None and detected != family and not (
-            {detected, family} <= {"hubert", "wav2vec2"} and "label_embs_concat" not in found.weights
-            and not any(k.startswith("quantizer.") for k in found.weights)):
+    if (
+        family is not None
+        and detected != family
+        and not (
+            {detected, family} <= {"hubert", "wav2vec2"}
+            and "label_embs_concat" not in found.weights
+            and not any(k.startswith("quantizer.") for k in found.weights)
+        )
+    ):
         raise SpeechFTError(f"{path}: the weights are a {detected} model but --family says {family}")
     family = family or detected
     cls = family_class(family)
@@ -511,8 +610,11 @@ def convert_checkpoint(path: str | Path, source: str, out: str | Path, family: s
         config = hf_config(family, infer_fairseq_cfg(found.weights, family, path), "mask_emb" in found.weights)
         normalize = config.feat_extract_norm == "layer"  # the pre-LN large models were trained on normalised audio
         config_from = "weight shapes (no config in the file; pass --like to take it from the pre-trained model)"
-        print(f"speechft: note: {path.name} carries no architecture config; inferred it from the weight shapes "
-              "(pass --like PRETRAINED to copy it exactly)", file=sys.stderr)
+        print(
+            f"speechft: note: {path.name} carries no architecture config; inferred it from the weight shapes "
+            "(pass --like PRETRAINED to copy it exactly)",
+            file=sys.stderr,
+        )
     if family != "decoar2" and "mask_emb" not in found.weights:
         config.mask_time_prob = config.mask_feature_prob = 0.0  # so the model has no masked_spec_embed to fill
 
@@ -523,8 +625,10 @@ def convert_checkpoint(path: str | Path, source: str, out: str | Path, family: s
     expected = model.state_dict()
     for k, t in state.items():
         if tuple(t.shape) != tuple(expected[k].shape):
-            raise SpeechFTError(f"{path}: weight for '{k}' has shape {tuple(t.shape)} but the config implies "
-                                f"{tuple(expected[k].shape)}; the checkpoint's config does not match its weights")
+            raise SpeechFTError(
+                f"{path}: weight for '{k}' has shape {tuple(t.shape)} but the config implies "
+                f"{tuple(expected[k].shape)}; the checkpoint's config does not match its weights"
+            )
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise SpeechFTError(f"{path}: weight for '{k}' contains NaN or infinite values; the checkpoint is corrupt")
     model.load_state_dict(state, strict=True)
@@ -570,27 +674,40 @@ def _reference_merge_config(path: Path) -> dict | None:
 # ---------------------------------------------------------------------------------------
 def add_arguments(p):
     p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.epilog = ("Checkpoints are loaded with torch.load(weights_only=True). A file holding other Python objects is "
-                "refused; if you trust it, re-save its weights and config as plain data and convert that:\n  "
-                + RESAVE_RECIPE)
-    p.add_argument("--from", dest="source", required=True, choices=SOURCES,
-                   help="the toolkit that wrote the checkpoint (s3prl also covers Speech-FT's merged checkpoints)")
+    p.epilog = (
+        "Checkpoints are loaded with torch.load(weights_only=True). A file holding other Python objects is "
+        "refused; if you trust it, re-save its weights and config as plain data and convert that:\n  " + RESAVE_RECIPE
+    )
+    p.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        choices=SOURCES,
+        help="the toolkit that wrote the checkpoint (s3prl also covers Speech-FT's merged checkpoints)",
+    )
     p.add_argument("checkpoint", help="the .pt / .ckpt file")
     p.add_argument("--out", required=True, help="output encoder folder")
-    p.add_argument("--family", choices=CONVERTIBLE, default=None,
-                   help="model family (detected from the weights when omitted)")
-    p.add_argument("--like", default=None,
-                   help="take the architecture config from this pre-trained checkpoint or encoder folder "
-                        "(needed for s3prl downstream checkpoints of non-standard models)")
+    p.add_argument(
+        "--family", choices=CONVERTIBLE, default=None, help="model family (detected from the weights when omitted)"
+    )
+    p.add_argument(
+        "--like",
+        default=None,
+        help="take the architecture config from this pre-trained checkpoint or encoder folder "
+        "(needed for s3prl downstream checkpoints of non-standard models)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
 
 def main(args):
     from . import load_encoder
 
-    out = convert_checkpoint(args.checkpoint, args.source, args.out, family=args.family, overwrite=args.overwrite,
-                             like=args.like)
+    out = convert_checkpoint(
+        args.checkpoint, args.source, args.out, family=args.family, overwrite=args.overwrite, like=args.like
+    )
     enc = load_encoder(out)
     n = sum(p.numel() for p in enc.model.parameters())
-    print(f"converted {enc.provenance.get('source_format')} {enc.family} checkpoint ({enc.num_layers} layers, "
-          f"hidden {enc.hidden_size}, {n:,} parameters) to {out}")
+    print(
+        f"converted {enc.provenance.get('source_format')} {enc.family} checkpoint ({enc.num_layers} layers, "
+        f"hidden {enc.hidden_size}, {n:,} parameters) to {out}"
+    )

@@ -14,6 +14,7 @@ bytes) raises `SpeechFTError` with one line of the form
 ``<file>: not a valid CTranslate2 model.bin (<what is wrong, at byte N>); <what to do>``
 and never reads past the end or allocates more than the file holds.
 """
+
 from __future__ import annotations
 
 import os
@@ -28,8 +29,14 @@ from ..errors import SpeechFTError
 SUPPORTED_VERSION = 6
 # code -> (numpy dtype, item size). bfloat16 has no numpy dtype: it is read as raw uint16
 # and widened to float32 exactly (a bf16 value is the top half of an fp32 one).
-DTYPES: dict[int, tuple[str, int]] = {0: ("<f4", 4), 1: ("i1", 1), 2: ("<i2", 2), 3: ("<i4", 4), 4: ("<f2", 2),
-                                      5: ("<u2", 2)}
+DTYPES: dict[int, tuple[str, int]] = {
+    0: ("<f4", 4),
+    1: ("i1", 1),
+    2: ("<i2", 2),
+    3: ("<i4", 4),
+    4: ("<f2", 2),
+    5: ("<u2", 2),
+}
 DTYPE_NAMES = {0: "float32", 1: "int8", 2: "int16", 3: "int32", 4: "float16", 5: "bfloat16"}
 MAX_RANK = 8  # CTranslate2 tensors have rank <= 4; anything far beyond is corruption
 DEFAULT_FIX = "re-download or re-convert the model"
@@ -67,9 +74,8 @@ class _Reader:
 
     def take(self, n: int, what: str) -> memoryview:
         if n < 0 or self.pos + n > len(self.data):
-            raise self.fail(f"truncated: {what} needs {n} bytes at byte {self.pos}, "
-                            f"the file has {len(self.data)}")
-        out = self.data[self.pos:self.pos + n]
+            raise self.fail(f"truncated: {what} needs {n} bytes at byte {self.pos}, the file has {len(self.data)}")
+        out = self.data[self.pos : self.pos + n]
         self.pos += n
         return out
 
@@ -101,8 +107,10 @@ def parse_model_bin(data, source: str = "<bytes>", fix: str = DEFAULT_FIX) -> CT
     r = _Reader(data, source, fix)
     version = r.u32("the format version")
     if version != SUPPORTED_VERSION:
-        raise SpeechFTError(f"{source}: CTranslate2 model.bin format version {version} is not supported (this reader "
-                            f"reads version {SUPPORTED_VERSION}); {fix}")
+        raise SpeechFTError(
+            f"{source}: CTranslate2 model.bin format version {version} is not supported (this reader "
+            f"reads version {SUPPORTED_VERSION}); {fix}"
+        )
     spec = r.string("the spec name")
     revision = r.u32("the spec revision")
     count_at = r.pos
@@ -122,14 +130,17 @@ def parse_model_bin(data, source: str = "<bytes>", fix: str = DEFAULT_FIX) -> CT
         code_at = r.pos
         code = r.u8(f"the dtype of '{name}'")
         if code not in DTYPES:
-            raise r.fail(f"'{name}' has unknown dtype code {code} at byte {code_at} "
-                         f"(known: {', '.join(f'{k} {v}' for k, v in DTYPE_NAMES.items())})")
+            raise r.fail(
+                f"'{name}' has unknown dtype code {code} at byte {code_at} "
+                f"(known: {', '.join(f'{k} {v}' for k, v in DTYPE_NAMES.items())})"
+            )
         nbytes = r.u32(f"the byte size of '{name}'")
         np_dtype, itemsize = DTYPES[code]
         expected = itemsize * int(np.prod(dims, dtype=object))  # Python ints: no overflow
         if nbytes != expected:
-            raise r.fail(f"'{name}' declares {nbytes} bytes but its shape {tuple(dims)} of {DTYPE_NAMES[code]} "
-                         f"needs {expected}")
+            raise r.fail(
+                f"'{name}' declares {nbytes} bytes but its shape {tuple(dims)} of {DTYPE_NAMES[code]} needs {expected}"
+            )
         raw = r.take(nbytes, f"the data of '{name}'")
         # A copy: aligned, writable and independent of the file buffer.
         arr = np.frombuffer(raw, dtype=np_dtype).copy().reshape(dims)
@@ -174,8 +185,9 @@ def read_variables(path: str | os.PathLike, fix: str = DEFAULT_FIX) -> dict[str,
     return read_model_bin(path, fix).variables
 
 
-def model_bin_bytes(variables: dict[str, np.ndarray], aliases: dict[str, str] | None = None,
-                    spec: str = "TestSpec", revision: int = 1) -> bytes:
+def model_bin_bytes(
+    variables: dict[str, np.ndarray], aliases: dict[str, str] | None = None, spec: str = "TestSpec", revision: int = 1
+) -> bytes:
     """Serialise tensors into model.bin v6 bytes: the inverse of `parse_model_bin`, for
     tests and fuzzing. bfloat16 is not written (numpy has no such dtype)."""
     codes = {("f", 4): 0, ("i", 1): 1, ("i", 2): 2, ("i", 4): 3, ("f", 2): 4}
@@ -189,8 +201,13 @@ def model_bin_bytes(variables: dict[str, np.ndarray], aliases: dict[str, str] | 
         arr = np.asarray(arr)  # (not ascontiguousarray: it turns 0-d scalars into 1-d)
         code = codes[(arr.dtype.kind, arr.dtype.itemsize)]
         data = arr.astype(DTYPES[code][0]).tobytes()
-        out += [s(name), struct.pack("<B", arr.ndim), struct.pack(f"<{arr.ndim}I", *arr.shape),
-                struct.pack("<BI", code, len(data)), data]
+        out += [
+            s(name),
+            struct.pack("<B", arr.ndim),
+            struct.pack(f"<{arr.ndim}I", *arr.shape),
+            struct.pack("<BI", code, len(data)),
+            data,
+        ]
     aliases = aliases or {}
     out.append(struct.pack("<I", len(aliases)))
     for alias, target in aliases.items():

@@ -1,5 +1,6 @@
 """DeCoAR 2.0 adapter: the model itself lives in decoar2_hf.py (a transformers model with
 remote code, so its folders load with `AutoModel.from_pretrained(dir, trust_remote_code=True)`)."""
+
 from __future__ import annotations
 
 import torch
@@ -34,7 +35,13 @@ class DeCoAR2Encoder(Encoder):
 
     @classmethod
     def tiny_config(cls, **overrides):
-        kw = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                  num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
+        kw = dict(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            num_conv_pos_embeddings=16,
+            num_conv_pos_embedding_groups=2,
+        )
         kw.update(overrides)
         return DeCoAR2Config(**kw)

