@@ -30,8 +30,11 @@ setup-dev: $(VENV)/.speechft-dev
 demo: setup
 	$(BIN)/speechft demo $(DEMO_ARGS)
 
-# pytest exits 5 when it collects nothing: a suite that runs no test is a failure here.
+# ruff first (lint + format check: seconds), then the suite. pytest exits 5 when it collects nothing:
+# a suite that runs no test is a failure here.
 test: setup-dev
+	$(BIN)/ruff check speechft tests benchmarks
+	$(BIN)/ruff format --check speechft tests benchmarks
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 

@@ -63,3 +63,48 @@ def test_unknown_key_in_file_names_the_file(tmp_path):
     p.write_text("optim:\n  lrr: 1\n")
     with pytest.raises(SpeechFTError, match=r"c.yaml: optim: unknown key 'lrr'"):
         load_config(Cfg, p)
+
+
+# ---- the shared command-line grammar: --config <- the command's own flags <- --set ---------------------
+def parse(argv, **flag_defaults):
+    import argparse
+
+    from speechft.config import add_config_options
+
+    p = argparse.ArgumentParser()
+    add_config_options(p, Cfg, "optim.lr=5e-5")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    return p.parse_args(argv)
+
+
+def test_config_flags_and_set_apply_in_that_order(tmp_path):
+    from speechft.config import config_from_args
+
+    p = tmp_path / "c.yaml"
+    p.write_text("steps: 50\nmethod: regular\noptim:\n  lr: 2.0e-4\n")
+    flags = {"steps": "steps", "lr": "optim.lr"}
+    args = parse(["--config", str(p), "--steps", "7", "--set", "steps=9", "verbose=true", "--set", "optim.clip=0.5"])
+    cfg = config_from_args(Cfg, args, flags)
+    # the file sets method and lr; --steps overrides the file; --set (given twice, two items once) wins over --steps
+    assert (cfg.method, cfg.optim.lr, cfg.steps, cfg.verbose, cfg.optim.clip) == ("regular", 2e-4, 9, True, 0.5)
+    cfg = config_from_args(Cfg, parse(["--config", str(p), "--lr", "3e-4"]), flags)
+    assert (cfg.steps, cfg.optim.lr) == (50, 3e-4)  # a flag left out keeps the file's value
+    assert config_from_args(Cfg, parse([]), flags) == Cfg()
+
+
+def test_a_bad_flag_value_names_the_flag():
+    from speechft.config import config_from_args
+
+    @dataclass
+    class Narrow:
+        method: str = "a"
+        steps: int = 1
+
+    import argparse
+
+    args = argparse.Namespace(config=None, set=[], steps=None, method=["not", "a", "string"])
+    with pytest.raises(SpeechFTError, match="--method"):
+        config_from_args(Narrow, args, {"method": "method"})
+    with pytest.raises(SpeechFTError, match="unknown key 'nope'"):
+        config_from_args(Cfg, parse(["--set", "nope=1"]), {})
