@@ -122,7 +122,7 @@ def test_required_columns_outside_paths_and_the_callers_check(clips):
     ]
     for escaping in ("../x.wav", "/etc/hostname", "clips/../../x.wav"):
         bad = manifest(clips, "path", escaping, name="esc.tsv")
-        one_line_error(lambda: read_manifest(bad, outside="the folder (allow it)"), "points outside the folder")
+        one_line_error(lambda bad=bad: read_manifest(bad, outside="the folder (allow it)"), "points outside the folder")
     inside = manifest(clips, "path", "clips/../clips/1.wav", name="in.tsv")
     assert read_manifest(inside, outside="the folder")[0].path.is_file()  # '..' that stays inside is fine
 

@@ -362,13 +362,15 @@ def test_bad_requests_raise_speechft_errors(small_bench, tmp_path):
 def test_cli_writes_the_folder_and_says_where(small_bench, synth_cache, tmp_path, capsys):
     parser = argparse.ArgumentParser()
     synth.add_arguments(parser)
-    args = parser.parse_args(
-        ["--out", str(tmp_path / "cli"), "--tasks", "style", "--cache-dir", str(synth_cache), "--engines", "espeak-ng"]
-    )
+    argv = ["--out", str(tmp_path / "cli"), "--tasks", "style", "lid", "--cache-dir", str(synth_cache)]
+    args = parser.parse_args(argv + ["--engines", "espeak-ng", "--quiet"])
+    assert args.tasks == ["style", "lid"] and args.engines == ["espeak-ng"]
     assert synth.main(args) == 0
-    printed = capsys.readouterr().out
-    assert f"wrote {tmp_path / 'cli'}" in printed and "style" in printed
+    printed = capsys.readouterr()
+    assert f"wrote {tmp_path / 'cli'}" in printed.out and "style" in printed.out
+    assert "synth small" not in printed.err  # --quiet: no progress bar
     assert load_task(tmp_path / "cli" / "style").num_outputs == 9
+    assert sorted(p.name for p in (tmp_path / "cli").iterdir() if p.is_dir()) == ["audio", "lid", "style"]
 
 
 @pytest.mark.skipif(shutil.which("flite") is None, reason="flite is optional (apt install flite)")
