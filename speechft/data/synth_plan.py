@@ -12,6 +12,7 @@ import numpy as np
 from ..errors import SpeechFTError
 from . import synth_text as T
 from .synth_clips import Clip, load_engines
+from .synth_text_de import de_utterances
 from .tasks import SPLITS
 
 TASKS = ("pr", "asr", "ks", "sid", "lid", "style", "pr_de")
@@ -313,7 +314,7 @@ def _plan_german(plan: Plan, size: SizeSpec, seed: int, voices: Voices):
     rng = np.random.default_rng([seed, 6])
     used: set[str] = set()
     for split, n in zip(SPLITS, size.sentences_de):
-        texts = T.de_utterances(rng, n, exclude=used)
+        texts = de_utterances(rng, n, exclude=used)
         used.update(texts)  # no utterance is spoken in two splits
         variants = voices.variants[split]
         for i, text in enumerate(texts):
