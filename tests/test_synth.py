@@ -366,6 +366,8 @@ def test_cli_writes_the_folder_and_says_where(small_bench, synth_cache, tmp_path
     argv = ["--out", str(tmp_path / "cli"), "--tasks", "style", "lid", "--cache-dir", str(synth_cache)]
     args = parser.parse_args(argv + ["--engines", "espeak-ng", "--quiet"])
     assert args.tasks == ["style", "lid"] and args.engines == ["espeak-ng"]
+    assert parser.parse_args(["--out", "x", "--tasks", "ks", "--tasks", "sid"]).tasks == ["ks", "sid"]  # extends
+    assert parser.parse_args(["--out", "x"]).tasks is None  # every task
     assert synth.main(args) == 0
     printed = capsys.readouterr()
     assert f"wrote {tmp_path / 'cli'}" in printed.out and "style" in printed.out

@@ -136,7 +136,11 @@ def add_arguments(p):
     p.add_argument("--name", help="task name in task.yaml (default: the SUPERB key, e.g. pr, sid, er)")
     g = p.add_argument_group("corpus options (each applies to the corpora named)")
     g.add_argument(
-        "--lexicon", nargs="+", metavar="FILE", help="librispeech-pr: word -> phones lexicon file(s), first wins"
+        "--lexicon",
+        nargs="+",
+        action="extend",
+        metavar="FILE",
+        help="librispeech-pr: word -> phones lexicon file(s), first wins",
     )
     g.add_argument("--phone-csv", help="librispeech-pr: folder of s3prl SuperbPR csv files with phone transcripts")
     g.add_argument(
@@ -148,6 +152,7 @@ def add_arguments(p):
     g.add_argument(
         "--sets",
         nargs="+",
+        action="extend",
         metavar="SUBSET",
         help="librispeech-*: the train, dev and test subsets (default train-clean-100 dev-clean test-clean)",
     )

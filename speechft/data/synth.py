@@ -387,7 +387,7 @@ def add_arguments(parser):
     )
     parser.add_argument("--seed", type=int, default=0, help="fixes voices, sentences and augmentation")
     parser.add_argument(
-        "--tasks", nargs="+", default=list(TASKS), metavar="TASK", help=f"a subset of {' '.join(TASKS)} (default: all)"
+        "--tasks", nargs="+", action="extend", metavar="TASK", help=f"a subset of {' '.join(TASKS)} (default: all)"
     )
     parser.add_argument(
         "--cache-dir", default=None, help="clip cache (default $SPEECHFT_CACHE/synth or ~/.cache/speechft/synth)"
@@ -395,7 +395,7 @@ def add_arguments(parser):
     parser.add_argument(
         "--engines",
         nargs="+",
-        default=None,
+        action="extend",
         metavar="ENGINE",
         help=f"synthesisers from {' '.join(ENGINES)} (default: all installed)",
     )
