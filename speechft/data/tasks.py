@@ -96,7 +96,8 @@ def _fail(msg: str):
     raise SpeechFTError(msg)
 
 
-def _load_spec(root: Path) -> dict:
+def load_spec(root: Path) -> dict:
+    """task.yaml validated, with defaults filled in (metric, tokenizer, sample_rate); `speechft doctor` reads it too."""
     path = root / "task.yaml"
     if not root.is_dir():
         _fail(f"{root}: task folder not found; pass a folder holding task.yaml and train/dev/test.tsv")
@@ -165,7 +166,8 @@ def _row_check(task: dict):
     return check
 
 
-def _read_split(root: Path, split: str, task: dict, allow_outside: bool) -> list[Example]:
+def read_split(root: Path, split: str, task: dict, allow_outside: bool) -> list[Example]:
+    """One split's manifest as validated examples (`task` is `load_spec`'s result)."""
     path = root / f"{split}.tsv"
     if not path.exists():
         _fail(f"{path}: missing; every task folder needs {', '.join(s + '.tsv' for s in SPLITS)}")
@@ -189,9 +191,9 @@ def _read_split(root: Path, split: str, task: dict, allow_outside: bool) -> list
 def load_task(root: str | os.PathLike, allow_outside_paths: bool = False) -> Task:
     """Load and validate a task folder; raises `SpeechFTError` on the first broken file."""
     root = Path(root)
-    spec = _load_spec(root)
+    spec = load_spec(root)
     allow = allow_outside_paths or bool(spec.get("allow_outside_paths", False))
-    splits = {s: _read_split(root, s, spec, allow) for s in SPLITS}
+    splits = {s: read_split(root, s, spec, allow) for s in SPLITS}
     labels = spec["labels"] if spec["type"] == "classification" else spec["vocabulary"]
     return Task(
         root=root,
