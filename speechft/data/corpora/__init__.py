@@ -19,8 +19,12 @@ and options are recorded under `source` in task.yaml.
 
 Every problem with the corpus is one `SpeechFTError` naming the file that was expected.
 The splits and label rules follow s3prl's SUPERB recipes and the Speech-FT reference code;
-where this module deviates (stated in each reader and in the folder's README.md) it is to
+where a reader deviates (stated in each reader and in the folder's README.md) it is to
 be deterministic across machines.
+
+Layout: `transcribed` (LibriSpeech, TED-LIUM 3, AISHELL-3) and `labelled` (VoxCeleb1,
+IEMOCAP, Speech Commands, Fluent Speech Commands) hold the readers, `common` what they
+share; this module is the registry `speechft data prepare` chooses from.
 """
 
 from __future__ import annotations
