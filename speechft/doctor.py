@@ -106,18 +106,18 @@ def check_task(folder: str | Path, decode_audio: bool = True, max_seconds: float
     import soundfile as sf
 
     from .data.audio import load_audio
-    from .data.tasks import SPLITS, _load_spec, _read_manifest
+    from .data.tasks import SPLITS, load_spec, read_split
 
     folder = Path(folder)
     try:
-        spec = _load_spec(folder)
+        spec = load_spec(folder)
     except SpeechFTError as e:
         return [Finding("error", str(folder), str(e))]
     found = [Finding("ok", str(folder / "task.yaml"), f"{spec['type']} task '{spec['name']}', metric {spec['metric']}")]
     splits = {}
     for split in SPLITS:
         try:
-            splits[split] = _read_manifest(folder, split, spec, bool(spec.get("allow_outside_paths", False)))
+            splits[split] = read_split(folder, split, spec, bool(spec.get("allow_outside_paths", False)))
             found.append(Finding("ok", f"{folder / split}.tsv", f"{len(splits[split])} examples"))
         except SpeechFTError as e:
             found.append(Finding("error", f"{folder / split}.tsv", str(e)))

@@ -518,7 +518,7 @@ def test_data_commands_bad_options(tmp_path, capsys):
     out = tmp_path / "bench"
     refused(
         capsys,
-        cli("data", "synth", "--out", out, "--tasks", "asr,emotion"),
+        cli("data", "synth", "--out", out, "--tasks", "asr", "emotion"),
         ["--tasks: unknown task(s) ['emotion']", "choose from"],
         outputs=[out],
     )

@@ -473,3 +473,31 @@ def test_cli_prepare(tmp_path, voxceleb, capsys):
     assert load_task(tmp_path / "sid2").name == "vox1"
     assert main(["data", "prepare", "voxceleb1-sid", "--root", str(voxceleb), "--out", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_cli_prepare_takes_multi_value_flags_and_quiet(tmp_path, librispeech, capsys):
+    """--lexicon FILE FILE and --sets A B C are nargs lists; --quiet parses and turns the bars off."""
+    from speechft.cli import main
+
+    root, lex = librispeech
+    words = lex.read_text().splitlines()
+    first, second = tmp_path / "lex1.txt", tmp_path / "lex2.txt"
+    first.write_text("\n".join(words[: len(words) // 2]) + "\n")
+    second.write_text("\n".join(words[len(words) // 2 :]) + "\n")  # neither file alone covers the corpus
+    out = tmp_path / "pr"
+    argv = ["data", "prepare", "librispeech-pr", "--root", str(root), "--out", str(out), "--quiet"]
+    argv += ["--lexicon", str(first), str(second), "--sets", *LIBRI]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert load_task(out).spec["source"]["options"]["lexicon"] == [str(first), str(second)]
+    assert main(argv[:-4] + ["--sets", "train-clean-100", "dev-clean", "--overwrite"]) == 2
+    assert "--sets needs three LibriSpeech subsets" in capsys.readouterr().err
+
+
+def test_progress_bars_follow_the_switch():
+    from speechft.data.corpora import progress_bars
+    from speechft.data.corpora.common import progress_bar
+
+    assert not progress_bar(range(3)).disable
+    with progress_bars(False):
+        assert progress_bar(range(3)).disable
+    assert not progress_bar(range(3)).disable

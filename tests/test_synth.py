@@ -16,8 +16,9 @@ import pytest
 
 pytest.importorskip("espeakng_loader")
 
-from speechft.data import espeak, load_audio, load_task, synth  # noqa: E402  # noqa: E402
+from speechft.data import espeak, load_audio, load_task, synth  # noqa: E402
 from speechft.data import synth_text as T  # noqa: E402
+from speechft.data import synth_text_de as DE  # noqa: E402
 from speechft.errors import SpeechFTError  # noqa: E402
 
 CONTENT_TASKS = ("pr", "asr", "ks", "lid", "style", "pr_de")
@@ -82,7 +83,7 @@ def test_german_phonemes_map_onto_the_german_inventory():
     assert de("kurz") == (["k", "ʊ", "ɐ", "ts"], [])  # vowel + vocalised r split into two phones
     assert de("Rätsel") == (["r", "ɛː", "ts", "ə", "l"], [])  # syllabic l -> ə l
     assert de("zwölf")[0] == ["ts", "v", "œ", "l", "f"]
-    assert set(T.PHONES_DE).isdisjoint({"ˈ", "ˌ"}) and len(set(T.PHONES_DE)) == len(T.PHONES_DE)
+    assert set(DE.PHONES_DE).isdisjoint({"ˈ", "ˌ"}) and len(set(DE.PHONES_DE)) == len(DE.PHONES_DE)
     with pytest.raises(ValueError, match="inventory"):
         T.to_phones(["a"], "xx")
 
@@ -99,8 +100,8 @@ def test_german_grammar_agrees_in_gender_and_case():
     }
     for case in ("nom", "acc"):
         for _ in range(300):
-            words = T.de_noun_phrase(rng, case).split()
-            gender = T.DE_NOUNS[words[-1]]
+            words = DE.de_noun_phrase(rng, case).split()
+            gender = DE.DE_NOUNS[words[-1]]
             assert words[0] in articles[(case, gender)], words
             if len(words) == 3:  # article + adjective + noun: weak ending after der/die/das, mixed after ein
                 ending = {
@@ -112,8 +113,8 @@ def test_german_grammar_agrees_in_gender_and_case():
                     "einen": "en",
                     "ein": "er" if gender == "m" else "es",
                 }[words[0]]
-                assert words[1] in {T.de_adjective(a, ending) for a in T.DE_ADJECTIVES}, words
-    texts = T.de_utterances(np.random.default_rng(1), 200)
+                assert words[1] in {DE.de_adjective(a, ending) for a in DE.DE_ADJECTIVES}, words
+    texts = DE.de_utterances(np.random.default_rng(1), 200)
     assert len(set(texts)) == 200
     digits = [t for t in texts if t.replace(" ", "").isdigit()]
     assert 20 <= len(digits) <= 80  # about a quarter are digit strings, the rest sentences
@@ -231,7 +232,7 @@ def test_labels_and_vocabularies(small_bench):
 
     pr_de = load_task(out / "pr_de")
     assert pr_de.type == "ctc" and pr_de.tokenizer == "space" and pr_de.metric == "per"
-    assert pr_de.name == "synth_pr_de" and pr_de.labels == list(T.PHONES_DE) and 38 <= len(pr_de.labels) <= 46
+    assert pr_de.name == "synth_pr_de" and pr_de.labels == list(DE.PHONES_DE) and 38 <= len(pr_de.labels) <= 46
     used_de = {p for e in pr_de.splits["train"] for p in pr_de.tokens(e.target)}
     assert len(used_de) >= 36 and {"ç", "x", "ts", "yː", "ʏ", "ɐ", "øː"} <= used_de, sorted(used_de)
     assert {"ç", "x", "pf", "yː", "ɐ"} <= set(pr_de.labels) - set(pr.labels)  # German phones, not pr's inventory
@@ -362,13 +363,17 @@ def test_bad_requests_raise_speechft_errors(small_bench, tmp_path):
 def test_cli_writes_the_folder_and_says_where(small_bench, synth_cache, tmp_path, capsys):
     parser = argparse.ArgumentParser()
     synth.add_arguments(parser)
-    args = parser.parse_args(
-        ["--out", str(tmp_path / "cli"), "--tasks", "style", "--cache-dir", str(synth_cache), "--engines", "espeak-ng"]
-    )
+    argv = ["--out", str(tmp_path / "cli"), "--tasks", "style", "lid", "--cache-dir", str(synth_cache)]
+    args = parser.parse_args(argv + ["--engines", "espeak-ng", "--quiet"])
+    assert args.tasks == ["style", "lid"] and args.engines == ["espeak-ng"]
+    assert parser.parse_args(["--out", "x", "--tasks", "ks", "--tasks", "sid"]).tasks == ["ks", "sid"]  # extends
+    assert parser.parse_args(["--out", "x"]).tasks is None  # every task
     assert synth.main(args) == 0
-    printed = capsys.readouterr().out
-    assert f"wrote {tmp_path / 'cli'}" in printed and "style" in printed
+    printed = capsys.readouterr()
+    assert f"wrote {tmp_path / 'cli'}" in printed.out and "style" in printed.out
+    assert "synth small" not in printed.err  # --quiet: no progress bar
     assert load_task(tmp_path / "cli" / "style").num_outputs == 9
+    assert sorted(p.name for p in (tmp_path / "cli").iterdir() if p.is_dir()) == ["audio", "lid", "style"]
 
 
 @pytest.mark.skipif(shutil.which("flite") is None, reason="flite is optional (apt install flite)")

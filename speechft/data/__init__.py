@@ -1,4 +1,4 @@
-"""Task folders, audio loading and batching."""
+"""Task folders, their manifests, audio loading and batching."""
 
 from .audio import SAMPLE_RATE, load_audio
 from .batching import BucketBatchSampler, collate_waveforms, padded_fraction

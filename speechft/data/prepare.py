@@ -1,21 +1,21 @@
 """`speechft data prepare NAME --root DIR --out DIR`: a real corpus -> a task folder.
 
     speechft data prepare librispeech-pr --root /data/LibriSpeech --out tasks/pr \\
-        --lexicon librispeech-lexicon-200k-g2p.txt --lexicon librispeech-lexicon-allothers-g2p.txt
+        --lexicon librispeech-lexicon-200k-g2p.txt librispeech-lexicon-allothers-g2p.txt
     speechft data prepare voxceleb1-sid --root /data/VoxCeleb1 --out tasks/sid
     speechft data prepare iemocap-er --root /data/IEMOCAP_full_release --fold 1 --out tasks/er1
     speechft data prepare tedlium3-asr --root /data/TEDLIUM_release-3 --out tasks/ted10h
 
 PR transcripts: SUPERB's PR task is LibriSpeech with every word replaced by its phones
 (71 ARPAbet phones with stress marks in s3prl's vocabulary). Give the word -> phones
-lexicon with ``--lexicon`` (repeatable; s3prl uses librispeech-lexicon-200k-g2p.txt plus
+lexicon with ``--lexicon`` (one or more files; s3prl uses librispeech-lexicon-200k-g2p.txt plus
 librispeech-lexicon-allothers-g2p.txt, which together cover all of LibriSpeech; the first
 pronunciation of a word wins, as in s3prl), or, if you already ran s3prl's SuperbPR data
 preparation, point ``--phone-csv`` at its csv folder (train-clean-100.csv, dev-clean.csv,
 test-clean.csv with phone transcriptions); their absolute wav paths are re-rooted at --root.
 
 What each corpus becomes (audio in place or generated, split rules, deviations from s3prl)
-is written into the task folder's README.md; see speechft/data/corpora.py.
+is written into the task folder's README.md; see speechft/data/corpora/ (one reader per corpus).
 """
 
 from __future__ import annotations
@@ -25,17 +25,21 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
+from ..cli import add_quiet_option
 from ..errors import SpeechFTError
 from ..io_utils import atomic_dir
-from .corpora import CORPORA, corpus_reader
+from .corpora import CORPORA, corpus_reader, progress_bars
 from .tasks import load_task, write_task_folder
 
 
-def prepare_corpus(name: str, root, out, overwrite: bool = False, task_name: str | None = None, **opts) -> Path:
+def prepare_corpus(
+    name: str, root, out, overwrite: bool = False, task_name: str | None = None, progress: bool = True, **opts
+) -> Path:
     """Read corpus `name` under `root` and write a validated task folder at `out`.
 
     Options (None = the corpus default) depend on the corpus: see `CORPORA`. `task_name`
-    replaces the task's name (by default the SUPERB key: pr, asr, sid, er, ks, ic, ...)."""
+    replaces the task's name (by default the SUPERB key: pr, asr, sid, er, ks, ic, ...). `progress`: False
+    draws no progress bars."""
     reader, accepted, _ = corpus_reader(name)
     opts = {k: v for k, v in opts.items() if v is not None and v != () and v != []}
     unknown = sorted(set(opts) - set(accepted))
@@ -50,7 +54,8 @@ def prepare_corpus(name: str, root, out, overwrite: bool = False, task_name: str
     if out.exists() and not overwrite:
         raise SpeechFTError(f"{out}: output folder already exists; choose another --out or pass --overwrite")
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        prep = reader(root.resolve(), tmp, **opts)
+        with progress_bars(progress):
+            prep = reader(root.resolve(), tmp, **opts)
         for split in ("train", "dev", "test"):
             if not prep.splits.get(split):
                 raise SpeechFTError(f"{root}: the {name} {split} split came out empty; check --root and the options")
@@ -130,7 +135,13 @@ def add_arguments(p):
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--name", help="task name in task.yaml (default: the SUPERB key, e.g. pr, sid, er)")
     g = p.add_argument_group("corpus options (each applies to the corpora named)")
-    g.add_argument("--lexicon", action="append", help="librispeech-pr: word -> phones lexicon file (repeatable)")
+    g.add_argument(
+        "--lexicon",
+        nargs="+",
+        action="extend",
+        metavar="FILE",
+        help="librispeech-pr: word -> phones lexicon file(s), first wins",
+    )
     g.add_argument("--phone-csv", help="librispeech-pr: folder of s3prl SuperbPR csv files with phone transcripts")
     g.add_argument(
         "--skip-oov",
@@ -139,7 +150,11 @@ def add_arguments(p):
         help="librispeech-pr: drop utterances with words missing from the lexicon instead of failing",
     )
     g.add_argument(
-        "--sets", help="librispeech-*: train,dev,test subsets (default train-clean-100,dev-clean,test-clean)"
+        "--sets",
+        nargs="+",
+        action="extend",
+        metavar="SUBSET",
+        help="librispeech-*: the train, dev and test subsets (default train-clean-100 dev-clean test-clean)",
     )
     g.add_argument("--split-file", help="voxceleb1-sid: iden_split.txt (default ROOT/iden_split.txt)")
     g.add_argument("--fold", type=int, help="iemocap-er: session 1-5 held out as the test set (default 1)")
@@ -154,6 +169,7 @@ def add_arguments(p):
     )
     g.add_argument("--min-seconds", type=float, help="tedlium3-asr: shortest segment kept (default 1)")
     g.add_argument("--max-seconds", type=float, help="tedlium3-asr: longest segment kept (default 60)")
+    add_quiet_option(p)
 
 
 def main(args):
@@ -161,7 +177,7 @@ def main(args):
         lexicon=args.lexicon,
         phone_csv=args.phone_csv,
         skip_oov=args.skip_oov,
-        sets=args.sets.split(",") if args.sets else None,
+        sets=args.sets,
         split_file=args.split_file,
         fold=args.fold,
         dev_fraction=args.dev_fraction,
@@ -170,7 +186,9 @@ def main(args):
         min_seconds=args.min_seconds,
         max_seconds=args.max_seconds,
     )
-    out = prepare_corpus(args.corpus, args.root, args.out, overwrite=args.overwrite, task_name=args.name, **opts)
+    out = prepare_corpus(
+        args.corpus, args.root, args.out, overwrite=args.overwrite, task_name=args.name, progress=not args.quiet, **opts
+    )
     task = load_task(out)
     sizes = ", ".join(f"{s} {len(task.splits[s])}" for s in ("train", "dev", "test"))
     print(f"wrote task folder {out} ({task.name}: {task.type}, {task.num_outputs} outputs; {sizes} utterances)")

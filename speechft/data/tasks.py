@@ -10,13 +10,13 @@ A task folder holds::
 `load_task` validates everything up front (files exist, columns, labels in the
 vocabulary, non-empty splits, no duplicate paths, no path escaping the folder) so nothing
 runs on a broken folder; each problem is one line naming the file and the first
-offending rows.
+offending rows. The manifests are read by `speechft.data.manifest` (whose docstring holds
+the rules every TSV manifest follows); this module adds the task's own rules (labels and
+transcripts in the vocabulary, paths confined to the folder unless allowed).
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +25,8 @@ import yaml
 
 from ..errors import SpeechFTError
 from ..io_utils import atomic_dir, sha256_bytes
+from .audio import SAMPLE_RATE
+from .manifest import ManifestRow, read_manifest, read_text_file
 
 SPLITS = ("train", "dev", "test")
 TASK_TYPES = ("ctc", "classification")
@@ -94,14 +96,15 @@ def _fail(msg: str):
     raise SpeechFTError(msg)
 
 
-def _load_spec(root: Path) -> dict:
+def load_spec(root: Path) -> dict:
+    """task.yaml validated, with defaults filled in (metric, tokenizer, sample_rate); `speechft doctor` reads it too."""
     path = root / "task.yaml"
     if not root.is_dir():
         _fail(f"{root}: task folder not found; pass a folder holding task.yaml and train/dev/test.tsv")
     if not path.exists():
         _fail(f"{path}: missing; a task folder needs task.yaml (see docs/task-folder.md)")
     try:
-        spec = yaml.safe_load(_read_text(path))
+        spec = yaml.safe_load(read_text_file(path))
     except yaml.YAMLError as e:  # also python/* tags: safe_load never builds Python objects
         _fail(f"{path}: not valid YAML ({str(e).splitlines()[0]})")
     except RecursionError:
@@ -131,7 +134,7 @@ def _load_spec(root: Path) -> dict:
         tok = spec.setdefault("tokenizer", "char")
         if tok not in TOKENIZERS:
             _fail(f"{path}: tokenizer '{tok}' is not one of {', '.join(TOKENIZERS)}")
-    sr = spec.setdefault("sample_rate", 16000)
+    sr = spec.setdefault("sample_rate", SAMPLE_RATE)
     if not isinstance(sr, int) or isinstance(sr, bool) or sr <= 0:
         _fail(f"{path}: sample_rate must be a positive integer, got {sr!r}")
     # Only a real YAML boolean opens the folder to outside paths (a string 'false' would be truthy).
@@ -140,99 +143,57 @@ def _load_spec(root: Path) -> dict:
     return spec
 
 
-def _read_text(path: Path) -> str:
-    """A UTF-8 text file, refusing what is not text (a NUL byte, invalid UTF-8) with the byte offset."""
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        _fail(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8")
-    if "\0" in text:
-        _fail(f"{path}: contains a NUL byte (at character {text.index(chr(0))}); it is not a text file")
-    return text
+def _row_check(task: dict):
+    """The task's own rule for a row: a known label, or a non-empty transcript of known tokens."""
+    if task["type"] == "classification":
+        labels = set(task["labels"])
+
+        def check(row: ManifestRow) -> str | None:
+            target = row.columns["label"].strip()
+            return None if target in labels else f"label uses {[target]} not in task.yaml's labels"
+
+        return check
+    vocab = set(task["vocabulary"])
+    tokenizer = Task(Path(), "", "ctc", "", task["vocabulary"], task["tokenizer"], SAMPLE_RATE, {}, task)
+
+    def check(row: ManifestRow) -> str | None:
+        target = row.columns["transcript"].strip()
+        unknown = sorted({x for x in tokenizer.tokens(target) if x not in vocab})
+        if not target:
+            return "empty transcript"
+        return f"transcript uses {unknown[:5]} not in task.yaml's vocabulary" if unknown else None
+
+    return check
 
 
-def _read_manifest(root: Path, split: str, task: dict, allow_outside: bool) -> list[Example]:
+def read_split(root: Path, split: str, task: dict, allow_outside: bool) -> list[Example]:
+    """One split's manifest as validated examples (`task` is `load_spec`'s result)."""
     path = root / f"{split}.tsv"
     if not path.exists():
         _fail(f"{path}: missing; every task folder needs {', '.join(s + '.tsv' for s in SPLITS)}")
-    text = _read_text(path)
-    try:
-        rows = list(csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE))
-    except csv.Error as e:
-        _fail(f"{path}: not a tab-separated manifest ({e}); one row per line, fields separated by tabs")
-    rows = [r for r in rows if r and any(c.strip() for c in r)]
-    if not rows:
-        _fail(f"{path}: empty; it needs a header row (path, duration, ...) and at least one example")
-    header = [h.strip() for h in rows[0]]
     target_col = "label" if task["type"] == "classification" else "transcript"
-    missing = [c for c in ("path", "duration", target_col) if c not in header]
-    if missing:
-        _fail(
-            f"{path}: missing column(s) {', '.join(missing)} in header {header}; "
-            f"a {task['type']} manifest needs path, duration, {target_col}"
-        )
-    if len(rows) == 1:
-        _fail(f"{path}: the {split} split has no examples")
-    col = {h: i for i, h in enumerate(header)}
-    vocab = set(task["labels"] if task["type"] == "classification" else task["vocabulary"])
-    examples, bad, seen = [], [], {}
-    if task["type"] == "ctc":
-        tokenizer = Task(root, "", "ctc", "", task["vocabulary"], task["tokenizer"], 16000, {}, task)
-    for lineno, row in enumerate(rows[1:], start=2):
-        if len(row) != len(header):
-            bad.append(f"line {lineno}: {len(row)} fields, header has {len(header)}")
-            continue
-        rel = row[col["path"]].strip()
-        audio = root / rel
-        # Lexical check (not resolve()): a task folder may symlink a shared audio cache.
-        norm = os.path.normpath(rel)
-        if not allow_outside and (os.path.isabs(rel) or norm == ".." or norm.startswith(".." + os.sep)):
-            bad.append(f"line {lineno}: path '{rel}' points outside the task folder (allow with allow_outside_paths)")
-            continue
-        if rel in seen:
-            bad.append(f"line {lineno}: path '{rel}' repeats line {seen[rel]}")
-            continue
-        seen[rel] = lineno
-        try:
-            duration = float(row[col["duration"]])
-            if not 0 < duration < float("inf"):
-                raise ValueError
-        except ValueError:
-            bad.append(f"line {lineno}: duration '{row[col['duration']]}' is not a positive number")
-            continue
-        target = row[col[target_col]].strip()
-        if task["type"] == "classification":
-            unknown = [] if target in vocab else [target]
-        else:
-            unknown = sorted({x for x in tokenizer.tokens(target) if x not in vocab})
-            if not target:
-                bad.append(f"line {lineno}: empty transcript")
-                continue
-        if unknown:
-            bad.append(
-                f"line {lineno}: {target_col} uses {unknown[:5]} not in task.yaml's "
-                f"{'labels' if task['type'] == 'classification' else 'vocabulary'}"
-            )
-            continue
-        if not audio.exists():
-            bad.append(f"line {lineno}: audio file '{rel}' not found")
-            continue
-        speaker = row[col["speaker"]].strip() if "speaker" in col else None
-        extra = {h: row[i] for h, i in col.items() if h not in ("path", "duration", target_col, "speaker")}
-        examples.append(Example(rel, audio, duration, target, speaker, extra))
-    if bad:
-        more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
-        _fail(f"{path}: {'; '.join(bad[:3])}{more}")
+    rows = read_manifest(
+        path,
+        ("path", "duration", target_col),
+        hint=f"a {task['type']} manifest needs path, duration, {target_col}",
+        what=f"the {split} split",
+        outside=None if allow_outside else "the task folder (allow with allow_outside_paths)",
+        check=_row_check(task),
+    )
+    examples = []
+    for row in rows:
+        speaker = row.columns["speaker"].strip() if "speaker" in row.columns else None
+        extra = {h: v for h, v in row.columns.items() if h not in ("path", "duration", target_col, "speaker")}
+        examples.append(Example(row.id, row.path, row.duration, row.columns[target_col].strip(), speaker, extra))
     return examples
 
 
 def load_task(root: str | os.PathLike, allow_outside_paths: bool = False) -> Task:
     """Load and validate a task folder; raises `SpeechFTError` on the first broken file."""
     root = Path(root)
-    spec = _load_spec(root)
+    spec = load_spec(root)
     allow = allow_outside_paths or bool(spec.get("allow_outside_paths", False))
-    splits = {s: _read_manifest(root, s, spec, allow) for s in SPLITS}
+    splits = {s: read_split(root, s, spec, allow) for s in SPLITS}
     labels = spec["labels"] if spec["type"] == "classification" else spec["vocabulary"]
     return Task(
         root=root,
