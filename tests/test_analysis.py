@@ -10,17 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from speechft.analysis import (
-    StreamingCKA,
-    analyze,
-    frame_cosines,
-    hsic_unbiased_gram,
-    layer_index,
-    linear_cka,
-    mean_frame_cosine,
-    read_audio_manifest,
-    weight_distance,
-)
+from speechft.analysis import analyze, layer_index, read_audio_manifest, weight_distance
+from speechft.cka import StreamingCKA, frame_cosines, hsic_unbiased_gram, linear_cka, mean_frame_cosine
 from speechft.errors import SpeechFTError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

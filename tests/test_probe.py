@@ -17,16 +17,9 @@ from speechft.data import load_task
 from speechft.encoders import load_encoder, tiny_encoder
 from speechft.errors import SpeechFTError
 from speechft.feature_cache import MARKER, FeatureCache
+from speechft.features import FbankSource, FeatureSource, extract_features, feature_fields, open_source
 from speechft.heads import mean_pool
-from speechft.probe import (
-    FbankSource,
-    FeatureSource,
-    ProbeConfig,
-    evaluate,
-    extract_features,
-    feature_fields,
-    open_source,
-)
+from speechft.probe import ProbeConfig, evaluate
 
 FAST = dict(lrs=[1e-2, 1e-3], epochs=3, min_steps=0, progress=False)
 

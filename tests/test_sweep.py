@@ -55,10 +55,12 @@ def test_missing_head_is_a_clear_error(tmp_path, cls_task):
 
 
 def test_parse_alphas():
-    assert parse_alphas("0:1:0.25") == [0.0, 0.25, 0.5, 0.75, 1.0]
-    assert parse_alphas("1,0.5,0.5") == [0.5, 1.0]
-    with pytest.raises(SpeechFTError, match="--alphas 'a,b'"):
-        parse_alphas("a,b")
+    assert parse_alphas(["0:1:0.25"]) == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert parse_alphas(["1", "0.5", "0.5"]) == [0.5, 1.0]
+    with pytest.raises(SpeechFTError, match="--alphas a b"):
+        parse_alphas(["a", "b"])
+    with pytest.raises(SpeechFTError, match="not commas"):  # one CLI grammar: lists are space-separated
+        parse_alphas(["0,1"])
 
 
 def test_pick_rule_higher_and_lower_is_better():
