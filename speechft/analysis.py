@@ -359,36 +359,7 @@ def analyze(
         _model_row(name, path, sim, distance, cfg.cka_estimator)
         for path, name, sim, distance in zip(models, names, similarity, distances)
     ]
-    report = {
-        "pretrained": {
-            "path": str(pretrained),
-            "family": ref.family,
-            "num_layers": ref.num_layers,
-            "hidden_size": ref.hidden_size,
-        },
-        "audio": {
-            **source,
-            "utterances": len(items),
-            "seconds": round(seconds, 3),
-            "frames": frames,
-            "frames_in_cka": similarity[0].frames,
-            "minibatches": similarity[0].minibatches,
-            "batch_size": cfg.batch_size,
-            "seed": cfg.seed,
-        },
-        "cka": {
-            "estimator": cfg.cka_estimator,
-            "cka_minibatch_per_layer": "unbiased-HSIC linear CKA averaged over minibatches of valid frames, "
-            f"one minibatch per batch of utterances ({CKA_REFERENCE})",
-            "cka_full_per_layer": "exact full-data linear CKA (Kornblith et al. 2019), same frames",
-            "layers": "hidden state index: 0 = input to the first transformer layer, i = output of layer i",
-        },
-        "weight_distance": {
-            "over": "parameters fine-tuning can change (front end and pre-training-only excluded)",
-            "per_layer": "0-based transformer layers as in the parameter names (layer i produces hidden state i + 1)",
-        },
-        "models": results,
-    }
+    report = _summary(pretrained, ref, source, len(items), seconds, similarity[0], cfg, results)
     if sweep_data is not None:
         report["sweep"] = {"path": str(sweep), **sweep_data}
     if out is not None:
@@ -447,6 +418,41 @@ def _measure(ref, encs, models, items, durations, batch_size: int, device, progr
                 similarity[k].update(xs, [h[valid] for h in o.hidden_states])
             seconds += float(lengths.sum()) / SAMPLE_RATE
     return similarity, seconds
+
+
+def _summary(pretrained, ref, source: dict, utterances: int, seconds: float, sim: LayerwiseCKA, cfg, results) -> dict:
+    """analysis.json: what was compared, on which audio, how, and the per-model rows."""
+    report = {
+        "pretrained": {
+            "path": str(pretrained),
+            "family": ref.family,
+            "num_layers": ref.num_layers,
+            "hidden_size": ref.hidden_size,
+        },
+        "audio": {
+            **source,
+            "utterances": utterances,
+            "seconds": round(seconds, 3),
+            "frames": sim.cosine_frames,
+            "frames_in_cka": sim.frames,
+            "minibatches": sim.minibatches,
+            "batch_size": cfg.batch_size,
+            "seed": cfg.seed,
+        },
+        "cka": {
+            "estimator": cfg.cka_estimator,
+            "cka_minibatch_per_layer": "unbiased-HSIC linear CKA averaged over minibatches of valid frames, "
+            f"one minibatch per batch of utterances ({CKA_REFERENCE})",
+            "cka_full_per_layer": "exact full-data linear CKA (Kornblith et al. 2019), same frames",
+            "layers": "hidden state index: 0 = input to the first transformer layer, i = output of layer i",
+        },
+        "weight_distance": {
+            "over": "parameters fine-tuning can change (front end and pre-training-only excluded)",
+            "per_layer": "0-based transformer layers as in the parameter names (layer i produces hidden state i + 1)",
+        },
+        "models": results,
+    }
+    return report
 
 
 def _model_row(name: str, path: Path, sim: LayerwiseCKA, distance: dict, estimator: str) -> dict:
