@@ -1,4 +1,4 @@
-"""Cost of one CKA minibatch: feature-space unbiased HSIC (speechft.analysis.StreamingCKA)
+"""Cost of one CKA minibatch: feature-space unbiased HSIC (speechft.cka.StreamingCKA)
 against the textbook form on n x n Gram matrices (linear_cka(..., unbiased=True)).
 
 Both compute the same number (checked here); the baseline runs side by side in the same
@@ -26,7 +26,7 @@ def rss_mib() -> float:
 def one(method: str, n: int, d: int, repeats: int) -> dict:
     import torch
 
-    from speechft.analysis import StreamingCKA, linear_cka
+    from speechft.cka import StreamingCKA, linear_cka
 
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(0)

@@ -1,7 +1,7 @@
 """Probing with the feature cache vs recomputing the frozen encoder every epoch (s3prl's way).
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_probe.py [--epochs 10] [--lrs 1e-2,1e-3,1e-4]
-                                                       [--tasks pr,asr,ks,sid,lid,style] [--encoder DIR]
+    OMP_NUM_THREADS=1 python benchmarks/bench_probe.py [--epochs 10] [--lrs 1e-2 1e-3 1e-4]
+                                                       [--tasks pr asr ks sid lid style] [--encoder DIR]
 
 Same script, same tasks, same probes, same seeds; three runs of `speechft.probe.evaluate`:
 
@@ -125,18 +125,18 @@ def outcome(results) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--lrs", default="1e-2,1e-3,1e-4")
-    p.add_argument("--tasks", default="pr,asr,ks,sid,lid,style")
+    p.add_argument("--lrs", type=float, nargs="+", default=[1e-2, 1e-3, 1e-4])
+    p.add_argument("--tasks", nargs="+", default=["pr", "asr", "ks", "sid", "lid", "style"])
     p.add_argument("--encoder", default=None, help="encoder folder (default: random Whisper tiny.en-sized)")
     p.add_argument("--work", default=str(REPO / ".cache" / "bench_probe"))
     args = p.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    tasks, task_desc = benchmark_tasks(work, args.tasks.split(","))
+    tasks, task_desc = benchmark_tasks(work, args.tasks)
     encoder = Path(args.encoder) if args.encoder else whisper_tiny_sized(work / "whisper_tiny_sized")
     # min_steps=0: exactly --epochs epochs per LR in every run (the default would add epochs
     # on these small sets, and s3prl-style would pay an encoder pass for each).
-    opts = dict(lrs=[float(x) for x in args.lrs.split(",")], epochs=args.epochs, min_steps=0, seeds=[0], progress=False)
+    opts = dict(lrs=list(args.lrs), epochs=args.epochs, min_steps=0, seeds=[0], progress=False)
 
     timings, results = {}, {}
     with tempfile.TemporaryDirectory(dir=work) as cache_dir:

@@ -11,14 +11,19 @@ vectors, which gives exactly the model trained on frames, at a fraction of the c
 `ctc` = projector + (linear | BiLSTM) + CTC over the vocabulary, trained on cached
 per-frame features of all layers.
 
-The encoder runs once per split (feature_cache.py); s3prl instead runs it on every step of
-every epoch of every LR (benchmarks/bench_probe.py measures the difference). With
-`recompute=True` this module does that too, for the benchmark.
+The encoder runs once per split (features.py extracts, feature_cache.py stores); s3prl
+instead runs it on every step of every epoch of every LR (benchmarks/bench_probe.py measures
+the difference). With `recompute=True` this module does that too, for the benchmark. The
+encoder runs on `--device` (default: CUDA when available) and so do the probes; features
+come back to the CPU for the cache.
 
 `fbank` is accepted in place of an encoder folder: 80-bin log-mel filterbank frames, one
 "layer", SUPERB's FBANK baseline (the SUPERB score's zero point, superb_score.py).
+results.json records the SUPERB score config it was scored with, so `speechft report`
+prints the same SUPERB_S.
 
 Library: `evaluate(encoders, tasks, out, **options) -> dict` (what results.json holds).
+CLI: `speechft evaluate` takes `--config YAML` / `--set key=value` over ProbeConfig.
 """
 
 from __future__ import annotations
@@ -37,17 +42,13 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import SpeechFTError
-from .feature_cache import FeatureCache, cache_key
-from .heads import HeadConfig, TaskHead, mean_pool
-from .io_utils import sha256_file, write_json
+from .feature_cache import FeatureCache
+from .features import FEATURE_DTYPES, EncoderSource, FeatureProvider, FeatureSource, open_source
+from .heads import HeadConfig, TaskHead
+from .io_utils import write_json
 from .metrics import LOWER_IS_BETTER, compute_metric, is_better
 
-FBANK = "fbank"
-# Bump when extraction changes what it produces (pooling, cropping, the fbank recipe...):
-# cache entries made by older code then stop matching.
-FEATURE_CODE_VERSION = 1
 RESULTS_FORMAT = 1
-FEATURE_DTYPES = {"float16": np.float16, "float32": np.float32}
 
 
 @dataclass
@@ -102,387 +103,21 @@ class ProbeConfig:
         )
 
 
-# ---- feature sources: an encoder folder, or the fbank pseudo-encoder ---------------------
-_FINGERPRINTS: dict[tuple, str] = {}
-
-
-def folder_fingerprint(path: str | os.PathLike) -> str:
-    """sha256 over the files that decide an encoder's outputs (config.json, weights, remote
-    code). speechft.json is left out: it changes on every save (timestamps)."""
-    path = Path(path).resolve()
-    files = sorted(
-        p
-        for p in path.iterdir()
-        if p.is_file() and (p.name == "config.json" or p.suffix in (".safetensors", ".py", ".bin"))
-    )
-    stamp = (str(path), tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files))
-    if stamp not in _FINGERPRINTS:
-        import hashlib
-
-        h = hashlib.sha256()
-        for p in files:
-            h.update(f"{p.name}:{sha256_file(p)}\n".encode())
-        _FINGERPRINTS[stamp] = h.hexdigest()
-    return _FINGERPRINTS[stamp]
-
-
-class FeatureSource:
-    """What probing needs from an encoder: all states of a batch, and an identity."""
-
-    name: str
-    num_states: int
-    dim: int
-    fingerprint: dict
-    info: dict
-
-    def __call__(self, wavs: torch.Tensor, lengths: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        raise NotImplementedError
-
-
-class EncoderSource(FeatureSource):
-    def __init__(self, path: str | os.PathLike, name: str | None = None, encoder=None):
-        from .encoders import load_encoder
-
-        self.path = Path(path)
-        self.encoder = encoder if encoder is not None else load_encoder(self.path)
-        self.encoder.eval()
-        for p in self.encoder.parameters():
-            p.requires_grad_(False)
-        self.name = name or self.path.name
-        self.num_states, self.dim = self.encoder.num_layers + 1, self.encoder.hidden_size
-        self.fingerprint = {"kind": "encoder", "family": self.encoder.family, "weights": folder_fingerprint(self.path)}
-        prov = self.encoder.provenance
-        self.info = {
-            "encoder": str(self.path),
-            "family": self.encoder.family,
-            "fingerprint": self.fingerprint["weights"],
-            "num_states": self.num_states,
-            "dim": self.dim,
-            "provenance": {k: prov[k] for k in prov if k not in ("weights_sha256",)},
-        }
-
-    def __call__(self, wavs, lengths):
-        out = self.encoder(wavs, lengths)
-        return out.hidden_states, out.frame_lengths
-
-
-class FbankSource(FeatureSource):
-    """80-bin log-mel filterbank, 25 ms windows every 10 ms: SUPERB's FBANK baseline.
-
-    The log-mel is Whisper's (Slaney mel, log10, an 80 dB dynamic range per utterance,
-    scaled to about [-1, 1]), reused because it is already batch-exact on padded input
-    and well scaled for a probe. One "layer": the weighted sum is the identity."""
-
-    N_MELS = 80
-
-    def __init__(self, name: str = FBANK):
-        from .encoders.whisper import mel_filters
-
-        self.filters = mel_filters(self.N_MELS)
-        self.name, self.num_states, self.dim = name, 1, self.N_MELS
-        self.fingerprint = {"kind": "fbank", "n_mels": self.N_MELS, "recipe": "whisper-log-mel", "version": 1}
-        self.info = {
-            "encoder": FBANK,
-            "family": FBANK,
-            "fingerprint": "fbank-80",
-            "num_states": 1,
-            "dim": self.N_MELS,
-            "provenance": {"source": "80-bin log-mel filterbank (SUPERB's FBANK baseline)"},
-        }
-
-    def __call__(self, wavs, lengths):
-        from .encoders.whisper import HOP, log_mel
-
-        frames = lengths // HOP
-        if int(frames.min()) < 1:
-            raise SpeechFTError("audio shorter than 10 ms has no filterbank frame")
-        mel = log_mel(wavs, lengths, self.filters)  # (B, 80, N), zero past each item's end
-        return [mel.transpose(1, 2)], frames
-
-
-def open_source(spec) -> FeatureSource:
-    """`spec`: a FeatureSource, an encoder folder, `fbank`, or `NAME=FOLDER` / (name, folder)."""
-    if isinstance(spec, FeatureSource):
-        return spec
-    name = None
-    if isinstance(spec, tuple):
-        name, spec = spec
-    spec = str(spec)
-    if name is None and "=" in spec and not Path(spec).exists():
-        name, spec = spec.split("=", 1)
-    if spec == FBANK and not Path(spec).is_dir():
-        return FbankSource(name or FBANK)
-    return EncoderSource(spec, name=name)
-
-
-# ---- extracted features --------------------------------------------------------------
-class PooledFeatures:
-    """Mean-pooled states of every utterance: (N, S, D)."""
-
-    def __init__(self, data: np.ndarray):
-        self.data = data
-
-    def tensor(self) -> torch.Tensor:
-        return torch.from_numpy(np.asarray(self.data).astype(np.float32))  # a copy: the cache is read-only
-
-
-class FrameFeatures:
-    """Per-frame states of every utterance, concatenated in shards of (frames, S, D);
-    `index[i] = (shard, start, frames)`."""
-
-    def __init__(self, shards: list[np.ndarray], index: np.ndarray):
-        self.shards, self.index = shards, index
-
-    @property
-    def lengths(self) -> np.ndarray:
-        return self.index[:, 2]
-
-    def get(self, i: int) -> np.ndarray:
-        s, start, n = (int(v) for v in self.index[i])
-        return self.shards[s][start : start + n]
-
-    def batch(self, ids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(S, B, F, D) float32 zero-padded, and frame lengths (B,)."""
-        lengths = torch.tensor([int(self.index[i, 2]) for i in ids], dtype=torch.long)
-        first = self.shards[0]
-        # Gather in the stored dtype, convert once in torch (numpy's fp16 -> fp32 is slow).
-        out = np.zeros((first.shape[1], len(ids), int(lengths.max()), first.shape[2]), dtype=first.dtype)
-        for b, i in enumerate(ids):
-            x = self.get(i)  # (n, S, D)
-            out[:, b, : x.shape[0]] = x.transpose(1, 0, 2)
-        return torch.from_numpy(out).float(), lengths
-
-
-SHARD_BYTES = 256 << 20
-
-
-def _audio_fingerprint(task, split: str) -> str:
-    """Manifest order and paths are in the manifest hash; the audio's size and mtime catch
-    files rewritten under the same name."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for ex in task.split(split):
-        st = ex.path.stat()
-        h.update(f"{ex.id}:{st.st_size}:{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()
-
-
-def feature_fields(source: FeatureSource, task, split: str, kind: str, cfg: ProbeConfig) -> dict:
-    import transformers
-
-    return {
-        "source": source.fingerprint,
-        "task_root": str(Path(task.root).resolve()),
-        "split": split,
-        "manifest": task.manifest_hash(split),
-        "audio": _audio_fingerprint(task, split),
-        "kind": kind,
-        "dtype": cfg.dtype,
-        "sample_rate": 16000,
-        "max_seconds": cfg.max_seconds,
-        "extract_batch": [cfg.extract_batch_size, cfg.extract_batch_seconds],
-        "code": FEATURE_CODE_VERSION,
-        "torch": torch.__version__.split("+")[0],
-        "transformers": transformers.__version__,
-    }
-
-
-def _split_batches(task, split: str, cfg: ProbeConfig):
-    """Length-sorted batches of (wavs, lengths, indices), without a DataLoader: a loader
-    iterator draws from the global torch RNG, which would make dropout in a probe depend
-    on whether features were recomputed."""
-    from .data.batching import BucketBatchSampler
-    from .data.dataset import SplitDataset, collate
-
-    ds = SplitDataset(task, split, cfg.max_seconds)
-    sampler = BucketBatchSampler(
-        ds.durations, batch_size=cfg.extract_batch_size, max_seconds=cfg.extract_batch_seconds, shuffle=False
-    )
-    for ids in sampler:
-        yield collate([ds[i] for i in ids])
-
-
-def extract_features(
-    source: FeatureSource,
-    task,
-    split: str,
-    kind: str,
-    cfg: ProbeConfig,
-    add_array: Callable[[str, np.ndarray], None] | None = None,
-    progress: bool = True,
-):
-    """Run the source over a split. kind 'pooled' -> PooledFeatures, 'frames' ->
-    FrameFeatures. With `add_array`, arrays are handed to it (the cache writer) as they are
-    finished and the returned features are None (the caller reopens them memory-mapped)."""
-    dtype = FEATURE_DTYPES[cfg.dtype]
-    n = len(task.split(split))
-    pooled = np.zeros((n, source.num_states, source.dim), dtype=dtype) if kind == "pooled" else None
-    shards, pending, pending_bytes = [], [], 0
-    index = np.zeros((n, 3), dtype=np.int64)
-
-    def flush():
-        nonlocal pending, pending_bytes
-        if not pending:
-            return
-        arr = np.concatenate(pending, axis=0)
-        if add_array is not None:
-            add_array(f"frames_{len(shards):05d}", arr)
-            shards.append(None)
-        else:
-            shards.append(arr)
-        pending, pending_bytes = [], 0
-
-    bar = tqdm(
-        total=n, desc=f"extract {source.name}/{task.name}/{split}", unit="utt", leave=False, disable=not progress
-    )
-    with torch.random.fork_rng(devices=[]), torch.inference_mode():
-        for batch in _split_batches(task, split, cfg):
-            states, frame_lengths = source(batch.wavs, batch.lengths)
-            if kind == "pooled":
-                vecs = torch.stack([mean_pool(s.float(), frame_lengths) for s in states], dim=1)
-                vals = vecs.numpy().astype(dtype)
-                _check_finite(vals, source, task, split)
-                pooled[batch.indices] = vals
-            else:
-                for b, i in enumerate(batch.indices):
-                    f = int(frame_lengths[b])
-                    x = torch.stack([s[b, :f] for s in states], dim=1).float().numpy().astype(dtype)
-                    _check_finite(x, source, task, split)
-                    offset = sum(len(p) for p in pending)
-                    index[i] = (len(shards), offset, f)
-                    pending.append(x)
-                    pending_bytes += x.nbytes
-                    if pending_bytes >= SHARD_BYTES:
-                        flush()
-            bar.update(len(batch.indices))
-    bar.close()
-    if kind == "pooled":
-        if add_array is not None:
-            add_array("pooled", pooled)
-            return None
-        return PooledFeatures(pooled)
-    flush()
-    if add_array is not None:
-        add_array("index", index)
-        return None
-    return FrameFeatures(shards, index)
-
-
-def _check_finite(x: np.ndarray, source, task, split) -> None:
-    if not np.isfinite(x).all():
-        hint = "; rerun with --dtype float32" if x.dtype == np.float16 else ""
-        raise SpeechFTError(
-            f"{source.name}: features on {task.name}/{split} contain NaN or infinite values"
-            f"{hint} (or check the encoder's weights)"
-        )
-
-
-def _features_from_entry(entry, kind: str):
-    if kind == "pooled":
-        return PooledFeatures(entry.array("pooled"))
-    index = np.asarray(entry.array("index"))
-    names = sorted(n for n in entry.names if n.startswith("frames_"))
-    return FrameFeatures([entry.array(n) for n in names], index)
-
-
-class FeatureProvider:
-    """Features of one (source, task) for each split, from the cache, from memory, or -
-    with `recompute` - from the encoder again on every request (s3prl's way)."""
-
-    def __init__(
-        self,
-        source: FeatureSource,
-        task,
-        cfg: ProbeConfig,
-        cache: FeatureCache | None,
-        recompute: bool = False,
-        progress: bool = True,
-    ):
-        self.source, self.task, self.cfg, self.cache = source, task, cfg, cache
-        self.recompute, self.progress = recompute, progress
-        self.kind = "pooled" if task.type == "classification" else "frames"
-        self.memo: dict[str, object] = {}
-        self.status: dict[str, str] = {}
-        self.extract_seconds = 0.0
-        self.extractions = 0
-
-    def get(self, split: str):
-        if self.recompute:
-            self.status[split] = "recomputed"
-            return self._extract(split)
-        if split in self.memo:
-            return self.memo[split]
-        if self.cache is None:
-            feats, self.status[split] = self._extract(split), "off"
-        else:
-            fields = feature_fields(self.source, self.task, split, self.kind, self.cfg)
-            key = cache_key(fields)
-            entry = self.cache.open(key)
-            if entry is None:
-                t0 = time.perf_counter()
-                with self.cache.write(key, fields) as w:
-                    extract_features(
-                        self.source, self.task, split, self.kind, self.cfg, add_array=w.add, progress=self.progress
-                    )
-                    w.info = {
-                        "kind": self.kind,
-                        "num_states": self.source.num_states,
-                        "dim": self.source.dim,
-                        "items": len(self.task.split(split)),
-                    }
-                self.extract_seconds += time.perf_counter() - t0
-                self.extractions += 1
-                entry = self.cache.open(key)
-                if entry is None:
-                    raise SpeechFTError(
-                        f"{self.cache.root}/{key}: the feature cache entry just written cannot be "
-                        "read back; check the disk (or pass --no-cache)"
-                    )
-                self.status[split] = "miss"
-            else:
-                self.status[split] = "hit"
-            feats = _features_from_entry(entry, self.kind)
-        self.memo[split] = feats
-        return feats
-
-    def train_statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-layer, per-dimension mean and std of the training features (pooled vectors, or every
-        valid frame), accumulated in float64; computed once per provider."""
-        if getattr(self, "_stats", None) is None:
-            feats = self.get("train")
-            if self.kind == "pooled":
-                x = np.asarray(feats.data, dtype=np.float64)
-                mean, var = x.mean(0), x.var(0)
-            else:
-                n, s1, s2 = 0, 0.0, 0.0
-                for shard in feats.shards:
-                    for start in range(0, shard.shape[0], 65536):
-                        x = np.asarray(shard[start : start + 65536], dtype=np.float64)
-                        n, s1, s2 = n + x.shape[0], s1 + x.sum(0), s2 + (x * x).sum(0)
-                mean = s1 / max(n, 1)
-                var = np.maximum(s2 / max(n, 1) - mean * mean, 0.0)
-            self._stats = (torch.from_numpy(mean).float(), torch.from_numpy(np.sqrt(var)).float())
-        return self._stats
-
-    def _extract(self, split: str):
-        t0 = time.perf_counter()
-        feats = extract_features(self.source, self.task, split, self.kind, self.cfg, progress=self.progress)
-        self.extract_seconds += time.perf_counter() - t0
-        self.extractions += 1
-        return feats
-
-
 # ---- probe training ------------------------------------------------------------------
 def _targets(task, split: str) -> list[str]:
     return [ex.target for ex in task.split(split)]
 
 
+def _device_of(head: torch.nn.Module) -> torch.device:
+    return next(head.parameters()).device
+
+
 def _predict(head: TaskHead, task, feats, cfg: ProbeConfig) -> list[str]:
     head.eval()
+    device = _device_of(head)
     with torch.no_grad():
         if task.type == "classification":
-            x = feats.tensor()
+            x = feats.tensor().to(device)
             logits = head.pooled_logits(x)
             return head.predict(logits, torch.ones(len(x), dtype=torch.long))
         preds: list[str] = [""] * len(feats.index)
@@ -490,7 +125,7 @@ def _predict(head: TaskHead, task, feats, cfg: ProbeConfig) -> list[str]:
         for start in range(0, len(order), cfg.eval_batch_size):
             ids = order[start : start + cfg.eval_batch_size].tolist()
             x, lengths = feats.batch(ids)
-            out = head(x, lengths)
+            out = head(x.to(device), lengths.to(device))
             for i, p in zip(ids, head.predict(out, lengths)):
                 preds[i] = p
         return preds
@@ -501,47 +136,59 @@ def score(head: TaskHead, task, feats, split: str, cfg: ProbeConfig) -> float:
     return compute_metric(task.metric, _targets(task, split), _predict(head, task, feats, cfg), labels)
 
 
+def _step(opt, loss: torch.Tensor) -> None:
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+def _train_epoch(head: TaskHead, opt, feats, task, targets, epoch: int, seed: int, gen, cfg: ProbeConfig) -> None:
+    """One pass over the training features: shuffled pooled vectors (classification), or
+    length-bucketed batches of frames (ctc); the order depends only on (seed, epoch)."""
+    device = _device_of(head)
+    head.train()
+    if task.type == "classification":
+        x_all = feats.tensor().to(device)
+        for ids in torch.randperm(len(x_all), generator=gen).split(cfg.batch_size):
+            ids = ids.to(device)
+            _step(opt, torch.nn.functional.cross_entropy(head.pooled_logits(x_all[ids]), targets[ids]))
+        return
+    from .data.batching import BucketBatchSampler
+    from .heads import ctc_loss
+
+    sampler = BucketBatchSampler(feats.lengths.tolist(), batch_size=cfg.ctc_batch_size, shuffle=True, seed=seed)
+    for ids in sampler.batches(epoch):
+        x, lengths = feats.batch(ids)
+        out = head(x.to(device), lengths.to(device))
+        _step(opt, ctc_loss(out, lengths, [targets[i] for i in ids]))
+
+
 def train_probe(
-    provider: FeatureProvider, lr: float, seed: int, cfg: ProbeConfig, on_epoch: Callable[[], None] | None = None
+    provider: FeatureProvider,
+    lr: float,
+    seed: int,
+    cfg: ProbeConfig,
+    on_epoch: Callable[[], None] | None = None,
+    device: torch.device | str = "cpu",
 ) -> dict:
-    """Train one head at one LR and seed; keep the state with the best dev metric.
+    """Train one head at one LR and seed on `device`; keep the state with the best dev metric.
     Returns {dev, test, best_epoch, epochs, layer_weights}."""
     task, source = provider.task, provider.source
     torch.manual_seed(seed)
     head = TaskHead.for_task(task, source.dim, source.num_states, cfg.head_config(task.type))
     if cfg.standardize:
         head.set_standardization(*provider.train_statistics())
+    head.to(device)
     opt = torch.optim.Adam(head.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
     if task.type == "classification":
-        y_all = torch.tensor([task.encode(t) for t in _targets(task, "train")])
+        targets = torch.tensor([task.encode(t) for t in _targets(task, "train")], device=device)
     else:
-        enc_targets = [task.encode(t) for t in _targets(task, "train")]
+        targets = [task.encode(t) for t in _targets(task, "train")]
     epochs = probe_epochs(task, cfg)
     best = {"dev": None, "epoch": -1, "state": None}
     for epoch in range(epochs):
-        feats = provider.get("train")
-        head.train()
-        if task.type == "classification":
-            x_all = feats.tensor()
-            for ids in torch.randperm(len(x_all), generator=gen).split(cfg.batch_size):
-                logits = head.pooled_logits(x_all[ids])
-                loss = torch.nn.functional.cross_entropy(logits, y_all[ids])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-        else:
-            from .data.batching import BucketBatchSampler
-            from .heads import ctc_loss
-
-            sampler = BucketBatchSampler(feats.lengths.tolist(), batch_size=cfg.ctc_batch_size, shuffle=True, seed=seed)
-            for ids in sampler.batches(epoch):
-                x, lengths = feats.batch(ids)
-                out = head(x, lengths)
-                loss = ctc_loss(out, lengths, [enc_targets[i] for i in ids])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+        _train_epoch(head, opt, provider.get("train"), task, targets, epoch, seed, gen, cfg)
         dev = score(head, task, provider.get("dev"), "dev", cfg)
         if best["dev"] is None or is_better(task.metric, dev, best["dev"]):
             best = {"dev": dev, "epoch": epoch, "state": copy.deepcopy(head.state_dict())}
@@ -577,8 +224,9 @@ def probe_task(
     cache: FeatureCache | None,
     recompute: bool = False,
     progress: bool = True,
+    device: torch.device | str = "cpu",
 ) -> dict:
-    """The LR grid x seeds on one task; the LR with the best mean dev metric wins."""
+    """The LR grid x seeds on one task (probes trained on `device`); the LR with the best mean dev metric wins."""
     provider = FeatureProvider(source, task, cfg, cache, recompute=recompute, progress=progress)
     t0 = time.perf_counter()
     if not recompute:
@@ -593,21 +241,21 @@ def probe_task(
         disable=not progress,
     )
     for lr in cfg.lrs:
-        runs[lr] = [train_probe(provider, lr, seed, cfg, on_epoch=lambda: bar.update(1)) for seed in cfg.seeds]
+        runs[lr] = [
+            train_probe(provider, lr, seed, cfg, on_epoch=lambda: bar.update(1), device=device) for seed in cfg.seeds
+        ]
     bar.close()
-    search = []
-    for lr in cfg.lrs:
-        dev_mean, _ = _mean_std([r["dev"] for r in runs[lr]])
-        search.append(
-            {
-                "lr": lr,
-                "dev": dev_mean,
-                "dev_per_seed": [r["dev"] for r in runs[lr]],
-                "test_per_seed": [r["test"] for r in runs[lr]],
-                "best_epoch_per_seed": [r["best_epoch"] for r in runs[lr]],
-                "epochs": runs[lr][0]["epochs"],
-            }
-        )
+    search = [
+        {
+            "lr": lr,
+            "dev": _mean_std([r["dev"] for r in runs[lr]])[0],
+            "dev_per_seed": [r["dev"] for r in runs[lr]],
+            "test_per_seed": [r["test"] for r in runs[lr]],
+            "best_epoch_per_seed": [r["best_epoch"] for r in runs[lr]],
+            "epochs": runs[lr][0]["epochs"],
+        }
+        for lr in cfg.lrs
+    ]
     chosen = search[0]
     for s in search[1:]:
         if is_better(task.metric, s["dev"], chosen["dev"]):
@@ -651,6 +299,7 @@ def evaluate(
     overwrite: bool = False,
     progress: bool = True,
     report: bool = True,
+    device: str | torch.device | None = None,
     **options,
 ) -> dict:
     """Probe every encoder on every task; write `out/results.json` (and a report).
@@ -659,9 +308,11 @@ def evaluate(
     tasks: task folders or loaded `Task`s. cache: True (the default location), a folder, a
     FeatureCache, or False/None (no disk cache; features kept in memory for this run).
     recompute: run the encoder again for every epoch and every evaluation, as s3prl does
-    (the benchmark's baseline; implies no cache). options: ProbeConfig fields.
+    (the benchmark's baseline; implies no cache). device: where the encoders and the probes
+    run (default: CUDA when available). score_config: the SUPERB score config (recorded in
+    results.json). options: ProbeConfig fields.
     """
-    from .data import load_task
+    from .config import resolve_device
     from .superb_score import load_score_config, superb_scores
 
     valid = {f.name for f in dataclasses.fields(ProbeConfig)}
@@ -674,10 +325,8 @@ def evaluate(
         if (out / "results.json").exists() and not overwrite:
             raise SpeechFTError(f"{out}/results.json already exists; choose another --out or pass --overwrite")
     score_cfg = load_score_config(score_config)  # fail early on a bad config
-    task_objs = [t if hasattr(t, "splits") else load_task(t) for t in tasks]
-    names = [t.name for t in task_objs]
-    if len(set(names)) != len(names):
-        raise SpeechFTError(f"two task folders have the same task name ({', '.join(names)}); rename one in task.yaml")
+    dev = resolve_device(device)
+    task_objs = _load_tasks(tasks)
     if not encoders:
         raise SpeechFTError("no encoder given; pass --encoder DIR (or fbank)")
     if recompute or cache is False or cache is None:
@@ -686,10 +335,9 @@ def evaluate(
         feature_cache = cache
     else:
         feature_cache = FeatureCache(None if cache is True else cache)
-
     models = []
     for spec in encoders:
-        source = open_source(spec)
+        source = open_source(spec, device=dev)
         base, k = source.name, 1
         while source.name in {m["name"] for m in models}:  # two folders with one name: name-2, name-3
             k += 1
@@ -697,7 +345,7 @@ def evaluate(
         model = {"name": source.name, **source.info, "tasks": {}}
         for task in task_objs:
             model["tasks"][task.name] = probe_task(
-                source, task, cfg, feature_cache, recompute=recompute, progress=progress
+                source, task, cfg, feature_cache, recompute=recompute, progress=progress, device=dev
             )
         models.append(model)
         if isinstance(source, EncoderSource):
@@ -715,6 +363,7 @@ def evaluate(
             "cache": "recompute" if recompute else (str(feature_cache.root) if feature_cache else "off"),
         },
         "models": models,
+        "score_config": score_cfg.record(),
     }
     results["superb"] = superb_scores(models, score_cfg)
     for m in models:
@@ -725,26 +374,43 @@ def evaluate(
         if report:
             from .report import write_report
 
-            write_report([results], out, score_config=score_config)
+            write_report([results], out)  # scored with the config recorded in results
     return results
 
 
+def _load_tasks(tasks: Sequence) -> list:
+    from .data import load_task
+
+    task_objs = [t if hasattr(t, "splits") else load_task(t) for t in tasks]
+    names = [t.name for t in task_objs]
+    if len(set(names)) != len(names):
+        raise SpeechFTError(f"two task folders have the same task name ({', '.join(names)}); rename one in task.yaml")
+    return task_objs
+
+
 # ---- CLI -----------------------------------------------------------------------------
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got '{text}'") from None
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
+# dedicated flag (argparse dest) -> ProbeConfig key; each defaults to None (= not given), so that
+# defaults <- --config <- these flags <- --set.
+FLAGS = {
+    k: k
+    for k in (
+        "lrs",
+        "epochs",
+        "min_steps",
+        "seeds",
+        "ctc_head",
+        "batch_size",
+        "ctc_batch_size",
+        "dtype",
+        "max_seconds",
+    )
+}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .cli import add_device_option, add_quiet_option
+    from .config import add_config_options
+
     d = ProbeConfig()
     p.add_argument(
         "--encoder",
@@ -756,21 +422,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", nargs="+", required=True, metavar="TASKDIR", help="task folder(s)")
     p.add_argument("--out", required=True, help="output folder (results.json, report.md, figures)")
     p.add_argument(
-        "--lrs", type=_floats, default=d.lrs, help="learning-rate grid, chosen on dev (default 1e-2,1e-3,1e-4)"
+        "--lrs",
+        type=float,
+        nargs="+",
+        metavar="LR",
+        help=f"learning-rate grid, chosen on dev (default {' '.join(map(str, d.lrs))})",
     )
-    p.add_argument("--epochs", type=int, default=d.epochs, help=f"epochs per LR and seed (default {d.epochs})")
+    p.add_argument("--epochs", type=int, help=f"epochs per LR and seed (default {d.epochs})")
     p.add_argument(
         "--min-steps",
         type=int,
-        default=d.min_steps,
         help=f"at least this many optimizer steps per probe: small sets get more epochs (default {d.min_steps})",
     )
-    p.add_argument("--seeds", type=_ints, default=d.seeds, help="seeds, e.g. 0,1,2: mean and spread are reported")
-    p.add_argument("--ctc-head", choices=("linear", "bilstm"), default=d.ctc_head, help="head for ctc tasks")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="classification probe batch (utterances)")
-    p.add_argument("--ctc-batch-size", type=int, default=d.ctc_batch_size, help="ctc probe batch (utterances)")
-    p.add_argument("--dtype", choices=tuple(FEATURE_DTYPES), default=d.dtype, help="stored feature precision")
-    p.add_argument("--max-seconds", type=float, default=None, help="crop longer clips to this many seconds")
+    p.add_argument(
+        "--seeds", type=int, nargs="+", metavar="SEED", help="seeds, e.g. 0 1 2: mean and spread are reported"
+    )
+    p.add_argument("--ctc-head", choices=("linear", "bilstm"), help=f"head for ctc tasks (default {d.ctc_head})")
+    p.add_argument("--batch-size", type=int, help=f"classification probe batch (utterances; default {d.batch_size})")
+    p.add_argument("--ctc-batch-size", type=int, help=f"ctc probe batch (utterances; default {d.ctc_batch_size})")
+    p.add_argument("--dtype", choices=tuple(FEATURE_DTYPES), help=f"stored feature precision (default {d.dtype})")
+    p.add_argument("--max-seconds", type=float, help="crop longer clips to this many seconds")
     p.add_argument(
         "--cache",
         default=None,
@@ -784,32 +455,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--score-config",
         default=None,
-        help="SUPERB score config (YAML or a name in speechft/configs; default superb_synthetic)",
+        help="SUPERB score config (YAML or a name in speechft/configs; default superb_synthetic); "
+        "recorded in results.json",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing results.json in --out")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_config_options(p, ProbeConfig, "epochs=5")
+    add_device_option(p)
+    add_quiet_option(p)
 
 
 def main(args) -> int:
+    from .config import config_from_args
     from .report import results_table
 
+    cfg = config_from_args(ProbeConfig, args, FLAGS)
     cache: FeatureCache | bool
     if args.no_cache:
         cache = False
     else:
         max_bytes = None if args.cache_max_gb is None else int(args.cache_max_gb * 1e9)
         cache = FeatureCache(args.cache, max_bytes=max_bytes)
-    cfg = ProbeConfig(
-        lrs=args.lrs,
-        epochs=args.epochs,
-        min_steps=args.min_steps,
-        seeds=args.seeds,
-        ctc_head=args.ctc_head,
-        batch_size=args.batch_size,
-        ctc_batch_size=args.ctc_batch_size,
-        dtype=args.dtype,
-        max_seconds=args.max_seconds,
-    )
     results = evaluate(
         args.encoder,
         args.task,
@@ -819,6 +484,7 @@ def main(args) -> int:
         score_config=args.score_config,
         overwrite=args.overwrite,
         progress=not args.quiet,
+        device=args.device,
     )
     print(results_table([results]))
     out = Path(args.out)

@@ -5,7 +5,13 @@ each column in bold, with the metric's direction taken into account), a bar char
 task, a bar chart of the scores, and one layer-weight profile per model (which hidden
 states the probes leaned on).
 
-Library: `write_report(results, out) -> Path` (report.md), `results_table(results) -> str`.
+SUPERB_S is the one results.json holds: a results file records the score config
+`speechft evaluate` used, and the report scores with that config (a single file's stored
+scores are printed as they are), unless --score-config is given. Files that recorded
+different configs are scored with the first one, and the report says so in one line.
+
+Library: `write_report(results, out) -> Path` (report.md), `results_table(results) -> str`,
+`report_scores(results) -> dict`.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from .io_utils import atomic_file, read_json
 from .metrics import LOWER_IS_BETTER, is_better
 
 SCORE = "SUPERB_S"
+DPI = 110  # report figures are small bar charts: a little less resolution than analysis plots
 
 
 def _load(results: Sequence) -> list[dict]:
@@ -88,10 +95,35 @@ def _best(values: dict[str, float], metric: str) -> set[str]:
     return {k for k, v in values.items() if best is not None and abs(v - best) <= 1e-12}
 
 
-def compute_scores(models: list[dict], score_config=None) -> dict:
-    from .superb_score import load_score_config, superb_scores
+def report_scores(results: Sequence, score_config=None) -> dict:
+    """The SUPERB scores of the merged models of `results` (superb_score.superb_scores's dict).
 
-    return superb_scores(models, load_score_config(score_config))
+    With `score_config`, scored with it. Otherwise with the config the results recorded: one
+    results file's stored scores as they are; several files scored again over all their
+    models with the first file's recorded config (`warning` says so when the files recorded
+    different configs); files from before configs were recorded, with the default config."""
+    from .superb_score import ScoreConfig, load_score_config, superb_scores
+
+    loaded = _load(results)
+    models = merge_models(loaded)
+    if score_config is not None:
+        return superb_scores(models, load_score_config(score_config))
+    recorded = [(d.get("_path", "results"), d["score_config"]) for d in loaded if d.get("score_config") is not None]
+    if not recorded:
+        return superb_scores(models, load_score_config())
+    if len(loaded) == 1 and isinstance(loaded[0].get("superb"), dict):
+        return loaded[0]["superb"]
+    where, first = recorded[0]
+    config = ScoreConfig.from_record(first, where)
+    scores = superb_scores(models, config)
+    shas = {ScoreConfig.from_record(r, w).sha256() for w, r in recorded}
+    if len(shas) > 1:
+        used = ", ".join(f"{Path(w).name}: {r.get('name')}" for w, r in recorded)
+        scores["warning"] = (
+            f"the results files were scored with different SUPERB score configs ({used}); {SCORE} here uses "
+            f"'{config.name}' from {Path(where).name} for all; pass --score-config to choose one"
+        )
+    return scores
 
 
 def results_table(results: Sequence, score_config=None, scores: dict | None = None) -> str:
@@ -99,7 +131,7 @@ def results_table(results: Sequence, score_config=None, scores: dict | None = No
     models = merge_models(results)
     if not models:
         raise SpeechFTError("the results hold no model to report")
-    scores = scores or compute_scores(models, score_config)
+    scores = scores or report_scores(results, score_config)
     tasks = _task_order(models)
     header = ["model"]
     for t in tasks:
@@ -130,23 +162,16 @@ def _safe(name: str) -> str:
     return re.sub(r"[^\w.-]+", "_", name).strip("_") or "x"
 
 
-def _savefig(fig, path: Path) -> None:
-    with atomic_file(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
-
-
 def _plots(models: list[dict], scores: dict, out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .plots import figure, save_png
 
     written = []
     names = [m["name"] for m in models]
     for t in _task_order(models):
         meta = _task_meta(models, t)
         rows = [(m["name"], m["tasks"][t]) for m in models if t in m["tasks"]]
-        fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(rows) + 2), 3.4))
+        fig = figure(max(4.0, 0.9 * len(rows) + 2), 3.4, dpi=DPI)
+        ax = fig.add_subplot()
         vals = [100 * r["test"] for _, r in rows]
         errs = [100 * (r.get("test_std") or 0.0) for _, r in rows]
         best = _best({n: r["test"] for n, r in rows}, meta["metric"])
@@ -158,13 +183,11 @@ def _plots(models: list[dict], scores: dict, out: Path) -> list[Path]:
         ax.set_title(f"{t}: test {meta['metric']} ({arrow})")
         for i, v in enumerate(vals):
             ax.annotate(f"{v:.1f}", (i, v), ha="center", va="bottom", fontsize=8)
-        path = out / f"task_{_safe(t)}.png"
-        _savefig(fig, path)
-        plt.close(fig)
-        written.append(path)
+        written.append(save_png(fig, out / f"task_{_safe(t)}.png"))
     have = [(n, scores["scores"][n]) for n in names if scores["scores"].get(n) is not None]
     if have:
-        fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(have) + 2), 3.4))
+        fig = figure(max(4.0, 0.9 * len(have) + 2), 3.4, dpi=DPI)
+        ax = fig.add_subplot()
         ax.bar(range(len(have)), [s for _, s in have], color="tab:green")
         ax.set_xticks(range(len(have)), [n for n, _ in have], rotation=30, ha="right")
         ax.axhline(0, color="black", lw=0.8)
@@ -172,15 +195,13 @@ def _plots(models: list[dict], scores: dict, out: Path) -> list[Path]:
         ax.set_title(f"{SCORE} ({scores['config']}; 0 = baseline, 1000 = reference)")
         for i, (_, s) in enumerate(have):
             ax.annotate(f"{s:.0f}", (i, s), ha="center", va="bottom", fontsize=8)
-        path = out / "superb_score.png"
-        _savefig(fig, path)
-        plt.close(fig)
-        written.append(path)
+        written.append(save_png(fig, out / "superb_score.png"))
     for m in models:
         profiles = [(t, r["layer_weights"]) for t, r in m["tasks"].items() if r.get("layer_weights")]
         if not profiles:
             continue
-        fig, ax = plt.subplots(figsize=(5.5, 3.4))
+        fig = figure(5.5, 3.4, dpi=DPI)
+        ax = fig.add_subplot()
         for t, w in profiles:
             ax.plot(range(len(w)), w, marker="o", label=t)
         n = max(len(w) for _, w in profiles)
@@ -192,23 +213,26 @@ def _plots(models: list[dict], scores: dict, out: Path) -> list[Path]:
         ax.set_ylabel("softmax layer weight")
         ax.set_title(f"{m['name']}: learned layer weights")
         ax.legend(fontsize=8)
-        path = out / f"layers_{_safe(m['name'])}.png"
-        _savefig(fig, path)
-        plt.close(fig)
-        written.append(path)
+        written.append(save_png(fig, out / f"layers_{_safe(m['name'])}.png"))
     return written
 
 
 def write_report(
-    results: Sequence, out: str | os.PathLike, score_config=None, title: str = "Evaluation report", plots: bool = True
+    results: Sequence,
+    out: str | os.PathLike,
+    score_config=None,
+    title: str = "Evaluation report",
+    plots: bool = True,
+    scores: dict | None = None,
 ) -> Path:
-    """Write out/report.md (+ PNG figures) from results dicts or results.json paths."""
+    """Write out/report.md (+ PNG figures) from results dicts or results.json paths; `scores`
+    (report_scores's dict) when the caller has them already."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     models = merge_models(results)
     if not models:
         raise SpeechFTError("the results hold no model to report")
-    scores = compute_scores(models, score_config)
+    scores = scores or report_scores(results, score_config)
     table = results_table(results, scores=scores)
     loaded = _load(results)
     lines = [
@@ -226,6 +250,8 @@ def write_report(
         f"{SCORE} = 1000/|T| · Σ_t mean_m (m − baseline)/(reference − baseline), config `{cfg_name}` "
         f"({scores.get('config_path')}); tasks scored: {', '.join(scores['tasks']) or 'none'}."
     )
+    if scores.get("warning"):
+        lines.append(f"- Warning: {scores['warning']}")
     for t, why in (scores.get("dropped_tasks") or {}).items():
         lines.append(f"- task {t} is not scored: {why}, so it cannot tell models apart")
     for name, note in scores["notes"].items():
@@ -274,13 +300,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--baseline-config",
         dest="score_config",
         default=None,
-        help="SUPERB score config (YAML, or a name in speechft/configs; default superb_synthetic)",
+        help="SUPERB score config (YAML, or a name in speechft/configs); default: the one each results.json "
+        "recorded (superb_synthetic for files that recorded none)",
     )
     p.add_argument("--title", default="Evaluation report")
 
 
 def main(args) -> int:
-    path = write_report(args.results, args.out, score_config=args.score_config, title=args.title)
-    print(results_table(args.results, score_config=args.score_config))
+    import sys
+
+    scores = report_scores(args.results, args.score_config)
+    if scores.get("warning"):
+        print(f"speechft: warning: {scores['warning']}", file=sys.stderr)
+    path = write_report(args.results, args.out, title=args.title, scores=scores)
+    print(results_table(args.results, scores=scores))
     print(f"wrote {path} and its figures in {path.parent}")
     return 0

@@ -9,10 +9,17 @@ positive when the model improves), so lower-is-better metrics need no special ca
 Baseline and reference values come from a YAML config (speechft/configs/*.yaml). A value
 may be a number (in the config's units, percent by default) or the name of a model in the
 results, e.g. `fbank`: the filterbank pseudo-encoder scored by the same protocol.
+
+One SUPERB_S: `speechft evaluate` records the config it scored with in results.json
+(`ScoreConfig.record()`: name, path, its values and their sha256), and `speechft report`
+scores with that record (`ScoreConfig.from_record`) unless it is given --score-config, so
+the two print the same number even after the YAML file changed or moved.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +31,7 @@ from .errors import SpeechFTError
 CONFIG_DIR = Path(__file__).parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "superb_synthetic.yaml"
 UNITS = {"percent": 100.0, "fraction": 1.0}
+CONFIG_KEYS = ("name", "units", "score_tasks", "defaults", "tasks")
 
 
 @dataclass
@@ -44,6 +52,30 @@ class ScoreConfig:
             return {metric: self.defaults[metric]}
         return None
 
+    def values(self) -> dict:
+        """What decides the scores (everything but where the config was read from)."""
+        return {
+            "name": self.name,
+            "units": self.units,
+            "score_tasks": self.score_tasks,
+            "defaults": self.defaults,
+            "tasks": self.tasks,
+        }
+
+    def sha256(self) -> str:
+        return hashlib.sha256(json.dumps(self.values(), sort_keys=True).encode()).hexdigest()
+
+    def record(self) -> dict:
+        """The config as results.json stores it: enough to score again without the file."""
+        return {"name": self.name, "path": self.path, "sha256": self.sha256(), "values": self.values()}
+
+    @classmethod
+    def from_record(cls, record, where: str = "results") -> ScoreConfig:
+        """The config a results.json recorded (`record()`), validated like a YAML file."""
+        if not isinstance(record, dict) or not isinstance(record.get("values"), dict):
+            raise SpeechFTError(f"{where}: 'score_config' is not a recorded score config; pass --score-config")
+        return _from_mapping(record["values"], f"{where}: score_config", record.get("path"))
+
 
 def load_score_config(path: str | os.PathLike | None = None) -> ScoreConfig:
     """Load a score config; `None` gives the synthetic default. A bare name such as
@@ -60,39 +92,44 @@ def load_score_config(path: str | os.PathLike | None = None) -> ScoreConfig:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise SpeechFTError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    return _from_mapping(raw, str(path), str(path), default_name=path.stem)
+
+
+def _from_mapping(raw, where: str, path: str | None, default_name: str | None = None) -> ScoreConfig:
+    """Validate a score config's keys and values (`where` names it in errors)."""
     if not isinstance(raw, dict):
-        raise SpeechFTError(f"{path}: must be a mapping with keys name, units, score_tasks, defaults, tasks")
-    unknown = sorted(set(raw) - {"name", "units", "score_tasks", "defaults", "tasks"})
+        raise SpeechFTError(f"{where}: must be a mapping with keys {', '.join(CONFIG_KEYS)}")
+    unknown = sorted(set(raw) - set(CONFIG_KEYS))
     if unknown:
-        raise SpeechFTError(f"{path}: unknown key(s) {unknown}; valid: name, units, score_tasks, defaults, tasks")
+        raise SpeechFTError(f"{where}: unknown key(s) {unknown}; valid: {', '.join(CONFIG_KEYS)}")
     units = raw.get("units", "percent")
     if units not in UNITS:
-        raise SpeechFTError(f"{path}: units '{units}' must be one of {', '.join(UNITS)}")
+        raise SpeechFTError(f"{where}: units '{units}' must be one of {', '.join(UNITS)}")
     defaults = raw.get("defaults") or {}
     tasks = raw.get("tasks") or {}
     if not isinstance(tasks, dict):
-        raise SpeechFTError(f"{path}: tasks must map task names to {{metric: {{baseline, reference}}}}")
-    for where, metrics in [("defaults", defaults)] + [(f"tasks.{t}", v) for t, v in tasks.items()]:
+        raise SpeechFTError(f"{where}: tasks must map task names to {{metric: {{baseline, reference}}}}")
+    for section, metrics in [("defaults", defaults)] + [(f"tasks.{t}", v) for t, v in tasks.items()]:
         if not isinstance(metrics, dict):
-            raise SpeechFTError(f"{path}: {where} must map metric names to {{baseline, reference}}")
+            raise SpeechFTError(f"{where}: {section} must map metric names to {{baseline, reference}}")
         for metric, vals in metrics.items():
             if not isinstance(vals, dict) or set(vals) != {"baseline", "reference"}:
-                raise SpeechFTError(f"{path}: {where}.{metric} must be {{baseline: X, reference: Y}}, got {vals!r}")
+                raise SpeechFTError(f"{where}: {section}.{metric} must be {{baseline: X, reference: Y}}, got {vals!r}")
             for k in ("baseline", "reference"):
                 if not isinstance(vals[k], (int, float, str)) or isinstance(vals[k], bool):
                     raise SpeechFTError(
-                        f"{path}: {where}.{metric}.{k} must be a number or a model name, got {vals[k]!r}"
+                        f"{where}: {section}.{metric}.{k} must be a number or a model name, got {vals[k]!r}"
                     )
     score_tasks = raw.get("score_tasks")
     if score_tasks is not None and not (isinstance(score_tasks, list) and all(isinstance(t, str) for t in score_tasks)):
-        raise SpeechFTError(f"{path}: score_tasks must be a list of task names or null")
+        raise SpeechFTError(f"{where}: score_tasks must be a list of task names or null")
     return ScoreConfig(
-        name=str(raw.get("name", path.stem)),
+        name=str(raw.get("name", default_name)),
         units=units,
         score_tasks=score_tasks,
         defaults=defaults,
         tasks=tasks,
-        path=str(path),
+        path=path,
     )
 
 

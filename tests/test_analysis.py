@@ -10,17 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from speechft.analysis import (
-    StreamingCKA,
-    analyze,
-    frame_cosines,
-    hsic_unbiased_gram,
-    layer_index,
-    linear_cka,
-    mean_frame_cosine,
-    read_audio_manifest,
-    weight_distance,
-)
+from speechft.analysis import analyze, layer_index, read_audio_manifest, weight_distance
+from speechft.cka import StreamingCKA, frame_cosines, hsic_unbiased_gram, linear_cka, mean_frame_cosine
 from speechft.errors import SpeechFTError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -404,3 +395,39 @@ def test_cli_analyze(tmp_path, cls_task, tiny_encoder_dir, capsys):
     rc = main(["analyze", "--pretrained", str(pre), "--models", str(other), "--task", str(cls_task), "--out", str(out)])
     assert rc == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_layerwise_cka_is_one_streaming_cka_and_one_mean_cosine_per_state():
+    from speechft.cka import LayerwiseCKA
+
+    pairs = [related(120, dx=8, dy=8, seed=s) for s in range(3)]  # three "states" of equal width
+    lw = LayerwiseCKA(3, full=True, cosines=True)
+    for start in range(0, 120, 40):
+        lw.update([x[start : start + 40] for x, _ in pairs], [y[start : start + 40] for _, y in pairs])
+    for layer, (x, y) in enumerate(pairs):
+        assert lw.values[layer] == pytest.approx(streamed(x, y, 40).value, rel=1e-12)
+        assert lw.full_values[layer] == pytest.approx(linear_cka(x, y), rel=1e-9)
+        assert lw.mean_cosines[layer] == pytest.approx(mean_frame_cosine(x, y), rel=1e-12)
+    assert (lw.minibatches, lw.frames) == (3, 120)
+
+
+def test_cli_analyze_config_set_and_device(tmp_path, cls_task, tiny_encoder_dir, capsys):
+    from speechft.cli import main
+
+    pre = tiny_encoder_dir("hubert", seed=0, name="pre")
+    other = tiny_encoder_dir("hubert", seed=1, name="other")
+    cfg = tmp_path / "analyze.yaml"
+    cfg.write_text("max_utterances: 3\nbatch_size: 3\nsplit: train\n")
+    argv = ["analyze", "--pretrained", pre, "--models", other, "--task", cls_task, "--config", cfg, "--quiet"]
+    argv += ["--split", "test", "--set", "cka_estimator=full", "--device", "cpu", "--out", tmp_path / "out"]
+    assert main([str(a) for a in argv]) == 0, capsys.readouterr().err
+    saved = json.loads((tmp_path / "out" / "analysis.json").read_text())
+    assert (saved["audio"]["utterances"], saved["audio"]["batch_size"]) == (3, 3)  # from the YAML
+    assert saved["audio"]["split"] == "test"  # the flag over the YAML
+    assert saved["cka"]["estimator"] == "full"  # --set
+    rc = main([str(a) for a in argv[:-2] + ["--out", tmp_path / "out2", "--set", "batch_size=0"]])
+    assert rc == 2 and "--batch-size must be at least 1" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        rc = main([str(a) for a in argv[:-4] + ["--device", "cuda", "--out", tmp_path / "out3"]])
+        assert rc == 2 and "CUDA is not available" in capsys.readouterr().err
+    assert not (tmp_path / "out2").exists() and not (tmp_path / "out3").exists()

@@ -211,7 +211,7 @@ def test_evaluate_survives_sigkill(tmp_path, tiny_encoder_dir):
             "--out",
             out,
             "--cache",
-            cache,  # noqa
+            cache,
             "--epochs",
             "2",
             "--lrs",

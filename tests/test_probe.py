@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -17,16 +18,9 @@ from speechft.data import load_task
 from speechft.encoders import load_encoder, tiny_encoder
 from speechft.errors import SpeechFTError
 from speechft.feature_cache import MARKER, FeatureCache
+from speechft.features import FbankSource, FeatureSource, extract_features, feature_fields, open_source
 from speechft.heads import mean_pool
-from speechft.probe import (
-    FbankSource,
-    FeatureSource,
-    ProbeConfig,
-    evaluate,
-    extract_features,
-    feature_fields,
-    open_source,
-)
+from speechft.probe import ProbeConfig, evaluate
 
 FAST = dict(lrs=[1e-2, 1e-3], epochs=3, min_steps=0, progress=False)
 
@@ -367,3 +361,73 @@ def test_bad_inputs_raise_one_line_errors(world, tmp_path):
         ProbeConfig(ctc_head="transformer")
     with pytest.raises(SpeechFTError, match="unknown probe option"):
         evaluate([world.enc], [world.cls], None, learning_rate=1e-3, progress=False)
+
+
+# ---- one CLI grammar, one SUPERB_S ---------------------------------------------------
+def superb_column(printed: str) -> dict[str, str]:
+    """model -> the SUPERB_S cell of a printed results table."""
+    lines = [ln for ln in printed.splitlines() if ln.startswith("| ")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    col = next(i for i, h in enumerate(header) if h.startswith("SUPERB_S"))
+    cells = ([c.strip() for c in ln.strip("|").split("|")] for ln in lines[1:])
+    return {c[0]: c[col] for c in cells if not c[0].startswith("---")}
+
+
+def test_evaluate_with_a_score_config_then_report_print_the_same_superb_score(world, tmp_path, capsys):
+    # Not the default config: numeric baseline and reference, so fbank does not score 0.
+    score = tmp_path / "my_score.yaml"
+    score.write_text("name: mine\ndefaults:\n  accuracy: {baseline: 20.0, reference: 60.0}\n")
+    out = tmp_path / "e"
+    argv = ["evaluate", "--encoder", world.enc, "fbank", "--task", world.cls, "--out", out, "--no-cache"]
+    argv += ["--lrs", "1e-2", "--epochs", "2", "--min-steps", "0", "--score-config", score, "--quiet"]
+    assert cli_main([str(a) for a in argv]) == 0
+    evaluated = superb_column(capsys.readouterr().out)
+    assert "n/a" not in evaluated.values()
+    recorded = json.loads((out / "results.json").read_text())["score_config"]
+    assert recorded["name"] == "mine" and recorded["values"]["defaults"]["accuracy"]["baseline"] == 20.0
+    # The file changes afterwards: the report scores with what results.json recorded.
+    score.write_text("name: changed\ndefaults:\n  accuracy: {baseline: 0.0, reference: 100.0}\n")
+    assert cli_main(["report", str(out / "results.json"), "--out", str(tmp_path / "r")]) == 0
+    reported = superb_column(capsys.readouterr().out)
+    assert reported == evaluated and set(reported) == {"enc", "fbank"}
+    assert "`mine`" in (tmp_path / "r" / "report.md").read_text()
+    # ...and --score-config still chooses another one.
+    assert (
+        cli_main(
+            ["report", str(out / "results.json"), "--out", str(tmp_path / "r2"), "--score-config", "superb_synthetic"]
+        )
+        == 0
+    )
+    assert superb_column(capsys.readouterr().out) != evaluated
+
+
+def test_evaluate_takes_the_paper_probe_recipe_with_flags_and_set_over_it(world, tmp_path, capsys):
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "paper" / "probe-superb.yaml"
+    out = tmp_path / "paper"
+    argv = ["evaluate", "--encoder", "fbank", "--task", world.cls, "--out", out, "--no-cache", "--quiet"]
+    argv += ["--config", recipe, "--seeds", "0", "1", "--set", "epochs=1", "lrs=[0.01]", "min_steps=0"]
+    assert cli_main([str(a) for a in argv]) == 0, capsys.readouterr().err
+    protocol = json.loads((out / "results.json").read_text())["protocol"]
+    assert protocol["seeds"] == [0, 1]  # the flag over the recipe's [0, 1, 2]
+    assert (protocol["epochs"], protocol["lrs"], protocol["min_steps"]) == (1, [0.01], 0)  # --set over both
+    assert (protocol["proj_dim"], protocol["ctc_head"], protocol["dtype"]) == (256, "linear", "float16")  # the recipe
+
+
+def test_evaluate_lists_are_space_separated_and_bad_keys_are_one_line_errors(world, tmp_path, capsys):
+    base = ["evaluate", "--encoder", "fbank", "--task", str(world.cls), "--no-cache", "--quiet"]
+    assert cli_main(base + ["--out", str(tmp_path / "a"), "--seeds", "0,1"]) == 2  # no comma lists
+    assert "--seeds" in capsys.readouterr().err
+    assert cli_main(base + ["--out", str(tmp_path / "b"), "--set", "learning_rate=1"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'learning_rate'" in err and err.strip().count("\n") == 0
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_evaluate_refuses_a_device_it_does_not_have(world, tmp_path, capsys):
+    out = tmp_path / "e"
+    argv = ["evaluate", "--encoder", str(world.enc), "--task", str(world.cls), "--out", str(out), "--device", "cuda"]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--device cuda: CUDA is not available" in err and err.strip().count("\n") == 0
+    assert not out.exists()

@@ -182,3 +182,55 @@ def test_report_cli_and_bad_files(tmp_path, capsys):
     (tmp_path / "junk.json").write_text('{"x": 1}')
     assert cli_main(["report", str(tmp_path / "junk.json"), "--out", str(tmp_path / "rep2")]) == 2
     assert "not a speechft results.json" in capsys.readouterr().err
+
+
+def recorded(res: dict, config) -> dict:
+    """`res` as `speechft evaluate` writes it: the score config it used, and the scores."""
+    return {**res, "score_config": config.record(), "superb": superb_scores(res["models"], config)}
+
+
+def test_report_scores_with_the_config_results_json_recorded(tmp_path, capsys):
+    mine = tmp_path / "mine.yaml"
+    values = "  per: {baseline: 50.0, reference: 0.0}\n  accuracy: {baseline: 50.0, reference: 100.0}\n"
+    mine.write_text("name: mine\ndefaults:\n" + values)
+    res = recorded(results(model("fbank", 0.80, 0.30), model("m", 0.20, 0.70)), load_score_config(mine))
+    mine.unlink()  # the record is enough
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(res))
+    # 500 * ((50-20)/50 + (70-50)/50) = 500; the default config (fbank baseline) would give 660.7.
+    assert row(results_table([path]), "m")[3] == "**500.0**"
+    assert cli_main(["report", str(path), "--out", str(tmp_path / "rep")]) == 0
+    assert row(capsys.readouterr().out, "m")[3] == "**500.0**"
+    assert "config `mine`" in (tmp_path / "rep" / "report.md").read_text()
+    assert row(results_table([path], score_config="superb_synthetic"), "m")[3] == "**660.7**"
+
+
+def test_results_files_with_different_score_configs_are_named_in_one_line(tmp_path, capsys):
+    other = tmp_path / "other.yaml"
+    other.write_text("name: other\ndefaults:\n  per: {baseline: 50.0, reference: 0.0}\n")
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(recorded(results(model("fbank", 0.8, 0.3)), load_score_config())))
+    b.write_text(json.dumps(recorded(results(model("m", 0.2, 0.7, fingerprint="x")), load_score_config(other))))
+    assert cli_main(["report", str(a), str(b), "--out", str(tmp_path / "rep")]) == 0
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "different SUPERB score configs" in err
+    assert "a.json: synthetic" in err and "b.json: other" in err and "--score-config" in err
+    assert "different SUPERB score configs" in (tmp_path / "rep" / "report.md").read_text()
+    # Scored with the first file's config (fbank baseline): m gets the default's 660.7.
+    assert row(results_table([a, b]), "m")[3] == "**660.7**"
+
+
+def test_report_imports_neither_torch_nor_transformers(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(results(model("fbank", 0.8, 0.3), model("m", 0.2, 0.7))))
+    code = (
+        "import sys; from speechft.cli import main; "
+        f"rc = main(['report', {str(path)!r}, '--out', {str(tmp_path / 'rep')!r}]); "
+        "assert rc == 0; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "[]"

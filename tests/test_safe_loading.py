@@ -209,7 +209,7 @@ def test_sweep_refuses_a_hostile_head(tmp_path, capsys, finished_run, marker):
     head.write_bytes(hostile_bytes(marker, "legacy"))
     capsys.readouterr()
     rc = cli(
-        "sweep", "--pretrained", enc, "--finetuned", run, "--task", task, "--out", tmp_path / "sw", "--alphas", "0,1"
+        "sweep", "--pretrained", enc, "--finetuned", run, "--task", task, "--out", tmp_path / "sw", "--alphas", "0", "1"
     )
     refused(capsys, rc, str(run / "heads" / "tones"), "not a valid speechft head folder")
     assert not (tmp_path / "sw").exists()

@@ -55,10 +55,12 @@ def test_missing_head_is_a_clear_error(tmp_path, cls_task):
 
 
 def test_parse_alphas():
-    assert parse_alphas("0:1:0.25") == [0.0, 0.25, 0.5, 0.75, 1.0]
-    assert parse_alphas("1,0.5,0.5") == [0.5, 1.0]
-    with pytest.raises(SpeechFTError, match="--alphas 'a,b'"):
-        parse_alphas("a,b")
+    assert parse_alphas(["0:1:0.25"]) == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert parse_alphas(["1", "0.5", "0.5"]) == [0.5, 1.0]
+    with pytest.raises(SpeechFTError, match="--alphas a b"):
+        parse_alphas(["a", "b"])
+    with pytest.raises(SpeechFTError, match="not commas"):  # one CLI grammar: lists are space-separated
+        parse_alphas(["0,1"])
 
 
 def test_pick_rule_higher_and_lower_is_better():
@@ -71,3 +73,24 @@ def test_pick_rule_higher_and_lower_is_better():
     assert pick_alpha(per, "per", 0.5)["alpha"] == 0.25
     worse = [{"alpha": 0, "target_metric": 0.1, "cka_mean": 1}, {"alpha": 1, "target_metric": 0.5, "cka_mean": 0}]
     assert pick_alpha(worse, "per", 0.9)["alpha"] is None
+
+
+def test_sweep_cli_alphas_range_config_and_device(tmp_path, cls_task, capsys):
+    from speechft.cli import main
+
+    pre_dir, ft_dir, _ = make_finetuned(tmp_path, cls_task)
+    cfg = tmp_path / "sweep.yaml"
+    cfg.write_text("alphas: [0.0, 1.0]\ncka_utterances: 4\n")
+    base = ["sweep", "--pretrained", pre_dir, "--finetuned", ft_dir, "--task", cls_task, "--quiet", "--config", cfg]
+    assert main([str(a) for a in base + ["--out", tmp_path / "a", "--set", "pick_gain=0.5"]]) == 0
+    saved = json.loads((tmp_path / "a" / "sweep.json").read_text())
+    assert [r["alpha"] for r in saved["results"]] == [0.0, 1.0] and saved["cka_utterances"] == 4
+    assert "pick" in saved
+    assert main([str(a) for a in base + ["--out", tmp_path / "b", "--alphas", "0:1:0.5", "--device", "cpu"]]) == 0
+    assert [r["alpha"] for r in json.loads((tmp_path / "b" / "sweep.json").read_text())["results"]] == [0, 0.5, 1]
+    assert main([str(a) for a in base + ["--out", tmp_path / "c", "--alphas", "0,1"]]) == 2
+    assert "not commas" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main([str(a) for a in base + ["--out", tmp_path / "d", "--device", "cuda"]]) == 2
+        assert "CUDA is not available" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists()

@@ -1,0 +1,412 @@
+"""Frozen-encoder features for probing: the sources, extraction, and the cache glue.
+
+A feature source is what probing needs from an encoder: all hidden states of a batch and an
+identity. `EncoderSource` wraps an encoder folder (run on a chosen device; the states come
+back to the CPU); `FbankSource` is the `fbank` pseudo-encoder, 80-bin log-mel filterbank
+frames as one "layer", SUPERB's FBANK baseline (the SUPERB score's zero point,
+superb_score.py). `open_source(spec)` picks one from a command-line spec.
+
+`extract_features` runs a source over one split of a task: mean-pooled states per utterance
+(`PooledFeatures`, classification) or every frame of every state (`FrameFeatures`, CTC),
+in length-sorted batches. `FeatureProvider` hands a probe the features of each split from
+the on-disk cache (feature_cache.py, keyed by `feature_fields`), from memory, or - with
+`recompute` - from the encoder again on every request (s3prl's way, for the benchmark).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .data.audio import SAMPLE_RATE
+from .errors import SpeechFTError
+from .feature_cache import FeatureCache, cache_key
+from .heads import mean_pool
+from .io_utils import sha256_file
+
+if TYPE_CHECKING:
+    from .probe import ProbeConfig
+
+FBANK = "fbank"
+# Bump when extraction changes what it produces (pooling, cropping, the fbank recipe...):
+# cache entries made by older code then stop matching.
+FEATURE_CODE_VERSION = 1
+FEATURE_DTYPES = {"float16": np.float16, "float32": np.float32}
+SHARD_BYTES = 256 << 20
+
+
+# ---- feature sources: an encoder folder, or the fbank pseudo-encoder ---------------------
+_FINGERPRINTS: dict[tuple, str] = {}
+
+
+def folder_fingerprint(path: str | os.PathLike) -> str:
+    """sha256 over the files that decide an encoder's outputs (config.json, weights, remote
+    code). speechft.json is left out: it changes on every save (timestamps)."""
+    path = Path(path).resolve()
+    files = sorted(
+        p
+        for p in path.iterdir()
+        if p.is_file() and (p.name == "config.json" or p.suffix in (".safetensors", ".py", ".bin"))
+    )
+    stamp = (str(path), tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files))
+    if stamp not in _FINGERPRINTS:
+        h = hashlib.sha256()
+        for p in files:
+            h.update(f"{p.name}:{sha256_file(p)}\n".encode())
+        _FINGERPRINTS[stamp] = h.hexdigest()
+    return _FINGERPRINTS[stamp]
+
+
+class FeatureSource:
+    """What probing needs from an encoder: all states of a batch, and an identity."""
+
+    name: str
+    num_states: int
+    dim: int
+    fingerprint: dict
+    info: dict
+
+    def __call__(self, wavs: torch.Tensor, lengths: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        raise NotImplementedError
+
+
+class EncoderSource(FeatureSource):
+    """An encoder folder, run on `device` (default: the CPU)."""
+
+    def __init__(self, path: str | os.PathLike, name: str | None = None, encoder=None, device=None):
+        from .encoders import load_encoder
+
+        self.path = Path(path)
+        self.device = torch.device(device or "cpu")
+        self.encoder = encoder if encoder is not None else load_encoder(self.path)
+        self.encoder.to(self.device).eval()
+        for p in self.encoder.parameters():
+            p.requires_grad_(False)
+        self.name = name or self.path.name
+        self.num_states, self.dim = self.encoder.num_layers + 1, self.encoder.hidden_size
+        self.fingerprint = {"kind": "encoder", "family": self.encoder.family, "weights": folder_fingerprint(self.path)}
+        prov = self.encoder.provenance
+        self.info = {
+            "encoder": str(self.path),
+            "family": self.encoder.family,
+            "fingerprint": self.fingerprint["weights"],
+            "num_states": self.num_states,
+            "dim": self.dim,
+            "provenance": {k: prov[k] for k in prov if k not in ("weights_sha256",)},
+        }
+
+    def __call__(self, wavs, lengths):
+        out = self.encoder(wavs.to(self.device), lengths.to(self.device))
+        return out.hidden_states, out.frame_lengths
+
+
+class FbankSource(FeatureSource):
+    """80-bin log-mel filterbank, 25 ms windows every 10 ms: SUPERB's FBANK baseline.
+
+    The log-mel is Whisper's (Slaney mel, log10, an 80 dB dynamic range per utterance,
+    scaled to about [-1, 1]), reused because it is already batch-exact on padded input
+    and well scaled for a probe. One "layer": the weighted sum is the identity. It runs on the
+    CPU whatever the device: it costs a fraction of reading the audio."""
+
+    N_MELS = 80
+
+    def __init__(self, name: str = FBANK):
+        from .encoders.whisper import mel_filters
+
+        self.filters = mel_filters(self.N_MELS)
+        self.name, self.num_states, self.dim = name, 1, self.N_MELS
+        self.fingerprint = {"kind": "fbank", "n_mels": self.N_MELS, "recipe": "whisper-log-mel", "version": 1}
+        self.info = {
+            "encoder": FBANK,
+            "family": FBANK,
+            "fingerprint": "fbank-80",
+            "num_states": 1,
+            "dim": self.N_MELS,
+            "provenance": {"source": "80-bin log-mel filterbank (SUPERB's FBANK baseline)"},
+        }
+
+    def __call__(self, wavs, lengths):
+        from .encoders.whisper import HOP, log_mel
+
+        frames = lengths // HOP
+        if int(frames.min()) < 1:
+            raise SpeechFTError("audio shorter than 10 ms has no filterbank frame")
+        mel = log_mel(wavs, lengths, self.filters)  # (B, 80, N), zero past each item's end
+        return [mel.transpose(1, 2)], frames
+
+
+def open_source(spec, device=None) -> FeatureSource:
+    """`spec`: a FeatureSource, an encoder folder, `fbank`, or `NAME=FOLDER` / (name, folder).
+    An encoder folder is loaded onto `device`."""
+    if isinstance(spec, FeatureSource):
+        return spec
+    name = None
+    if isinstance(spec, tuple):
+        name, spec = spec
+    spec = str(spec)
+    if name is None and "=" in spec and not Path(spec).exists():
+        name, spec = spec.split("=", 1)
+    if spec == FBANK and not Path(spec).is_dir():
+        return FbankSource(name or FBANK)
+    return EncoderSource(spec, name=name, device=device)
+
+
+# ---- extracted features --------------------------------------------------------------
+class PooledFeatures:
+    """Mean-pooled states of every utterance: (N, S, D)."""
+
+    def __init__(self, data: np.ndarray):
+        self.data = data
+
+    def tensor(self) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(self.data).astype(np.float32))  # a copy: the cache is read-only
+
+
+class FrameFeatures:
+    """Per-frame states of every utterance, concatenated in shards of (frames, S, D);
+    `index[i] = (shard, start, frames)`."""
+
+    def __init__(self, shards: list[np.ndarray], index: np.ndarray):
+        self.shards, self.index = shards, index
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return self.index[:, 2]
+
+    def get(self, i: int) -> np.ndarray:
+        s, start, n = (int(v) for v in self.index[i])
+        return self.shards[s][start : start + n]
+
+    def batch(self, ids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(S, B, F, D) float32 zero-padded, and frame lengths (B,)."""
+        lengths = torch.tensor([int(self.index[i, 2]) for i in ids], dtype=torch.long)
+        first = self.shards[0]
+        # Gather in the stored dtype, convert once in torch (numpy's fp16 -> fp32 is slow).
+        out = np.zeros((first.shape[1], len(ids), int(lengths.max()), first.shape[2]), dtype=first.dtype)
+        for b, i in enumerate(ids):
+            x = self.get(i)  # (n, S, D)
+            out[:, b, : x.shape[0]] = x.transpose(1, 0, 2)
+        return torch.from_numpy(out).float(), lengths
+
+
+def _audio_fingerprint(task, split: str) -> str:
+    """Manifest order and paths are in the manifest hash; the audio's size and mtime catch
+    files rewritten under the same name."""
+    h = hashlib.sha256()
+    for ex in task.split(split):
+        st = ex.path.stat()
+        h.update(f"{ex.id}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def feature_fields(source: FeatureSource, task, split: str, kind: str, cfg: ProbeConfig) -> dict:
+    import transformers
+
+    return {
+        "source": source.fingerprint,
+        "task_root": str(Path(task.root).resolve()),
+        "split": split,
+        "manifest": task.manifest_hash(split),
+        "audio": _audio_fingerprint(task, split),
+        "kind": kind,
+        "dtype": cfg.dtype,
+        "sample_rate": SAMPLE_RATE,
+        "max_seconds": cfg.max_seconds,
+        "extract_batch": [cfg.extract_batch_size, cfg.extract_batch_seconds],
+        "code": FEATURE_CODE_VERSION,
+        "torch": torch.__version__.split("+")[0],
+        "transformers": transformers.__version__,
+    }
+
+
+def _split_batches(task, split: str, cfg: ProbeConfig):
+    """Length-sorted batches (wavs, lengths, indices) of one split. split_loader's private
+    generator leaves the global torch RNG alone: dropout in a probe must not depend on
+    whether its features were recomputed."""
+    from .data.batching import BucketBatchSampler
+    from .data.dataset import SplitDataset, split_loader
+
+    ds = SplitDataset(task, split, cfg.max_seconds)
+    sampler = BucketBatchSampler(
+        ds.durations, batch_size=cfg.extract_batch_size, max_seconds=cfg.extract_batch_seconds, shuffle=False
+    )
+    return split_loader(ds, sampler.batches(0))
+
+
+def extract_features(
+    source: FeatureSource,
+    task,
+    split: str,
+    kind: str,
+    cfg: ProbeConfig,
+    add_array: Callable[[str, np.ndarray], None] | None = None,
+    progress: bool = True,
+):
+    """Run the source over a split. kind 'pooled' -> PooledFeatures, 'frames' ->
+    FrameFeatures. With `add_array`, arrays are handed to it (the cache writer) as they are
+    finished and the returned features are None (the caller reopens them memory-mapped)."""
+    dtype = FEATURE_DTYPES[cfg.dtype]
+    n = len(task.split(split))
+    pooled = np.zeros((n, source.num_states, source.dim), dtype=dtype) if kind == "pooled" else None
+    shards, pending, pending_bytes = [], [], 0
+    index = np.zeros((n, 3), dtype=np.int64)
+
+    def flush():
+        nonlocal pending, pending_bytes
+        if not pending:
+            return
+        arr = np.concatenate(pending, axis=0)
+        if add_array is not None:
+            add_array(f"frames_{len(shards):05d}", arr)
+            shards.append(None)
+        else:
+            shards.append(arr)
+        pending, pending_bytes = [], 0
+
+    bar = tqdm(
+        total=n, desc=f"extract {source.name}/{task.name}/{split}", unit="utt", leave=False, disable=not progress
+    )
+    with torch.random.fork_rng(devices=[]), torch.inference_mode():
+        for batch in _split_batches(task, split, cfg):
+            states, frame_lengths = source(batch.wavs, batch.lengths)
+            if kind == "pooled":
+                vecs = torch.stack([mean_pool(s.float(), frame_lengths) for s in states], dim=1)
+                vals = vecs.cpu().numpy().astype(dtype)
+                _check_finite(vals, source, task, split)
+                pooled[batch.indices] = vals
+            else:
+                states, frame_lengths = [s.cpu() for s in states], frame_lengths.cpu()
+                for b, i in enumerate(batch.indices):
+                    f = int(frame_lengths[b])
+                    x = torch.stack([s[b, :f] for s in states], dim=1).float().numpy().astype(dtype)
+                    _check_finite(x, source, task, split)
+                    offset = sum(len(p) for p in pending)
+                    index[i] = (len(shards), offset, f)
+                    pending.append(x)
+                    pending_bytes += x.nbytes
+                    if pending_bytes >= SHARD_BYTES:
+                        flush()
+            bar.update(len(batch.indices))
+    bar.close()
+    if kind == "pooled":
+        if add_array is not None:
+            add_array("pooled", pooled)
+            return None
+        return PooledFeatures(pooled)
+    flush()
+    if add_array is not None:
+        add_array("index", index)
+        return None
+    return FrameFeatures(shards, index)
+
+
+def _check_finite(x: np.ndarray, source, task, split) -> None:
+    if not np.isfinite(x).all():
+        hint = "; rerun with --dtype float32" if x.dtype == np.float16 else ""
+        raise SpeechFTError(
+            f"{source.name}: features on {task.name}/{split} contain NaN or infinite values"
+            f"{hint} (or check the encoder's weights)"
+        )
+
+
+def _features_from_entry(entry, kind: str):
+    if kind == "pooled":
+        return PooledFeatures(entry.array("pooled"))
+    index = np.asarray(entry.array("index"))
+    names = sorted(n for n in entry.names if n.startswith("frames_"))
+    return FrameFeatures([entry.array(n) for n in names], index)
+
+
+class FeatureProvider:
+    """Features of one (source, task) for each split, from the cache, from memory, or -
+    with `recompute` - from the encoder again on every request (s3prl's way)."""
+
+    def __init__(
+        self,
+        source: FeatureSource,
+        task,
+        cfg: ProbeConfig,
+        cache: FeatureCache | None,
+        recompute: bool = False,
+        progress: bool = True,
+    ):
+        self.source, self.task, self.cfg, self.cache = source, task, cfg, cache
+        self.recompute, self.progress = recompute, progress
+        self.kind = "pooled" if task.type == "classification" else "frames"
+        self.memo: dict[str, object] = {}
+        self.status: dict[str, str] = {}
+        self.extract_seconds = 0.0
+        self.extractions = 0
+
+    def get(self, split: str):
+        if self.recompute:
+            self.status[split] = "recomputed"
+            return self._extract(split)
+        if split in self.memo:
+            return self.memo[split]
+        if self.cache is None:
+            feats, self.status[split] = self._extract(split), "off"
+        else:
+            fields = feature_fields(self.source, self.task, split, self.kind, self.cfg)
+            key = cache_key(fields)
+            entry = self.cache.open(key)
+            if entry is None:
+                t0 = time.perf_counter()
+                with self.cache.write(key, fields) as w:
+                    extract_features(
+                        self.source, self.task, split, self.kind, self.cfg, add_array=w.add, progress=self.progress
+                    )
+                    w.info = {
+                        "kind": self.kind,
+                        "num_states": self.source.num_states,
+                        "dim": self.source.dim,
+                        "items": len(self.task.split(split)),
+                    }
+                self.extract_seconds += time.perf_counter() - t0
+                self.extractions += 1
+                entry = self.cache.open(key)
+                if entry is None:
+                    raise SpeechFTError(
+                        f"{self.cache.root}/{key}: the feature cache entry just written cannot be "
+                        "read back; check the disk (or pass --no-cache)"
+                    )
+                self.status[split] = "miss"
+            else:
+                self.status[split] = "hit"
+            feats = _features_from_entry(entry, self.kind)
+        self.memo[split] = feats
+        return feats
+
+    def train_statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-layer, per-dimension mean and std of the training features (pooled vectors, or every
+        valid frame), accumulated in float64; computed once per provider."""
+        if getattr(self, "_stats", None) is None:
+            feats = self.get("train")
+            if self.kind == "pooled":
+                x = np.asarray(feats.data, dtype=np.float64)
+                mean, var = x.mean(0), x.var(0)
+            else:
+                n, s1, s2 = 0, 0.0, 0.0
+                for shard in feats.shards:
+                    for start in range(0, shard.shape[0], 65536):
+                        x = np.asarray(shard[start : start + 65536], dtype=np.float64)
+                        n, s1, s2 = n + x.shape[0], s1 + x.sum(0), s2 + (x * x).sum(0)
+                mean = s1 / max(n, 1)
+                var = np.maximum(s2 / max(n, 1) - mean * mean, 0.0)
+            self._stats = (torch.from_numpy(mean).float(), torch.from_numpy(np.sqrt(var)).float())
+        return self._stats
+
+    def _extract(self, split: str):
+        t0 = time.perf_counter()
+        feats = extract_features(self.source, self.task, split, self.kind, self.cfg, progress=self.progress)
+        self.extract_seconds += time.perf_counter() - t0
+        self.extractions += 1
+        return feats
