@@ -22,10 +22,7 @@ writes analysis.json, analysis.md and PNG plots; its numeric knobs are `AnalyzeC
 
 from __future__ import annotations
 
-import csv
-import io
 import math
-import os
 import random
 import re
 from collections.abc import Mapping
@@ -37,6 +34,7 @@ import torch
 
 from .cka import CKA_REFERENCE, MIN_FRAMES, LayerwiseCKA
 from .data.audio import SAMPLE_RATE
+from .data.manifest import read_audio_list
 from .errors import SpeechFTError
 from .io_utils import atomic_dir, atomic_file, write_json
 
@@ -210,46 +208,6 @@ def _distance(w0: _Weights, w1: _Weights, encoder_family: str | None) -> dict:
 # ---------------------------------------------------------------------------------------------------
 # Which audio to run
 # ---------------------------------------------------------------------------------------------------
-def read_audio_manifest(path: str | os.PathLike) -> list[tuple[str, Path, float | None]]:
-    """A TSV with a header holding a `path` column (relative to the manifest's folder) and,
-    optionally, `duration` in seconds. Returns (id, absolute path, duration or None)."""
-    path = Path(path)
-    if not path.is_file():
-        raise SpeechFTError(f"{path}: audio manifest not found; pass a .tsv with a 'path' column (or use --task)")
-    rows = [
-        r
-        for r in csv.reader(io.StringIO(path.read_text(encoding="utf-8")), delimiter="\t", quoting=csv.QUOTE_NONE)
-        if r and any(c.strip() for c in r)
-    ]
-    if not rows:
-        raise SpeechFTError(f"{path}: empty; it needs a header row with a 'path' column and at least one row")
-    header = [h.strip() for h in rows[0]]
-    if "path" not in header:
-        raise SpeechFTError(f"{path}: header {header} has no 'path' column")
-    if len(rows) == 1:
-        raise SpeechFTError(f"{path}: lists no audio (only a header)")
-    ip, idur = header.index("path"), header.index("duration") if "duration" in header else None
-    items, seen = [], set()
-    for lineno, r in enumerate(rows[1:], start=2):
-        if len(r) != len(header):
-            raise SpeechFTError(f"{path}: line {lineno} has {len(r)} fields, the header has {len(header)}")
-        rel = r[ip].strip()
-        if rel in seen:
-            raise SpeechFTError(f"{path}: line {lineno}: path '{rel}' is listed twice")
-        seen.add(rel)
-        audio = path.parent / rel
-        if not audio.exists():
-            raise SpeechFTError(f"{path}: line {lineno}: audio file '{rel}' not found")
-        dur = None
-        if idur is not None:
-            try:
-                dur = float(r[idur])
-            except ValueError:
-                raise SpeechFTError(f"{path}: line {lineno}: duration '{r[idur]}' is not a number") from None
-        items.append((rel, audio, dur))
-    return items
-
-
 def _audio_items(audio, split: str) -> tuple[list[tuple[str, Path, float | None]], dict]:
     from .data import Task, load_task
 
@@ -259,7 +217,7 @@ def _audio_items(audio, split: str) -> tuple[list[tuple[str, Path, float | None]
             raise SpeechFTError(f"{task.root}: no split '{split}'; choose one of {', '.join(task.splits)}")
         items = [(e.id, e.path, e.duration) for e in task.split(split)]
         return items, {"task": str(task.root), "task_name": task.name, "split": split}
-    return read_audio_manifest(audio), {"manifest": str(audio)}
+    return read_audio_list(audio), {"manifest": str(audio)}
 
 
 def _durations(items) -> list[float]:

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from speechft.analysis import analyze, layer_index, read_audio_manifest, weight_distance
+from speechft.analysis import analyze, layer_index, weight_distance
 from speechft.cka import StreamingCKA, frame_cosines, hsic_unbiased_gram, linear_cka, mean_frame_cosine
+from speechft.data.manifest import read_audio_list
 from speechft.errors import SpeechFTError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -323,7 +324,7 @@ def test_analyze_on_an_audio_manifest_with_labels_and_utterance_limit(tmp_path, 
     rows = (cls_task / "train.tsv").read_text().splitlines()[1:]
     # Only a path column (no durations): they are read from the files' headers.
     manifest.write_text("path\n" + "\n".join(f"cls_task/{r.split(chr(9))[0]}" for r in rows) + "\n")
-    assert len(read_audio_manifest(manifest)) == 12
+    assert len(read_audio_list(manifest)) == 12
     rep = analyze(
         pre,
         [other, pre],
@@ -352,7 +353,7 @@ def test_analyze_refuses_bad_input_before_running(tmp_path, cls_task, tiny_encod
         analyze(pre, [tiny_encoder_dir("wavlm")], cls_task, tmp_path / "b", progress=False)
     bad = tmp_path / "bad.tsv"
     bad.write_text("file\tduration\nx.wav\t1.0\n")
-    with pytest.raises(SpeechFTError, match="no 'path' column"):
+    with pytest.raises(SpeechFTError, match=r"missing column\(s\) path"):
         analyze(pre, [pre], bad, tmp_path / "c", progress=False)
     sweep = tmp_path / "sweep.json"
     sweep.write_text(json.dumps({"results": [{"alpha": 0.25}]}))
