@@ -493,7 +493,6 @@ def test_two_processes_match_one_process(tmp_path, cls_task, ctc_task):
         str(enc),
         "--task",
         str(cls_task),
-        "--task",
         str(ctc_task),
         "--method",
         "stable",
