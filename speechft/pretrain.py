@@ -51,10 +51,11 @@ from torch import nn
 from .cli import add_device_option, add_quiet_option
 from .config import add_config_options, config_from_args, to_dict
 from .data.audio import SAMPLE_RATE
-from .engine import Loop, run_training
+from .engine import run_training
 from .errors import SpeechFTError
 from .heads import HeadConfig
 from .io_utils import sha256_file
+from .objective import Loop
 from .train import TaskStream
 from .train_config import TrainConfig, resolve_config
 from .units import (

@@ -48,9 +48,10 @@ from torch import nn
 
 from .cli import add_device_option, add_quiet_option
 from .config import add_config_options, config_from_args
-from .engine import Loop, dev_score, freeze_permanently, micro_batches, run_training, warn
+from .engine import dev_score, freeze_permanently, micro_batches, run_training, warn
 from .errors import SpeechFTError
 from .heads import TaskHead, ctc_misfits
+from .objective import Loop
 from .train_config import (
     FINETUNE_METHODS,
     FROZEN_BY_DEFAULT,

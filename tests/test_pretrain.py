@@ -262,7 +262,7 @@ def test_targets_are_the_initial_encoders_units_of_the_training_crops(tmp_path, 
 
 def test_objective_loss_masks_the_input_and_scores_masked_frames_only(tmp_path, tiny_encoder_dir, cls_task):
     from speechft.data.dataset import SplitDataset, collate
-    from speechft.engine import Loop
+    from speechft.objective import Loop
 
     enc = load_encoder(tiny_encoder_dir("hubert"))
     cfg = UnitObjective.resolve(config(2))
