@@ -7,7 +7,10 @@
   cached mean-pooled per-layer vectors and get exactly the same model.
 - `CTCHead`: projector -> optional BiLSTM stack -> linear over the vocabulary + blank (id 0),
   as in the paper's ASR recipe (768->256 projector, 3-layer BiLSTM of 256 per direction).
-- `TaskHead`: a layer selection plus the head for one task folder, with save/load.
+- `TaskHead`: a layer selection plus the head for one task folder, with save/load; it stores the task's
+  vocabulary and tokenises with it (data.tasks.Vocabulary: the one tokeniser).
+- `ctc_misfits` / `manifest_frames`: the one "does the CTC transcript fit the frames" check, from the
+  manifest's durations (finetune refuses a task none of whose clips fits; doctor reports each misfit).
 """
 
 from __future__ import annotations

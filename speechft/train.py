@@ -27,7 +27,7 @@ Common to all: Adam (no weight decay), lr 1e-4, gradient-norm clip 1, the warm-u
 
 Several --task folders (`--task PR SID`) train jointly, one head per task. The knobs are speechft.train_config's
 TrainConfig (`--config YAML`, `--set key=value ...`). The loop is speechft.engine's `run_training`, which asks an
-objective (engine.Objective) what to optimise: this module's `TaskObjective` (task heads on task folders) for
+objective (objective.Objective) what to optimise: this module's `TaskObjective` (task heads on task folders) for
 fine-tuning; speechft.pretrain's `UnitObjective` (masked-unit prediction) for continued pre-training, which
 thereby shares every method, checkpoint and process setting above.
 
@@ -193,7 +193,7 @@ def load_tasks(task_dirs) -> list:
 class TaskObjective:
     """What fine-tuning optimises: one head per task folder (heads.TaskHead), its loss, its dev metric.
 
-    It implements engine.Objective (the questions `run_training` asks); speechft.pretrain.UnitObjective
+    It implements objective.Objective (the questions `run_training` asks); speechft.pretrain.UnitObjective
     answers the same ones for masked-unit prediction on unlabelled audio.
     """
 
