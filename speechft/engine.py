@@ -1,11 +1,11 @@
 """The training loop shared by fine-tuning (speechft.train) and continued pre-training (speechft.pretrain).
 
 `run_training` reads as the outline of the method: start the processes, open the run folder, build the model
-and the optimizer, resume (or start), then `train`: one `train_step` per update and, after it, the bookkeeping
-(`log_train`, `evaluate_dev`, `save_checkpoint`); `finish` turns the best-on-dev weights into an encoder folder.
-What is optimised is the objective's business (the `Objective` protocol of speechft.objective); methods,
-schedule, clipping, checkpoints, resume and several processes are this module's; the run folder's files are
-speechft.run_folder's.
+and the optimizer, resume (or start), then `training_loop`: one `train_step` per update and, after it, the
+bookkeeping (`log_train`, `evaluate_dev`, `save_checkpoint`); `finish` turns the best-on-dev weights into an
+encoder folder. What is optimised is the objective's business (the `Objective` protocol of speechft.objective);
+methods, schedule, clipping, checkpoints, resume and several processes are this module's; the run folder's
+files are speechft.run_folder's.
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def run_training(
         else:
             start_run(run, out, resume, loop)
         run.head_fwd = {name: ddp(h, loop) for name, h in run.heads.items()}
-        train(run, out, objective, loop, progress)
+        training_loop(run, out, objective, loop, progress)
         if main:
             finish(run, out, objective, run_info)
         loop.barrier()
@@ -142,6 +142,8 @@ def start_processes(name: str | None):
             warn(f"--device {name} is ignored under accelerate launch: the launcher assigns each process its device")
         return state, state.device
     device = resolve_device(name)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # what allocates on "cuda" without an index lands on the device asked for
     return PartialState(cpu=device.type != "cuda"), device
 
 
@@ -294,7 +296,7 @@ def ddp(module: nn.Module, loop: Loop) -> nn.Module:
 # =====================================================================================================
 # The loop
 # =====================================================================================================
-def train(run: Run, out: Path, objective: Objective, loop: Loop, progress: bool) -> None:
+def training_loop(run: Run, out: Path, objective: Objective, loop: Loop, progress: bool) -> None:
     cfg, R = run.cfg, run.run_steps
     bar = make_progress(R, run.step, loop.main and progress, objective.kind)
     meter = LossMeter(list(run.streams), loop.device)

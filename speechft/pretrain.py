@@ -304,7 +304,8 @@ def read_audio_manifest(path: Path) -> list:
 # The objective: what run_training optimises here
 # =====================================================================================================
 class UnitObjective:
-    """Masked-unit prediction: objective.Objective for engine.run_training (the counterpart of train.TaskObjective)."""
+    """Masked-unit prediction: a speechft.objective.Objective for engine.run_training (the counterpart of
+    train.TaskObjective)."""
 
     kind = "pretrain"
     result_name = "continued-pretraining"

@@ -38,7 +38,7 @@ def open_run_folder(
 ):
     """Create the run folder (or check the one being resumed). Returns (config to use, latest checkpoint
     folder or None); (None, None) when resuming a run that has already finished. `objective`
-    (objective.Objective) supplies the config class, its resolver and the name of the data option."""
+    (speechft.objective.Objective) supplies the config class, its resolver and the name of the data option."""
     if resume:
         return check_resumable(out, cfg, run_info, main, objective)
     cfg = cfg or objective.resolve(objective.config_class())
@@ -162,7 +162,7 @@ def write_result(
 ) -> None:
     """Turn the run folder into an encoder folder. speechft.json is written last: it marks a finished run.
     `steps`: {"T": the schedule's, "R": made, "frozen": of the frozen phase}. The objective
-    (objective.Objective) saves what it keeps of its heads and adds its provenance."""
+    (speechft.objective.Objective) saves what it keeps of its heads and adds its provenance."""
     from .train import plot_curves  # moves to speechft.plots (one figure helper)
 
     if lora is not None:

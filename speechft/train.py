@@ -26,10 +26,10 @@ Common to all: Adam (no weight decay), lr 1e-4, gradient-norm clip 1, the warm-u
 (schedule.py), the front end and the pre-training-only parameters frozen throughout.
 
 Several --task folders (`--task PR SID`) train jointly, one head per task. The knobs are speechft.train_config's
-TrainConfig (`--config YAML`, `--set key=value ...`). The loop is speechft.engine's `run_training`, which asks an
-objective (objective.Objective) what to optimise: this module's `TaskObjective` (task heads on task folders) for
-fine-tuning; speechft.pretrain's `UnitObjective` (masked-unit prediction) for continued pre-training, which
-thereby shares every method, checkpoint and process setting above.
+TrainConfig (`--config YAML`, `--set key=value ...`). The loop is speechft.engine's `run_training`, which asks
+an objective (the protocol speechft.objective.Objective) what to optimise: this module's `TaskObjective` (task
+heads on task folders) for fine-tuning; speechft.pretrain's `UnitObjective` (masked-unit prediction) for
+continued pre-training, which thereby shares every method, checkpoint and process setting above.
 
 The output folder, when finished, is itself an encoder folder (config.json, model.safetensors, speechft.json)
 and also holds heads/<task>/ (the trained task heads), metrics.jsonl, config.yaml (the resolved config),
@@ -193,8 +193,8 @@ def load_tasks(task_dirs) -> list:
 class TaskObjective:
     """What fine-tuning optimises: one head per task folder (heads.TaskHead), its loss, its dev metric.
 
-    It implements objective.Objective (the questions `run_training` asks); speechft.pretrain.UnitObjective
-    answers the same ones for masked-unit prediction on unlabelled audio.
+    It implements speechft.objective.Objective (the questions `run_training` asks);
+    speechft.pretrain.UnitObjective answers the same ones for masked-unit prediction on unlabelled audio.
     """
 
     kind = "finetune"  # progress-bar label
