@@ -37,7 +37,6 @@ from .run_folder import (
     write_best,
     write_result,
 )
-from .safetensors_io import load_tensors
 from .schedule import fraction_steps, lr_multiplier
 from .train_config import PROBING_LR, TrainConfig, run_steps
 from .trainable import add_adapters, freeze_permanently, load_trainable, trainable_state
@@ -238,7 +237,7 @@ def build_run(encoder_dir: Path, objective: Objective, cfg: TrainConfig, out: Pa
 
 def resume_run(run: Run, latest: Path, out: Path, loop: Loop) -> None:
     """Weights, optimizer, RNG, data position and best-so-far from the checkpoint `latest`."""
-    from .checkpoint import load_optimizer_state, set_rng_state
+    from .checkpoint import load_optimizer_state, load_tensors, set_rng_state  # its one-line errors name the checkpoint
 
     ckpt_root = out / "checkpoints"
     meta = read_json(latest / "state.json")
