@@ -121,15 +121,15 @@ def bare_run(enc: Path, task: Path, steps: int, warmup: int, sets: list[str]) ->
 
 
 def use_clock(kind: str) -> None:
-    """Time both loops with `kind`: finetune's own step timer (speechft.train's `time.perf_counter`) and
+    """Time both loops with `kind`: finetune's own step timer (speechft.engine's `time.perf_counter`) and
     bare_run's. 'process' = CPU seconds of this process (single-threaded runs only)."""
     import types
 
-    import speechft.train
+    import speechft.engine
 
     global CLOCK
     CLOCK = time.process_time if kind == "process" else time.perf_counter
-    speechft.train.time = types.SimpleNamespace(perf_counter=CLOCK)
+    speechft.engine.time = types.SimpleNamespace(perf_counter=CLOCK)
 
 
 def compare(enc: Path, task: Path, tmp: Path, steps: int, warmup: int, repeats: int, sets: list[str]) -> dict:

@@ -168,11 +168,9 @@ def check_ctc_frames(encoder_folder: str | Path, task_folder: str | Path) -> lis
     """CTC needs at least one encoder frame per token (plus a blank between repeated tokens).
     Every clip of a ctc task whose transcript needs more frames than this encoder gives for
     the clip's duration (from the manifest) can never be learnt; each is one error."""
-    import torch
-
     from .data import load_task
     from .encoders import load_encoder
-    from .heads import ctc_min_frames
+    from .heads import ctc_misfits
 
     try:
         task = load_task(task_folder)
@@ -183,10 +181,7 @@ def check_ctc_frames(encoder_folder: str | Path, task_folder: str | Path) -> lis
         return []  # already reported by the folder's own checks
     found = []
     for split, examples in task.splits.items():
-        samples = torch.tensor([round(ex.duration * 16000) for ex in examples])
-        frames = enc.frame_lengths(samples).tolist()
-        bad = [(ex, n, ctc_min_frames(task.encode(ex.target))) for ex, n in zip(examples, frames)]
-        bad = [b for b in bad if b[1] < b[2]]
+        bad = ctc_misfits(enc, examples, task.vocabulary)  # the same rule as finetune's refusal
         for ex, n, need in bad:
             found.append(
                 Finding(

@@ -7,7 +7,10 @@
   cached mean-pooled per-layer vectors and get exactly the same model.
 - `CTCHead`: projector -> optional BiLSTM stack -> linear over the vocabulary + blank (id 0),
   as in the paper's ASR recipe (768->256 projector, 3-layer BiLSTM of 256 per direction).
-- `TaskHead`: a layer selection plus the head for one task folder, with save/load.
+- `TaskHead`: a layer selection plus the head for one task folder, with save/load; it stores the task's
+  vocabulary and tokenises with it (data.tasks.Vocabulary: the one tokeniser).
+- `ctc_misfits` / `manifest_frames`: the one "does the CTC transcript fit the frames" check, from the
+  manifest's durations (finetune refuses a task none of whose clips fits; doctor reports each misfit).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .data.audio import SAMPLE_RATE
+from .data.tasks import Vocabulary
 from .errors import SpeechFTError
 from .io_utils import atomic_dir, read_json, write_json
 
@@ -119,6 +124,22 @@ def ctc_min_frames(ids: Sequence[int]) -> int:
     return len(ids) + sum(1 for a, b in zip(ids, ids[1:]) if a == b)
 
 
+def manifest_frames(encoder, durations: Sequence[float]) -> list[int]:
+    """Encoder frames of clips of these manifest durations (seconds). The one rule, used by fine-tuning's
+    refusal and by doctor's report alike: round(duration * SAMPLE_RATE) samples (a manifest's durations are
+    rounded, so int() would lose a sample - and maybe a frame - to 0.9999 s)."""
+    samples = torch.tensor([round(d * SAMPLE_RATE) for d in durations], dtype=torch.long)
+    return encoder.frame_lengths(samples).tolist()
+
+
+def ctc_misfits(encoder, examples: Sequence, vocabulary: Vocabulary) -> list[tuple]:
+    """(example, frames, frames needed) of every clip whose transcript CTC cannot align to the frames this
+    encoder gives for the clip's manifest duration (`manifest_frames`, `ctc_min_frames`)."""
+    frames = manifest_frames(encoder, [ex.duration for ex in examples])
+    needs = [ctc_min_frames(vocabulary.encode(ex.target)) for ex in examples]
+    return [(ex, n, need) for ex, n, need in zip(examples, frames, needs) if n < need]
+
+
 def ctc_unalignable(frame_lengths: torch.Tensor, targets: Sequence[Sequence[int]]) -> list[int]:
     """Positions in the batch whose transcript needs more frames than the encoder gave."""
     return [i for i, (n, ids) in enumerate(zip(frame_lengths.tolist(), targets)) if n < ctc_min_frames(ids)]
@@ -155,8 +176,8 @@ def greedy_ctc(log_probs: torch.Tensor, frame_lengths: torch.Tensor) -> list[lis
 
 
 class TaskHead(nn.Module):
-    """Layer selection + head for one task. `labels`/`tokenizer` travel with it, so a saved
-    head decodes its own outputs without the task folder."""
+    """Layer selection + head for one task. The task's vocabulary (`labels`/`tokenizer`: data.tasks.Vocabulary,
+    the one tokeniser) travels with it, so a saved head decodes its own outputs without the task folder."""
 
     def __init__(
         self,
@@ -178,6 +199,7 @@ class TaskHead(nn.Module):
             name,
             metric,
         )
+        self.vocabulary = Vocabulary(task_type, self.labels, tokenizer)
         self.input_dim, self.num_states = input_dim, num_states
         self.ctc_skipped = 0  # utterances left out of the CTC loss: CTC cannot align them (see ctc_loss)
         self.select = LayerSelect(num_states, self.cfg.layers)
@@ -224,16 +246,8 @@ class TaskHead(nn.Module):
         return self.head.forward_pooled(self.select(x))
 
     # ---- targets, loss, predictions --------------------------------------------------
-    def _tokens(self, text: str) -> list[str]:
-        if self.tokenizer == "space":
-            return text.split()
-        return ["|" if c == " " else c for c in text.strip()]
-
     def encode(self, target: str):
-        index = {t: i for i, t in enumerate(self.labels)}
-        if self.task_type == "classification":
-            return index[target]
-        return [index[t] + 1 for t in self._tokens(target)]
+        return self.vocabulary.encode(target)
 
     def loss(self, output: torch.Tensor, frame_lengths: torch.Tensor, targets: Sequence[str]) -> torch.Tensor:
         if self.task_type == "classification":
@@ -266,11 +280,7 @@ class TaskHead(nn.Module):
     def predict(self, output: torch.Tensor, frame_lengths: torch.Tensor) -> list[str]:
         if self.task_type == "classification":
             return [self.labels[i] for i in output.argmax(-1).tolist()]
-        out = []
-        for ids in greedy_ctc(output, frame_lengths):
-            toks = [self.labels[i - 1] for i in ids]
-            out.append(" ".join(toks) if self.tokenizer == "space" else "".join(" " if t == "|" else t for t in toks))
-        return out
+        return [self.vocabulary.decode(ids) for ids in greedy_ctc(output, frame_lengths)]
 
     # ---- save / load -----------------------------------------------------------------
     def describe(self) -> dict:

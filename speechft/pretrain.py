@@ -13,7 +13,7 @@ What happens, in order:
    by k-means (`kmeans`: torch, k-means++ initialisation, seeded; K = `units.clusters`), and every
    training and dev clip - exactly the crop the training stream yields (`data.max_seconds`, cut at the
    start like every speechft crop) - is labelled frame by frame with its nearest centroid. Both are
-   stored in the run folder (units/, safetensors) so a resumed run reuses them.
+   stored in the run folder (units/, safetensors) so a resumed run reuses them (speechft.units).
 2. Training: the input under random spans of frames is hidden (`span_mask`: each frame starts a span of
    `mask.span` frames with probability `mask.start_prob`, HuBERT's p = 8%, l = 10, at the model's own
    frame rate) through `Encoder.forward(..., frame_mask=)`: wav2vec2-family models get their projected
@@ -21,7 +21,7 @@ What happens, in order:
    log-mel frames under each masked output frame set to 0, DeCoAR 2.0 its filterbank frames. A linear
    prediction head over the last hidden state predicts the unit of every frame; the loss is the cross-
    entropy over masked frames only (`masked_unit_loss`).
-3. The loop is fine-tuning's (speechft.train.run_training) with this objective instead of the task heads:
+3. The loop is fine-tuning's (speechft.engine.run_training) with this objective instead of the task heads:
    method `regular` by default (everything but the front end trains; the other methods work too), Adam,
    the warm-up / hold / decay schedule, clip 1, atomic resumable checkpoints, accelerate. The dev metric is
    masked-unit accuracy on held-out audio (a task folder's dev split, or `units.dev_clips` clips of a bare
@@ -36,9 +36,7 @@ TSV manifest with a `path` column (relative to the manifest's folder, or absolut
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import math
 import random
 from dataclasses import dataclass, field
@@ -48,16 +46,29 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .checkpoint import load_tensors
-from .config import load_config, to_dict
+from .cli import add_device_option, add_quiet_option
+from .config import add_config_options, config_from_args, to_dict
+from .data.audio import SAMPLE_RATE
+from .engine import run_training
 from .errors import SpeechFTError
 from .heads import HeadConfig
-from .io_utils import atomic_file, read_json, sha256_bytes, sha256_file, write_json
-from .train import TaskStream, TrainConfig, resolve_config, run_training
+from .io_utils import sha256_file
+from .objective import Loop
+from .train import TaskStream
+from .train_config import TrainConfig, resolve_config
+from .units import (
+    KMEANS_FILE,
+    TARGETS_FILE,
+    UnitTargets,
+    clip_batches,
+    kmeans,
+    nearest_centroid,
+    prepare_targets,
+    read_units_info,
+)
 
 UNITS = "units"  # the one stream / head name, as it appears in metrics.jsonl
 UNITS_DIR = "units"  # run-folder subfolder: kmeans.safetensors, units.json, targets.safetensors (while running)
-IGNORE = -100  # target of a frame outside a clip
 
 
 # =====================================================================================================
@@ -127,77 +138,8 @@ def resolve_pretrain_config(cfg: PretrainConfig) -> PretrainConfig:
 
 
 # =====================================================================================================
-# Pieces: k-means, span masks, the loss, the prediction head
+# Pieces: span masks, the loss, the prediction head (the targets: speechft.units)
 # =====================================================================================================
-def _sqdist(x: torch.Tensor, x_sq: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """(N, D), (N,), (K, D) -> (N, K) squared distances (clamped at 0 against rounding)."""
-    return (x_sq[:, None] - 2.0 * (x @ c.T) + (c * c).sum(1)[None, :]).clamp_(min=0.0)
-
-
-def nearest_centroid(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
-    """Index of the nearest centroid per row of `x` and the squared distance to it."""
-    x, centroids = x.float(), centroids.float().to(x.device)
-    idx, dist = [], []
-    for i in range(0, x.shape[0], chunk):
-        part = x[i : i + chunk]
-        d, j = _sqdist(part, (part * part).sum(1), centroids).min(dim=1)
-        idx.append(j)
-        dist.append(d)
-    if not idx:
-        return torch.zeros(0, dtype=torch.long, device=x.device), torch.zeros(0, device=x.device)
-    return torch.cat(idx), torch.cat(dist)
-
-
-def kmeans(
-    x: torch.Tensor, k: int, seed: int = 0, iterations: int = 100, tol: float = 1e-4
-) -> tuple[torch.Tensor, dict]:
-    """k-means on the rows of `x` (N, D): k-means++ initialisation, then Lloyd iterations until the
-    inertia improves by less than `tol` (relative) or `iterations` are done. Deterministic per `seed`
-    (a private generator; the global RNG is untouched). Runs on x's device.
-    Returns (centroids (k, D) float32, {"iterations", "inertia": mean squared distance, "points"})."""
-    n = x.shape[0]
-    if n < k:
-        raise SpeechFTError(
-            f"units.clusters={k}: k-means needs at least that many frames, the sample has {n}; "
-            "lower units.clusters or give more audio"
-        )
-    x = x.float()
-    x_sq = (x * x).sum(1)
-    gen = torch.Generator().manual_seed(seed)
-    # k-means++ (Arthur & Vassilvitskii 2007): each next centre is a point drawn with probability
-    # proportional to its squared distance to the nearest centre chosen so far.
-    chosen = [int(torch.randint(n, (1,), generator=gen))]
-    d2 = _sqdist(x, x_sq, x[chosen[0]][None])[:, 0]
-    for _ in range(1, k):
-        w = d2.double().cpu()
-        total = float(w.sum())
-        if total > 0:
-            nxt = int(torch.multinomial(w / total, 1, generator=gen))
-        else:  # every point sits on a centre already (duplicates): take the first one not chosen
-            taken = set(chosen)
-            nxt = next(i for i in range(n) if i not in taken)
-        chosen.append(nxt)
-        d2 = torch.minimum(d2, _sqdist(x, x_sq, x[nxt][None])[:, 0])
-    c = x[chosen].clone()
-    prev = math.inf
-    done = 0
-    for iteration in range(1, iterations + 1):
-        done = iteration
-        assign, dist = nearest_centroid(x, c)
-        inertia = float(dist.sum())
-        sums = torch.zeros_like(c).index_add_(0, assign, x)
-        counts = torch.bincount(assign, minlength=k)
-        c = sums / counts.clamp(min=1)[:, None].to(sums.dtype)
-        empty = counts == 0
-        if empty.any():  # an empty cluster restarts at the points worst served now (deterministic)
-            c[empty] = x[dist.topk(int(empty.sum())).indices]
-        if math.isfinite(prev) and prev - inertia <= tol * prev:
-            break
-        prev = inertia
-    _, dist = nearest_centroid(x, c)
-    return c, {"iterations": done, "inertia": float(dist.mean()), "points": n}
-
-
 def span_mask(
     frame_lengths: torch.Tensor,
     start_prob: float,
@@ -266,7 +208,11 @@ class AudioSource:
             self.hashes = {"train_sha256": task.manifest_hash("train"), "dev_sha256": task.manifest_hash("dev")}
             self.manifest = False
         elif self.path.is_file():
-            self.train, self.dev = read_audio_manifest(self.path), None
+            from .data.manifest import read_audio_list
+            from .data.tasks import Example
+
+            items = read_audio_list(self.path, durations=True)
+            self.train, self.dev = [Example(a.id, a.path, a.duration, "") for a in items], None
             digest = sha256_file(self.path)
             self.hashes = {"train_sha256": digest, "dev_sha256": digest}
             self.manifest = True
@@ -297,205 +243,15 @@ class AudioSource:
             metric="masked_accuracy",
             labels=[],
             tokenizer=None,
-            sample_rate=16000,
+            sample_rate=SAMPLE_RATE,
             splits={"train": train, "dev": dev, "test": []},
             spec={"audio": str(self.path)},
         )
 
 
-def read_audio_manifest(path: Path) -> list:
-    """A TSV manifest: header row with `path` (relative to the manifest's folder, or absolute) and
-    optionally `duration` (seconds; read from the file's header when absent)."""
-    import soundfile as sf
-
-    from .data.tasks import Example
-
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise SpeechFTError(f"{path}: not UTF-8 text (byte {e.start}); an audio manifest is a TSV file") from None
-    rows = [
-        r
-        for r in csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
-        if r and any(c.strip() for c in r)
-    ]
-    if not rows or "path" not in [h.strip() for h in rows[0]]:
-        raise SpeechFTError(
-            f"{path}: an audio manifest needs a header row with a 'path' column (tab-separated; "
-            "'duration' optional), then one clip per line"
-        )
-    header = [h.strip() for h in rows[0]]
-    col = {h: i for i, h in enumerate(header)}
-    examples, bad, seen = [], [], set()
-    for lineno, row in enumerate(rows[1:], start=2):
-        if len(row) != len(header):
-            bad.append(f"line {lineno}: {len(row)} fields, header has {len(header)}")
-            continue
-        rel = row[col["path"]].strip()
-        audio = Path(rel) if Path(rel).is_absolute() else path.parent / rel
-        if rel in seen:
-            bad.append(f"line {lineno}: path '{rel}' repeats an earlier line")
-            continue
-        seen.add(rel)
-        if not audio.is_file():
-            bad.append(f"line {lineno}: audio file '{rel}' not found")
-            continue
-        try:
-            duration = float(row[col["duration"]]) if "duration" in col else sf.info(str(audio)).duration
-            if not 0 < duration < math.inf:
-                raise ValueError
-        except (ValueError, RuntimeError, sf.LibsndfileError):
-            bad.append(f"line {lineno}: no positive duration for '{rel}'")
-            continue
-        examples.append(Example(rel, audio, duration, ""))
-    if bad:
-        more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
-        raise SpeechFTError(f"{path}: {'; '.join(bad[:3])}{more}")
-    if not examples:
-        raise SpeechFTError(f"{path}: no clips listed below the header")
-    return examples
-
-
-# =====================================================================================================
-# The targets: fit k-means on a sample, label every clip, store both in the run folder
-# =====================================================================================================
-def clip_batches(dataset, indices: list[int], max_seconds: float | None, batch_size: int) -> list[list[int]]:
-    """Length-sorted batches (little padding) over `indices` of `dataset`, in a fixed order."""
-    from .data.batching import BucketBatchSampler
-
-    durs = [min(dataset.examples[i].duration, max_seconds or math.inf) for i in indices]
-    return [[indices[j] for j in b] for b in BucketBatchSampler(durs, batch_size=batch_size, shuffle=False).batches()]
-
-
-@torch.no_grad()
-def layer_features(encoder, dataset, batches: list[list[int]], layer: int, device, bar=None, num_workers: int = 0):
-    """Yields (dataset index, (frames, D) features of hidden state `layer`) for every clip in `batches`."""
-    from .data.dataset import split_loader
-
-    was_training = encoder.training
-    encoder.eval()
-    try:
-        loader = split_loader(dataset, batches, num_workers=num_workers)
-        for batch in loader:
-            out = encoder(batch.wavs.to(device), batch.lengths.to(device))
-            states = out.hidden_states[layer].float()
-            for row, (i, n) in enumerate(zip(batch.indices, out.frame_lengths.tolist())):
-                yield i, states[row, :n]
-            if bar is not None:
-                bar.update(1)
-    finally:
-        encoder.train(was_training)
-
-
-def fit_units(encoder, dataset, cfg: PretrainConfig, layer: int, device, progress: bool) -> tuple[torch.Tensor, dict]:
-    """k-means centroids of layer `layer` on a seeded sample of the training clips."""
-    from tqdm.auto import tqdm
-
-    u = cfg.units
-    order = list(range(len(dataset)))
-    random.Random(cfg.seed).shuffle(order)
-    samples = torch.tensor([int(min(ex.duration, cfg.data.max_seconds or math.inf) * 16000) for ex in dataset.examples])
-    frames = encoder.frame_lengths(samples).tolist()
-    if sum(frames) < u.clusters:  # before any feature is computed (kmeans checks the real count again)
-        raise SpeechFTError(
-            f"units.clusters={u.clusters}: k-means needs at least that many frames, the training "
-            f"audio has about {sum(frames)}; lower units.clusters or give more audio"
-        )
-    picked, total = [], 0
-    for i in order:  # whole clips in a seeded order until the sample is large enough
-        if total >= u.sample_frames:
-            break
-        picked.append(i)
-        total += frames[i]
-    batches = clip_batches(dataset, picked, cfg.data.max_seconds, cfg.data.eval_batch_size)
-    with tqdm(total=len(batches), desc="units: k-means sample", unit="batch", **_bar_switch(progress)) as bar:
-        feats = torch.cat(
-            [f for _, f in layer_features(encoder, dataset, batches, layer, device, bar, cfg.data.num_workers)]
-        )
-    if feats.shape[0] > u.sample_frames:  # the last clip overshoots: a seeded subset of exactly sample_frames
-        keep = torch.randperm(feats.shape[0], generator=torch.Generator().manual_seed(cfg.seed))[: u.sample_frames]
-        feats = feats[keep.sort().values.to(feats.device)]
-    centroids, info = kmeans(feats, u.clusters, seed=cfg.seed, iterations=u.iterations)
-    return centroids.cpu(), {**info, "clips": len(picked)}
-
-
-def label_split(
-    encoder,
-    dataset,
-    centroids: torch.Tensor,
-    layer: int,
-    cfg: PretrainConfig,
-    state,
-    gather_object,
-    device,
-    progress: bool,
-    desc: str,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Units of every clip of `dataset`, concatenated, with offsets (N+1). Processes share the batches."""
-    from tqdm.auto import tqdm
-
-    rank, world = state.process_index, state.num_processes
-    batches = clip_batches(dataset, list(range(len(dataset))), cfg.data.max_seconds, cfg.data.eval_batch_size)
-    mine = batches[rank::world]
-    pairs = []
-    with tqdm(total=len(mine), desc=desc, unit="batch", **_bar_switch(progress and state.is_main_process)) as bar:
-        for i, feats in layer_features(encoder, dataset, mine, layer, device, bar, cfg.data.num_workers):
-            pairs.append((i, nearest_centroid(feats, centroids)[0].to(torch.int32).cpu()))
-    if world > 1:
-        pairs = gather_object(pairs)
-    pairs.sort(key=lambda p: p[0])
-    units = [u for _, u in pairs]
-    offsets = torch.tensor([0] + [len(u) for u in units]).cumsum(0)
-    return (torch.cat(units) if units else torch.zeros(0, dtype=torch.int32)), offsets
-
-
-def _bar_switch(show: bool) -> dict:
-    """tqdm keywords: off when not shown; otherwise tqdm's own settings decide (TQDM_DISABLE=1 turns it off)."""
-    return {} if show else {"disable": True}
-
-
-def save_safetensors(path: Path, tensors: dict) -> None:
-    from safetensors.torch import save
-
-    with atomic_file(path, "wb") as f:
-        f.write(save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}))
-
-
-class UnitTargets:
-    """Per-clip unit sequences of one split: (concatenated units, offsets)."""
-
-    def __init__(self, units: torch.Tensor, offsets: torch.Tensor, where: str):
-        self.units, self.offsets, self.where = units.long(), offsets.long(), where
-
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-    def clip(self, i: int) -> torch.Tensor:
-        return self.units[self.offsets[i] : self.offsets[i + 1]]
-
-    def lengths(self) -> torch.Tensor:
-        return self.offsets[1:] - self.offsets[:-1]
-
-    def batch(self, indices, frame_lengths: torch.Tensor) -> torch.Tensor:
-        """(B, F) long targets of dataset clips `indices`, IGNORE past each clip; checks the frame counts."""
-        n = frame_lengths.cpu().tolist()
-        out = torch.full((len(indices), max(n) if n else 0), IGNORE, dtype=torch.long)
-        for row, (i, frames) in enumerate(zip(indices, n)):
-            u = self.clip(i)
-            if len(u) != frames:
-                raise SpeechFTError(
-                    f"{self.where}: clip {i} has {len(u)} stored units but the encoder gives {frames} "
-                    "frames for it; the audio changed since they were computed - start a new run"
-                )
-            out[row, :frames] = u
-        return out
-
-
-# =====================================================================================================
-# The objective: what run_training optimises here
-# =====================================================================================================
 class UnitObjective:
-    """Masked-unit prediction for speechft.train.run_training (the counterpart of train.TaskObjective)."""
+    """Masked-unit prediction: a speechft.objective.Objective for engine.run_training (the counterpart of
+    train.TaskObjective)."""
 
     kind = "pretrain"
     result_name = "continued-pretraining"
@@ -517,9 +273,7 @@ class UnitObjective:
         return {UNITS: {"path": str(self.source.path.resolve()), **self.source.hashes}}
 
     # ---- before the loop: the head and the targets ------------------------------------------------------
-    def build_heads(self, encoder, cfg: PretrainConfig, out: Path, state, progress: bool) -> nn.ModuleDict:
-        from accelerate.utils import gather_object
-
+    def build_heads(self, encoder, cfg: PretrainConfig, out: Path, loop: Loop, progress: bool) -> nn.ModuleDict:
         from .data.dataset import SplitDataset
 
         self.encoder, self.cfg = encoder, cfg
@@ -532,72 +286,9 @@ class UnitObjective:
                 f"choose 0..{L} (null = the middle one, {max(1, L // 2)})"
             )
         heads = nn.ModuleDict({UNITS: UnitHead(encoder.hidden_size, cfg.units.clusters)})
-
-        folder = out / UNITS_DIR
-        kmeans_file, targets_file, info_file = (
-            folder / "kmeans.safetensors",
-            folder / "targets.safetensors",
-            folder / "units.json",
-        )
-        main, device = state.is_main_process, state.device
-        show = progress and main
-        train_ds = SplitDataset(self.task, "train", cfg.data.max_seconds)  # exactly the stream's crops
-        dev_ds = SplitDataset(self.task, "dev", cfg.data.max_seconds)
-        if not targets_file.exists():  # a fresh run, or one killed before its targets were stored
-            if not kmeans_file.exists():
-                if main:
-                    from safetensors.torch import save
-
-                    centroids, info = fit_units(encoder, train_ds, cfg, self.layer, device, show)
-                    data = save({"centroids": centroids.contiguous()})
-                    # units.json first: kmeans.safetensors existing means both are complete.
-                    write_json(
-                        info_file,
-                        {"clusters": cfg.units.clusters, "layer": self.layer, **info, "sha256": sha256_bytes(data)},
-                    )
-                    with atomic_file(kmeans_file, "wb") as f:
-                        f.write(data)
-                    if show:
-                        print(
-                            f"units: k-means K={cfg.units.clusters} on {info['points']} frames of layer {self.layer} "
-                            f"({info['clips']} clips): {info['iterations']} iterations, inertia {info['inertia']:.4g}"
-                        )
-                state.wait_for_everyone()
-            centroids = load_tensors(kmeans_file)["centroids"].to(device)
-            split_units = {}
-            for split, ds in (("train", train_ds), ("dev", dev_ds)):
-                split_units[split] = label_split(
-                    encoder,
-                    ds,
-                    centroids,
-                    self.layer,
-                    cfg,
-                    state,
-                    gather_object,
-                    device,
-                    progress,
-                    f"units: labelling {split}",
-                )
-            if main:
-                save_safetensors(
-                    targets_file,
-                    {
-                        f"{s}.{k}": v
-                        for s, (units, offsets) in split_units.items()
-                        for k, v in (("units", units), ("offsets", offsets))
-                    },
-                )
-            state.wait_for_everyone()
-        tensors = load_tensors(targets_file)
-        for split, ds in (("train", train_ds), ("dev", dev_ds)):
-            t = UnitTargets(tensors[f"{split}.units"], tensors[f"{split}.offsets"], str(targets_file))
-            if len(t) != len(ds):
-                raise SpeechFTError(
-                    f"{targets_file}: holds units of {len(t)} {split} clips, the audio has {len(ds)}; "
-                    "delete the run folder and start again"
-                )
-            self.targets[split] = t
-        self.units_info = read_json(info_file)
+        datasets = {split: SplitDataset(self.task, split, cfg.data.max_seconds) for split in ("train", "dev")}
+        self.targets = prepare_targets(encoder, datasets, cfg, self.layer, out / UNITS_DIR, loop, progress)
+        self.units_info = read_units_info(out / UNITS_DIR)
         # Fixed dev masks, one generator per clip: the dev metric compares like with like across evaluations,
         # whatever the batching or the number of processes.
         m = cfg.mask
@@ -609,8 +300,8 @@ class UnitObjective:
         ]
         return heads
 
-    def streams(self, cfg: PretrainConfig, rank: int, world: int, device) -> dict:
-        return {UNITS: TaskStream(self.task, cfg.data, cfg.seed, rank, world, device)}
+    def streams(self, cfg: PretrainConfig, loop: Loop) -> dict:
+        return {UNITS: TaskStream(self.task, cfg.data, cfg.seed, loop.rank, loop.world, loop.device)}
 
     # ---- the loop: one batch's loss, the dev metric -----------------------------------------------------------
     def loss(self, encode, head, name: str, batch) -> torch.Tensor:
@@ -622,7 +313,7 @@ class UnitObjective:
         return masked_unit_loss(head(enc_out.hidden_states[-1]), targets.to(device), mask.to(device))
 
     @torch.no_grad()
-    def evaluate(self, encoder, heads, cfg: PretrainConfig, autocast, rank, world, device, gather_object) -> dict:
+    def dev_metrics(self, encoder, heads, cfg: PretrainConfig, loop: Loop) -> dict:
         """Masked-unit accuracy on the dev audio with fixed masks: {"units": {"metric", "value"}}."""
         from .data.dataset import SplitDataset, split_loader
 
@@ -630,7 +321,7 @@ class UnitObjective:
         heads.eval()
         ds = SplitDataset(self.task, "dev", cfg.data.max_seconds)
         batches = clip_batches(ds, list(range(len(ds))), cfg.data.max_seconds, cfg.data.eval_batch_size)
-        loader = split_loader(ds, batches[rank::world], num_workers=cfg.data.num_workers)
+        loader = split_loader(ds, batches[loop.rank :: loop.world], num_workers=cfg.data.num_workers)
         counts = torch.zeros(2, dtype=torch.float64)
         for batch in loader:
             frames = encoder.frame_lengths(batch.lengths).cpu()
@@ -638,8 +329,9 @@ class UnitObjective:
             mask = torch.zeros(len(frames), int(frames.max()), dtype=torch.bool)
             for row, i in enumerate(batch.indices):
                 mask[row, : frames[row]] = self.dev_masks[i]
-            with autocast():
-                enc_out = encoder(batch.wavs.to(device), batch.lengths.to(device), frame_mask=mask.to(device))
+            with loop.autocast():
+                dev = loop.device
+                enc_out = encoder(batch.wavs.to(dev), batch.lengths.to(dev), frame_mask=mask.to(dev))
                 logits = heads[UNITS](enc_out.hidden_states[-1])
             f = min(logits.shape[1], targets.shape[1])
             sel = mask[:, :f] & (targets[:, :f] >= 0)
@@ -647,8 +339,8 @@ class UnitObjective:
             counts += torch.tensor(
                 [float((pred[sel] == targets[:, :f][sel]).sum()), float(sel.sum())], dtype=torch.float64
             )
-        if world > 1:
-            counts = sum(gather_object([counts]), torch.zeros(2, dtype=torch.float64))
+        if loop.world > 1:
+            counts = sum(loop.gather([counts]), torch.zeros(2, dtype=torch.float64))
         value = float(counts[0] / counts[1]) if counts[1] > 0 else 0.0
         return {UNITS: {"metric": "masked_accuracy", "value": round(value, 6)}}
 
@@ -670,7 +362,7 @@ class UnitObjective:
                 "kmeans_iterations": info.get("iterations"),
                 "inertia": info.get("inertia"),
                 "kmeans_sha256": info.get("sha256"),
-                "file": f"{UNITS_DIR}/kmeans.safetensors",
+                "file": f"{UNITS_DIR}/{KMEANS_FILE}",
             },
             "masking": to_dict(self.cfg.mask),
             "audio": {
@@ -683,7 +375,7 @@ class UnitObjective:
 
     def clean_up(self, out: Path) -> None:
         """The per-frame targets can be large and are reproducible from kmeans.safetensors: drop them."""
-        (out / UNITS_DIR / "targets.safetensors").unlink(missing_ok=True)
+        (out / UNITS_DIR / TARGETS_FILE).unlink(missing_ok=True)
 
 
 # =====================================================================================================
@@ -701,13 +393,14 @@ def pretrain(
     overwrite: bool = False,
     progress: bool = True,
     config: PretrainConfig | None = None,
+    device: str | None = None,
 ) -> Path:
     """Continue pre-training the encoder in `encoder_dir` on the audio `audio` (task folder or TSV manifest)
     by masked-unit prediction; write the run folder `out`, an encoder folder when finished, and return it.
 
     `steps`, `batch_size`, `max_seconds` and `seed` override the config's values (`config` defaults to
     PretrainConfig()). With `resume=True` and nothing else given the stored config is used; anything given
-    must equal it.
+    must equal it. `device`: cpu, cuda or cuda:N (None: cuda when available).
     """
     sets = {k: v for k, v in (("steps", steps), ("seed", seed)) if v is not None}
     data = {k: v for k, v in (("batch_size", batch_size), ("max_seconds", max_seconds)) if v is not None}
@@ -715,7 +408,7 @@ def pretrain(
         config = PretrainConfig()
     if config is not None:
         config = dataclasses.replace(config, **sets, data=dataclasses.replace(config.data, **data))
-    return run_training(encoder_dir, out, UnitObjective(audio), config, resume, overwrite, progress)
+    return run_training(encoder_dir, out, UnitObjective(audio), config, resume, overwrite, progress, device)
 
 
 def add_arguments(p) -> None:
@@ -728,27 +421,33 @@ def add_arguments(p) -> None:
         "with a path column (and optionally duration)",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="run folder; an encoder folder when finished")
-    p.add_argument("--steps", type=int, metavar="N", help="optimizer updates (overrides the config's steps)")
-    p.add_argument("--config", metavar="YAML", help="a recipe: PretrainConfig keys (see speechft/pretrain.py)")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one config value, e.g. --set units.clusters=500 --set units.layer=9 --set mask.start_prob=0.08",
-    )
+    p.add_argument("--steps", type=int, metavar="N", help="optimizer updates (default: the config's, 1000)")
+    add_config_options(p, PretrainConfig, "units.clusters=500 units.layer=9 mask.start_prob=0.08")
+    add_device_option(p)
+    add_quiet_option(p)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+
+
+CONFIG_FLAGS = {"steps": "steps"}  # the command's own flags and the config keys they set
 
 
 def main(args) -> int:
     if args.resume and args.overwrite:
         raise SpeechFTError("--resume and --overwrite contradict each other; pass one")
-    overrides = list(args.set) + ([f"steps={args.steps}"] if args.steps is not None else [])
-    config = None
-    if args.config is not None or overrides or not args.resume:
-        config = load_config(PretrainConfig, args.config, overrides)
-    pretrain(args.encoder, args.audio, args.out, resume=args.resume, overwrite=args.overwrite, config=config)
+    given = args.config is not None or args.set or args.steps is not None
+    # --resume alone: the stored config.yaml counts; anything given must equal it.
+    config = config_from_args(PretrainConfig, args, CONFIG_FLAGS) if given or not args.resume else None
+    pretrain(
+        args.encoder,
+        args.audio,
+        args.out,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        config=config,
+        device=args.device,
+    )
     return 0
 
 
@@ -758,6 +457,7 @@ __all__ = [
     "MaskConfig",
     "pretrain",
     "kmeans",
+    "nearest_centroid",
     "span_mask",
     "masked_unit_loss",
     "UnitObjective",

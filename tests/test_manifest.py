@@ -127,17 +127,12 @@ def test_required_columns_outside_paths_and_the_callers_check(clips):
     assert read_manifest(inside, outside="the folder")[0].path.is_file()  # '..' that stays inside is fine
 
 
-# Modules whose own TSV reader the lead replaces with read_audio_list at integration (issue 13);
-# empty this set with the swap, and the test below holds the "one reader" rule from then on.
-AWAITING_SWAP = {"pretrain.py"}
-
-
 def test_exactly_one_module_parses_tab_separated_manifests():
     """A TSV reader is a csv reader with a tab delimiter; corpora's comma-separated corpus files are not manifests."""
     package = Path(__file__).resolve().parents[1] / "speechft"
     readers = {
         p.relative_to(package).as_posix()
         for p in package.rglob("*.py")
-        if 'delimiter="\\t"' in p.read_text(encoding="utf-8")
+        if 'delimiter="\\t"' in p.read_text(encoding="utf-8") or 'split("\\t")' in p.read_text(encoding="utf-8")
     }
-    assert readers - AWAITING_SWAP == {"data/manifest.py"}
+    assert readers == {"data/manifest.py"}

@@ -9,7 +9,7 @@ import pytest
 
 from speechft.config import load_config
 from speechft.probe import ProbeConfig
-from speechft.train import TrainConfig, resolve_config
+from speechft.train_config import TrainConfig, resolve_config
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "configs" / "paper").glob("*.yaml"))
 

@@ -261,14 +261,13 @@ def test_targets_are_the_initial_encoders_units_of_the_training_crops(tmp_path, 
 
 
 def test_objective_loss_masks_the_input_and_scores_masked_frames_only(tmp_path, tiny_encoder_dir, cls_task):
-    from accelerate import PartialState
-
     from speechft.data.dataset import SplitDataset, collate
+    from speechft.objective import Loop
 
     enc = load_encoder(tiny_encoder_dir("hubert"))
     cfg = UnitObjective.resolve(config(2))
     obj = UnitObjective(cls_task)
-    heads = obj.build_heads(enc, cfg, tmp_path / "run", PartialState(cpu=True), progress=False)
+    heads = obj.build_heads(enc, cfg, tmp_path / "run", Loop.single("cpu"), progress=False)
     batch = collate([SplitDataset(obj.task, "train")[i] for i in (0, 3, 5)])
     calls = []
 
@@ -324,8 +323,10 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run_and_reuses_the_targets
     def recompute(*a, **kw):
         raise AssertionError("the targets were recomputed on resume")
 
-    monkeypatch.setattr(pt, "fit_units", recompute)
-    monkeypatch.setattr(pt, "label_split", recompute)
+    import speechft.units as units
+
+    monkeypatch.setattr(units, "fit_units", recompute)
+    monkeypatch.setattr(units, "label_split", recompute)
     assert pretrain(enc, cls_task, run, resume=True, progress=False) == run  # the stored config counts
     a, b = weights(ref), weights(run)
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ"

@@ -493,7 +493,6 @@ def test_two_processes_match_one_process(tmp_path, cls_task, ctc_task):
         str(enc),
         "--task",
         str(cls_task),
-        "--task",
         str(ctc_task),
         "--method",
         "stable",
@@ -501,13 +500,16 @@ def test_two_processes_match_one_process(tmp_path, cls_task, ctc_task):
         str(two),
         "--steps",
         "6",
+        "--device",
+        "cpu",  # under accelerate launch the launcher assigns the devices, and says so
+        "--set",
+        *sets,
     ]
-    for s in sets:
-        argv += ["--set", s]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "CUDA_VISIBLE_DEVICES": ""}
     res = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "unused" not in res.stderr.lower()
+    assert res.stderr.count("--device cpu is ignored under accelerate launch") == 1  # the main process says it
     assert [r["task_loss"].keys() for r in rows(two, "train")][:2] == [{"tones"}, {"beeps"}]  # interleaved
 
     l1, l2 = [r["loss"] for r in rows(one, "train")], [r["loss"] for r in rows(two, "train")]

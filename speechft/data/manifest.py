@@ -25,22 +25,7 @@ Entry points:
 - `read_audio_list(path, durations=...) -> list[AudioItem]`: an audio list, a TSV with a `path`
   column and an optional `duration` column (what `--audio LIST` names).
 
-How the two older readers map onto `read_audio_list` (for the swap in pretrain.py and analysis.py):
-
-- ``pretrain.read_audio_manifest(path)`` returned `Example(id, path, duration, "")` with every
-  duration filled in (read from the file's header where the manifest has none). Replace it with::
-
-      [Example(a.id, a.path, a.duration, "") for a in read_audio_list(path, durations=True)]
-
-- ``analysis.read_audio_manifest(path)`` returned ``(id, absolute path, duration or None)`` tuples
-  and read missing durations later, only for the utterances it keeps. `AudioItem` is that tuple
-  (a NamedTuple, so ``items[i][1]`` and ``for rid, p, d in items`` keep working)::
-
-      read_audio_list(path)            # durations=False: None where the list has none
-
-  Its "not found" check is part of `read_audio_list`.
-
-After the swap no other module in speechft/ parses a TSV manifest.
+No other module in speechft/ parses a TSV manifest (tests/test_architecture.py checks it).
 """
 
 from __future__ import annotations

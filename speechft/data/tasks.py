@@ -36,6 +36,36 @@ TOKENIZERS = ("space", "char")
 WORD_SEPARATOR = "|"
 
 
+class Vocabulary:
+    """The one tokeniser: how a target (a class label, or a transcript) becomes ids and back. A Task has
+    one (`Task.vocabulary`) and a trained head stores the same one (heads.TaskHead: labels + tokenizer in
+    head.json), so the head decodes its own outputs without the task folder.
+
+    Classification: the label's index in `labels`. CTC: one token per word (tokenizer "space") or per
+    character (tokenizer "char", a space spelled WORD_SEPARATOR); ids are 1-based, 0 is the CTC blank."""
+
+    def __init__(self, kind: str, labels: list[str], tokenizer: str | None = None):
+        self.kind, self.labels, self.tokenizer = kind, list(labels), tokenizer
+        self._index = {t: i for i, t in enumerate(self.labels)}
+
+    def tokens(self, text: str) -> list[str]:
+        if self.tokenizer == "space":
+            return text.split()
+        return [WORD_SEPARATOR if c == " " else c for c in text.strip()]
+
+    def encode(self, target: str) -> list[int] | int:
+        if self.kind == "classification":
+            return self._index[target]
+        return [self._index[t] + 1 for t in self.tokens(target)]
+
+    def decode(self, ids) -> str:
+        """CTC ids (already collapsed, blanks removed) back to text in the manifest's form."""
+        toks = [self.labels[i - 1] for i in ids if i > 0]
+        if self.tokenizer == "space":
+            return " ".join(toks)
+        return "".join(" " if t == WORD_SEPARATOR else t for t in toks)
+
+
 @dataclass
 class Example:
     id: str
@@ -67,29 +97,26 @@ class Task:
     def split(self, name: str) -> list[Example]:
         return self.splits[name]
 
+    @property
+    def vocabulary(self) -> Vocabulary:
+        return self._vocabulary
+
     def tokens(self, text: str) -> list[str]:
-        if self.tokenizer == "space":
-            return text.split()
-        return [WORD_SEPARATOR if c == " " else c for c in text.strip()]
+        return self.vocabulary.tokens(text)
 
     def encode(self, target: str) -> list[int] | int:
         """Classification: the class index. CTC: token ids (1-based; 0 is the blank)."""
-        if self.type == "classification":
-            return self._index[target]
-        return [self._index[t] + 1 for t in self.tokens(target)]
+        return self.vocabulary.encode(target)
 
     def decode(self, ids) -> str:
         """CTC ids (already collapsed, blanks removed) back to text in the manifest's form."""
-        toks = [self.labels[i - 1] for i in ids if i > 0]
-        if self.tokenizer == "space":
-            return " ".join(toks)
-        return "".join(" " if t == WORD_SEPARATOR else t for t in toks)
+        return self.vocabulary.decode(ids)
 
     def manifest_hash(self, split: str) -> str:
         return sha256_bytes((self.root / f"{split}.tsv").read_bytes())
 
     def __post_init__(self):
-        self._index = {t: i for i, t in enumerate(self.labels)}
+        self._vocabulary = Vocabulary(self.type, self.labels, self.tokenizer)
 
 
 def _fail(msg: str):
@@ -154,7 +181,7 @@ def _row_check(task: dict):
 
         return check
     vocab = set(task["vocabulary"])
-    tokenizer = Task(Path(), "", "ctc", "", task["vocabulary"], task["tokenizer"], SAMPLE_RATE, {}, task)
+    tokenizer = Vocabulary("ctc", task["vocabulary"], task["tokenizer"])
 
     def check(row: ManifestRow) -> str | None:
         target = row.columns["transcript"].strip()
