@@ -23,8 +23,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .cli import add_device_option, add_quiet_option
 from .errors import SpeechFTError
 from .io_utils import atomic_file, read_json, write_json
+from .provenance import PROVENANCE_FILE
 
 SCENARIOS = ("single", "multitask", "continued")
 ALPHA = 0.25
@@ -101,6 +103,7 @@ class Demo:
     scenario: str
     seed: int
     progress: bool = True
+    device: str | None = None  # every model runs here (None: cuda when available)
     log: list[str] = field(default_factory=list)
     timings: dict = field(default_factory=dict)
 
@@ -160,7 +163,7 @@ class Demo:
             )
 
     def train_config(self, method: str, steps: int | None = None):
-        from .train import TrainConfig
+        from .train_config import TrainConfig
 
         cfg = TrainConfig(method=method, steps=steps or self.plan.steps, seed=self.seed)
         cfg.data.batch_size = self.plan.batch_size
@@ -175,7 +178,7 @@ class Demo:
     def finetune(self, encoder: Path, tasks: list[str], method: str, out: Path) -> Path:
         from .train import finetune
 
-        if (out / "speechft.json").exists():
+        if (out / PROVENANCE_FILE).exists():
             self.say(f"fine-tune {method} on {'+'.join(tasks)}: reusing {out}")
             return out
         with self.stage(f"fine-tune {method} on {'+'.join(tasks)} ({self.plan.steps} steps)"):
@@ -186,13 +189,14 @@ class Demo:
                 config=self.train_config(method),
                 resume=out.exists(),
                 progress=self.progress,
+                device=self.device,
             )
         return out
 
     def merge(self, pretrained: Path, finetuned: list[Path], out: Path, method: str = "linear", **params) -> Path:
         from .merge import merge_encoders
 
-        if (out / "speechft.json").exists():
+        if (out / PROVENANCE_FILE).exists():
             return out
         params.setdefault("alpha", ALPHA)
         with self.stage(f"merge ({method}, {', '.join(f'{k}={v}' for k, v in params.items())}) -> {out.name}"):
@@ -227,6 +231,7 @@ class Demo:
                 cache=self.out / "feature_cache",
                 overwrite=True,
                 progress=self.progress,
+                device=self.device,
             )
 
     def analyze(self, pretrained: Path, variants: list[Variant], task: str, sweep_json: Path | None) -> dict:
@@ -248,6 +253,7 @@ class Demo:
                 overwrite=True,
                 seed=self.seed,
                 progress=self.progress,
+                device=self.device,
             )
 
     def sweep(self, pretrained: Path, finetuned: Path, task: str) -> Path:
@@ -268,6 +274,7 @@ class Demo:
                 overwrite=True,
                 seed=self.seed,
                 progress=self.progress,
+                device=self.device,
             )
         return out / "sweep.json"
 
@@ -332,7 +339,7 @@ def run_continued(d: Demo, pretrained: Path) -> tuple[list[Variant], Path | None
     (language_task,) = d.targets
     ft, mg = d.out / "finetuned", d.out / "merged"
     cont = ft / "continued-pretraining"
-    if not (cont / "speechft.json").exists():
+    if not (cont / PROVENANCE_FILE).exists():
         with d.stage(f"continued pre-training on the audio of {language_task} ({d.plan.pretrain_steps} steps)"):
             pretrain(
                 pretrained,
@@ -344,6 +351,7 @@ def run_continued(d: Demo, pretrained: Path) -> tuple[list[Variant], Path | None
                 seed=d.seed,
                 resume=cont.exists(),
                 progress=d.progress,
+                device=d.device,
             )
     merged = d.merge(pretrained, [cont], mg / "continued+merge")
     variants = [
@@ -531,16 +539,22 @@ def run_demo(
     scenario: str = "single",
     seed: int = 0,
     progress: bool = True,
+    device: str | None = None,
 ) -> dict:
-    """Run the demo; returns a summary dict (also written to out/summary.json)."""
+    """Run the demo; returns a summary dict (also written to out/summary.json). `target`: a task name,
+    a list of them (multitask: two), or None for the scenario's default; `device` runs every model
+    (None: cuda when available)."""
     if scenario not in SCENARIOS:
         raise SpeechFTError(f"--scenario {scenario!r}: choose one of {', '.join(SCENARIOS)}")
-    default_target = {"single": "sid", "multitask": "pr,sid", "continued": "pr_de"}[scenario]
-    targets = [t.strip() for t in (target or default_target).split(",") if t.strip()]
+    from .config import resolve_device
+
+    resolve_device(device)  # a device this machine lacks fails before any work
+    default_target = {"single": ["sid"], "multitask": ["pr", "sid"], "continued": ["pr_de"]}[scenario]
+    targets = [target] if isinstance(target, str) else list(target or default_target)
     plan = PLANS["quick" if quick else "full"]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    d = Demo(out, plan, targets, scenario, seed, progress)
+    d = Demo(out, plan, targets, scenario, seed, progress, device)
     t0 = time.perf_counter()
     d.say(
         f"scenario {scenario}, target {'+'.join(targets)}, {'quick' if quick else 'full'} plan, seed {seed}; "
@@ -606,17 +620,26 @@ def add_arguments(p):
     p.add_argument("--quick", action="store_true", help="small benchmark, few steps (about 3 minutes on 2 cores)")
     p.add_argument(
         "--target",
+        nargs="+",
         default=None,
-        help="target task(s): single: sid (default); multitask: pr,sid; continued: pr_de (German phone "
+        metavar="TASK",
+        help="target task(s): single: sid (default); multitask: pr sid; continued: pr_de (German phone "
         "recognition: its training audio is the new-language data)",
     )
     p.add_argument("--scenario", choices=SCENARIOS, default="single")
     p.add_argument("--out", default="demo_out", help="output folder (default: %(default)s); reruns resume")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_quiet_option(p)
+    add_device_option(p)
 
 
 def main(args):
     run_demo(
-        args.out, quick=args.quick, target=args.target, scenario=args.scenario, seed=args.seed, progress=not args.quiet
+        args.out,
+        quick=args.quick,
+        target=args.target,
+        scenario=args.scenario,
+        seed=args.seed,
+        progress=not args.quiet,
+        device=args.device,
     )

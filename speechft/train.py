@@ -370,14 +370,12 @@ def dev_metrics(encoder, heads, tasks, data_cfg: DataConfig, loop: Loop) -> dict
 
 
 def plot_curves(path: Path, rows: list[dict], frozen_steps: int, best_step: int, method: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .plots import figure, save_png
 
     train = [r for r in rows if r["kind"] == "train"]
     dev = [r for r in rows if r["kind"] == "dev"]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig = figure(10, 3.6, dpi=110)
+    ax1, ax2 = fig.subplots(1, 2)
     for name in dict.fromkeys(n for r in train for n in r.get("task_loss", {})):
         pts = [(r["step"], r["task_loss"][name]) for r in train if name in r.get("task_loss", {})]
         ax1.plot([p[0] for p in pts], [p[1] for p in pts], label=name)
@@ -398,9 +396,4 @@ def plot_curves(path: Path, rows: list[dict], frozen_steps: int, best_step: int,
         ax.grid(alpha=0.3)
     ax2.axvline(best_step, color="C3", ls="--", lw=1, label="result")
     ax2.legend(fontsize=8)
-    fig.tight_layout()
-    from .io_utils import atomic_file
-
-    with atomic_file(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=110)
-    plt.close(fig)
+    save_png(fig, path)
