@@ -58,6 +58,14 @@ def check_finite(t: torch.Tensor, name: str, key: str) -> None:
         raise nonfinite_error(name, key)
 
 
+def library_error_types() -> tuple[type[BaseException], ...]:
+    """The error type of the `safetensors` package itself, which transformers' from_pretrained lets
+    through on a damaged file (callers catch it without importing the package)."""
+    from safetensors import SafetensorError
+
+    return (SafetensorError,)
+
+
 DTYPES = {
     "F64": torch.float64,
     "F32": torch.float32,

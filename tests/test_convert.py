@@ -14,7 +14,8 @@ import pytest
 import torch
 import yaml
 
-from speechft.encoders import load_encoder, read_provenance, tiny_encoder
+from speechft.encoders import load_encoder, tiny_encoder
+from speechft.provenance import read_provenance
 from speechft.encoders.convert import convert_checkpoint, parse_conv_layers
 from speechft.errors import SpeechFTError
 

@@ -13,16 +13,9 @@ from safetensors.torch import save_file
 from speechft.encoders import load_encoder
 from speechft.errors import SpeechFTError
 from speechft.io_utils import sha256_file
-from speechft.merge import (
-    METHODS,
-    InterpolationPath,
-    ShardedWriter,
-    dare_keep_mask,
-    disjoint_mean,
-    merge_encoders,
-    merge_state_dicts,
-    trim_top_k,
-)
+from speechft.merge import InterpolationPath, merge_encoders, merge_state_dicts
+from speechft.merge_methods import MERGE_METHODS, dare_keep_mask, disjoint_mean, trim_top_k
+from speechft.safetensors_io import ShardedWriter
 
 # ---------------------------------------------------------------- helpers
 
@@ -464,9 +457,8 @@ def test_cli_end_to_end(pair, tmp_path, capsys):
             "dare",
             "--alpha",
             "0.5",
-            "--set",
+            "--param",
             "p=0.2",
-            "--set",
             "combine=ties",
             "--exclude",
             "layer_norm",
@@ -487,7 +479,7 @@ def test_cli_end_to_end(pair, tmp_path, capsys):
             str(pre),
             "--finetuned",
             str(f1),
-            "--set",
+            "--param",
             "p=2",
             "--method",
             "dare",
@@ -501,7 +493,7 @@ def test_cli_end_to_end(pair, tmp_path, capsys):
 
 
 def test_every_method_declares_a_reference_and_valid_defaults():
-    for m in METHODS.values():
+    for m in MERGE_METHODS.values():
         assert "arXiv" in m.reference
         params = m.resolve({})
         assert "alpha" in params and params == m.resolve(params)

@@ -540,7 +540,8 @@ def map_state_dict(w: dict, family: str, model_keys: set[str], path: Path) -> tu
 # ---------------------------------------------------------------------------------------
 def _config_from_like(like: Path, family: str):
     """(transformers config, normalize) from an encoder folder or a checkpoint."""
-    from . import detect_family, family_class, read_provenance
+    from ..provenance import read_provenance
+    from . import detect_family, family_class
 
     like = Path(like)
     if like.is_dir():

@@ -281,7 +281,7 @@ def build_default_encoder(
     from transformers.models.whisper.modeling_whisper import WhisperEncoder as HFWhisperEncoder
 
     from .base import quiet_transformers
-    from .whisper import WhisperEncoder
+    from .whisper import WhisperAdapter
 
     out = Path(out)
     if out.exists() and not overwrite:  # say so before spending the conversion
@@ -311,7 +311,7 @@ def build_default_encoder(
             "converted_from": {"file": str(model_dir / "model.bin"), "sha256": digest},
         }
     prov.update({"converter": "speechft.encoders.default", "parents": []})
-    return WhisperEncoder(hf).save(out, provenance=prov, overwrite=overwrite)
+    return WhisperAdapter(hf).save(out, provenance=prov, overwrite=overwrite)
 
 
 @contextlib.contextmanager
@@ -358,7 +358,7 @@ def add_arguments(p):
 def main(args):
     start = time.perf_counter()
     out = build_default_encoder(args.out, overwrite=args.overwrite)
-    from .base import read_provenance
+    from ..provenance import read_provenance
 
     prov = read_provenance(out)
     print(f"wrote the default encoder ({prov['source']}) to {out} in {time.perf_counter() - start:.1f} s")
