@@ -53,6 +53,11 @@ def all_finite(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(s)) or bool(torch.isfinite(t).all())
 
 
+def nonfinite_count(t: torch.Tensor) -> int:
+    """How many entries of `t` are NaN or infinite (0 on the fast path of `all_finite`)."""
+    return 0 if all_finite(t) else int((~torch.isfinite(t)).sum())
+
+
 def check_finite(t: torch.Tensor, name: str, key: str) -> None:
     if not all_finite(t):
         raise nonfinite_error(name, key)
