@@ -95,7 +95,11 @@ def load_checkpoint(path: str | Path):
     if not path.is_file():
         raise SpeechFTError(f"{path}: checkpoint file not found")
     if path.suffix == ".safetensors":
-        return load_tensors(path)  # a damaged file is a one-line error naming it
+        try:
+            return load_tensors(path)
+        except SpeechFTError as e:
+            detail = str(e).removeprefix(f"{path}: ")
+            raise SpeechFTError(f"{path}: not a readable safetensors file ({detail})") from None
     try:
         with torch.serialization.safe_globals(_safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
