@@ -182,27 +182,35 @@ def measure(variant: str, pre: Path, ft: Path, work: Path, cold: bool = False) -
     return {**json.loads(res.stdout.strip().splitlines()[-1]), "loadavg": load}
 
 
+# Forks and execs the measured command from a bare interpreter and reports that child's rusage.
+# Linux keeps a process's RSS high-water mark across exec, so a child forked straight from this
+# driver (which holds torch and the built model) would report the driver's RSS, not its own.
+TIMER = """\
+import json, os, sys, time
+t = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+_, status, u = os.wait4(pid, 0)
+print(json.dumps({"rc": os.waitstatus_to_exitcode(status), "wall_s": time.perf_counter() - t,
+                  "cpu_s": u.ru_utime + u.ru_stime, "peak_rss": u.ru_maxrss * 1024}))
+"""
+
+
 def end_to_end(variant: str, pre: Path, ft: Path, out: Path, env: dict) -> dict:
-    """Run one whole process and read its own wall time, CPU time and peak RSS (os.wait4 gives the
-    rusage of that child alone; RUSAGE_CHILDREN would be the maximum over every child so far)."""
+    """Run one whole process (imports included) and read its own wall time, CPU time and peak RSS."""
     if variant == "cli":
         argv = [sys.executable, "-m", "speechft", "merge", "--pretrained", str(pre), "--finetuned", str(ft)]
         argv += ["--out", str(out / "merged"), "--quiet"]
     else:
         argv = [sys.executable, "-c", NAIVE_SCRIPT, str(pre), str(ft), str(out)]
-    with tempfile.TemporaryFile() as err:
-        t = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - t
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode != 0:
-            err.seek(0)
-            raise SystemExit(f"{variant} failed:\n{err.read().decode()[-3000:]}")
+    res = subprocess.run([sys.executable, "-S", "-c", TIMER, *argv], capture_output=True, text=True, env=env)
+    r = json.loads(res.stdout.strip().splitlines()[-1]) if res.returncode == 0 and res.stdout.strip() else None
+    if r is None or r["rc"] != 0:
+        raise SystemExit(f"{variant} failed:\n{res.stderr[-3000:]}")
     shutil.rmtree(out, ignore_errors=True)
-    peak = usage.ru_maxrss * 1024  # KiB on Linux
-    # No in-process baseline here: "extra" is the whole process, imports included.
-    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss": peak, "base_rss": 0}
+    # No in-process baseline here: the whole process counts, imports included.
+    return {"wall_s": r["wall_s"], "cpu_s": r["cpu_s"], "peak_rss": r["peak_rss"], "base_rss": 0}
 
 
 # ---------------------------------------------------------------- building the checkpoints
@@ -270,7 +278,7 @@ def build_synthetic(work: Path, dtype_name: str = "float16") -> tuple[Path, Path
 # ---------------------------------------------------------------- driver
 
 
-def run(size: str, repeats: int, workroot: Path | None, cold: bool = False) -> dict:
+def run(size: str, repeats: int, workroot: Path | None, cold: bool = False, only: list[str] | None = None) -> dict:
     work = Path(tempfile.mkdtemp(prefix=f"bench_merge_{size}_", dir=workroot))
     try:
         t = time.perf_counter()
@@ -290,6 +298,7 @@ def run(size: str, repeats: int, workroot: Path | None, cold: bool = False) -> d
         variants = ["io", "io+sha256", "speechft", "speechft-nohash", "safeopen"]
         variants += ["naive"] if size == "base" else []
         variants += ["cli", "naive-script"] if size == "base" else ["cli"]
+        variants = [v for v in variants if v in only] if only else variants
         runs: dict[str, list[dict]] = {v: [] for v in variants}
         for _ in range(repeats):
             for v in variants:  # interleaved, so load from other processes hits all alike
@@ -385,9 +394,11 @@ def main() -> None:
         "run (posix_fadvise DONTNEED on our files only), so reads come from disk",
     )
     ap.add_argument("--json", type=Path, default=None, help="also write the raw numbers here")
+    ap.add_argument("--variants", nargs="+", default=None, help="run only these variants (io is always needed)")
     args = ap.parse_args()
     sizes = ["base", "1b"] if args.size == "all" else [args.size]
-    reports = [run(s, args.repeats, args.workdir, args.cold) for s in sizes]
+    only = sorted({"io", *args.variants}) if args.variants else None
+    reports = [run(s, args.repeats, args.workdir, args.cold, only) for s in sizes]
     for r in reports:
         print(table(r) + "\n")
     if args.json:

@@ -304,8 +304,8 @@ def test_log_mel_equals_transformers_feature_extractor(encoder_dir, speech):
 @needs_model
 def test_default_encoder_dir_is_cached_and_loadable(encoder_dir, monkeypatch):
     from speechft.encoders import load_encoder
-    from speechft.provenance import read_provenance
     from speechft.io_utils import sha256_file
+    from speechft.provenance import read_provenance
 
     digest = sha256_file(default_model_dir() / "model.bin")
     assert encoder_dir.name == f"whisper-tiny.en-{digest[:12]}"

@@ -2,9 +2,10 @@
 
 An `Encoder` owns one Hugging Face model (`self.model`); the names of `self.model`'s
 parameters are exactly the keys in the folder's model.safetensors, so freezing, merging
-and analysis all speak the same names. Family adapters (hubert.py, whisper.py, ...) say
-only what differs: which config/model classes, how to run the forward pass, which
-parameters are the front end and which exist only for pre-training.
+and analysis all speak the same names. Family adapters (wav2vec2.py, whisper.py, decoar2.py)
+say only what differs: which config/model classes and how to run the forward pass. Which
+parameters are the front end, which exist only for pre-training and which are fixed is plain
+data in families.py (readable without transformers); each adapter class picks up its family's.
 """
 
 from __future__ import annotations
