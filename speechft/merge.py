@@ -493,7 +493,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output encoder folder")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    add_config_options(p, MergeConfig, "method=ties params.k=20")
+    add_config_options(p, MergeConfig, "method=ties alpha=0.5")
     p.add_argument("--method", default=None, choices=list(MERGE_METHODS), help="merge method (default: linear)")
     p.add_argument("--alpha", default=None, help="merge coefficient (default: the method's, 0.25 for linear)")
     p.add_argument(
@@ -503,7 +503,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="extend",
         default=[],
         metavar="PARAM=VALUE",
-        help="method parameters, e.g. --param k=20 (ties), --param p=0.3 seed=1 (dare)",
+        help="method parameters, e.g. --param k=20 (ties), --param p=0.3 seed=1 (dare); added to the config's `params`",
     )
     p.add_argument(
         "--exclude",
