@@ -286,3 +286,13 @@ def test_family_metadata_imports_no_model_code(tiny_encoder_dir):
             info.pretraining_only_patterns,
             info.fixed_patterns,
         )
+
+
+def test_saved_files_follow_the_umask(tmp_path):
+    umask = os.umask(0o027)
+    try:
+        out = tiny_encoder("hubert").save(tmp_path / "enc")
+    finally:
+        os.umask(umask)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+    assert modes["model.safetensors"] == 0o640 and set(modes.values()) == {0o640}, modes

@@ -193,6 +193,13 @@ class Encoder(nn.Module):
         with atomic_dir(out, overwrite=overwrite) as tmp:
             with quiet_transformers():
                 self.model.save_pretrained(tmp)
+            # transformers writes the weights through a private temp file (0600); like every other
+            # speechft output they follow the umask, so a shared folder stays readable.
+            umask = os.umask(0)
+            os.umask(umask)
+            for p in tmp.iterdir():
+                if p.is_file():
+                    os.chmod(p, 0o666 & ~umask)
             weights = sorted(p.name for p in tmp.glob("*.safetensors"))
             prov.update(
                 {
