@@ -12,6 +12,11 @@ Variants, each measured in a fresh subprocess, interleaved, median of --repeats 
   speechft-nohash  the same with sha256 stubbed out (a diagnostic: what hashing costs)
   safeopen the same streaming loop but reading with safetensors.safe_open (mmap)
   naive    safetensors load_file() both state dicts, compute, save_file() (base only)
+End to end (the whole process, imports included, as a user runs it; wall clock, CPU and peak RSS
+of that process from os.wait4):
+  cli           `python -m speechft merge --pretrained PRE --finetuned FT --out DIR --quiet`
+  naive-script  the naive merge as a 9-line script (NAIVE_SCRIPT below): imports torch and
+                safetensors, load_file both, lerp, save_file (base only)
 
 Peak RSS: each child imports what it needs, then resets its high-water mark
 (`echo 5 > /proc/self/clear_refs`), records VmRSS as its baseline, runs, and reports
@@ -38,6 +43,20 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve()
 
+# The naive load-compute-save merge a user would write, run end to end like the CLI.
+NAIVE_SCRIPT = """\
+import sys
+
+import torch
+from safetensors.torch import load_file, save_file
+
+a = load_file(sys.argv[1] + "/model.safetensors")
+b = load_file(sys.argv[2] + "/model.safetensors")
+merged = {k: torch.lerp(a[k].float(), b[k].float(), 0.25).to(a[k].dtype) for k in a}
+save_file(merged, sys.argv[3] + "/model.safetensors", metadata={"format": "pt"})
+"""
+END_TO_END = ("cli", "naive-script")
+
 
 # ---------------------------------------------------------------- children (one measurement each)
 
@@ -55,7 +74,6 @@ def child(variant: str, pre: str, ft: str, out: str) -> None:
     import torch  # noqa: F401  (every variant pays the same import)
 
     if variant in ("speechft", "speechft-nohash"):
-        import speechft.encoders  # noqa: F401  (transformers: imported by the merge, not part of its cost)
         import speechft.safetensors_io
         from speechft.merge import merge_encoders
 
@@ -150,6 +168,8 @@ def measure(variant: str, pre: Path, ft: Path, work: Path, cold: bool = False) -
     out.mkdir()
     load = os.getloadavg()[0]
     env = {**os.environ, "PYTHONPATH": str(HERE.parents[1]) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    if variant in END_TO_END:
+        return {**end_to_end(variant, pre, ft, out, env), "loadavg": load}
     res = subprocess.run(
         [sys.executable, str(HERE), "--child", variant, str(pre), str(ft), str(out)],
         capture_output=True,
@@ -160,6 +180,37 @@ def measure(variant: str, pre: Path, ft: Path, work: Path, cold: bool = False) -
         raise SystemExit(f"{variant} failed:\n{res.stderr[-3000:]}")
     shutil.rmtree(out, ignore_errors=True)
     return {**json.loads(res.stdout.strip().splitlines()[-1]), "loadavg": load}
+
+
+# Forks and execs the measured command from a bare interpreter and reports that child's rusage.
+# Linux keeps a process's RSS high-water mark across exec, so a child forked straight from this
+# driver (which holds torch and the built model) would report the driver's RSS, not its own.
+TIMER = """\
+import json, os, sys, time
+t = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+_, status, u = os.wait4(pid, 0)
+print(json.dumps({"rc": os.waitstatus_to_exitcode(status), "wall_s": time.perf_counter() - t,
+                  "cpu_s": u.ru_utime + u.ru_stime, "peak_rss": u.ru_maxrss * 1024}))
+"""
+
+
+def end_to_end(variant: str, pre: Path, ft: Path, out: Path, env: dict) -> dict:
+    """Run one whole process (imports included) and read its own wall time, CPU time and peak RSS."""
+    if variant == "cli":
+        argv = [sys.executable, "-m", "speechft", "merge", "--pretrained", str(pre), "--finetuned", str(ft)]
+        argv += ["--out", str(out / "merged"), "--quiet"]
+    else:
+        argv = [sys.executable, "-c", NAIVE_SCRIPT, str(pre), str(ft), str(out)]
+    res = subprocess.run([sys.executable, "-S", "-c", TIMER, *argv], capture_output=True, text=True, env=env)
+    r = json.loads(res.stdout.strip().splitlines()[-1]) if res.returncode == 0 and res.stdout.strip() else None
+    if r is None or r["rc"] != 0:
+        raise SystemExit(f"{variant} failed:\n{res.stderr[-3000:]}")
+    shutil.rmtree(out, ignore_errors=True)
+    # No in-process baseline here: the whole process counts, imports included.
+    return {"wall_s": r["wall_s"], "cpu_s": r["cpu_s"], "peak_rss": r["peak_rss"], "base_rss": 0}
 
 
 # ---------------------------------------------------------------- building the checkpoints
@@ -227,7 +278,7 @@ def build_synthetic(work: Path, dtype_name: str = "float16") -> tuple[Path, Path
 # ---------------------------------------------------------------- driver
 
 
-def run(size: str, repeats: int, workroot: Path | None, cold: bool = False) -> dict:
+def run(size: str, repeats: int, workroot: Path | None, cold: bool = False, only: list[str] | None = None) -> dict:
     work = Path(tempfile.mkdtemp(prefix=f"bench_merge_{size}_", dir=workroot))
     try:
         t = time.perf_counter()
@@ -246,6 +297,8 @@ def run(size: str, repeats: int, workroot: Path | None, cold: bool = False) -> d
                     pass
         variants = ["io", "io+sha256", "speechft", "speechft-nohash", "safeopen"]
         variants += ["naive"] if size == "base" else []
+        variants += ["cli", "naive-script"] if size == "base" else ["cli"]
+        variants = [v for v in variants if v in only] if only else variants
         runs: dict[str, list[dict]] = {v: [] for v in variants}
         for _ in range(repeats):
             for v in variants:  # interleaved, so load from other processes hits all alike
@@ -290,6 +343,8 @@ def table(report: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for v, r in report["results"].items():
+        if v in END_TO_END:
+            continue
         rows.append(
             f"| {v} | {r['wall_s']:.2f} | {r['wall_s'] / io['wall_s']:.2f} | {r['cpu_s']:.2f} | "
             f"{r['cpu_s'] / io['cpu_s']:.2f} | {r['peak_rss'] * mb:.0f} | "
@@ -301,6 +356,24 @@ def table(report: dict) -> str:
         f"{report['model_bytes'] * mb:.0f} MB, {report['cache']} page cache, median of {report['repeats']}, "
         f"load average {report['loadavg']:.1f} on {os.cpu_count()} cores"
     )
+    e2e = [v for v in END_TO_END if v in report["results"]]
+    if not e2e:
+        return head + "\n\n" + "\n".join(rows)
+    ref = report["results"].get("naive-script")
+    rows += [
+        "",
+        "End to end (whole process, imports included):",
+        "",
+        "| process | wall s | wall / naive-script | CPU s | CPU / naive-script | peak RSS MB | peak / model |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for v in e2e:
+        r = report["results"][v]
+        wall, cpu = (f"{r[k] / ref[k]:.2f}" if ref else "-" for k in ("wall_s", "cpu_s"))
+        rows.append(
+            f"| {v} | {r['wall_s']:.2f} | {wall} | {r['cpu_s']:.2f} | {cpu} | "
+            f"{r['peak_rss'] * mb:.0f} | {r['peak_rss'] / report['model_bytes']:.2f} |"
+        )
     return head + "\n\n" + "\n".join(rows)
 
 
@@ -321,9 +394,11 @@ def main() -> None:
         "run (posix_fadvise DONTNEED on our files only), so reads come from disk",
     )
     ap.add_argument("--json", type=Path, default=None, help="also write the raw numbers here")
+    ap.add_argument("--variants", nargs="+", default=None, help="run only these variants (io is always needed)")
     args = ap.parse_args()
     sizes = ["base", "1b"] if args.size == "all" else [args.size]
-    reports = [run(s, args.repeats, args.workdir, args.cold) for s in sizes]
+    only = sorted({"io", *args.variants}) if args.variants else None
+    reports = [run(s, args.repeats, args.workdir, args.cold, only) for s in sizes]
     for r in reports:
         print(table(r) + "\n")
     if args.json:

@@ -98,11 +98,11 @@ def benchmark_tasks(work: Path, names: list[str]) -> tuple[list[Path], str]:
 
 
 def whisper_tiny_sized(out: Path) -> Path:
-    from speechft.encoders.whisper import WhisperEncoder
+    from speechft.encoders.whisper import WhisperAdapter
 
     if not (out / "config.json").exists():
-        cfg = WhisperEncoder.tiny_config(d_model=384, encoder_layers=4, encoder_attention_heads=6, encoder_ffn_dim=1536)
-        WhisperEncoder.from_config(cfg, provenance={"source": "random, Whisper tiny.en dimensions"}, seed=0).save(
+        cfg = WhisperAdapter.tiny_config(d_model=384, encoder_layers=4, encoder_attention_heads=6, encoder_ffn_dim=1536)
+        WhisperAdapter.from_config(cfg, provenance={"source": "random, Whisper tiny.en dimensions"}, seed=0).save(
             out, overwrite=True
         )
     return out

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import safetensors_io
 from .errors import SpeechFTError
 from .io_utils import atomic_dir, read_json, write_json
 
@@ -28,20 +29,17 @@ STEP_DIR = re.compile(r"^step-(\d+)$")
 
 # ---- tensors ---------------------------------------------------------------------------
 def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor]) -> None:
-    from safetensors.torch import save_file
-
-    save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(path))
+    safetensors_io.save_tensors(path, tensors)
 
 
 def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
+    if not Path(path).is_file():
+        raise SpeechFTError(f"{path}: missing from the checkpoint; it is incomplete (delete it to fall back)")
     try:
-        return load_file(str(path))
-    except FileNotFoundError:
-        raise SpeechFTError(f"{path}: missing from the checkpoint; it is incomplete (delete it to fall back)") from None
-    except Exception as e:  # safetensors raises its own error types on corrupt headers
-        raise SpeechFTError(f"{path}: cannot read the checkpoint tensors ({str(e).splitlines()[0][:200]})") from None
+        return safetensors_io.load_tensors(path)
+    except SpeechFTError as e:  # a corrupt header or truncated file, named by the reader
+        detail = str(e).removeprefix(f"{path}: ")
+        raise SpeechFTError(f"{path}: cannot read the checkpoint tensors ({detail})") from None
 
 
 def module_state(module: torch.nn.Module, prefix: str) -> dict[str, torch.Tensor]:

@@ -3,7 +3,8 @@
 Loading (`load_encoder`, `load_task`) stops at the first problem, which is what a run
 wants; a person fixing a folder wants the whole list. Doctor runs the same checks file
 by file, and adds the slower ones (decode every audio file, hash the weights, run the
-encoder once).
+encoder once on --device). The weight checks read files with speechft.safetensors_io and
+need no model code; `--no-forward` stops there, without importing transformers.
 """
 
 from __future__ import annotations
@@ -29,21 +30,20 @@ def _safetensors_files(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.safetensors"))
 
 
-def check_encoder(folder: str | Path) -> list[Finding]:
-    """Every problem of an encoder folder (missing files, keys, shapes, NaN, stale hashes, forward)."""
-    import torch
-    from safetensors import safe_open
-
-    from .encoders import detect_family, family_class, read_provenance
-    from .io_utils import sha256_file
+def check_weights(folder: str | Path) -> tuple[str | None, list[Finding]]:
+    """(family, findings) from the folder's files alone: family, weight files, NaN, stale hashes.
+    Reads only headers, bytes and config.json, so it imports neither transformers nor the adapters.
+    The family is None when the weights cannot be loaded at all."""
+    from .encoders.families import detect_family
+    from .provenance import read_provenance
+    from .safetensors_io import SafetensorsFile, nonfinite_count
 
     folder = Path(folder)
-    found: list[Finding] = []
     try:
         family = detect_family(folder)
     except SpeechFTError as e:
-        return [Finding("error", str(folder), str(e))]
-    found.append(Finding("ok", str(folder), f"family {family}"))
+        return None, [Finding("error", str(folder), str(e))]
+    found = [Finding("ok", str(folder), f"family {family}")]
     files = _safetensors_files(folder)
     if not files:
         pickled = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
@@ -55,11 +55,24 @@ def check_encoder(folder: str | Path) -> list[Finding]:
                 f"no *.safetensors weights{what}; convert .pt/.bin checkpoints with `speechft encoder convert`",
             )
         )
-        return found
+        return None, found
     prov = read_provenance(folder)
     for f in files:
+        try:
+            st = SafetensorsFile(f)
+        except SpeechFTError as e:
+            found.append(Finding("error", str(f), f"unreadable safetensors file ({str(e).removeprefix(f'{f}: ')})"))
+            return None, found
+        try:
+            for key in st.entries:
+                bad = nonfinite_count(st.read(key))
+                if bad:
+                    found.append(Finding("error", f"{f.name}:{key}", f"{bad} NaN/infinite values"))
+            digest = st.sha256()  # hashed during the reads above: one pass over the file
+        finally:
+            st.close()
         want = (prov.get("weights_sha256") or {}).get(f.name)
-        if want and sha256_file(f) != want:
+        if want and digest != want:
             found.append(
                 Finding(
                     "warning",
@@ -68,31 +81,37 @@ def check_encoder(folder: str | Path) -> list[Finding]:
                     "they were written (provenance is stale)",
                 )
             )
-        try:
-            with safe_open(str(f), framework="pt") as st:
-                for key in st.keys():
-                    t = st.get_tensor(key)
-                    if t.is_floating_point() and not torch.isfinite(t).all():
-                        bad = int((~torch.isfinite(t)).sum())
-                        found.append(Finding("error", f"{f.name}:{key}", f"{bad} NaN/infinite values"))
-        except Exception as e:  # safetensors raises several types for a corrupt header
-            found.append(Finding("error", str(f), f"unreadable safetensors file ({str(e).splitlines()[0][:200]})"))
-            return found
-    cls = family_class(family)
+    return family, found
+
+
+def check_encoder(folder: str | Path, device: str | None = None) -> list[Finding]:
+    """Every problem of an encoder folder (missing files, keys, shapes, NaN, stale hashes, forward)."""
+    family, found = check_weights(folder)
+    if family is None:
+        return found
+    import torch
+
+    from .config import resolve_device
+    from .data.audio import SAMPLE_RATE
+    from .encoders import family_class
+
+    folder = Path(folder)
     try:
-        enc = cls.load(folder, check_finite=False)
+        enc = family_class(family).load(folder, check_finite=False)
     except SpeechFTError as e:
         found.append(Finding("error", str(folder), str(e)))
         return found
+    dev = resolve_device(device)
     try:
         with torch.no_grad():
-            out = enc(torch.zeros(1, 16000).normal_(0, 0.1), torch.tensor([16000]))
+            wav = torch.zeros(1, SAMPLE_RATE).normal_(0, 0.1)
+            out = enc.to(dev)(wav.to(dev), torch.tensor([SAMPLE_RATE], device=dev))
         ok = all(torch.isfinite(h).all() for h in out.hidden_states)
         found.append(
             Finding(
                 "ok" if ok else "error",
                 str(folder),
-                f"forward on 1 s: {len(out.hidden_states)} hidden states, {int(out.frame_lengths[0])} "
+                f"forward on 1 s ({dev.type}): {len(out.hidden_states)} hidden states, {int(out.frame_lengths[0])} "
                 f"frames, {'finite' if ok else 'NON-FINITE outputs'}",
             )
         )
@@ -105,7 +124,7 @@ def check_task(folder: str | Path, decode_audio: bool = True, max_seconds: float
     """Every problem of a task folder: spec, each manifest, and (optionally) every audio file."""
     import soundfile as sf
 
-    from .data.audio import load_audio
+    from .data.audio import SAMPLE_RATE, load_audio
     from .data.tasks import SPLITS, load_spec, read_split
 
     folder = Path(folder)
@@ -142,17 +161,17 @@ def check_task(folder: str | Path, decode_audio: bool = True, max_seconds: float
                     info = sf.info(str(ex.path))
                     wav = load_audio(ex.path)
                     notes = []
-                    if len(wav) > max_seconds * 16000:
+                    if len(wav) > max_seconds * SAMPLE_RATE:
                         notes.append(
-                            f"{len(wav) / 16000:.0f} s long (over {max_seconds:g} s): memory grows with "
+                            f"{len(wav) / SAMPLE_RATE:.0f} s long (over {max_seconds:g} s): memory grows with "
                             "clip length; segment it, or crop with data.max_seconds / --max-seconds"
                         )
                     if info.channels > 1:
                         notes.append(f"{info.channels} channels (down-mixed)")
-                    if info.samplerate != 16000:
+                    if info.samplerate != SAMPLE_RATE:
                         notes.append(f"{info.samplerate} Hz (resampled)")
-                    if abs(len(wav) / 16000 - ex.duration) > max(0.1, 0.05 * ex.duration):
-                        notes.append(f"manifest duration {ex.duration} s but audio is {len(wav) / 16000:.2f} s")
+                    if abs(len(wav) / SAMPLE_RATE - ex.duration) > max(0.1, 0.05 * ex.duration):
+                        notes.append(f"manifest duration {ex.duration} s but audio is {len(wav) / SAMPLE_RATE:.2f} s")
                     if float(abs(wav).max()) < 1e-4:
                         notes.append("silent")
                     if notes:
@@ -207,14 +226,20 @@ def is_task_folder(path: Path) -> bool:
     return (path / "task.yaml").exists() or (path / "train.tsv").exists()
 
 
-def doctor(path: str | Path, decode_audio: bool = True) -> list[Finding]:
+def doctor(
+    path: str | Path, decode_audio: bool = True, device: str | None = None, forward: bool = True
+) -> list[Finding]:
     path = Path(path)
     if is_task_folder(path):
         return check_task(path, decode_audio=decode_audio)
-    return check_encoder(path)
+    if not forward:
+        return check_weights(path)[1]
+    return check_encoder(path, device=device)
 
 
 def add_arguments(p):
+    from .cli import add_device_option
+
     p.add_argument(
         "paths",
         nargs="+",
@@ -222,12 +247,26 @@ def add_arguments(p):
         "also checked against each encoder's frame rate",
     )
     p.add_argument("--no-audio", action="store_true", help="skip decoding every audio file of task folders")
+    p.add_argument(
+        "--no-forward",
+        action="store_true",
+        help="check encoder folders' files only (family, weights, NaN, hashes): no model is loaded or run",
+    )
     p.add_argument("--json", action="store_true", help="print findings as JSON")
-    p.add_argument("--quiet", action="store_true", help="print only problems")
+    p.add_argument("--problems-only", action="store_true", help="print only errors and warnings")
+    add_device_option(p)
 
 
 def main(args):
-    findings = [f for p in args.paths for f in doctor(p, decode_audio=not args.no_audio)]
+    if args.device is not None and not args.no_forward:
+        from .config import resolve_device
+
+        resolve_device(args.device)  # an unavailable device is refused before any check runs
+    findings = [
+        f
+        for p in args.paths
+        for f in doctor(p, decode_audio=not args.no_audio, device=args.device, forward=not args.no_forward)
+    ]
     # An encoder and a ctc task given together: can the encoder's frame rate carry the transcripts?
     tasks = [Path(p) for p in args.paths if is_task_folder(Path(p))]
     encoders = [Path(p) for p in args.paths if not is_task_folder(Path(p))]
@@ -236,7 +275,7 @@ def main(args):
         print(json.dumps([f.__dict__ for f in findings], indent=2))
     else:
         for f in findings:
-            if not (args.quiet and f.level == "ok"):
+            if not (args.problems_only and f.level == "ok"):
                 print(f)
     errors = sum(f.level == "error" for f in findings)
     warnings = sum(f.level == "warning" for f in findings)

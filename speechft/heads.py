@@ -28,6 +28,7 @@ from .data.audio import SAMPLE_RATE
 from .data.tasks import Vocabulary
 from .errors import SpeechFTError
 from .io_utils import atomic_dir, read_json, write_json
+from .safetensors_io import load_tensors, save_tensors
 
 
 @dataclass
@@ -296,20 +297,13 @@ class TaskHead(nn.Module):
         }
 
     def save(self, out: str | os.PathLike, overwrite: bool = True) -> Path:
-        from safetensors.torch import save_file
-
         with atomic_dir(out, overwrite=overwrite) as tmp:
-            save_file(
-                {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(tmp / "head.safetensors")
-            )
+            save_tensors(tmp / "head.safetensors", self.state_dict())
             write_json(tmp / "head.json", self.describe())
         return Path(out)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> TaskHead:
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         path = Path(path)
         meta = read_json(path / "head.json")
         try:
@@ -323,7 +317,10 @@ class TaskHead(nn.Module):
                 meta.get("name", "task"),
                 meta.get("metric", ""),
             )
-            head.load_state_dict(load_file(str(path / "head.safetensors")))
-        except (KeyError, TypeError, ValueError, RuntimeError, OSError, SafetensorError) as e:
+            head.load_state_dict(load_tensors(path / "head.safetensors"))
+        except SpeechFTError as e:  # the weights file: missing or corrupt, named by the reader
+            detail = str(e).removeprefix(f"{path / 'head.safetensors'}: ")
+            raise SpeechFTError(f"{path}: not a valid speechft head folder (head.safetensors: {detail})") from None
+        except (KeyError, TypeError, ValueError, RuntimeError, OSError) as e:
             raise SpeechFTError(f"{path}: not a valid speechft head folder ({str(e).splitlines()[0][:200]})") from None
         return head

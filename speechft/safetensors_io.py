@@ -53,9 +53,22 @@ def all_finite(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(s)) or bool(torch.isfinite(t).all())
 
 
+def nonfinite_count(t: torch.Tensor) -> int:
+    """How many entries of `t` are NaN or infinite (0 on the fast path of `all_finite`)."""
+    return 0 if all_finite(t) else int((~torch.isfinite(t)).sum())
+
+
 def check_finite(t: torch.Tensor, name: str, key: str) -> None:
     if not all_finite(t):
         raise nonfinite_error(name, key)
+
+
+def library_error_types() -> tuple[type[BaseException], ...]:
+    """The error type of the `safetensors` package itself, which transformers' from_pretrained lets
+    through on a damaged file (callers catch it without importing the package)."""
+    from safetensors import SafetensorError
+
+    return (SafetensorError,)
 
 
 DTYPES = {

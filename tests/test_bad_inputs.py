@@ -406,9 +406,9 @@ def pair(tiny_encoder_dir):
     [
         (["--alpha", "abc"], ["alpha='abc'", "must be a number", "Speech-FT uses 0.25"]),
         (["--alpha", "nan"], ["alpha='nan'", "must be a finite number"]),
-        (["--set", "k=20"], ["method 'linear' has no parameter 'k'", "its parameters: alpha"]),
-        (["--method", "ties", "--set", "k=lots"], ["k='lots'", "must be a number"]),
-        (["--set", "alpha"], ["--set 'alpha': expected PARAM=VALUE"]),
+        (["--param", "k=20"], ["method 'linear' has no parameter 'k'", "its parameters: alpha"]),
+        (["--method", "ties", "--param", "k=lots"], ["k='lots'", "must be a number"]),
+        (["--param", "alpha"], ["--param 'alpha': expected PARAM=VALUE"]),
         (["--exclude", "(unclosed"], ["--exclude pattern '(unclosed' is not a valid regular expression"]),
         (["--max-shard-size", "huge"], ["--max-shard-size 'huge'", "expected a size like 5GB"]),
     ],

@@ -14,9 +14,11 @@ import pytest
 import torch
 import yaml
 
-from speechft.encoders import load_encoder, read_provenance, tiny_encoder
-from speechft.encoders.convert import convert_checkpoint, parse_conv_layers
+from speechft.encoders import load_encoder, tiny_encoder
+from speechft.encoders.convert import convert_checkpoint
+from speechft.encoders.fairseq_layout import parse_conv_layers
 from speechft.errors import SpeechFTError
+from speechft.provenance import read_provenance
 
 # Standard wav2vec 2.0 front-end kernels/strides and 64-dim attention heads, so shape
 # inference can recognise the architecture.

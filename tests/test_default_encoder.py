@@ -159,10 +159,10 @@ def test_greedy_decoding_transcribes_synthesized_speech(whisper, speech):
     """Most words come back, and the true transcript is far likelier than its words shuffled."""
     import jiwer
 
-    from speechft.encoders.whisper import WhisperEncoder
+    from speechft.encoders.whisper import WhisperAdapter
 
     model, _, tok, ids = whisper
-    front = WhisperEncoder(model.encoder)
+    front = WhisperAdapter(model.encoder)
     hyps, gaps = [], []
     with torch.no_grad():
         for text, audio in zip(SENTENCES, speech):
@@ -184,7 +184,7 @@ def test_wrong_qk_split_is_caught(whisper, speech):
     (an easy converter bug) wrecks the transcript's likelihood and the shuffled-text gap."""
     from transformers import WhisperModel
 
-    from speechft.encoders.whisper import WhisperEncoder
+    from speechft.encoders.whisper import WhisperAdapter
 
     model, sd, tok, ids = whisper
     wrong = dict(sd)
@@ -196,7 +196,7 @@ def test_wrong_qk_split_is_caught(whisper, speech):
     bad.load_state_dict(wrong)
     bad.eval()
     text, audio = SENTENCES[0], speech[0]
-    front = WhisperEncoder(model.encoder)
+    front = WhisperAdapter(model.encoder)
     with torch.no_grad():
         mel = padded_mel(front, audio)
         good_states, bad_states = model.encoder(mel).last_hidden_state, bad.encoder(mel).last_hidden_state
@@ -303,8 +303,9 @@ def test_log_mel_equals_transformers_feature_extractor(encoder_dir, speech):
 
 @needs_model
 def test_default_encoder_dir_is_cached_and_loadable(encoder_dir, monkeypatch):
-    from speechft.encoders import load_encoder, read_provenance
+    from speechft.encoders import load_encoder
     from speechft.io_utils import sha256_file
+    from speechft.provenance import read_provenance
 
     digest = sha256_file(default_model_dir() / "model.bin")
     assert encoder_dir.name == f"whisper-tiny.en-{digest[:12]}"
@@ -402,9 +403,9 @@ def tiny_ct2(tmp_path):
     """(folder, random fp16-exact WhisperModel state dict) of a 2+1-layer, d=32 Whisper in CTranslate2 layout."""
     from transformers import WhisperModel
 
-    from speechft.encoders.whisper import WhisperEncoder
+    from speechft.encoders.whisper import WhisperAdapter
 
-    config = WhisperEncoder.tiny_config()
+    config = WhisperAdapter.tiny_config()
     with torch.device("meta"):
         shapes = {k: v.shape for k, v in WhisperModel(config).state_dict().items()}
     g = torch.Generator().manual_seed(0)

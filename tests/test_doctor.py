@@ -48,3 +48,28 @@ def test_cli_exit_code(cls_task, tiny_encoder_dir, capsys):
     (cls_task / "train.tsv").unlink()
     assert main(["doctor", str(cls_task)]) == 1
     assert "train.tsv: missing" in capsys.readouterr().out
+
+
+def test_problems_only_and_device(tiny_encoder_dir, capsys):
+    import torch
+
+    folder = str(tiny_encoder_dir("hubert"))
+    assert main(["doctor", folder, "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "[ok]" in out and "forward on 1 s (cpu)" in out
+    assert main(["doctor", folder, "--problems-only"]) == 0
+    assert "[ok]" not in capsys.readouterr().out
+    if not torch.cuda.is_available():  # asking for a device this machine lacks is refused, in one line
+        assert main(["doctor", folder, "--device", "cuda"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--device cuda: CUDA is not available" in err
+
+
+def test_no_forward_checks_the_files_only(tiny_encoder_dir, capsys):
+    folder = tiny_encoder_dir("hubert")
+    sd = load_file(str(folder / "model.safetensors"))
+    sd["masked_spec_embed"].view(-1)[0] = float("nan")
+    save_file(sd, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    assert main(["doctor", "--no-forward", str(folder)]) == 1
+    out = capsys.readouterr().out
+    assert "masked_spec_embed: 1 NaN/infinite values" in out and "forward on" not in out

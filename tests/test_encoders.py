@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -257,3 +259,40 @@ def test_save_refuses_existing_output_and_leaves_nothing(tmp_path):
     with pytest.raises(SpeechFTError, match="already exists"):
         enc.save(tmp_path / "e")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e"]
+
+
+def test_family_metadata_imports_no_model_code(tiny_encoder_dir):
+    """merge and doctor read patterns and detect folders through speechft.encoders without torch/transformers;
+    the adapters read the same patterns (written once, in families.py)."""
+    folder = tiny_encoder_dir("hubert")
+    code = (
+        "import sys\n"
+        "import speechft.encoders as e\n"
+        f"assert e.detect_family({str(folder)!r}) == 'hubert'\n"
+        "assert e.family_info('hubert').is_pretraining_only('final_proj.weight')\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers'))\n"
+        "assert not heavy, heavy[:5]\n"
+    )
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    from speechft.encoders import FAMILY_INFO
+
+    for name, cls in FAMILIES.items():
+        info = FAMILY_INFO[name]
+        assert (cls.frontend_patterns, cls.pretraining_only_patterns, cls.fixed_patterns) == (
+            info.frontend_patterns,
+            info.pretraining_only_patterns,
+            info.fixed_patterns,
+        )
+
+
+def test_saved_files_follow_the_umask(tmp_path):
+    umask = os.umask(0o027)
+    try:
+        out = tiny_encoder("hubert").save(tmp_path / "enc")
+    finally:
+        os.umask(umask)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+    assert modes["model.safetensors"] == 0o640 and set(modes.values()) == {0o640}, modes

@@ -13,16 +13,9 @@ from safetensors.torch import save_file
 from speechft.encoders import load_encoder
 from speechft.errors import SpeechFTError
 from speechft.io_utils import sha256_file
-from speechft.merge import (
-    METHODS,
-    InterpolationPath,
-    ShardedWriter,
-    dare_keep_mask,
-    disjoint_mean,
-    merge_encoders,
-    merge_state_dicts,
-    trim_top_k,
-)
+from speechft.merge import InterpolationPath, merge_encoders, merge_state_dicts
+from speechft.merge_methods import MERGE_METHODS, dare_keep_mask, disjoint_mean, trim_top_k
+from speechft.safetensors_io import ShardedWriter
 
 # ---------------------------------------------------------------- helpers
 
@@ -464,9 +457,8 @@ def test_cli_end_to_end(pair, tmp_path, capsys):
             "dare",
             "--alpha",
             "0.5",
-            "--set",
+            "--param",
             "p=0.2",
-            "--set",
             "combine=ties",
             "--exclude",
             "layer_norm",
@@ -487,7 +479,7 @@ def test_cli_end_to_end(pair, tmp_path, capsys):
             str(pre),
             "--finetuned",
             str(f1),
-            "--set",
+            "--param",
             "p=2",
             "--method",
             "dare",
@@ -501,7 +493,7 @@ def test_cli_end_to_end(pair, tmp_path, capsys):
 
 
 def test_every_method_declares_a_reference_and_valid_defaults():
-    for m in METHODS.values():
+    for m in MERGE_METHODS.values():
         assert "arXiv" in m.reference
         params = m.resolve({})
         assert "alpha" in params and params == m.resolve(params)
@@ -527,3 +519,69 @@ def test_result_that_overflows_half_precision_is_refused():
     assert merge_state_dicts(theta0, [ft], method="task-arithmetic", alpha=0.5)["w"][1].item() == 1.5
     with pytest.raises(SpeechFTError, match="merged tensor 'w' overflows float16 with alpha=2"):
         merge_state_dicts(theta0, [ft], method="task-arithmetic", alpha=2)
+
+
+def test_cli_config_file_flags_and_set_layer_in_order(pair, tmp_path):
+    from speechft.cli import main
+
+    pre, ft = pair
+    f1 = ft(1)
+    cfg = tmp_path / "merge.yaml"
+    cfg.write_text("method: ties\nalpha: 0.8\nparams:\n  k: 50\nexclude: [layer_norm]\n")
+    out = tmp_path / "m"
+    argv = ["merge", "--pretrained", str(pre), "--finetuned", str(f1), "--out", str(out), "--config", str(cfg)]
+    # the YAML's alpha loses to --alpha, which loses to --set; --param adds to the YAML's params
+    argv += ["--alpha", "0.5", "--set", "alpha=0.6", "max_shard_size=40kB", "--param", "k=30", "--quiet"]
+    assert main(argv) == 0
+    merge = json.load(open(out / "speechft.json"))["merge"]
+    assert merge["method"] == "ties" and merge["params"] == {"k": 30.0, "alpha": 0.6}
+    assert merge["exclude"] == ["layer_norm"] and merge["copied_tensors"]["excluded"]
+    assert (out / "model.safetensors.index.json").exists()  # max_shard_size from --set took effect
+    want = merge_state_dicts(
+        weights(pre), [weights(f1)], method="ties", family="hubert", exclude=["layer_norm"], k=30, alpha=0.6
+    )
+    got = weights(out)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_merge_into_a_finetuned_theta0_records_the_merge_not_the_finetune(tiny_encoder_dir, cls_task, tmp_path):
+    from speechft.config import load_config
+    from speechft.provenance import PARENT_ONLY_KEYS
+    from speechft.train import TrainConfig, finetune
+
+    pre = tiny_encoder_dir("hubert")
+    cfg = load_config(TrainConfig, None, ["steps=2", "eval.every=2", "data.batch_size=4", "head.proj_dim=8"])
+    tuned = finetune(pre, [cls_task], tmp_path / "tuned", method="regular", config=cfg, progress=False)
+    tuned_prov = json.load(open(tuned / "speechft.json"))
+    assert tuned_prov["method"] == "regular" and {"steps", "dev_score", "config"} <= set(tuned_prov)
+    out = merge_encoders(tuned, [tiny_encoder_dir("hubert", 1)], out=tmp_path / "m")
+    prov = json.load(open(out / "speechft.json"))
+    assert prov["merge"]["method"] == "linear" and prov["source"].startswith("speechft merge linear")
+    # none of theta0's bookkeeping: the merged folder is a merge, not a fine-tune with theta0's dev score
+    own = {"format", "family", "source", "parents", "weights_sha256", "created", "merge", "merge_chain"}
+    assert set(prov) & PARENT_ONLY_KEYS == own
+    assert prov["parents"][0]["source"] == "speechft finetune"
+    assert prov["parents"][0]["weights_sha256"] == tuned_prov["weights_sha256"]
+
+
+def test_merge_and_doctor_weight_checks_never_import_transformers(pair, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pre, ft = pair
+    f1, out = ft(1), tmp_path / "m"
+    code = (
+        "import sys\n"
+        "from speechft.cli import main\n"
+        f"rc = main(['merge', '--pretrained', {str(pre)!r}, '--finetuned', {str(f1)!r}, '--out', {str(out)!r}])\n"
+        f"rc += main(['doctor', '--no-forward', {str(out)!r}])\n"
+        "assert rc == 0, rc\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('transformers', 'safetensors'))\n"
+        "assert not heavy, heavy[:5]\n"
+    )
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "doctor: 0 error(s)" in r.stdout and (out / "model.safetensors").exists()

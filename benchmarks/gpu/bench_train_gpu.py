@@ -61,9 +61,9 @@ def main(argv=None) -> int:
         if gpu:
             from transformers import HubertConfig
 
-            from speechft.encoders import HubertEncoder
+            from speechft.encoders import HubertAdapter
 
-            HubertEncoder.from_config(HubertConfig(), provenance={"source": "random HuBERT Base"}, seed=0).save(enc)
+            HubertAdapter.from_config(HubertConfig(), provenance={"source": "random HuBERT Base"}, seed=0).save(enc)
             seconds = (4.0, 8.0)
             task = tone_task(tmp / "task", n_train=40 * args.batch, seconds=seconds)
         else:

@@ -1,58 +1,52 @@
-"""Speech encoders: one wrapper (`Encoder`), thin per-family adapters, load/save/tiny."""
+"""Speech encoders: one wrapper (`Encoder`), thin per-family adapters, load/save/tiny.
+
+What needs no model code (family metadata and patterns, folder detection, config comparison) is in
+families.py and imported here at once. Everything else loads torch and transformers, so it is imported
+on first use of its name (PEP 562): `speechft merge` and doctor's weight checks import this package
+without paying for transformers.
+"""
 
 from __future__ import annotations
 
-import os
+import importlib
 
-from ..errors import SpeechFTError
-from .base import Encoder, EncoderOutput, config_summary, detect_family, read_provenance
-from .decoar2 import DeCoAR2Encoder
-from .wav2vec2 import Data2VecAudioEncoder, HubertEncoder, Wav2Vec2Encoder, WavLMEncoder
-from .whisper import WhisperEncoder
+from .families import FAMILY_INFO, MODEL_TYPES, FamilyInfo, config_summary, detect_family, family_info
 
-FAMILIES: dict[str, type[Encoder]] = {
-    cls.family: cls
-    for cls in (HubertEncoder, Wav2Vec2Encoder, WavLMEncoder, Data2VecAudioEncoder, WhisperEncoder, DeCoAR2Encoder)
-}
-# config.json model_type -> family
-MODEL_TYPES = {
-    "hubert": "hubert",
-    "wav2vec2": "wav2vec2",
-    "wavlm": "wavlm",
-    "data2vec-audio": "data2vec",
-    "whisper": "whisper",
-    "decoar2": "decoar2",
+# name -> submodule defining it
+_LAZY = {
+    "Encoder": "base",
+    "EncoderOutput": "base",
+    "FAMILIES": "registry",
+    "family_class": "registry",
+    "load_encoder": "registry",
+    "tiny_encoder": "registry",
+    "HubertAdapter": "wav2vec2",
+    "Wav2Vec2Adapter": "wav2vec2",
+    "WavLMAdapter": "wav2vec2",
+    "Data2VecAudioAdapter": "wav2vec2",
+    "WhisperAdapter": "whisper",
+    "DeCoAR2Adapter": "decoar2",
 }
 
 
-def family_class(family: str) -> type[Encoder]:
-    if family not in FAMILIES:
-        raise SpeechFTError(f"unknown encoder family '{family}'; choose one of {', '.join(FAMILIES)}")
-    return FAMILIES[family]
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def load_encoder(path: str | os.PathLike, check_finite: bool = True) -> Encoder:
-    """Load an encoder folder (HF layout + optional speechft.json)."""
-    return family_class(detect_family(path)).load(path, check_finite=check_finite)
-
-
-def tiny_encoder(family: str, seed: int = 0, **overrides) -> Encoder:
-    """A small random-weight encoder of `family` for tests and examples (deterministic per seed)."""
-    cls = family_class(family)
-    return cls.from_config(
-        cls.tiny_config(**overrides), provenance={"source": f"tiny random {family}, seed {seed}"}, seed=seed
-    )
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
 
 
 __all__ = [
-    "Encoder",
-    "EncoderOutput",
-    "FAMILIES",
+    "FAMILY_INFO",
     "MODEL_TYPES",
-    "load_encoder",
-    "tiny_encoder",
-    "family_class",
-    "detect_family",
-    "read_provenance",
+    "FamilyInfo",
     "config_summary",
+    "detect_family",
+    "family_info",
+    *_LAZY,
 ]

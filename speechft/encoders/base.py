@@ -2,18 +2,17 @@
 
 An `Encoder` owns one Hugging Face model (`self.model`); the names of `self.model`'s
 parameters are exactly the keys in the folder's model.safetensors, so freezing, merging
-and analysis all speak the same names. Family adapters (hubert.py, whisper.py, ...) say
-only what differs: which config/model classes, how to run the forward pass, which
-parameters are the front end and which exist only for pre-training.
+and analysis all speak the same names. Family adapters (wav2vec2.py, whisper.py, decoar2.py)
+say only what differs: which config/model classes and how to run the forward pass. Which
+parameters are the front end, which exist only for pre-training and which are fixed is plain
+data in families.py (readable without transformers); each adapter class picks up its family's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
-import json
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -22,8 +21,10 @@ import torch
 from torch import nn
 
 from ..errors import SpeechFTError
-from ..io_utils import atomic_dir, read_json, sha256_file, write_json
+from ..io_utils import atomic_dir, sha256_file, write_json
 from ..provenance import FORMAT_VERSION, PROVENANCE_FILE, read_provenance
+from ..safetensors_io import Checkpoint, all_finite, library_error_types
+from .families import FAMILY_INFO, FamilyInfo
 
 
 @dataclass
@@ -61,14 +62,21 @@ class Encoder(nn.Module):
     family: ClassVar[str]
     config_class: ClassVar[type]
     model_class: ClassVar[type]
-    # Regexes (re.match) over parameter names of `self.model`.
+    # The family's name patterns and frame hop, from families.py (written once, there).
+    info: ClassVar[FamilyInfo]
     frontend_patterns: ClassVar[tuple[str, ...]] = ()
     pretraining_only_patterns: ClassVar[tuple[str, ...]] = ()
-    # Constants stored as parameters (e.g. Whisper's sinusoidal positions): never trained.
     fixed_patterns: ClassVar[tuple[str, ...]] = ()
-    # Waveform samples per output frame (for sanity checks and docs; lengths always come
-    # from the model's own arithmetic).
     nominal_hop: ClassVar[int] = 320
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "family" in cls.__dict__:
+            cls.info = FAMILY_INFO[cls.family]
+            cls.frontend_patterns = cls.info.frontend_patterns
+            cls.pretraining_only_patterns = cls.info.pretraining_only_patterns
+            cls.fixed_patterns = cls.info.fixed_patterns
+            cls.nominal_hop = cls.info.nominal_hop
 
     def __init__(self, model: nn.Module, provenance: dict | None = None):
         super().__init__()
@@ -141,20 +149,16 @@ class Encoder(nn.Module):
         return int(getattr(cfg, "hidden_size", None) or cfg.d_model)
 
     @classmethod
-    def _matches(cls, name: str, patterns) -> bool:
-        return any(re.match(p, name) for p in patterns)
-
-    @classmethod
     def is_frontend(cls, name: str) -> bool:
-        return cls._matches(name, cls.frontend_patterns)
+        return cls.info.is_frontend(name)
 
     @classmethod
     def is_pretraining_only(cls, name: str) -> bool:
-        return cls._matches(name, cls.pretraining_only_patterns)
+        return cls.info.is_pretraining_only(name)
 
     @classmethod
     def is_fixed(cls, name: str) -> bool:
-        return cls._matches(name, cls.fixed_patterns)
+        return cls.info.is_fixed(name)
 
     def frontend_parameters(self) -> list[tuple[str, nn.Parameter]]:
         return [(n, p) for n, p in self.model.named_parameters() if self.is_frontend(n)]
@@ -189,6 +193,13 @@ class Encoder(nn.Module):
         with atomic_dir(out, overwrite=overwrite) as tmp:
             with quiet_transformers():
                 self.model.save_pretrained(tmp)
+            # transformers writes the weights through a private temp file (0600); like every other
+            # speechft output they follow the umask, so a shared folder stays readable.
+            umask = os.umask(0)
+            os.umask(umask)
+            for p in tmp.iterdir():
+                if p.is_file():
+                    os.chmod(p, 0o666 & ~umask)
             weights = sorted(p.name for p in tmp.glob("*.safetensors"))
             prov.update(
                 {
@@ -208,8 +219,6 @@ class Encoder(nn.Module):
 
     @classmethod
     def load(cls, path: str | os.PathLike, check_finite: bool = True) -> Encoder:
-        from safetensors import SafetensorError
-
         path = Path(path)
         if not (path / "config.json").is_file():
             raise SpeechFTError(
@@ -226,13 +235,14 @@ class Encoder(nn.Module):
             )
             raise SpeechFTError(f"{path}: no model.safetensors; {hint}")
         try:
+            Checkpoint(path).close()  # every header checked against its file, by speechft's own reader
             with quiet_transformers():
                 # use_safetensors: never fall back to a pickled pytorch_model.bin. Mismatched shapes are
                 # collected (not raised deep inside transformers) so the error below can name them.
                 model, info = cls.model_class.from_pretrained(
                     path, output_loading_info=True, use_safetensors=True, ignore_mismatched_sizes=True
                 )
-        except (OSError, ValueError, RuntimeError, SafetensorError) as e:
+        except (SpeechFTError, OSError, ValueError, RuntimeError, *library_error_types()) as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
             raise SpeechFTError(
                 f"{path}: cannot load the {cls.family} weights ({first}); "
@@ -252,14 +262,13 @@ class Encoder(nn.Module):
             raise SpeechFTError(f"{path}: model.safetensors does not match config.json ({'; '.join(problems)}); {why}")
         if check_finite:
             for name, t in model.state_dict().items():
-                if t.is_floating_point() and not torch.isfinite(t).all():
+                if not all_finite(t):
                     raise SpeechFTError(
                         f"{path}: weight '{name}' contains NaN or infinite values; "
                         "the checkpoint is corrupt (re-export or re-train it)"
                     )
         model.eval()
-        prov = read_json(path / PROVENANCE_FILE) if (path / PROVENANCE_FILE).exists() else {}
-        return cls(model, prov)
+        return cls(model, read_provenance(path))
 
 
 def _describe_key(k) -> str:
@@ -284,70 +293,3 @@ def quiet_transformers():
         hf_logging.set_verbosity(level)
         if bars:
             hf_logging.enable_progress_bar()
-
-
-def detect_family(path: str | os.PathLike) -> str:
-    """The family of an encoder folder: speechft.json's `family`, else config.json's model_type."""
-    from . import FAMILIES, MODEL_TYPES
-
-    path = Path(path)
-    if not path.exists():
-        s = str(path)
-        if re.fullmatch(r"[\w.-]+/[\w.-]+", s) and not s.startswith((".", "/")):
-            raise SpeechFTError(
-                f"'{s}' is not a local folder and looks like a Hugging Face Hub id; this tool runs "
-                "offline: download the model elsewhere and pass its local folder"
-            )
-        raise SpeechFTError(
-            f"{path}: encoder folder not found; pass a folder written by `speechft encoder "
-            "default|tiny|convert`, `finetune` or `merge`"
-        )
-    if not path.is_dir():
-        raise SpeechFTError(f"{path}: is a file; an encoder is a folder with config.json and model.safetensors")
-    prov = read_provenance(path)
-    cfg_path = path / "config.json"
-    if prov.get("family"):
-        fam = prov["family"]
-        if fam not in FAMILIES:
-            raise SpeechFTError(f"{path}/speechft.json: unknown family '{fam}'; known: {', '.join(FAMILIES)}")
-        # Loading hubert weights as wav2vec2 (same tensor names) would succeed and silently compute the
-        # wrong model, so the two files must agree.
-        model_type = read_json(cfg_path).get("model_type") if cfg_path.is_file() else None
-        if model_type in MODEL_TYPES and MODEL_TYPES[model_type] != fam:
-            raise SpeechFTError(
-                f"{path}/speechft.json: family '{fam}' contradicts config.json's model_type "
-                f"'{model_type}' ({MODEL_TYPES[model_type]}); fix or delete speechft.json's family"
-            )
-        return fam
-    if not cfg_path.exists():
-        raise SpeechFTError(
-            f"{cfg_path}: missing; an encoder folder needs config.json and model.safetensors "
-            "(convert fairseq/s3prl checkpoints with `speechft encoder convert`)"
-        )
-    model_type = read_json(cfg_path).get("model_type")
-    if model_type not in MODEL_TYPES:
-        raise SpeechFTError(
-            f"{cfg_path}: model_type '{model_type}' is not a supported speech encoder; "
-            f"supported: {', '.join(sorted(MODEL_TYPES))}"
-        )
-    return MODEL_TYPES[model_type]
-
-
-def config_summary(path: str | os.PathLike) -> dict:
-    """config.json without bookkeeping keys, for comparing two folders' architectures."""
-    cfg = read_json(Path(path) / "config.json")
-    for k in (
-        "transformers_version",
-        "_name_or_path",
-        "architectures",
-        "torch_dtype",
-        "dtype",
-        "auto_map",
-        "layerdrop",
-        "encoder_layerdrop",
-        "mask_time_prob",
-        "mask_feature_prob",
-        "apply_spec_augment",
-    ):
-        cfg.pop(k, None)
-    return json.loads(json.dumps(cfg, sort_keys=True))

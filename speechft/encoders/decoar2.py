@@ -19,11 +19,8 @@ except ValueError:
     pass
 
 
-class DeCoAR2Encoder(Encoder):
+class DeCoAR2Adapter(Encoder):
     family, config_class, model_class = "decoar2", DeCoAR2Config, DeCoAR2Model
-    frontend_patterns = (r"feature_projection\.",)
-    pretraining_only_patterns = ()
-    nominal_hop = 160
 
     def frame_lengths(self, lengths):
         return self.model.get_output_lengths(lengths)

@@ -123,7 +123,9 @@ class DeCoAR2PreTrainedModel(PreTrainedModel):
             nn.init.zeros_(module.bias)
 
 
-class DeCoAR2Encoder(nn.Module):
+class DeCoAR2TransformerStack(nn.Module):
+    """Positional conv, layer norm and the transformer layers (the `encoder.*` parameters)."""
+
     def __init__(self, config):
         super().__init__()
         self.pos_conv_embed = Wav2Vec2PositionalConvEmbedding(config)
@@ -137,7 +139,7 @@ class DeCoAR2Model(DeCoAR2PreTrainedModel):
         super().__init__(config)
         self.feature_projection = nn.Linear(config.num_mel_bins, config.hidden_size)
         self.feature_dropout = nn.Dropout(config.feat_proj_dropout)
-        self.encoder = DeCoAR2Encoder(config)
+        self.encoder = DeCoAR2TransformerStack(config)
         self.post_init()
 
     def get_output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:

@@ -164,6 +164,39 @@ def _num_layers(model: CT2Model, side: str) -> int:
     return len(found)
 
 
+def _whisper_state_dict(model: CT2Model, t: _Tensors, n_enc: int, n_dec: int) -> dict[str, torch.Tensor]:
+    """Every tensor of the CTranslate2 file under its transformers WhisperModel name (fp32)."""
+    path = model.path
+    sd: dict[str, torch.Tensor] = {}
+    for side in ("encoder", "decoder"):
+        sd[f"{side}.embed_positions.weight"] = _fp32(t.take(f"{side}/position_encodings/encodings"))
+        sd[f"{side}.layer_norm.weight"] = _fp32(t.take(f"{side}/layer_norm/gamma"))
+        sd[f"{side}.layer_norm.bias"] = _fp32(t.take(f"{side}/layer_norm/beta"))
+        for i in range(n_enc if side == "encoder" else n_dec):
+            _map_layer(t, sd, f"{side}/layer_{i}", f"{side}.layers.{i}", cross=side == "decoder")
+    for conv in ("conv1", "conv2"):
+        sd[f"encoder.{conv}.weight"] = _fp32(t.take(f"encoder/{conv}/weight"))
+        sd[f"encoder.{conv}.bias"] = _fp32(t.take(f"encoder/{conv}/bias"))
+    emb = t.take("decoder/embeddings/weight")
+    sd["decoder.embed_tokens.weight"] = _fp32(emb)
+    # The output projection must be the token embedding (tied), as transformers assumes.
+    if model.aliases.get("decoder/projection/weight") != "decoder/embeddings/weight":
+        proj = t.take("decoder/projection/weight")
+        if not np.array_equal(proj, emb):
+            raise SpeechFTError(
+                f"{path}: the output projection is not tied to the token embedding; "
+                "transformers' Whisper cannot represent it"
+            )
+
+    if t.left:
+        names = sorted(t.left)
+        raise SpeechFTError(
+            f"{path}: {len(names)} tensors left unmapped ({', '.join(names[:4])}"
+            f"{' ...' if len(names) > 4 else ''}); the converter does not know this Whisper variant"
+        )
+    return sd
+
+
 def convert_ctranslate2_whisper(model_dir: str | os.PathLike):
     """A CTranslate2 Whisper folder -> (transformers.WhisperConfig, fp32 state_dict for WhisperModel).
 
@@ -227,34 +260,7 @@ def convert_ctranslate2_whisper(model_dir: str | os.PathLike):
         apply_spec_augment=False,
     )
 
-    # -- tensors
-    sd: dict[str, torch.Tensor] = {}
-    for side in ("encoder", "decoder"):
-        sd[f"{side}.embed_positions.weight"] = _fp32(t.take(f"{side}/position_encodings/encodings"))
-        sd[f"{side}.layer_norm.weight"] = _fp32(t.take(f"{side}/layer_norm/gamma"))
-        sd[f"{side}.layer_norm.bias"] = _fp32(t.take(f"{side}/layer_norm/beta"))
-        for i in range(n_enc if side == "encoder" else n_dec):
-            _map_layer(t, sd, f"{side}/layer_{i}", f"{side}.layers.{i}", cross=side == "decoder")
-    for conv in ("conv1", "conv2"):
-        sd[f"encoder.{conv}.weight"] = _fp32(t.take(f"encoder/{conv}/weight"))
-        sd[f"encoder.{conv}.bias"] = _fp32(t.take(f"encoder/{conv}/bias"))
-    emb = t.take("decoder/embeddings/weight")
-    sd["decoder.embed_tokens.weight"] = _fp32(emb)
-    # The output projection must be the token embedding (tied), as transformers assumes.
-    if model.aliases.get("decoder/projection/weight") != "decoder/embeddings/weight":
-        proj = t.take("decoder/projection/weight")
-        if not np.array_equal(proj, emb):
-            raise SpeechFTError(
-                f"{path}: the output projection is not tied to the token embedding; "
-                "transformers' Whisper cannot represent it"
-            )
-
-    if t.left:
-        names = sorted(t.left)
-        raise SpeechFTError(
-            f"{path}: {len(names)} tensors left unmapped ({', '.join(names[:4])}"
-            f"{' ...' if len(names) > 4 else ''}); the converter does not know this Whisper variant"
-        )
+    sd = _whisper_state_dict(model, t, n_enc, n_dec)
     with torch.device("meta"):
         reference = WhisperModel(config).state_dict()
     missing = sorted(set(reference) - set(sd))
@@ -281,7 +287,7 @@ def build_default_encoder(
     from transformers.models.whisper.modeling_whisper import WhisperEncoder as HFWhisperEncoder
 
     from .base import quiet_transformers
-    from .whisper import WhisperEncoder
+    from .whisper import WhisperAdapter
 
     out = Path(out)
     if out.exists() and not overwrite:  # say so before spending the conversion
@@ -311,7 +317,7 @@ def build_default_encoder(
             "converted_from": {"file": str(model_dir / "model.bin"), "sha256": digest},
         }
     prov.update({"converter": "speechft.encoders.default", "parents": []})
-    return WhisperEncoder(hf).save(out, provenance=prov, overwrite=overwrite)
+    return WhisperAdapter(hf).save(out, provenance=prov, overwrite=overwrite)
 
 
 @contextlib.contextmanager
@@ -358,7 +364,7 @@ def add_arguments(p):
 def main(args):
     start = time.perf_counter()
     out = build_default_encoder(args.out, overwrite=args.overwrite)
-    from .base import read_provenance
+    from ..provenance import read_provenance
 
     prov = read_provenance(out)
     print(f"wrote the default encoder ({prov['source']}) to {out} in {time.perf_counter() - start:.1f} s")

@@ -1,8 +1,8 @@
 """The wav2vec 2.0 family: HuBERT, wav2vec 2.0, WavLM and data2vec-audio.
 
 All four share transformers' convolutional waveform front end (`feature_extractor`) and
-its output-length arithmetic; each adapter only names its classes and its
-pre-training-only parameters.
+its output-length arithmetic; each adapter only names its classes (its parameter-name
+patterns are in families.py).
 """
 
 from __future__ import annotations
@@ -24,11 +24,7 @@ from transformers import (
 from .base import Encoder, fit_frame_mask
 
 
-class Wav2Vec2StyleEncoder(Encoder):
-    frontend_patterns = (r"feature_extractor\.",)
-    pretraining_only_patterns = (r"masked_spec_embed$",)
-    nominal_hop = 320
-
+class Wav2Vec2StyleAdapter(Encoder):
     def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         # The model's own conv arithmetic (kernel/stride per layer), never samples/320.
         return self.model._get_feat_extract_output_lengths(lengths).long()
@@ -101,18 +97,15 @@ class Wav2Vec2StyleEncoder(Encoder):
         return cls.config_class(**kw)
 
 
-class HubertEncoder(Wav2Vec2StyleEncoder):
+class HubertAdapter(Wav2Vec2StyleAdapter):
     family, config_class, model_class = "hubert", HubertConfig, HubertModel
-    # fairseq/s3prl HuBERT checkpoints also carry the masked-prediction heads.
-    pretraining_only_patterns = (r"masked_spec_embed$", r"final_proj\.", r"label_embs_concat")
 
 
-class Wav2Vec2Encoder(Wav2Vec2StyleEncoder):
+class Wav2Vec2Adapter(Wav2Vec2StyleAdapter):
     family, config_class, model_class = "wav2vec2", Wav2Vec2Config, Wav2Vec2Model
-    pretraining_only_patterns = (r"masked_spec_embed$", r"quantizer\.", r"project_q\.", r"project_hid\.")
 
 
-class WavLMEncoder(Wav2Vec2StyleEncoder):
+class WavLMAdapter(Wav2Vec2StyleAdapter):
     family, config_class, model_class = "wavlm", WavLMConfig, WavLMModel
 
     @classmethod
@@ -120,7 +113,7 @@ class WavLMEncoder(Wav2Vec2StyleEncoder):
         return super().tiny_config(**{"num_buckets": 32, "max_bucket_distance": 200, **overrides})
 
 
-class Data2VecAudioEncoder(Wav2Vec2StyleEncoder):
+class Data2VecAudioAdapter(Wav2Vec2StyleAdapter):
     family, config_class, model_class = "data2vec", Data2VecAudioConfig, Data2VecAudioModel
 
     @classmethod

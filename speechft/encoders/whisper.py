@@ -15,13 +15,14 @@ from torch import nn
 from transformers import WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder as HFWhisperEncoder
 
+from ..data.audio import SAMPLE_RATE
 from ..errors import SpeechFTError
 from .base import Encoder, fit_frame_mask, key_padding_bias
 
 N_FFT, HOP = 400, 160
 
 
-def mel_filters(n_mels: int, sample_rate: int = 16000) -> torch.Tensor:
+def mel_filters(n_mels: int, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
     from transformers.audio_utils import mel_filter_bank
 
     fb = mel_filter_bank(
@@ -65,15 +66,10 @@ def log_mel(wavs: torch.Tensor, lengths: torch.Tensor, filters: torch.Tensor) ->
     return ((logm + 4.0) / 4.0) * valid[:, None, :]
 
 
-class WhisperEncoder(Encoder):
+class WhisperAdapter(Encoder):
+    """speechft's adapter over transformers' `WhisperEncoder` (the HF model it owns)."""
+
     family, config_class, model_class = "whisper", WhisperConfig, HFWhisperEncoder
-    frontend_patterns = (r"conv1\.", r"conv2\.")
-    # Position embeddings are fixed sinusoids in Whisper (requires_grad=False in HF too).
-    pretraining_only_patterns = ()
-    # transformers builds the positions with requires_grad=False, but from_pretrained hands them back
-    # trainable; they are fixed sinusoids.
-    fixed_patterns = (r"embed_positions\.",)
-    nominal_hop = 2 * HOP
 
     def __init__(self, model, provenance=None):
         super().__init__(model, provenance)
@@ -94,7 +90,8 @@ class WhisperEncoder(Encoder):
         frames = self.frame_lengths(lengths)
         if int(frames.max()) > m.config.max_source_positions:
             raise SpeechFTError(
-                f"audio of {int(lengths.max()) / 16000:.1f} s is longer than Whisper's 30 s window; segment it first"
+                f"audio of {int(lengths.max()) / SAMPLE_RATE:.1f} s is longer than Whisper's 30 s window; "
+                "segment it first"
             )
         mel = self.features(wavs, lengths)
         if frame_mask is not None:

@@ -1,0 +1,133 @@
+"""Which tensors a merge merges, and whether its inputs can merge at all (speechft.merge's checks).
+
+Every check runs on safetensors headers and config.json before a byte is written, and a refusal is
+one line naming the file and tensor: a fine-tuned checkpoint saved with a prefix (DDP's `module.`),
+another architecture, a shape or dtype that cannot be interpolated.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable
+
+import torch
+
+from .encoders.families import FamilyInfo
+from .errors import SpeechFTError
+from .safetensors_io import Spec
+
+# Config keys that change no weight: fine-tuning may set them differently from theta0.
+_CONFIG_KEYS_IGNORED = re.compile(r"dropout|^layerdrop$|^mask_|^apply_spec_augment$|^use_cache$")
+
+
+COPIED_KINDS = ("integer", "pretraining-only", "excluded")
+
+
+def compile_patterns(patterns: Iterable[str] | str) -> list[re.Pattern]:
+    out = []
+    for p in [patterns] if isinstance(patterns, str) else (patterns or ()):
+        try:
+            out.append(re.compile(p))
+        except re.error as e:
+            raise SpeechFTError(f"--exclude pattern {p!r} is not a valid regular expression ({e})") from None
+    return out
+
+
+def copied_kind(key: str, dtype: torch.dtype, family: FamilyInfo | None, exclude: list[re.Pattern]) -> str | None:
+    """Why `key` keeps theta0's value (None: it is merged)."""
+    if not dtype.is_floating_point:
+        return "integer"
+    if family is not None and family.is_pretraining_only(key):
+        return "pretraining-only"
+    if any(r.search(key) for r in exclude):
+        return "excluded"
+    return None
+
+
+def prefix_hint(missing: Iterable[str], unexpected: Iterable[str]) -> str:
+    """Explain a key-set mismatch that is really a name prefix (DDP's `module.`,
+    torch.compile's `_orig_mod.`, a whole-model save's `model.` or `hubert.` ...)."""
+    missing, unexpected = set(missing), set(unexpected)
+    extra: dict[str, int] = {}
+    lacking: dict[str, int] = {}
+    for u in unexpected:
+        parts = u.split(".")
+        for i in range(1, len(parts)):
+            if ".".join(parts[i:]) in missing:
+                pre = ".".join(parts[:i]) + "."
+                extra[pre] = extra.get(pre, 0) + 1
+                break
+    for m in missing:
+        parts = m.split(".")
+        for i in range(1, len(parts)):
+            if ".".join(parts[i:]) in unexpected:
+                pre = ".".join(parts[:i]) + "."
+                lacking[pre] = lacking.get(pre, 0) + 1
+                break
+    if extra and max(extra.values()) >= max(lacking.values(), default=0):
+        pre = max(extra, key=extra.get)
+        return (
+            f"the fine-tuned names carry an extra prefix '{pre}' ({extra[pre]} names; typical of DDP "
+            f"'module.', torch.compile '_orig_mod.' or a whole-model save): re-save the encoder alone or strip it"
+        )
+    if lacking:
+        pre = max(lacking, key=lacking.get)
+        return (
+            f"the fine-tuned names lack the prefix '{pre}' that the pre-trained names have "
+            f"({lacking[pre]} names): save both from the same model class"
+        )
+    return "the two checkpoints come from different architectures"
+
+
+def check_compatible(
+    pre_name: str,
+    pre: Spec,
+    ft_name: str,
+    ft: Spec,
+    family: FamilyInfo | None,
+    exclude: list[re.Pattern],
+    ft_file: Callable[[str], object] | None = None,
+) -> None:
+    """Refuse, in one line, a fine-tuned checkpoint whose tensors cannot merge into `pre`.
+    `ft_file(key)` names the file holding a key (a shard), for the per-tensor messages."""
+    where = ft_file or (lambda k: ft_name)
+    copied = {k for k, (dt, _) in pre.items() if copied_kind(k, dt, family, exclude)}
+    missing = sorted(set(pre) - set(ft) - copied)
+    unexpected = sorted(k for k in set(ft) - set(pre) if not (family is not None and family.is_pretraining_only(k)))
+    if missing or unexpected:
+        show = "; ".join(
+            s
+            for s in (
+                f"missing {len(missing)} (e.g. '{missing[0]}')" if missing else "",
+                f"unexpected {len(unexpected)} (e.g. '{unexpected[0]}')" if unexpected else "",
+            )
+            if s
+        )
+        raise SpeechFTError(
+            f"{ft_name}: tensor names differ from {pre_name} ({show}); {prefix_hint(missing, unexpected)}"
+        )
+    for k, (dt, shape) in pre.items():
+        if k in copied or k not in ft:
+            continue
+        fdt, fshape = ft[k]
+        if tuple(fshape) != tuple(shape):
+            raise SpeechFTError(
+                f"{where(k)}: tensor '{k}' has shape {list(fshape)} but {pre_name} has "
+                f"{list(shape)}; these checkpoints are different architectures"
+            )
+        if not fdt.is_floating_point:
+            raise SpeechFTError(
+                f"{where(k)}: tensor '{k}' is {str(fdt).replace('torch.', '')} but {pre_name} "
+                f"stores it as {str(dt).replace('torch.', '')}; it cannot be interpolated"
+            )
+
+
+def config_diff(pre: dict, ft: dict) -> list[str]:
+    """The config.json values two folders disagree on, ignoring keys that change no weight."""
+    keys = sorted(k for k in set(pre) | set(ft) if not _CONFIG_KEYS_IGNORED.search(k))
+    return [
+        f"{k} {json.dumps(ft.get(k, '(absent)'))} vs {json.dumps(pre.get(k, '(absent)'))}"
+        for k in keys
+        if pre.get(k) != ft.get(k)
+    ]
