@@ -126,7 +126,7 @@ def weight_distance(theta0, theta, encoder_family: str | None = None) -> dict:
     `theta0`, `theta`: encoder folders, Encoder objects or state dicts (name -> tensor; the
     names of the folder's model.safetensors). Only floating-point tensors that fine-tuning
     can change count: the family's front end and pre-training-only parameters are left
-    out (`family_class(f).is_frontend / is_pretraining_only`). Layers are 0-based as in the
+    out (`family_info(f).is_frontend / is_pretraining_only`). Layers are 0-based as in the
     parameter names; everything outside a transformer layer is grouped as "other".
     """
     w0 = _Weights(theta0)
@@ -143,7 +143,7 @@ def weight_distance(theta0, theta, encoder_family: str | None = None) -> dict:
 
 
 def _distance(w0: _Weights, w1: _Weights, encoder_family: str | None) -> dict:
-    from .encoders import family_class
+    from .encoders.families import family_info
 
     family = encoder_family or w0.family or w1.family
     if family is None:
@@ -154,7 +154,7 @@ def _distance(w0: _Weights, w1: _Weights, encoder_family: str | None) -> dict:
                 f"{w.where}: a {w.family} encoder, but the comparison is for {family}; "
                 "compare models of the same family"
             )
-    cls = family_class(family)
+    cls = family_info(family)
     keys0, keys1 = set(w0.keys()), set(w1.keys())
     for a, b, missing in ((w0, w1, sorted(keys0 - keys1)), (w1, w0, sorted(keys1 - keys0))):
         if missing:

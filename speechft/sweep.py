@@ -224,21 +224,14 @@ def _interpolation(pretrained, finetuned, head, device):
     from .encoders import load_encoder
     from .merge import InterpolationPath
 
+    # Validated as `speechft merge` validates its inputs (family, config, names, shapes, finite weights).
+    path = InterpolationPath.from_folders(pretrained, [finetuned], method="linear")
     ref = load_encoder(pretrained).to(device).eval()
-    ft = load_encoder(finetuned)
-    if ft.family != ref.family:
-        raise SpeechFTError(f"{finetuned}: a {ft.family} encoder, but {pretrained} is {ref.family}")
     if head.input_dim != ref.hidden_size or head.num_states != ref.num_layers + 1:
         raise SpeechFTError(
             f"{finetuned}: its head expects width {head.input_dim} and {head.num_states} states; "
             f"the encoder has {ref.hidden_size} and {ref.num_layers + 1}"
         )
-    path = InterpolationPath(
-        {k: v.detach().cpu() for k, v in ref.model.state_dict().items()},
-        [ft.model.state_dict()],
-        method="linear",
-        family=ref.family,
-    )
     return ref, path
 
 

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from speechft.demo import outcome
+from speechft.demo_report import outcome
 
 
 def fake_results(sid: dict, pr: dict, std: float = 0.01, scores: dict | None = None) -> dict:

