@@ -71,7 +71,7 @@ def _status() -> dict[str, int]:
 
 
 def child(variant: str, pre: str, ft: str, out: str) -> None:
-    import torch  # noqa: F401  (every variant pays the same import)
+    import torch
 
     if variant in ("speechft", "speechft-nohash"):
         import speechft.safetensors_io

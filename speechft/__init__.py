@@ -10,6 +10,6 @@ Every CLI command is a thin layer over a function here, e.g. ``speechft.encoders
 
 __version__ = "0.1.0"
 
-from .errors import SpeechFTError  # noqa: E402
+from .errors import SpeechFTError
 
 __all__ = ["SpeechFTError", "__version__"]

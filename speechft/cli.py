@@ -158,7 +158,7 @@ def _close_progress_bars() -> None:
     for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ()) or ()):
         try:
             bar.close()
-        except Exception:  # noqa: BLE001 - cosmetic only
+        except Exception:
             pass
 
 

@@ -124,7 +124,7 @@ def test_merge_survives_sigkill(tmp_path, tiny_encoder_dir):
             "--alpha",
             "0.3",
             "--out",
-            out,  # noqa: E731
+            out,
             "--overwrite",
         ]
 
@@ -159,7 +159,7 @@ def test_data_synth_survives_sigkill(tmp_path):
             "--tasks",
             "ks",
             "--engines",
-            "espeak-ng",  # noqa
+            "espeak-ng",
             "--out",
             out,
             "--cache-dir",
@@ -242,6 +242,7 @@ def test_evaluate_survives_sigkill(tmp_path, tiny_encoder_dir):
 
 
 # ---- finetune (resumable checkpoints) -----------------------------------------------------------------------
+@pytest.mark.slow
 def test_finetune_survives_sigkill_and_resumes_to_the_same_weights(tmp_path, tiny_encoder_dir):
     task = make_classification_task(tmp_path / "task", n_per_class=4)
     enc = tiny_encoder_dir("hubert")
@@ -256,7 +257,7 @@ def test_finetune_survives_sigkill_and_resumes_to_the_same_weights(tmp_path, tin
             "--out",
             out,
             "--steps",
-            "6",  # noqa: E731
+            "6",
             "--set",
             "data.batch_size=4",
             "--set",
@@ -309,7 +310,7 @@ def test_finetune_killed_while_setting_up_its_folder_restarts(tmp_path, tiny_enc
             "--task",
             task,
             "--out",
-            out,  # noqa
+            out,
             "--steps",
             "2",
             "--set",

@@ -229,6 +229,7 @@ FRESH_PROCESS = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @needs_model
 def test_saved_encoder_matches_transformers_in_a_fresh_process(encoder_dir, speech, tmp_path):
     from speechft.encoders import load_encoder
@@ -346,7 +347,10 @@ EOT, SOT, NOTS = 60, 61, 62
 
 def to_ctranslate2(sd: dict, n_enc: int, n_dec: int, heads: int) -> dict:
     """The inverse of the converter, written from the format facts, for a random tiny model."""
-    h = lambda t: t.numpy().astype(np.float16)  # noqa: E731
+
+    def h(t):
+        return t.numpy().astype(np.float16)
+
     v = {
         "decoder/activation": np.array(3, np.int8),
         "decoder/alibi": np.array(0, np.int8),

@@ -61,6 +61,7 @@ def test_outcome_within_spread_is_not_a_win():
     assert outcome(r, "synth_sid", "Speech-FT", "pre-trained", None)[0].startswith("NOT CLEARLY")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("SPEECHFT_SKIP_DEMO") == "1", reason="SPEECHFT_SKIP_DEMO=1")
 def test_quick_demo_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
     """The integration test: the real Whisper tiny.en, the small synthetic benchmark, every method."""

@@ -188,6 +188,7 @@ FRESH_PROCESS = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ALL_FAMILIES)
 def test_folder_loads_with_transformers_without_speechft(family, tmp_path):
     enc = tiny_encoder(family, seed=1)

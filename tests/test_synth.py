@@ -16,10 +16,10 @@ import pytest
 
 pytest.importorskip("espeakng_loader")
 
-from speechft.data import espeak, load_audio, load_task, synth  # noqa: E402
-from speechft.data import synth_text as T  # noqa: E402
-from speechft.data import synth_text_de as DE  # noqa: E402
-from speechft.errors import SpeechFTError  # noqa: E402
+from speechft.data import espeak, load_audio, load_task, synth
+from speechft.data import synth_text as T
+from speechft.data import synth_text_de as DE
+from speechft.errors import SpeechFTError
 
 CONTENT_TASKS = ("pr", "asr", "ks", "lid", "style", "pr_de")
 

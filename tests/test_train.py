@@ -375,6 +375,7 @@ RESUME_SETS = [
 ]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_encoder_dir, cls_task):
     enc = tiny_encoder_dir("hubert")
     steps = 40
@@ -438,6 +439,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path, cls_task, ctc_task):
     """`accelerate launch` with 2 CPU processes (gloo), global batch 4 = 2 per process, against 1 process with
     batch 4: the same losses to rtol 1e-4 and weights to atol 1e-5 (only float summation order differs; dropout

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench_train import bare_run, speechft_run, tone_task  # noqa: E402
+from bench_train import bare_run, speechft_run, tone_task
 
 
 def rates(runs) -> str:

@@ -78,7 +78,7 @@ def library_version() -> str:
         from importlib.metadata import version as dist_version
 
         return f"espeak-ng {version} (espeakng-loader {dist_version('espeakng-loader')})"
-    except Exception:  # noqa: BLE001 - metadata missing in odd installs; the library version still identifies it
+    except Exception:
         return f"espeak-ng {version}"
 
 

@@ -119,7 +119,7 @@ def load_checkpoint(path: str | Path):
             "nor a known-harmless config type, and loading it would run code from the file. If you trust the file, "
             "re-save its weights and config as plain data (recipe: speechft encoder convert --help) and convert that"
         ) from None
-    except Exception as e:  # noqa: BLE001 - on damaged bytes torch's unpickler raises almost anything
+    except Exception as e:
         # (IndexError, KeyError, TypeError, struct.error, zipfile.BadZipFile, ...): all mean "not a checkpoint".
         raise SpeechFTError(
             f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {_first_line(e)})"

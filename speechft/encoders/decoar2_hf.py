@@ -68,7 +68,10 @@ class DeCoAR2Config(PretrainedConfig):
 def kaldi_mel_banks(n_mels: int, sample_rate: int, low: float = 20.0, high: float = 0.0) -> torch.Tensor:
     """Kaldi's triangular mel filters (mel = 1127 ln(1 + f/700)), shape (NFFT//2 + 1, n_mels)."""
     high = sample_rate / 2 + high if high <= 0 else high
-    mel = lambda f: 1127.0 * math.log(1.0 + f / 700.0)  # noqa: E731
+
+    def mel(f):
+        return 1127.0 * math.log(1.0 + f / 700.0)
+
     lo, hi = mel(low), mel(high)
     delta = (hi - lo) / (n_mels + 1)
     freqs = torch.arange(NFFT // 2, dtype=torch.float64) * sample_rate / NFFT
