@@ -8,12 +8,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .io_utils import atomic_file, read_json
-
-if TYPE_CHECKING:  # demo.py imports this module
-    from .demo import Demo, Variant
 
 
 # ---- the outcome, in words, from the numbers --------------------------------------------------------
@@ -106,8 +102,8 @@ def outcome(results: dict, target_task: str, subject: str, baseline: str, contra
 
 
 def write_demo_report(
-    d: Demo,
-    variants: list[Variant],
+    d,
+    variants: list,
     results: dict,
     analysis: dict | None,
     sweep_json: Path | None,
@@ -116,7 +112,8 @@ def write_demo_report(
     quick: bool,
 ) -> Path:
     """report.md: the outcome, the results table, the figures, the analysis and the time per stage.
-    `d` is the demo.Demo that ran (its out folder, plan, seed and timings)."""
+    `d` is the demo.Demo that ran (its out folder, plan, seed and timings), `variants` its demo.Variant
+    list (this module imports nothing of demo.py, which imports it)."""
     from .report import results_table
 
     out = d.out

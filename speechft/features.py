@@ -20,7 +20,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -32,8 +32,15 @@ from .feature_cache import FeatureCache, cache_key
 from .heads import mean_pool
 from .io_utils import sha256_file
 
-if TYPE_CHECKING:
-    from .probe import ProbeConfig
+
+class ExtractionSettings(Protocol):
+    """What extraction reads of its config (probe.ProbeConfig has these fields, among the probes' own)."""
+
+    dtype: str  # stored feature precision, a key of FEATURE_DTYPES
+    max_seconds: float | None  # longer clips are cropped, deterministically
+    extract_batch_size: int
+    extract_batch_seconds: float  # padded audio per extraction batch
+
 
 FBANK = "fbank"
 # Bump when extraction changes what it produces (pooling, cropping, the fbank recipe...):
@@ -207,7 +214,7 @@ def _audio_fingerprint(task, split: str) -> str:
     return h.hexdigest()
 
 
-def feature_fields(source: FeatureSource, task, split: str, kind: str, cfg: ProbeConfig) -> dict:
+def feature_fields(source: FeatureSource, task, split: str, kind: str, cfg: ExtractionSettings) -> dict:
     import transformers
 
     return {
@@ -227,7 +234,7 @@ def feature_fields(source: FeatureSource, task, split: str, kind: str, cfg: Prob
     }
 
 
-def _split_batches(task, split: str, cfg: ProbeConfig):
+def _split_batches(task, split: str, cfg: ExtractionSettings):
     """Length-sorted batches (wavs, lengths, indices) of one split. split_loader's private
     generator leaves the global torch RNG alone: dropout in a probe must not depend on
     whether its features were recomputed."""
@@ -246,7 +253,7 @@ def extract_features(
     task,
     split: str,
     kind: str,
-    cfg: ProbeConfig,
+    cfg: ExtractionSettings,
     add_array: Callable[[str, np.ndarray], None] | None = None,
     progress: bool = True,
 ):
@@ -333,7 +340,7 @@ class FeatureProvider:
         self,
         source: FeatureSource,
         task,
-        cfg: ProbeConfig,
+        cfg: ExtractionSettings,
         cache: FeatureCache | None,
         recompute: bool = False,
         progress: bool = True,

@@ -1,6 +1,6 @@
 """The one figure helper for every PNG speechft draws (report, analysis, sweep, training curves),
-and the figures of feature similarity and weight distance that `speechft analyze` and
-`speechft sweep` share (report's bar charts stay beside its table logic in report.py).
+the training curves of a run, and the figures of feature similarity and weight distance that
+`speechft analyze` and `speechft sweep` share (report's bar charts stay beside its table logic in report.py).
 
 matplotlib's object API on the Agg canvas: no pyplot, so no global figure registry to leak
 figures into, no backend switching (`matplotlib.use`) behind a caller's back, and no display
@@ -41,6 +41,39 @@ def save_png(fig, path: str | os.PathLike) -> Path:
     with atomic_file(path, "wb") as f:
         fig.savefig(f, format="png", bbox_inches="tight")
     return path
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training curves (finetune, pretrain)
+# ---------------------------------------------------------------------------------------------------
+def plot_training_curves(path: Path, rows: list[dict], frozen_steps: int, best_step: int, method: str) -> Path:
+    """curves.png of a fine-tuning run: training loss per task, and the dev metric with the end of the
+    frozen phase and the chosen (best) step marked."""
+    train = [r for r in rows if r["kind"] == "train"]
+    dev = [r for r in rows if r["kind"] == "dev"]
+    fig = figure(10, 3.6, dpi=110)
+    ax1, ax2 = fig.subplots(1, 2)
+    for name in dict.fromkeys(n for r in train for n in r.get("task_loss", {})):
+        pts = [(r["step"], r["task_loss"][name]) for r in train if name in r.get("task_loss", {})]
+        ax1.plot([p[0] for p in pts], [p[1] for p in pts], label=name)
+    ax1.legend(fontsize=8)
+    ax1.set(xlabel="step", ylabel="training loss", title=f"{method}: loss")
+    for name in dev[0]["metrics"] if dev else {}:
+        ax2.plot(
+            [r["step"] for r in dev],
+            [r["metrics"][name]["value"] for r in dev],
+            marker="o",
+            ms=3,
+            label=f"{name} ({dev[0]['metrics'][name]['metric']})",
+        )
+    ax2.set(xlabel="step", ylabel="dev metric", title="dev metric")
+    for ax in (ax1, ax2):
+        if frozen_steps:
+            ax.axvline(frozen_steps, color="grey", ls=":", lw=1, label="encoder unfrozen" if ax is ax2 else None)
+        ax.grid(alpha=0.3)
+    ax2.axvline(best_step, color="C3", ls="--", lw=1, label="result")
+    ax2.legend(fontsize=8)
+    return save_png(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -163,7 +163,7 @@ def write_result(
     """Turn the run folder into an encoder folder. speechft.json is written last: it marks a finished run.
     `steps`: {"T": the schedule's, "R": made, "frozen": of the frozen phase}. The objective
     (speechft.objective.Objective) saves what it keeps of its heads and adds its provenance."""
-    from .train import plot_curves  # moves to speechft.plots (one figure helper)
+    from .plots import plot_training_curves
 
     if lora is not None:
         # Keep the adapters themselves (small) for provenance, then fold them into the base weights.
@@ -175,7 +175,7 @@ def write_result(
         write_json(adapter / "adapter.json", {**to_dict(cfg.lora), "use_dora": cfg.method == "dora"})
         lora.merge_and_unload()
     objective.save_heads(out, heads)
-    plot_curves(out / "curves.png", log_rows, steps["frozen"], best["step"], cfg.method)
+    plot_training_curves(out / "curves.png", log_rows, steps["frozen"], best["step"], cfg.method)
     parent = lineage_entry(
         "pretrained", run_info["encoder"], encoder.family, encoder.provenance, run_info["encoder_sha256"]
     )

@@ -88,7 +88,6 @@ __all__ = [  # the loop's and the config's names are re-exported: `from speechft
     "TaskObjective",
     "TaskStream",
     "dev_metrics",
-    "plot_curves",
 ]
 
 
@@ -367,33 +366,3 @@ def dev_metrics(encoder, heads, tasks, data_cfg: DataConfig, loop: Loop) -> dict
         value = compute_metric(task.metric, refs, [h for _, h in pairs], labels=task.labels)
         results[task.name] = {"metric": task.metric, "value": round(float(value), 6)}
     return results
-
-
-def plot_curves(path: Path, rows: list[dict], frozen_steps: int, best_step: int, method: str) -> None:
-    from .plots import figure, save_png
-
-    train = [r for r in rows if r["kind"] == "train"]
-    dev = [r for r in rows if r["kind"] == "dev"]
-    fig = figure(10, 3.6, dpi=110)
-    ax1, ax2 = fig.subplots(1, 2)
-    for name in dict.fromkeys(n for r in train for n in r.get("task_loss", {})):
-        pts = [(r["step"], r["task_loss"][name]) for r in train if name in r.get("task_loss", {})]
-        ax1.plot([p[0] for p in pts], [p[1] for p in pts], label=name)
-    ax1.legend(fontsize=8)
-    ax1.set(xlabel="step", ylabel="training loss", title=f"{method}: loss")
-    for name in dev[0]["metrics"] if dev else {}:
-        ax2.plot(
-            [r["step"] for r in dev],
-            [r["metrics"][name]["value"] for r in dev],
-            marker="o",
-            ms=3,
-            label=f"{name} ({dev[0]['metrics'][name]['metric']})",
-        )
-    ax2.set(xlabel="step", ylabel="dev metric", title="dev metric")
-    for ax in (ax1, ax2):
-        if frozen_steps:
-            ax.axvline(frozen_steps, color="grey", ls=":", lw=1, label="encoder unfrozen" if ax is ax2 else None)
-        ax.grid(alpha=0.3)
-    ax2.axvline(best_step, color="C3", ls="--", lw=1, label="result")
-    ax2.legend(fontsize=8)
-    save_png(fig, path)

@@ -114,7 +114,7 @@ def test_german_grammar_agrees_in_gender_and_case():
                     "ein": "er" if gender == "m" else "es",
                 }[words[0]]
                 assert words[1] in {DE.de_adjective(a, ending) for a in DE.DE_ADJECTIVES}, words
-    texts = DE.de_utterances(np.random.default_rng(1), 200)
+    texts = DE.de_utterances(np.random.default_rng(1), 200, T.digit_string)
     assert len(set(texts)) == 200
     digits = [t for t in texts if t.replace(" ", "").isdigit()]
     assert 20 <= len(digits) <= 80  # about a quarter are digit strings, the rest sentences

@@ -314,7 +314,7 @@ def _plan_german(plan: Plan, size: SizeSpec, seed: int, voices: Voices):
     rng = np.random.default_rng([seed, 6])
     used: set[str] = set()
     for split, n in zip(SPLITS, size.sentences_de):
-        texts = de_utterances(rng, n, exclude=used)
+        texts = de_utterances(rng, n, T.digit_string, exclude=used)
         used.update(texts)  # no utterance is spoken in two splits
         variants = voices.variants[split]
         for i, text in enumerate(texts):

@@ -10,6 +10,8 @@ README and the `text` column show proper German. Like `synth_text`, everything i
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 DE_NAMES = (
@@ -266,9 +268,14 @@ def de_sentence(rng: np.random.Generator, max_words: int = 6) -> str:
 DE_DIGIT_FRACTION = 0.25  # of pr_de utterances: digit strings read as German number words
 
 
-def de_utterances(rng: np.random.Generator, n: int, exclude: set[str] | None = None) -> list[str]:
-    """`n` distinct German utterances (sentences, and digit strings), none in `exclude`."""
-    from .synth_text import digit_string  # shared with lid; imported here as synth_text imports this module
+def de_utterances(
+    rng: np.random.Generator,
+    n: int,
+    digit_string: Callable[[np.random.Generator], str],
+    exclude: set[str] | None = None,
+) -> list[str]:
+    """`n` distinct German utterances (sentences, and digit strings from `digit_string`: synth_text's,
+    shared with lid), none in `exclude`."""
 
     seen = set(exclude or ())
     out: list[str] = []
