@@ -6,6 +6,10 @@ bookkeeping (`log_train`, `evaluate_dev`, `save_checkpoint`); `finish` turns the
 encoder folder. What is optimised is the objective's business (the `Objective` protocol of speechft.objective);
 methods, schedule, clipping, checkpoints, resume and several processes are this module's; the run folder's
 files are speechft.run_folder's.
+
+The encoder is in training mode for the whole loop. A frozen phase (`frozen_fraction`) only withholds gradients:
+the encoder runs under no_grad, with its dropout, as s3prl runs a trainable upstream, so the encoder's weights
+leave the phase bit-identical; only dev evaluation switches to eval mode.
 """
 
 from __future__ import annotations
@@ -300,16 +304,17 @@ def training_loop(run: Run, out: Path, objective: Objective, loop: Loop, progres
     bar = make_progress(R, run.step, loop.main and progress, objective.kind)
     meter = LossMeter(list(run.streams), loop.device)
     run.heads.train()
+    # Training mode from the first step, frozen phase included (dropout on; no gradients there, see train_step):
+    # as s3prl keeps a trainable upstream in train mode throughout, so the head learns on the features it
+    # will see once the encoder trains. Without dropout both modes compute the same (base.py: no masking).
+    run.encoder.train()
     while run.step < R:
         t0 = time.perf_counter()
         frozen = run.step < run.frozen_steps
         if not frozen and run.enc_fwd is None:
             # Phase boundary (or a resume after it): the encoder starts training. Every process gets here at
             # the same step, so the DDP construction (a collective) lines up.
-            run.encoder.train()
             run.enc_fwd = ddp(run.encoder, loop)
-        if frozen:
-            run.encoder.eval()  # a frozen encoder is a fixed feature extractor: no dropout, no gradients
         train_step(run, objective, frozen, meter, loop)
         run.step += 1
         bar.update(1)
@@ -422,7 +427,7 @@ def log_train(run: Run, out: Path, sums: list, frozen: bool, meter: LossMeter, b
 def evaluate_dev(run: Run, out: Path, objective: Objective, bar, loop: Loop) -> None:
     """The dev metric after this update; the best-on-dev weights (early-stop: the last ones) kept in memory."""
     metrics = objective.dev_metrics(run.encoder, run.heads, run.cfg, loop)
-    run.encoder.train(not (run.step < run.frozen_steps))
+    run.encoder.train()  # back to training mode, frozen phase or not (training_loop)
     run.heads.train()
     if not loop.main:
         return

@@ -23,7 +23,9 @@ Methods (all share the loop; only what differs is switched per method):
                 stops there, with the LR schedule of the full run)
 
 Common to all: Adam (no weight decay), lr 1e-4, gradient-norm clip 1, the warm-up / hold / decay schedule
-(schedule.py), the front end and the pre-training-only parameters frozen throughout.
+(schedule.py), the front end and the pre-training-only parameters frozen throughout, and the encoder in training
+mode from the first step: a frozen phase runs it with its dropout but without gradients, as s3prl runs a
+trainable upstream. No masking or layerdrop inside the encoder, in any family (speechft.encoders.base).
 
 Several --task folders (`--task PR SID`) train jointly, one head per task. The knobs are speechft.train_config's
 TrainConfig (`--config YAML`, `--set key=value ...`). The loop is speechft.engine's `run_training`, which asks

@@ -155,6 +155,43 @@ def test_masking_and_layerdrop_disabled_at_load(tmp_path):
     torch.testing.assert_close(a[-1], b[-1])
 
 
+# Every way a published config can switch on training noise inside the encoder. They are set on where the
+# family's config has them (as in published checkpoints), so the test fails if any survives into training mode.
+TRAINING_NOISE_ON = {
+    "mask_time_prob": 0.5,
+    "mask_feature_prob": 0.5,
+    "mask_feature_length": 2,
+    "layerdrop": 0.5,
+    "encoder_layerdrop": 0.5,
+}
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+def test_training_mode_equals_eval_mode_without_dropout(family, tmp_path):
+    """The README's promise: no masking, SpecAugment or layerdrop inside the encoder for any family, whatever
+    its config says (data2vec-audio's config has no apply_spec_augment and masks by default). With every
+    dropout at 0, training mode changes nothing - also after a save/load round trip."""
+    cls = FAMILIES[family]
+    cfg = cls.tiny_config()
+    for key, value in TRAINING_NOISE_ON.items():
+        if hasattr(cfg, key):
+            setattr(cfg, key, value)
+    for key in [k for k in vars(cfg) if "dropout" in k]:
+        setattr(cfg, key, 0.0)
+    built = cls.from_config(cfg, seed=0)
+    built.save(tmp_path / family)
+    wavs, lengths = batch()
+    for enc in (built, load_encoder(tmp_path / family)):
+        with torch.no_grad():
+            enc.eval()
+            want = enc(wavs, lengths).hidden_states
+            enc.train()
+            got = enc(wavs, lengths).hidden_states
+        assert enc.training and len(got) == len(want)
+        for layer, (a, b) in enumerate(zip(want, got)):
+            torch.testing.assert_close(b, a, atol=1e-6, rtol=0, msg=f"{family}: layer {layer} differs in training mode")
+
+
 FRESH_PROCESS = textwrap.dedent("""
     import sys, json
     class Block:  # prove speechft is not needed: importing it fails

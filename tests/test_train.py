@@ -24,7 +24,7 @@ from speechft.config import load_config
 from speechft.errors import SpeechFTError
 from speechft.heads import TaskHead
 from speechft.schedule import fraction_steps, lr_multiplier
-from speechft.train import TrainConfig, dev_score, finetune, micro_batches, resolve_config
+from speechft.train import TaskObjective, TrainConfig, dev_score, finetune, load_tasks, micro_batches, resolve_config
 
 FAST = ["data.batch_size=4", "eval.log_every=1", "head.proj_dim=16", "head.lstm_layers=0"]
 
@@ -120,6 +120,36 @@ def test_stable_frozen_phase_is_exact_then_the_encoder_trains(tmp_path, tiny_enc
     assert [r["encoder_frozen"] for r in log[:3]] == [True, True, False]
     prov = json.loads((out / "speechft.json").read_text())
     assert prov["frozen_steps"] == 2 and prov["method"] == "stable"
+
+
+class RecordingObjective(TaskObjective):
+    """Fine-tuning's objective, noting at each step how the loop runs the encoder: its `training` flag, whether
+    its features carry gradients, and whether two encodings of the same batch differ (dropout)."""
+
+    def __init__(self, tasks):
+        super().__init__(tasks)
+        self.seen = []
+
+    def build_heads(self, encoder, cfg, out, loop, progress):
+        self.encoder = encoder
+        return super().build_heads(encoder, cfg, out, loop, progress)
+
+    def loss(self, encode, head, name, batch):
+        a, b = (encode(batch.wavs, batch.lengths).hidden_states[-1] for _ in range(2))
+        self.seen.append((self.encoder.training, a.requires_grad, not torch.equal(a, b)))
+        return super().loss(encode, head, name, batch)
+
+
+def test_frozen_phase_runs_the_encoder_in_training_mode_without_gradients(tmp_path, tiny_encoder_dir, cls_task):
+    """As s3prl runs a trainable upstream: training mode (dropout on) from the first step; the frozen phase only
+    withholds gradients (the weights staying bit-identical is pinned above)."""
+    from speechft.engine import run_training
+
+    objective = RecordingObjective(load_tasks([cls_task]))
+    cfg = config(4, "frozen_fraction=0.5", "eval.every=100")
+    run_training(tiny_encoder_dir("hubert"), tmp_path / "run", objective, cfg, progress=False)
+    # (training mode, features with gradients, dropout changed the features): 2 frozen steps, then 2 trained
+    assert objective.seen == [(True, False, True)] * 2 + [(True, True, True)] * 2
 
 
 @pytest.mark.parametrize("family", ["wav2vec2", "whisper"])

@@ -99,17 +99,23 @@ class Encoder(nn.Module):
         raise NotImplementedError
 
     def _disable_training_noise(self) -> None:
-        """Layerdrop and time/feature masking off: fine-tuning in Speech-FT uses neither
-        inside the encoder, and published configs often ship them on."""
+        """Layerdrop and time/feature masking (SpecAugment) off, whatever the config says: fine-tuning in
+        Speech-FT uses neither inside the encoder, and published configs often ship them on. With dropout at 0,
+        training mode then computes exactly what eval mode does (tests/test_encoders.py pins it per family)."""
         cfg = self.model.config
         for key in ("layerdrop", "encoder_layerdrop"):
             if hasattr(cfg, key):
                 setattr(cfg, key, 0.0)
         # The mask probabilities stay as published: they decide whether the checkpoint has
         # a `masked_spec_embed`, and changing them would make the saved folder unloadable.
-        # apply_spec_augment=False is what switches masking off.
         if hasattr(cfg, "apply_spec_augment"):
             cfg.apply_spec_augment = False
+        # A config flag alone is not enough: data2vec-audio's config has no apply_spec_augment (transformers
+        # then masks with mask_time_prob = 0.05 in training mode). So the model's own masking step is replaced,
+        # on this instance only, by one that masks nothing; the pre-training mask speechft.pretrain asks for
+        # is applied by the adapters themselves (wav2vec2.py's `_masking`), not by this step.
+        if callable(getattr(self.model, "_mask_hidden_states", None)):
+            self.model._mask_hidden_states = _no_spec_augment
 
     # ---- shared behaviour ----------------------------------------------------------
     def forward(
@@ -269,6 +275,11 @@ class Encoder(nn.Module):
                     )
         model.eval()
         return cls(model, read_provenance(path))
+
+
+def _no_spec_augment(hidden_states, mask_time_indices=None, attention_mask=None):
+    """Stands in for transformers' `_mask_hidden_states` (see `Encoder._disable_training_noise`)."""
+    return hidden_states
 
 
 def _describe_key(k) -> str:

@@ -51,9 +51,10 @@ class Wav2Vec2StyleAdapter(Encoder):
         """Replace the projected conv features under `frame_mask` before the transformer sees them.
 
         This is where HuBERT/wav2vec 2.0 pre-training masks (transformers' `mask_time_indices`). That
-        argument is not used: it is a no-op while apply_spec_augment is off (base.py turns it off) and
-        also switches on feature masking in training mode when a config has mask_feature_prob > 0. A
-        forward hook on `feature_projection` does just the time masking. The mask value is the model's
+        argument is not used: the model's masking step that reads it is replaced by one that masks nothing
+        (base.py: no SpecAugment in any family), and it would also switch on feature masking in training
+        mode when a config has mask_feature_prob > 0. A forward hook on `feature_projection` does just the
+        time masking. The mask value is the model's
         own learned `masked_spec_embed` (pre-training-only, so it stays frozen); a model without one
         (its config had mask_time_prob = mask_feature_prob = 0) gets zeros, not a new parameter, so
         the saved folder keeps exactly the parameters of its parent and merges with it.
