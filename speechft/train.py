@@ -271,7 +271,8 @@ class TaskStream:
     """Endless training batches of one task.
 
     Epochs of length-bucketed batches (BucketBatchSampler: little padding) in an order fixed by
-    (seed, epoch), so a checkpoint's (epoch, batch) position replays the rest exactly. With N processes
+    (seed, epoch), and random crops (data.crop) fixed by (seed, epoch, clip), so a checkpoint's (epoch, batch)
+    position replays the rest exactly. With N processes
     each global batch is dealt out item by item: process r gets items r, r+N, ... Yields
     (batch on the device, size of the global batch).
     """
@@ -281,8 +282,11 @@ class TaskStream:
         from .data.dataset import SplitDataset
 
         self.task, self.cfg, self.rank, self.world, self.device = task, data_cfg, rank, world, device
-        # Classification clips and unlabelled audio (speechft.pretrain) are cropped; CTC clips cannot be.
-        self.dataset = SplitDataset(task, "train", data_cfg.max_seconds if task.type != "ctc" else None)
+        # Classification clips are cropped as data.crop says. Unlabelled audio (speechft.pretrain) is cut at
+        # the start: its unit targets were labelled once, on exactly that crop. CTC clips cannot be cropped.
+        max_seconds = data_cfg.max_seconds if task.type != "ctc" else None
+        crop = data_cfg.crop if task.type == "classification" else "start"
+        self.dataset = SplitDataset(task, "train", max_seconds, crop=crop, seed=seed)
         if data_cfg.max_seconds is not None and task.type == "ctc":
             # Cropping would cut words off their transcripts: long CTC clips are left out instead.
             keep = [ex for ex in self.dataset.examples if ex.duration <= data_cfg.max_seconds]
@@ -316,6 +320,7 @@ class TaskStream:
         if not plan:
             raise SpeechFTError(f"{self.task.root}/train.tsv: too few examples for a batch on {self.world} processes")
         plan = plan[self.index :]
+        self.dataset.set_epoch(self.epoch)  # before the loader exists: workers copy the dataset as it is now
         loader = split_loader(
             self.dataset,
             [b[self.rank :: self.world] for b in plan],
@@ -352,7 +357,7 @@ def dev_metrics(encoder, heads, tasks, data_cfg: DataConfig, loop: Loop) -> dict
     heads.eval()
     results = {}
     for task in tasks:
-        ds = SplitDataset(task, "dev")
+        ds = SplitDataset(task, "dev")  # whole clips, never cropped: s3prl scores SID's dev and test clips whole
         batches = BucketBatchSampler(ds.durations, batch_size=data_cfg.eval_batch_size, shuffle=False).batches()
         loader = split_loader(ds, batches[loop.rank :: loop.world], num_workers=data_cfg.num_workers)
         pairs = []

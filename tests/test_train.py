@@ -21,6 +21,7 @@ from conftest import cli, rows, weights
 from safetensors.torch import load_file
 
 from speechft.config import load_config
+from speechft.data import load_task
 from speechft.errors import SpeechFTError
 from speechft.heads import TaskHead
 from speechft.schedule import fraction_steps, lr_multiplier
@@ -460,6 +461,73 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_encoder_
     assert all(torch.equal(ha[k], hb[k]) for k in ha)
     la, lb = rows(ref, "train"), rows(run, "train")
     assert [r["loss"] for r in la] == [r["loss"] for r in lb]  # the log was cut back to the checkpoint and replayed
+
+
+# ---- training crops (data.crop) ------------------------------------------------------------------------
+def test_training_crops_differ_between_epochs_and_replay_after_a_crash(
+    tmp_path, tiny_encoder_dir, cls_task, monkeypatch
+):
+    """Clips of 0.5-1.0 s, data.max_seconds=0.4: every training clip is cropped at a random start, drawn anew
+    each epoch (s3prl's SID dataset), and a run resumed after dying mid-epoch is fed exactly the crops the
+    uninterrupted run was; dev clips are scored whole."""
+    import numpy as np
+
+    import speechft.data.dataset as dataset
+    import speechft.train as train
+    from speechft.data.audio import load_audio
+
+    seen = []
+    real_getitem = dataset.SplitDataset.__getitem__
+
+    def spy(self, i):
+        item = real_getitem(self, i)
+        seen.append((self.split, self.epoch, i, item[0]))
+        return item
+
+    monkeypatch.setattr(dataset.SplitDataset, "__getitem__", spy)
+    enc = tiny_encoder_dir("hubert")
+    sets = ["data.max_seconds=0.4", "eval.every=4", "checkpoint.every=3", "deterministic=true"]
+    ref = finetune(enc, [cls_task], tmp_path / "ref", method="regular", config=config(8, *sets))
+    ref_seen, seen[:] = list(seen), []
+    train_items = [(e, i, w) for split, e, i, w in ref_seen if split == "train"]
+    assert len(train_items) == 8 * 4 and {e for e, _, _ in train_items} == {0, 1, 2}  # 12 clips, batches of 4
+    examples = load_task(cls_task).split("train")
+
+    def start(i, wav):  # where the crop sits in its clip, found by search (not by the dataset's own rule)
+        full = load_audio(examples[i].path)
+        found = [s for s in np.flatnonzero(full == wav[0]) if np.array_equal(full[s : s + len(wav)], wav)]
+        assert len(wav) == int(0.4 * 16000) and len(found) == 1
+        return int(found[0])
+
+    starts = {(e, i): start(i, w) for e, i, w in train_items}
+    assert all(starts[0, i] != starts[1, i] for i in range(len(examples))), "a clip got the same crop twice"
+    assert any(s > 0 for s in starts.values()), "every crop starts at 0: not random"
+    dev = load_task(cls_task).split("dev")
+    dev_items = [(i, w) for split, _, i, w in ref_seen if split == "dev"]
+    assert dev_items and all(np.array_equal(w, load_audio(dev[i].path)) for i, w in dev_items)
+
+    real_loss, calls = train.TaskObjective.loss, []
+
+    def crash_at_step_5(self, *a, **kw):
+        calls.append(1)
+        if len(calls) == 6:
+            raise KeyboardInterrupt  # as if killed during step 5 (0-based), mid-epoch 1; step 3 is checkpointed
+        return real_loss(self, *a, **kw)
+
+    monkeypatch.setattr(train.TaskObjective, "loss", crash_at_step_5)
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        finetune(enc, [cls_task], run, method="regular", config=config(8, *sets))
+    assert json.loads((run / "checkpoints" / "latest.json").read_text())["step"] == 3
+    monkeypatch.setattr(train.TaskObjective, "loss", real_loss)
+    seen[:] = []
+    finetune(enc, [cls_task], run, resume=True)
+    replayed = [(e, i, w) for split, e, i, w in seen if split == "train"]
+    expected = train_items[3 * 4 :]  # steps 3..7 of the uninterrupted run
+    assert [(e, i) for e, i, _ in replayed] == [(e, i) for e, i, _ in expected]
+    assert all(np.array_equal(a, b) for (_, _, a), (_, _, b) in zip(replayed, expected)), "other crops on resume"
+    a, b = weights(ref), weights(run)
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ"
 
 
 # ---- two processes -------------------------------------------------------------------------------------

@@ -1,8 +1,20 @@
-"""Batches of audio from a task folder split, for training and probing."""
+"""Batches of audio from a task folder split, for training and probing.
+
+Clips longer than `max_seconds` are cropped in one of two ways (CROPS). "start" keeps the first
+`max_seconds`: the same audio every time, which probing needs (its features are cached) and which
+unlabelled audio for continued pre-training needs (its unit targets are labelled once, on that crop).
+"random" keeps a window at a random start, drawn anew every epoch, as s3prl's VoxCeleb1 SID dataset
+does for its training clips (downstream/voxceleb1/dataset.py: `random.randint(0, length - max_timestep)`
+each time a clip is drawn; dev and test clips are whole). The start is a function of (seed, epoch, clip)
+only, never of a global RNG, so a resumed run, which restarts mid-epoch in a fresh process, or with
+DataLoader workers, sees exactly the crops an uninterrupted run does.
+"""
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -24,13 +36,33 @@ class Batch:
         return Batch(self.wavs.to(device), self.lengths.to(device), self.targets, self.indices)
 
 
-class SplitDataset(Dataset):
-    """One split of a task folder; items are (waveform, target, index)."""
+CROPS = ("random", "start")  # how a clip longer than max_seconds is cut (module docstring)
 
-    def __init__(self, task: Task, split: str, max_seconds: float | None = None):
+
+class SplitDataset(Dataset):
+    """One split of a task folder; items are (waveform, target, index).
+
+    With crop="random" the window of clip i depends on (seed, epoch, i): set the epoch (set_epoch) before
+    the epoch's loader is built, so that worker processes receive it with their copy of the dataset.
+    """
+
+    def __init__(
+        self,
+        task: Task,
+        split: str,
+        max_seconds: float | None = None,
+        crop: Literal["random", "start"] = "start",
+        seed: int = 0,
+    ):
+        if crop not in CROPS:
+            raise ValueError(f"crop must be one of {CROPS}, got {crop!r}")
         self.task, self.split = task, split
         self.examples = task.split(split)
-        self.max_seconds = max_seconds
+        self.max_seconds, self.crop, self.seed = max_seconds, crop, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -39,8 +71,18 @@ class SplitDataset(Dataset):
         ex = self.examples[i]
         wav = load_audio(ex.path)  # always SAMPLE_RATE: task.yaml's sample_rate is informational
         if self.max_seconds is not None and len(wav) > self.max_seconds * SAMPLE_RATE:
-            wav = wav[: int(self.max_seconds * SAMPLE_RATE)]  # long clips are cropped, deterministically
+            keep = int(self.max_seconds * SAMPLE_RATE)
+            start = self.crop_start(i, len(wav), keep)
+            wav = wav[start : start + keep]
         return wav, ex.target, i
+
+    def crop_start(self, i: int, length: int, keep: int) -> int:
+        """Where the window of `keep` samples of clip `i` (`length` samples) begins in this epoch."""
+        if self.crop == "start":
+            return 0
+        # A string seed is hashed with SHA-512 by random.Random: stable across processes and Python
+        # versions (unlike hash()), and distinct for every (seed, epoch, clip), negative seeds included.
+        return random.Random(f"crop/{self.seed}/{self.epoch}/{i}").randint(0, length - keep)
 
     @property
     def durations(self) -> list[float]:
