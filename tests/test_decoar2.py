@@ -114,9 +114,11 @@ def test_frame_rate_is_one_frame_per_320_samples():
     assert enc.frame_lengths(seconds * SR).tolist() == (50 * seconds - 1).tolist()  # s3prl: 49 for 1 s
 
 
-def test_a_folder_from_before_the_s3prl_front_end_loads_with_it(tmp_path):
+def test_a_folder_from_before_the_s3prl_front_end_loads_with_it(tmp_path, capsys):
     enc = tiny_encoder("decoar2", seed=4)
     folder = enc.save(tmp_path / "old")
+    load_encoder(folder)
+    assert "warning" not in capsys.readouterr().err
     cfg_path = folder / "config.json"
     cfg = json.loads(cfg_path.read_text())
     assert (cfg["window_type"], cfg["frame_subsampling"]) == ("hamming", 2)
@@ -124,6 +126,10 @@ def test_a_folder_from_before_the_s3prl_front_end_loads_with_it(tmp_path):
         del cfg[key]  # what a DeCoAR folder written before these keys existed looks like
     cfg_path.write_text(json.dumps(cfg))
     old = load_encoder(folder)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{folder}: DeCoAR 2.0 folder from before speechft used s3prl's front end" in err
+    load_encoder(folder)
+    assert capsys.readouterr().err == ""  # once per folder
     assert (old.model.config.window_type, old.model.config.frame_subsampling) == ("hamming", 2)
     wav = torch.from_numpy(fixed_wave(SR))[None]
     with torch.no_grad():
