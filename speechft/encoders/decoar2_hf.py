@@ -59,8 +59,8 @@ class DeCoAR2Config(PretrainedConfig):
     ):
         """window_type / frame_subsampling: the fbank window and how many 10 ms frames make one model
         frame. The defaults are s3prl's (`WINDOW_TYPE = 'hamming'`, `y[::2]`), what the released
-        checkpoints were trained on; "povey" / 1 is the front end speechft used before, kept only to
-        reproduce old numbers."""
+        checkpoints were trained on. "povey" / 1 comes close to the front end speechft used before (which
+        also normalised by the biased variance), for comparing with old numbers only."""
         if window_type not in WINDOWS:
             raise ValueError(f"window_type={window_type!r}: choose one of {', '.join(WINDOWS)}")
         if int(frame_subsampling) < 1:
