@@ -45,7 +45,7 @@ class ExtractionSettings(Protocol):
 FBANK = "fbank"
 # Bump when extraction changes what it produces (pooling, cropping, the fbank recipe...):
 # cache entries made by older code then stop matching.
-FEATURE_CODE_VERSION = 1
+FEATURE_CODE_VERSION = 2  # 2: DeCoAR 2.0's s3prl front end (an old folder's files did not change)
 FEATURE_DTYPES = {"float16": np.float16, "float32": np.float32}
 SHARD_BYTES = 256 << 20
 

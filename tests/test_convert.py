@@ -335,6 +335,9 @@ def test_decoar2_s3prl_checkpoint(tmp_path):
     out = convert_checkpoint(tmp_path / "checkpoint_decoar2.pt", "s3prl", tmp_path / "enc")
     assert_same_states(enc, out)
     assert read_provenance(out)["dropped_keys"] == ["decoder.proj.weight"]
+    # s3prl's front end (its checkpoints store none): Hamming window, every second 10 ms frame
+    config = load_encoder(out).model.config
+    assert (config.window_type, config.frame_subsampling) == ("hamming", 2)
 
 
 def test_unknown_and_missing_keys_are_one_line_errors(tmp_path):

@@ -126,7 +126,8 @@ def test_save_load_round_trip_bit_identical(family, tmp_path):
 def test_front_end_and_pretraining_declarations(family):
     enc = tiny_encoder(family)
     front = [n for n, _ in enc.frontend_parameters()]
-    assert front, f"{family} declares no front-end parameters"
+    # DeCoAR 2.0's fbank has no parameters: the reference freezes only `feature_extractor*`, so all of it trains
+    assert bool(front) == (family != "decoar2"), f"{family} front end: {front}"
     names = {n for n, _ in enc.model.named_parameters()}
     trainable = {n for n, _ in enc.finetunable_parameters()}
     assert trainable and trainable.isdisjoint(front)

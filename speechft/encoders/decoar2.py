@@ -3,9 +3,13 @@ remote code, so its folders load with `AutoModel.from_pretrained(dir, trust_remo
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import torch
 from transformers import AutoConfig, AutoModel
 
+from ..io_utils import read_json
 from .base import Encoder
 from .decoar2_hf import DeCoAR2Config, DeCoAR2Model
 
@@ -19,8 +23,26 @@ except ValueError:
     pass
 
 
+_TOLD: set[str] = set()
+
+
 class DeCoAR2Adapter(Encoder):
     family, config_class, model_class = "decoar2", DeCoAR2Config, DeCoAR2Model
+
+    @classmethod
+    def load(cls, path, check_finite: bool = True):
+        enc = super().load(path, check_finite)
+        # Folders saved before the front end followed s3prl lack the key and load with the reference's
+        # (DeCoAR2Config's defaults). Said once per folder: a model fine-tuned on the old input changes.
+        if "frame_subsampling" not in read_json(Path(path) / "config.json") and str(path) not in _TOLD:
+            _TOLD.add(str(path))
+            print(
+                f"speechft: warning: {path}: DeCoAR 2.0 folder from before speechft used s3prl's front end; it "
+                "now runs with it (Hamming window, one frame per 20 ms), so earlier results from it are not "
+                "comparable; its own decoar2_hf.py (used outside speechft) still has the old one",
+                file=sys.stderr,
+            )
+        return enc
 
     def frame_lengths(self, lengths):
         return self.model.get_output_lengths(lengths)

@@ -27,7 +27,8 @@ from ..provenance import read_provenance
 class FamilyInfo:
     name: str
     model_type: str  # config.json's model_type
-    # The convolutional / log-mel front end: frozen by stable fine-tuning.
+    # The parameters of the waveform front end (wav2vec2's conv stack, Whisper's convs): never trained
+    # (Speech-FT freezes the feature extractor for the whole run). Empty where the front end has none.
     frontend_patterns: tuple[str, ...] = ()
     # Parameters that exist only for pre-training (masked-prediction heads, quantizers): never
     # fine-tuned, and a merge keeps theta0's values.
@@ -77,7 +78,11 @@ FAMILY_INFO: dict[str, FamilyInfo] = {
         # transformers builds Whisper's positions with requires_grad=False, but from_pretrained hands
         # them back trainable; they are fixed sinusoids. One frame per 2 log-mel hops of 160 samples.
         FamilyInfo("whisper", "whisper", (r"conv1\.", r"conv2\."), (), (r"embed_positions\.",), nominal_hop=320),
-        FamilyInfo("decoar2", "decoar2", (r"feature_projection\.",), nominal_hop=160),
+        # No front end to freeze: the official Speech-FT code freezes only parameters named
+        # `feature_extractor*`, and DeCoAR 2.0's fbank has no parameters; its input projection
+        # (`feature_projection`, s3prl's post_extract_proj) trains like the transformer. One frame per
+        # 2 fbank hops of 160 samples (s3prl keeps every second frame and reports a 320-sample rate).
+        FamilyInfo("decoar2", "decoar2", (), nominal_hop=320),
     )
 }
 # config.json model_type -> family
