@@ -234,7 +234,8 @@ def test_hubert_pretraining_head_is_kept_beside_the_encoder(tmp_path, fake_fairs
         del sys.modules[n]
     out2 = convert_checkpoint(tmp_path / "fairseq.pt", "fairseq", tmp_path / "enc2")
     info = read_pretraining_heads(out2).info
-    assert info["symbols"] == ["<s>", "<pad>", "</s>", "<unk>", "0", "1", "2"] and "4 symbols" in info["dictionary_note"]
+    assert info["symbols"] == ["<s>", "<pad>", "</s>", "<unk>", "0", "1", "2"]
+    assert "4 symbols" in info["dictionary_note"]
     # a tampered head is refused with one line
     (out / HEADS_DIR / "heads.safetensors").write_bytes(b"x" * 16)
     with pytest.raises(SpeechFTError, match="sha256 differs"):

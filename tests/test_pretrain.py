@@ -337,6 +337,96 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run_and_reuses_the_targets
         pretrain(enc, cls_task, run, config=config(9, *sets), resume=True, progress=False)
 
 
+# ---- continuing a converted HuBERT's own prediction head ------------------------------------------------------
+def converted_hubert_with_head(tmp_path, units=8, permutation=(3, 0, 7, 1, 6, 2, 5, 4)):
+    """A tiny HuBERT converted from an s3prl container with its pre-training head; its label dictionary lists
+    the units out of order, so unit k's row must come from the dictionary, not from k."""
+    from test_convert import hubert_checkpoint_with_head
+
+    from speechft.encoders.convert import convert_checkpoint
+
+    enc = tiny_encoder("hubert", seed=3)
+    symbols = ["<s>", "<pad>", "</s>", "<unk>", *map(str, permutation)]
+    state = hubert_checkpoint_with_head(tmp_path / "hubert.pt", enc, units=units, symbols=symbols)
+    return enc, state, symbols, convert_checkpoint(tmp_path / "hubert.pt", "s3prl", tmp_path / "enc")
+
+
+def test_pretrain_continues_the_checkpoints_head_from_its_values(tmp_path, cls_task, monkeypatch, capsys):
+    import speechft.pretrain as pt
+    from speechft.merge import merge_encoders
+
+    enc, state, symbols, enc_dir = converted_hubert_with_head(tmp_path)
+    seen = {}
+    real_loss, real_mask = pt.UnitObjective.loss, pt.span_mask
+
+    def record_loss(self, encode, head, name, batch):
+        seen.setdefault("batch", batch)
+        return real_loss(self, encode, head, name, batch)
+
+    def record_mask(frame_lengths, *a, **kw):
+        mask = real_mask(frame_lengths, *a, **kw)
+        if len(frame_lengths) > 1:  # a training batch (the fixed dev masks are drawn one clip at a time)
+            seen.setdefault("mask", mask)
+        return mask
+
+    monkeypatch.setattr(pt.UnitObjective, "loss", record_loss)
+    monkeypatch.setattr(pt, "span_mask", record_mask)
+    out = pretrain(enc_dir, cls_task, tmp_path / "run", config=config(3, "checkpoint.keep_at_end=true"), progress=False)
+    assert "prediction head: the checkpoint's HuBERT head (8 units, 12 label embeddings" in capsys.readouterr().out
+
+    # the step-1 loss, computed here from the checkpoint's tensors: fairseq's cosine / 0.1 over all 12 rows
+    batch, mask = seen["batch"], seen["mask"]
+    t = load_file(str(out / "units" / "targets.safetensors"))
+    frames = enc.frame_lengths(batch.lengths)
+    target = torch.full(mask.shape, -1)
+    for row, i in enumerate(batch.indices):
+        units = t["train.units"][t["train.offsets"][i] : t["train.offsets"][i + 1]].long()
+        target[row, : frames[row]] = torch.tensor([symbols.index(str(int(u))) for u in units])
+    with torch.no_grad():
+        h = enc(batch.wavs, batch.lengths, frame_mask=mask).hidden_states[-1]
+        x = torch.nn.functional.linear(h, state["final_proj.weight"], state["final_proj.bias"])
+        cos = torch.cosine_similarity(x[:, :, None, :], state["label_embs_concat"][None, None], dim=-1)
+    sel = mask & (target >= 0)
+    expected = torch.nn.functional.cross_entropy(cos[sel] / 0.1, target[sel]).item()
+    assert rows(out, "train")[0]["loss"] == pytest.approx(expected, abs=2e-6)
+
+    prov = json.loads((out / "speechft.json").read_text())
+    assert prov["prediction_head"]["head"] == "checkpoint"
+    assert (
+        prov["prediction_head"]["sha256"]
+        == json.loads((enc_dir / "speechft.json").read_text())["pretraining_heads"]["sha256"]
+    )
+    # the continued head stays beside the result (it trained), outside its weights
+    kept = load_file(str(out / "pretraining_heads" / "heads.safetensors"))
+    assert not torch.equal(kept["label_embs_concat"], state["label_embs_concat"])
+    assert (
+        prov["pretraining_heads"]["units"] == 8
+        and "kmeans" in json.loads((out / "pretraining_heads" / "heads.json").read_text())["units_origin"]
+    )
+    assert set(weights(out)) == set(weights(enc_dir))
+
+    merged = merge_encoders(enc_dir, [out], out=tmp_path / "merged", progress=False)
+    assert set(weights(merged)) == set(weights(enc_dir))
+    assert not any("final_proj" in k or "label_embs" in k for k in weights(merged))
+    assert not (merged / "pretraining_heads").exists()
+    assert "pretraining_heads" not in json.loads((merged / "speechft.json").read_text())
+    assert "prediction_head" not in json.loads((merged / "speechft.json").read_text())
+
+
+def test_a_head_that_does_not_fit_falls_back_to_a_fresh_one_and_says_so(tmp_path, cls_task, capsys):
+    *_, enc_dir = converted_hubert_with_head(tmp_path)
+    out = pretrain(enc_dir, cls_task, tmp_path / "run", config=config(1, "units.clusters=6"), progress=False)
+    said = capsys.readouterr().out
+    assert "prediction head: a fresh linear head (its head predicts 8 units, units.clusters=6)" in said
+    prov = json.loads((out / "speechft.json").read_text())
+    assert prov["prediction_head"] == {"head": "fresh", "reason": "its head predicts 8 units, units.clusters=6"}
+    assert not (out / "pretraining_heads").exists() and "pretraining_heads" not in prov
+    with pytest.raises(SpeechFTError, match=r"units.head=checkpoint: cannot continue .*8 units, units.clusters=6"):
+        pretrain(enc_dir, cls_task, tmp_path / "run2", config=config(1, "units.clusters=6", "units.head=checkpoint"))
+    fresh = pretrain(enc_dir, cls_task, tmp_path / "run3", config=config(1, "units.head=fresh"), progress=False)
+    assert json.loads((fresh / "speechft.json").read_text())["prediction_head"]["head"] == "fresh"
+
+
 # ---- the command line, manifests, refusals -------------------------------------------------------------
 def audio_manifest(root: Path, n=12) -> Path:
     (root / "clips").mkdir(parents=True)

@@ -406,13 +406,17 @@ def convert_checkpoint(
         provenance["source_format"] = f"speechft-reference-merged ({found.kind})"
         provenance["reference_merge_config"] = merge_cfg
     heads = _pretraining_heads(found, config) if family == "hubert" else None
+    return _save(cls(model, provenance), heads, out, overwrite)
+
+
+def _save(enc, heads, out: Path, overwrite: bool) -> Path:
+    """The encoder folder, with the pre-training head (tensors, info) in its subfolder when there is one."""
     if heads is None:
-        return cls(model, provenance).save(out, overwrite=overwrite)
+        return enc.save(out, overwrite=overwrite)
     with atomic_dir(out, overwrite=overwrite) as tmp:  # the encoder and its head appear together or not at all
         staged = Path(tempfile.mkdtemp(prefix=f".{out.name}.heads.", dir=tmp.parent))
         try:
-            provenance["pretraining_heads"] = write_pretraining_heads(staged, *heads)
-            cls(model, provenance).save(tmp, overwrite=True)
+            enc.save(tmp, provenance={"pretraining_heads": write_pretraining_heads(staged, *heads)}, overwrite=True)
             os.replace(staged / HEADS_DIR, tmp / HEADS_DIR)
         finally:
             shutil.rmtree(staged, ignore_errors=True)
