@@ -81,6 +81,9 @@ class UnitsConfig:
     sample_frames: int = 100_000  # k-means is fit on at most this many frames from a seeded sample of training clips
     iterations: int = 100  # Lloyd iterations at most; stops earlier once the inertia improves by < 1e-4 (relative)
     dev_clips: int = 100  # a bare manifest: clips held out for the dev metric (at most a tenth of them, at least 1)
+    # centroids to label with instead of fitting k-means: a .safetensors with `centroids` (K, hidden) - e.g. an earlier
+    # run's units/kmeans.safetensors - or a .npy (K, hidden); they must be of hidden state `layer` of this encoder
+    kmeans: str | None = None
     # the prediction head: auto = the encoder folder's own pre-training head (a converted HuBERT's final_proj +
     # label embeddings) when it predicts `clusters` units, else a fresh one; checkpoint = that head or an error;
     # fresh = always a new linear head
@@ -123,6 +126,8 @@ def resolve_pretrain_config(cfg: PretrainConfig) -> PretrainConfig:
         bad("units.iterations", u.iterations, "must be >= 1")
     if u.dev_clips < 1:
         bad("units.dev_clips", u.dev_clips, "must be >= 1")
+    if u.kmeans is not None and not Path(u.kmeans).is_file():
+        bad("units.kmeans", u.kmeans, "file not found; a .safetensors with 'centroids' or a .npy of shape (K, hidden)")
     if u.head not in ("auto", "checkpoint", "fresh"):
         bad("units.head", u.head, "one of auto, checkpoint, fresh")
     if not (math.isfinite(m.start_prob) and 0 < m.start_prob < 1):
@@ -337,9 +342,14 @@ class UnitObjective:
                 "head": "checkpoint",
                 "from": str(found.path.resolve()),
                 "sha256": found.sha256,
-                "note": "continued from the checkpoint's head; its original k-means is not in the checkpoint, so "
-                "with this run's k-means units the label embeddings are a warm start (unit k on the row of symbol "
-                "'k'), not the original objective",
+                "note": (
+                    f"targets from the given centroids units.kmeans={cfg.units.kmeans}: the head's own objective "
+                    "continues only if they are the units it was trained on"
+                    if cfg.units.kmeans
+                    else "the checkpoint does not hold the k-means its head was trained on: with this run's "
+                    "k-means units the label embeddings are a warm start (unit k on the row of symbol 'k'), "
+                    "not the original objective; pass units.kmeans to label with the original centroids"
+                ),
             }
             line = f"the checkpoint's HuBERT head ({k} units, {found.info['rows']} label embeddings, cosine / "
             line += f"{found.info['logit_temp']:g})"
@@ -430,6 +440,8 @@ class UnitObjective:
                 "kmeans_iterations": info.get("iterations"),
                 "inertia": info.get("inertia"),
                 "kmeans_sha256": info.get("sha256"),
+                "kmeans_from": info.get("from"),  # units.kmeans: the given centroids' file
+                "kmeans_from_sha256": info.get("source_sha256"),
                 "file": f"{UNITS_DIR}/{KMEANS_FILE}",
             },
             "masking": to_dict(self.cfg.mask),

@@ -412,6 +412,20 @@ def test_pretrain_continues_the_checkpoints_head_from_its_values(tmp_path, cls_t
     assert "pretraining_heads" not in json.loads((merged / "speechft.json").read_text())
     assert "prediction_head" not in json.loads((merged / "speechft.json").read_text())
 
+    # the result continues again, labelled with the very centroids its head was trained on (units.kmeans)
+    given = out / "units" / "kmeans.safetensors"
+    again = pretrain(out, cls_task, tmp_path / "again", config=config(1, f"units.kmeans={given}"), progress=False)
+    assert "the checkpoint's HuBERT head (8 units" in capsys.readouterr().out
+    assert torch.equal(
+        load_file(str(again / "units" / "kmeans.safetensors"))["centroids"], load_file(str(given))["centroids"]
+    )
+    prov = json.loads((again / "speechft.json").read_text())
+    assert (
+        prov["prediction_head"]["sha256"]
+        == json.loads((out / "speechft.json").read_text())["pretraining_heads"]["sha256"]
+    )
+    assert prov["units"]["kmeans_from"] == str(given.resolve()) and "given centroids" in prov["prediction_head"]["note"]
+
 
 def test_a_head_that_does_not_fit_falls_back_to_a_fresh_one_and_says_so(tmp_path, cls_task, capsys):
     *_, enc_dir = converted_hubert_with_head(tmp_path)
@@ -425,6 +439,31 @@ def test_a_head_that_does_not_fit_falls_back_to_a_fresh_one_and_says_so(tmp_path
         pretrain(enc_dir, cls_task, tmp_path / "run2", config=config(1, "units.clusters=6", "units.head=checkpoint"))
     fresh = pretrain(enc_dir, cls_task, tmp_path / "run3", config=config(1, "units.head=fresh"), progress=False)
     assert json.loads((fresh / "speechft.json").read_text())["prediction_head"]["head"] == "fresh"
+
+
+def test_units_kmeans_labels_with_the_given_centroids(tmp_path, tiny_encoder_dir, cls_task):
+    enc_dir = tiny_encoder_dir("hubert")
+    enc = load_encoder(enc_dir)
+    c = torch.randn(8, enc.hidden_size, generator=torch.Generator().manual_seed(0))
+    np.save(tmp_path / "km.npy", c.numpy())
+    sets = [f"units.kmeans={tmp_path / 'km.npy'}", "checkpoint.keep_at_end=true"]
+    out = pretrain(enc_dir, cls_task, tmp_path / "run", config=config(1, *sets), progress=False)
+    assert torch.equal(load_file(str(out / "units" / "kmeans.safetensors"))["centroids"], c)
+    t = load_file(str(out / "units" / "targets.safetensors"))
+    from speechft.data import load_task
+    from speechft.data.audio import load_audio
+
+    wav = torch.from_numpy(load_audio(load_task(cls_task).split("train")[0].path))
+    with torch.no_grad():
+        feats = enc(wav[None]).hidden_states[1][0]
+    assert torch.equal(t["train.units"][: t["train.offsets"][1]].long(), nearest_centroid(feats, c)[0])
+    assert json.loads((out / "speechft.json").read_text())["units"]["kmeans_from"] == str(
+        (tmp_path / "km.npy").resolve()
+    )
+    np.save(tmp_path / "km6.npy", c[:6].numpy())
+    with pytest.raises(SpeechFTError, match=r"km6.npy: centroids of shape \(6, 32\), expected finite \(8, 32\)"):
+        pretrain(enc_dir, cls_task, tmp_path / "bad", config=config(1, f"units.kmeans={tmp_path / 'km6.npy'}"))
+    assert not (tmp_path / "bad").exists()
 
 
 # ---- the command line, manifests, refusals -------------------------------------------------------------
@@ -463,6 +502,8 @@ def test_cli_on_a_bare_manifest_holds_out_dev_clips(tmp_path, tiny_encoder_dir, 
         (["head.proj_dim=64"], "takes no head settings"),
         (["mask.start_prob=1.5"], "mask.start_prob=1.5"),
         (["units.clusters=1"], "at least 2 clusters"),
+        (["units.kmeans=/nowhere/km.npy"], "units.kmeans='/nowhere/km.npy': file not found"),
+        (["units.head=always"], "units.head"),
     ],
 )
 def test_bad_settings_are_one_line_errors(tmp_path, tiny_encoder_dir, cls_task, capsys, sets, needle):
