@@ -14,20 +14,30 @@ What happens, in order:
    training and dev clip - exactly the crop the training stream yields (`data.max_seconds`, cut at the
    start like every speechft crop) - is labelled frame by frame with its nearest centroid. Both are
    stored in the run folder (units/, safetensors) so a resumed run reuses them (speechft.units).
+   `units.kmeans=PATH` labels with given centroids instead (an earlier run's units/kmeans.safetensors, or a .npy).
 2. Training: the input under random spans of frames is hidden (`span_mask`: each frame starts a span of
    `mask.span` frames with probability `mask.start_prob`, HuBERT's p = 8%, l = 10, at the model's own
    frame rate) through `Encoder.forward(..., frame_mask=)`: wav2vec2-family models get their projected
    conv features replaced by the model's `masked_spec_embed` (zeros if it has none), Whisper gets the two
-   log-mel frames under each masked output frame set to 0, DeCoAR 2.0 its filterbank frames. A linear
-   prediction head over the last hidden state predicts the unit of every frame; the loss is the cross-
-   entropy over masked frames only (`masked_unit_loss`).
+   log-mel frames under each masked output frame set to 0, DeCoAR 2.0 its filterbank frames. A prediction
+   head over the last hidden state scores the units of every frame; the loss is the cross-entropy over
+   masked frames only (`masked_unit_loss`). The head (`units.head`, `choose_head`): an encoder folder that
+   keeps its checkpoint's HuBERT head (`speechft encoder convert` of a HuBERT checkpoint with final_proj +
+   label_embs_concat: speechft.encoders.pretraining_heads) continues with it - fairseq's cosine / 0.1 over
+   every label embedding, the loss starting where the checkpoint's is - when it predicts `units.clusters`
+   units at the encoder's width; otherwise a fresh linear head. One stdout line and the provenance
+   (`prediction_head`) say which. The checkpoint does not hold the k-means its head was trained on, so the
+   match is by count only: with new k-means units the label embeddings are a warm start, not HuBERT's own
+   objective, unless `units.kmeans` gives the original centroids (of hidden state `units.layer`).
 3. The loop is fine-tuning's (speechft.engine.run_training) with this objective instead of the task heads:
    method `regular` by default (everything but the front end trains; the other methods work too), Adam,
    the warm-up / hold / decay schedule, clip 1, atomic resumable checkpoints, accelerate. The dev metric is
    masked-unit accuracy on held-out audio (a task folder's dev split, or `units.dev_clips` clips of a bare
    manifest) with fixed masks; the best-on-dev checkpoint is the result.
 4. The result is an encoder folder like finetune's (speechft.json: method "continued-pretraining", the
-   units' K and layer, steps, the parent's hash); the prediction head is pre-training-only and dropped.
+   units' K and layer, steps, the parent's hash). A fresh linear head is dropped; a continued checkpoint head
+   stays beside it in pretraining_heads/ (outside model.safetensors: merge never sees or copies it), with its
+   units recorded as this run's units/kmeans.safetensors, so the result can be continued again.
 
 `--audio` is a task folder (its train split trains, its dev split scores; labels are ignored) or a bare
 TSV manifest with a `path` column (relative to the manifest's folder, or absolute) and optionally

@@ -20,6 +20,11 @@ Accepted containers (detected from their keys; `--from` says which toolkit made 
 - DeCoAR 2.0 s3prl checkpoints ``{'model': state}`` (fairseq-style transformer keys) ->
   the speechft DeCoAR 2.0 folder (decoar2_hf.py).
 
+Pre-training-only weights never enter the encoder (``dropped_keys`` in the provenance). HuBERT's
+masked-prediction head (``final_proj`` + ``label_embs_concat``, with the label dictionary when the file
+has it: s3prl's ``dictionaries_symbols`` or fairseq's pickled ``Dictionary`` state) is kept beside the
+encoder in ``pretraining_heads/`` for ``speechft pretrain`` (speechft.encoders.pretraining_heads).
+
 Safety: files are read with ``torch.load(weights_only=True)``, never plain unpickling. Two
 kinds of harmless non-tensor objects occur in these containers and are allowed through
 ``torch.serialization.safe_globals`` for the duration of the load only: ``argparse.Namespace``
