@@ -198,9 +198,10 @@ def hubert_checkpoint_with_head(path, enc, units=8, final_dim=16, symbols=None, 
     return state
 
 
-def test_hubert_pretraining_head_is_kept_beside_the_encoder(tmp_path, fake_fairseq):
+def test_hubert_pretraining_head_is_kept_beside_the_encoder(tmp_path, fake_fairseq, capsys):
     from transformers import AutoModel
 
+    from speechft.cli import main
     from speechft.encoders.pretraining_heads import HEADS_DIR, read_pretraining_heads
 
     enc = tiny_encoder("hubert", seed=3)
@@ -236,6 +237,9 @@ def test_hubert_pretraining_head_is_kept_beside_the_encoder(tmp_path, fake_fairs
     info = read_pretraining_heads(out2).info
     assert info["symbols"] == ["<s>", "<pad>", "</s>", "<unk>", "0", "1", "2"]
     assert "4 symbols" in info["dictionary_note"]
+    argv = ["encoder", "convert", "--from", "s3prl", str(tmp_path / "hubert.pt"), "--out", str(tmp_path / "enc3")]
+    assert main(argv) == 0
+    assert "kept its pre-training head beside the encoder (pretraining_heads/: 3 units" in capsys.readouterr().out
     # a tampered head is refused with one line
     (out / HEADS_DIR / "heads.safetensors").write_bytes(b"x" * 16)
     with pytest.raises(SpeechFTError, match="sha256 differs"):

@@ -497,3 +497,8 @@ def main(args):
         f"converted {enc.provenance.get('source_format')} {enc.family} checkpoint ({enc.num_layers} layers, "
         f"hidden {enc.hidden_size}, {n:,} parameters) to {out}"
     )
+    if heads := enc.provenance.get("pretraining_heads"):
+        print(
+            f"kept its pre-training head beside the encoder ({HEADS_DIR}/: {heads['units']} units; "
+            "speechft pretrain continues it when units.clusters matches)"
+        )
