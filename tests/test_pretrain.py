@@ -441,6 +441,51 @@ def test_a_head_that_does_not_fit_falls_back_to_a_fresh_one_and_says_so(tmp_path
     assert json.loads((fresh / "speechft.json").read_text())["prediction_head"]["head"] == "fresh"
 
 
+def test_a_run_continuing_the_checkpoints_head_resumes_exactly(tmp_path, cls_task, monkeypatch):
+    import speechft.pretrain as pt
+
+    *_, enc_dir = converted_hubert_with_head(tmp_path)
+    sets = ["data.batch_size=4", "eval.every=2", "checkpoint.every=2", "deterministic=true"]
+    ref = pretrain(enc_dir, cls_task, tmp_path / "ref", config=config(4, *sets), progress=False)
+    real_loss, calls = pt.UnitObjective.loss, []
+
+    def crash_at_step_3(self, *a, **kw):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real_loss(self, *a, **kw)
+
+    monkeypatch.setattr(pt.UnitObjective, "loss", crash_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(enc_dir, cls_task, tmp_path / "run", config=config(4, *sets), progress=False)
+    monkeypatch.setattr(pt.UnitObjective, "loss", real_loss)
+    run = pretrain(enc_dir, cls_task, tmp_path / "run", resume=True, progress=False)
+    for name in ("model.safetensors", "pretraining_heads/heads.safetensors"):
+        a, b = load_file(str(ref / name)), load_file(str(run / name))
+        assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a), name
+    assert [r["loss"] for r in rows(ref, "train")] == [r["loss"] for r in rows(run, "train")]
+
+
+def test_the_checkpoint_head_scores_in_fp32_under_autocast():
+    from speechft.encoders.pretraining_heads import HubertPredictionHead
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {
+        "final_proj.weight": torch.randn(4, 8, generator=g),
+        "final_proj.bias": torch.randn(4, generator=g),
+        "label_embs_concat": torch.randn(7, 4, generator=g),
+    }
+    head = HubertPredictionHead(tensors, {"target_glu": False, "logit_temp": 0.1, "symbols": [*"abcd", "0", "2", "1"]})
+    assert head.unit_rows.tolist() == [4, 6, 5]
+    x = torch.randn(2, 3, 8, generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = head(x)
+    assert low.dtype == torch.float32
+    proj = torch.autocast("cpu", dtype=torch.bfloat16)(head.final_proj)(x).float()  # only final_proj runs in bf16
+    expected = torch.cosine_similarity(proj[:, :, None], tensors["label_embs_concat"][None, None], dim=-1) / 0.1
+    torch.testing.assert_close(low, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_units_kmeans_labels_with_the_given_centroids(tmp_path, tiny_encoder_dir, cls_task):
     enc_dir = tiny_encoder_dir("hubert")
     enc = load_encoder(enc_dir)

@@ -148,12 +148,15 @@ class HubertPredictionHead(nn.Module):
         self.register_buffer("unit_rows", torch.tensor(unit_rows_of(info["symbols"])), persistent=False)
 
     def forward(self, last_hidden: torch.Tensor) -> torch.Tensor:
-        x = self.final_proj(last_hidden).float()
-        embs = self.label_embs_concat if self.target_glu is None else self.target_glu(self.label_embs_concat)
-        # torch.cosine_similarity's eps (1e-8) on each norm
-        x = x / x.norm(dim=-1, keepdim=True).clamp(min=1e-8)
-        embs = embs.float() / embs.float().norm(dim=-1, keepdim=True).clamp(min=1e-8)
-        return (x @ embs.T) / self.logit_temp
+        x = self.final_proj(last_hidden)
+        # fairseq scores in fp32 whatever the training precision: no autocast from here on
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            x = x.float()
+            embs = self.label_embs_concat if self.target_glu is None else self.target_glu(self.label_embs_concat)
+            # torch.cosine_similarity's eps (1e-8) on each norm
+            x = x / x.norm(dim=-1, keepdim=True).clamp(min=1e-8)
+            embs = embs.float() / embs.float().norm(dim=-1, keepdim=True).clamp(min=1e-8)
+            return (x @ embs.T) / self.logit_temp
 
     def tensors(self) -> dict:
         return {k: v.detach().cpu() for k, v in self.state_dict().items()}
