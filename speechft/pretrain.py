@@ -14,20 +14,30 @@ What happens, in order:
    training and dev clip - exactly the crop the training stream yields (`data.max_seconds`, cut at the
    start like every speechft crop) - is labelled frame by frame with its nearest centroid. Both are
    stored in the run folder (units/, safetensors) so a resumed run reuses them (speechft.units).
+   `units.kmeans=PATH` labels with given centroids instead (an earlier run's units/kmeans.safetensors, or a .npy).
 2. Training: the input under random spans of frames is hidden (`span_mask`: each frame starts a span of
    `mask.span` frames with probability `mask.start_prob`, HuBERT's p = 8%, l = 10, at the model's own
    frame rate) through `Encoder.forward(..., frame_mask=)`: wav2vec2-family models get their projected
    conv features replaced by the model's `masked_spec_embed` (zeros if it has none), Whisper gets the two
-   log-mel frames under each masked output frame set to 0, DeCoAR 2.0 its filterbank frames. A linear
-   prediction head over the last hidden state predicts the unit of every frame; the loss is the cross-
-   entropy over masked frames only (`masked_unit_loss`).
+   log-mel frames under each masked output frame set to 0, DeCoAR 2.0 its filterbank frames. A prediction
+   head over the last hidden state scores the units of every frame; the loss is the cross-entropy over
+   masked frames only (`masked_unit_loss`). The head (`units.head`, `choose_head`): an encoder folder that
+   keeps its checkpoint's HuBERT head (`speechft encoder convert` of a HuBERT checkpoint with final_proj +
+   label_embs_concat: speechft.encoders.pretraining_heads) continues with it - fairseq's cosine / 0.1 over
+   every label embedding, the loss starting where the checkpoint's is - when it predicts `units.clusters`
+   units at the encoder's width; otherwise a fresh linear head. One stdout line and the provenance
+   (`prediction_head`) say which. The checkpoint does not hold the k-means its head was trained on, so the
+   match is by count only: with new k-means units the label embeddings are a warm start, not HuBERT's own
+   objective, unless `units.kmeans` gives the original centroids (of hidden state `units.layer`).
 3. The loop is fine-tuning's (speechft.engine.run_training) with this objective instead of the task heads:
    method `regular` by default (everything but the front end trains; the other methods work too), Adam,
    the warm-up / hold / decay schedule, clip 1, atomic resumable checkpoints, accelerate. The dev metric is
    masked-unit accuracy on held-out audio (a task folder's dev split, or `units.dev_clips` clips of a bare
    manifest) with fixed masks; the best-on-dev checkpoint is the result.
 4. The result is an encoder folder like finetune's (speechft.json: method "continued-pretraining", the
-   units' K and layer, steps, the parent's hash); the prediction head is pre-training-only and dropped.
+   units' K and layer, steps, the parent's hash). A fresh linear head is dropped; a continued checkpoint head
+   stays beside it in pretraining_heads/ (outside model.safetensors: merge never sees or copies it), with its
+   units recorded as this run's units/kmeans.safetensors, so the result can be continued again.
 
 `--audio` is a task folder (its train split trains, its dev split scores; labels are ignored) or a bare
 TSV manifest with a `path` column (relative to the manifest's folder, or absolute) and optionally
@@ -81,6 +91,13 @@ class UnitsConfig:
     sample_frames: int = 100_000  # k-means is fit on at most this many frames from a seeded sample of training clips
     iterations: int = 100  # Lloyd iterations at most; stops earlier once the inertia improves by < 1e-4 (relative)
     dev_clips: int = 100  # a bare manifest: clips held out for the dev metric (at most a tenth of them, at least 1)
+    # centroids to label with instead of fitting k-means: a .safetensors with `centroids` (K, hidden) - e.g. an earlier
+    # run's units/kmeans.safetensors - or a .npy (K, hidden); they must be of hidden state `layer` of this encoder
+    kmeans: str | None = None
+    # the prediction head: auto = the encoder folder's own pre-training head (a converted HuBERT's final_proj +
+    # label embeddings) when it predicts `clusters` units, else a fresh one; checkpoint = that head or an error;
+    # fresh = always a new linear head
+    head: Literal["auto", "checkpoint", "fresh"] = "auto"
 
 
 @dataclass
@@ -119,6 +136,10 @@ def resolve_pretrain_config(cfg: PretrainConfig) -> PretrainConfig:
         bad("units.iterations", u.iterations, "must be >= 1")
     if u.dev_clips < 1:
         bad("units.dev_clips", u.dev_clips, "must be >= 1")
+    if u.kmeans is not None and not Path(u.kmeans).is_file():
+        bad("units.kmeans", u.kmeans, "file not found; a .safetensors with 'centroids' or a .npy of shape (K, hidden)")
+    if u.head not in ("auto", "checkpoint", "fresh"):
+        bad("units.head", u.head, "one of auto, checkpoint, fresh")
     if not (math.isfinite(m.start_prob) and 0 < m.start_prob < 1):
         bad("mask.start_prob", m.start_prob, "a probability in (0, 1); HuBERT uses 0.08")
     if m.span < 1 or m.min_spans < 0:
@@ -258,8 +279,11 @@ class UnitObjective:
     data_option = "--audio"
     config_class = PretrainConfig
 
-    def __init__(self, audio):
+    def __init__(self, audio, encoder_dir=None):
         self.source = AudioSource(audio)
+        self.encoder_dir = None if encoder_dir is None else Path(encoder_dir)
+        self.unit_rows: torch.Tensor | None = None  # unit k's logit row in the checkpoint's head (None: row k)
+        self.head_choice: dict = {}
         self.encoder = self.cfg = self.task = self.layer = None
         self.targets: dict[str, UnitTargets] = {}
         self.units_info: dict = {}
@@ -285,7 +309,7 @@ class UnitObjective:
                 f"config units.layer={self.layer}: this {encoder.family} encoder has {L} layers; "
                 f"choose 0..{L} (null = the middle one, {max(1, L // 2)})"
             )
-        heads = nn.ModuleDict({UNITS: UnitHead(encoder.hidden_size, cfg.units.clusters)})
+        heads = nn.ModuleDict({UNITS: self.choose_head(encoder, cfg, loop)})
         datasets = {split: SplitDataset(self.task, split, cfg.data.max_seconds) for split in ("train", "dev")}
         self.targets = prepare_targets(encoder, datasets, cfg, self.layer, out / UNITS_DIR, loop, progress)
         self.units_info = read_units_info(out / UNITS_DIR)
@@ -300,6 +324,59 @@ class UnitObjective:
         ]
         return heads
 
+    def choose_head(self, encoder, cfg: PretrainConfig, loop: Loop) -> nn.Module:
+        """The checkpoint's own pre-training head when `units.head` allows it and it fits (its unit count is
+        units.clusters, its input the encoder's width), else a fresh UnitHead; says which on stdout."""
+        from .encoders.pretraining_heads import HubertPredictionHead, read_pretraining_heads
+
+        k, mode = cfg.units.clusters, cfg.units.head
+        found = read_pretraining_heads(self.encoder_dir) if self.encoder_dir is not None and mode != "fresh" else None
+        if found is None:
+            why = "units.head=fresh" if mode == "fresh" else "the encoder folder has no pre-training head"
+        elif found.info["units"] != k:
+            why = f"its head predicts {found.info['units']} units, units.clusters={k}"
+        elif found.info["hidden_size"] != encoder.hidden_size:
+            why = f"its head reads width {found.info['hidden_size']}, the encoder's is {encoder.hidden_size}"
+        else:
+            why = None
+        if why is not None and mode == "checkpoint":
+            raise SpeechFTError(
+                f"config units.head=checkpoint: cannot continue the checkpoint's head ({why}); "
+                f"{'set units.clusters to its unit count' if found else 'convert a HuBERT checkpoint with its head'}"
+                " or use units.head=auto"
+            )
+        if why is None:
+            head = HubertPredictionHead(found.tensors, found.info)
+            self.unit_rows = head.unit_rows.clone()
+            self.head_choice = {
+                "head": "checkpoint",
+                "from": str(found.path.resolve()),
+                "sha256": found.sha256,
+                "note": (
+                    f"targets from the given centroids units.kmeans={cfg.units.kmeans}: the head's own objective "
+                    "continues only if they are the units it was trained on"
+                    if cfg.units.kmeans
+                    else "the checkpoint does not hold the k-means its head was trained on: with this run's "
+                    "k-means units the label embeddings are a warm start (unit k on the row of symbol 'k'), "
+                    "not the original objective; pass units.kmeans to label with the original centroids"
+                ),
+            }
+            line = f"the checkpoint's HuBERT head ({k} units, {found.info['rows']} label embeddings, cosine / "
+            line += f"{found.info['logit_temp']:g})"
+        else:
+            head, self.unit_rows = UnitHead(encoder.hidden_size, k), None
+            self.head_choice = {"head": "fresh", "reason": why}
+            line = f"a fresh linear head ({why})"
+        if loop.main:
+            print(f"pretrain: prediction head: {line}")
+        return head
+
+    def rows(self, targets: torch.Tensor) -> torch.Tensor:
+        """Unit targets -> the head's logit rows (the checkpoint's head also scores fairseq's special symbols)."""
+        if self.unit_rows is None:
+            return targets
+        return torch.where(targets >= 0, self.unit_rows[targets.clamp(min=0)], targets)
+
     def streams(self, cfg: PretrainConfig, loop: Loop) -> dict:
         return {UNITS: TaskStream(self.task, cfg.data, cfg.seed, loop.rank, loop.world, loop.device)}
 
@@ -308,7 +385,7 @@ class UnitObjective:
         m, device = self.cfg.mask, batch.wavs.device
         frames = self.encoder.frame_lengths(batch.lengths).cpu()
         mask = span_mask(frames, m.start_prob, m.span, m.min_spans)  # the global RNG: resumes exactly
-        targets = self.targets["train"].batch(batch.indices, frames)
+        targets = self.rows(self.targets["train"].batch(batch.indices, frames))
         enc_out = encode(batch.wavs, batch.lengths, frame_mask=mask.to(device))
         return masked_unit_loss(head(enc_out.hidden_states[-1]), targets.to(device), mask.to(device))
 
@@ -325,7 +402,7 @@ class UnitObjective:
         counts = torch.zeros(2, dtype=torch.float64)
         for batch in loader:
             frames = encoder.frame_lengths(batch.lengths).cpu()
-            targets = self.targets["dev"].batch(batch.indices, frames)  # (checks the frame counts)
+            targets = self.rows(self.targets["dev"].batch(batch.indices, frames))  # (checks the frame counts)
             mask = torch.zeros(len(frames), int(frames.max()), dtype=torch.bool)
             for row, i in enumerate(batch.indices):
                 mask[row, : frames[row]] = self.dev_masks[i]
@@ -346,7 +423,18 @@ class UnitObjective:
 
     # ---- the result -------------------------------------------------------------------------------------------
     def save_heads(self, out: Path, heads) -> None:
-        """Nothing: the prediction head exists only for pre-training (like HuBERT's final_proj)."""
+        """A continued checkpoint head stays beside the result (pretraining_heads/, outside the encoder's weights,
+        so merge never sees it) for a further run; a fresh linear head exists only for this run and is dropped."""
+        from .encoders.pretraining_heads import read_pretraining_heads, write_pretraining_heads
+
+        if self.head_choice.get("head") != "checkpoint":
+            return
+        info = read_pretraining_heads(self.encoder_dir).info
+        info["units_origin"] = (
+            f"the k-means of the continued pre-training that wrote this folder ({UNITS_DIR}/{KMEANS_FILE}, "
+            f"sha256 {self.units_info.get('sha256')}, layer {self.layer} of its initial encoder)"
+        )
+        self.head_choice["saved"] = write_pretraining_heads(out, heads[UNITS].tensors(), info)
 
     def provenance(self, heads) -> dict:
         info = self.units_info
@@ -362,9 +450,13 @@ class UnitObjective:
                 "kmeans_iterations": info.get("iterations"),
                 "inertia": info.get("inertia"),
                 "kmeans_sha256": info.get("sha256"),
+                "kmeans_from": info.get("from"),  # units.kmeans: the given centroids' file
+                "kmeans_from_sha256": info.get("source_sha256"),
                 "file": f"{UNITS_DIR}/{KMEANS_FILE}",
             },
             "masking": to_dict(self.cfg.mask),
+            "prediction_head": {k: v for k, v in self.head_choice.items() if k != "saved"},
+            **({"pretraining_heads": self.head_choice["saved"]} if "saved" in self.head_choice else {}),
             "audio": {
                 "path": str(self.source.path.resolve()),
                 "train_clips": len(self.task.split("train")),
@@ -408,7 +500,8 @@ def pretrain(
         config = PretrainConfig()
     if config is not None:
         config = dataclasses.replace(config, **sets, data=dataclasses.replace(config.data, **data))
-    return run_training(encoder_dir, out, UnitObjective(audio), config, resume, overwrite, progress, device)
+    objective = UnitObjective(audio, encoder_dir)
+    return run_training(encoder_dir, out, objective, config, resume, overwrite, progress, device)
 
 
 def add_arguments(p) -> None:

@@ -42,6 +42,8 @@ PARENT_ONLY_KEYS = frozenset(
         "units",
         "masking",
         "audio",
+        "pretraining_heads",  # the head kept beside a converted/pre-trained folder, not copied to its children
+        "prediction_head",
         # merge
         "merge",
         "merge_chain",

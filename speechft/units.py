@@ -4,7 +4,8 @@ Once per run, offline, with the initial encoder: features of one intermediate la
 training audio are clustered (`kmeans`: k-means++ initialisation, Lloyd iterations, seeded), every training and
 dev clip is labelled frame by frame with its nearest centroid (`label_split`), and both are stored in the run
 folder (`prepare_targets`: units/kmeans.safetensors + units.json, units/targets.safetensors while running) so a
-resumed run reuses them. `UnitTargets` hands a batch its (B, F) targets.
+resumed run reuses them. `units.kmeans` replaces the fitting with given centroids (`given_units`), e.g. the units a
+checkpoint's prediction head was trained on. `UnitTargets` hands a batch its (B, F) targets.
 """
 
 from __future__ import annotations
@@ -156,6 +157,32 @@ def fit_units(encoder, dataset, cfg, layer: int, device, progress: bool) -> tupl
     return centroids.cpu(), {**info, "clips": len(picked)}
 
 
+def given_units(path, clusters: int, hidden_size: int) -> tuple[torch.Tensor, dict]:
+    """`units.kmeans`: centroids (K, hidden) from a .safetensors (`centroids`) or a .npy file, checked."""
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        raise SpeechFTError(f"config units.kmeans={str(path)!r}: file not found")
+    if path.suffix == ".npy":
+        try:
+            c = torch.from_numpy(np.load(path, allow_pickle=False)).float()
+        except (ValueError, OSError) as e:
+            raise SpeechFTError(f"{path}: not a readable .npy array of centroids ({e})") from None
+    else:
+        tensors = load_tensors(path)
+        if "centroids" not in tensors:
+            raise SpeechFTError(f"{path}: no 'centroids' tensor (has {', '.join(sorted(tensors)) or 'none'})")
+        c = tensors["centroids"].float()
+    if tuple(c.shape) != (clusters, hidden_size) or not torch.isfinite(c).all():
+        raise SpeechFTError(
+            f"{path}: centroids of shape {tuple(c.shape)}, expected finite ({clusters}, {hidden_size}): "
+            "units.clusters by this encoder's hidden size"
+        )
+    info = {"points": None, "clips": None, "iterations": 0, "inertia": None, "from": str(path.resolve())}
+    return c, {**info, "source_sha256": sha256_file(path)}
+
+
 def label_split(
     encoder, dataset, centroids: torch.Tensor, layer: int, cfg, loop, progress: bool, desc: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -221,7 +248,10 @@ def prepare_targets(encoder, datasets: dict, cfg, layer: int, folder: Path, loop
     if not targets_file.exists():  # a fresh run, or one killed before its targets were stored
         if not kmeans_file.exists():
             if loop.main:
-                centroids, info = fit_units(encoder, datasets["train"], cfg, layer, loop.device, show)
+                if cfg.units.kmeans:
+                    centroids, info = given_units(cfg.units.kmeans, cfg.units.clusters, encoder.hidden_size)
+                else:
+                    centroids, info = fit_units(encoder, datasets["train"], cfg, layer, loop.device, show)
                 part = kmeans_file.with_name(kmeans_file.name + ".part")
                 save_tensors(part, {"centroids": centroids})
                 # units.json first: kmeans.safetensors existing means both are complete.
@@ -229,7 +259,9 @@ def prepare_targets(encoder, datasets: dict, cfg, layer: int, folder: Path, loop
                     info_file, {"clusters": cfg.units.clusters, "layer": layer, **info, "sha256": sha256_file(part)}
                 )
                 os.replace(part, kmeans_file)
-                if show:
+                if show and cfg.units.kmeans:
+                    print(f"units: K={cfg.units.clusters} centroids from {cfg.units.kmeans} (layer {layer})")
+                elif show:
                     print(
                         f"units: k-means K={cfg.units.clusters} on {info['points']} frames of layer {layer} "
                         f"({info['clips']} clips): {info['iterations']} iterations, inertia {info['inertia']:.4g}"

@@ -178,6 +178,84 @@ def test_fairseq_hubert_original_round_trip(tmp_path, fake_fairseq):
     assert converted.model.config.layerdrop == 0.0
 
 
+def hubert_checkpoint_with_head(path, enc, units=8, final_dim=16, symbols=None, seed=0):
+    """An s3prl converted HuBERT container with its pre-training head (final_proj + label_embs_concat for
+    fairseq's 4 special symbols and `units` units) and, optionally, its label dictionary; dropout off."""
+    g = torch.Generator().manual_seed(seed)
+    state = fairseq_state(enc)
+    state["label_embs_concat"] = torch.randn(units + 4, final_dim, generator=g)
+    state["final_proj.weight"] = torch.randn(final_dim, enc.hidden_size, generator=g)
+    state["final_proj.bias"] = torch.randn(final_dim, generator=g)
+    off = dict(dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, dropout_input=0.0, encoder_layerdrop=0.0)
+    ckpt = {
+        "task_cfg": {"normalize": False, "labels": ["km"]},
+        "model_cfg": {"_name": "hubert", **fairseq_cfg(enc, **off), "logit_temp": 0.1},
+        "model_weight": state,
+    }
+    if symbols is not None:
+        ckpt["dictionaries_symbols"] = [symbols]
+    torch.save(ckpt, path)
+    return state
+
+
+def test_hubert_pretraining_head_is_kept_beside_the_encoder(tmp_path, fake_fairseq, capsys):
+    from transformers import AutoModel
+
+    from speechft.cli import main
+    from speechft.encoders.pretraining_heads import HEADS_DIR, read_pretraining_heads
+
+    enc = tiny_encoder("hubert", seed=3)
+    symbols = ["<s>", "<pad>", "</s>", "<unk>", "2", "0", "1"]
+    state = hubert_checkpoint_with_head(tmp_path / "hubert.pt", enc, units=3, symbols=symbols)
+    out = convert_checkpoint(tmp_path / "hubert.pt", "s3prl", tmp_path / "enc")
+    assert_same_states(enc, out)
+    heads = read_pretraining_heads(out)
+    for k in ("final_proj.weight", "final_proj.bias", "label_embs_concat"):
+        assert torch.equal(heads.tensors[k], state[k]), k
+    assert heads.info["units"] == 3 and heads.info["rows"] == 7 and heads.info["symbols"] == symbols
+    prov = read_provenance(out)
+    assert prov["pretraining_heads"]["sha256"] == heads.sha256 and prov["pretraining_heads"]["units"] == 3
+    # outside the encoder: not in model.safetensors, nothing extra for transformers to load
+    assert not any("final_proj" in k or "label_embs" in k for k in load_encoder(out).model.state_dict())
+    assert sorted(p.name for p in out.glob("*.safetensors")) == ["model.safetensors"]
+    model, info = AutoModel.from_pretrained(out, output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys"))
+    # a fairseq original: the dictionary comes from the pickled task state (4 symbols for 7 rows: ignored,
+    # fairseq's own layout assumed)
+    ckpt = torch.load(tmp_path / "hubert.pt")
+    torch.save(
+        {
+            "cfg": {"model": ckpt["model_cfg"], "task": {"normalize": False}},
+            "model": ckpt["model_weight"],
+            "task_state": {"dictionaries": [fake_fairseq()]},
+        },
+        tmp_path / "fairseq.pt",
+    )
+    for n in ("fairseq.data.dictionary", "fairseq.data", "fairseq"):
+        del sys.modules[n]
+    out2 = convert_checkpoint(tmp_path / "fairseq.pt", "fairseq", tmp_path / "enc2")
+    info = read_pretraining_heads(out2).info
+    assert info["symbols"] == ["<s>", "<pad>", "</s>", "<unk>", "0", "1", "2"]
+    assert "4 symbols" in info["dictionary_note"]
+    argv = ["encoder", "convert", "--from", "s3prl", str(tmp_path / "hubert.pt"), "--out", str(tmp_path / "enc3")]
+    assert main(argv) == 0
+    assert "kept its pre-training head beside the encoder (pretraining_heads/: 3 units" in capsys.readouterr().out
+    # a tampered head is refused with one line
+    (out / HEADS_DIR / "heads.safetensors").write_bytes(b"x" * 16)
+    with pytest.raises(SpeechFTError, match="sha256 differs"):
+        read_pretraining_heads(out)
+
+
+def test_incomplete_or_foreign_head_is_not_kept(tmp_path, capsys):
+    enc = tiny_encoder("hubert", seed=3)
+    state = fairseq_state(enc)
+    state["label_embs_concat"] = torch.randn(12, 16)  # no final_proj: nothing to continue
+    torch.save({"model_cfg": {"_name": "hubert", **fairseq_cfg(enc)}, "model_weight": state}, tmp_path / "a.pt")
+    out = convert_checkpoint(tmp_path / "a.pt", "s3prl", tmp_path / "enc")
+    assert not (out / "pretraining_heads").exists() and "pretraining_heads" not in read_provenance(out)
+    assert "pre-training head is not kept (no final_proj" in capsys.readouterr().err
+
+
 def test_fairseq_wav2vec2_with_args_namespace_and_group_norm(tmp_path):
     enc = tiny_encoder("wav2vec2", seed=4, feat_extract_norm="group")
     state = fairseq_state(enc)

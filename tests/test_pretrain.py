@@ -337,6 +337,180 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run_and_reuses_the_targets
         pretrain(enc, cls_task, run, config=config(9, *sets), resume=True, progress=False)
 
 
+# ---- continuing a converted HuBERT's own prediction head ------------------------------------------------------
+def converted_hubert_with_head(tmp_path, units=8, permutation=(3, 0, 7, 1, 6, 2, 5, 4)):
+    """A tiny HuBERT converted from an s3prl container with its pre-training head; its label dictionary lists
+    the units out of order, so unit k's row must come from the dictionary, not from k."""
+    from test_convert import hubert_checkpoint_with_head
+
+    from speechft.encoders.convert import convert_checkpoint
+
+    enc = tiny_encoder("hubert", seed=3)
+    symbols = ["<s>", "<pad>", "</s>", "<unk>", *map(str, permutation)]
+    state = hubert_checkpoint_with_head(tmp_path / "hubert.pt", enc, units=units, symbols=symbols)
+    return enc, state, symbols, convert_checkpoint(tmp_path / "hubert.pt", "s3prl", tmp_path / "enc")
+
+
+def test_pretrain_continues_the_checkpoints_head_from_its_values(tmp_path, cls_task, monkeypatch, capsys):
+    import speechft.pretrain as pt
+    from speechft.merge import merge_encoders
+
+    enc, state, symbols, enc_dir = converted_hubert_with_head(tmp_path)
+    seen = {}
+    real_loss, real_mask = pt.UnitObjective.loss, pt.span_mask
+
+    def record_loss(self, encode, head, name, batch):
+        seen.setdefault("batch", batch)
+        return real_loss(self, encode, head, name, batch)
+
+    def record_mask(frame_lengths, *a, **kw):
+        mask = real_mask(frame_lengths, *a, **kw)
+        if len(frame_lengths) > 1:  # a training batch (the fixed dev masks are drawn one clip at a time)
+            seen.setdefault("mask", mask)
+        return mask
+
+    monkeypatch.setattr(pt.UnitObjective, "loss", record_loss)
+    monkeypatch.setattr(pt, "span_mask", record_mask)
+    out = pretrain(enc_dir, cls_task, tmp_path / "run", config=config(3, "checkpoint.keep_at_end=true"), progress=False)
+    assert "prediction head: the checkpoint's HuBERT head (8 units, 12 label embeddings" in capsys.readouterr().out
+
+    # the step-1 loss, computed here from the checkpoint's tensors: fairseq's cosine / 0.1 over all 12 rows
+    batch, mask = seen["batch"], seen["mask"]
+    t = load_file(str(out / "units" / "targets.safetensors"))
+    frames = enc.frame_lengths(batch.lengths)
+    target = torch.full(mask.shape, -1)
+    for row, i in enumerate(batch.indices):
+        units = t["train.units"][t["train.offsets"][i] : t["train.offsets"][i + 1]].long()
+        target[row, : frames[row]] = torch.tensor([symbols.index(str(int(u))) for u in units])
+    with torch.no_grad():
+        h = enc(batch.wavs, batch.lengths, frame_mask=mask).hidden_states[-1]
+        x = torch.nn.functional.linear(h, state["final_proj.weight"], state["final_proj.bias"])
+        cos = torch.cosine_similarity(x[:, :, None, :], state["label_embs_concat"][None, None], dim=-1)
+    sel = mask & (target >= 0)
+    expected = torch.nn.functional.cross_entropy(cos[sel] / 0.1, target[sel]).item()
+    assert rows(out, "train")[0]["loss"] == pytest.approx(expected, abs=2e-6)
+
+    prov = json.loads((out / "speechft.json").read_text())
+    assert prov["prediction_head"]["head"] == "checkpoint"
+    assert (
+        prov["prediction_head"]["sha256"]
+        == json.loads((enc_dir / "speechft.json").read_text())["pretraining_heads"]["sha256"]
+    )
+    # the continued head stays beside the result (it trained), outside its weights
+    kept = load_file(str(out / "pretraining_heads" / "heads.safetensors"))
+    assert not torch.equal(kept["label_embs_concat"], state["label_embs_concat"])
+    assert (
+        prov["pretraining_heads"]["units"] == 8
+        and "kmeans" in json.loads((out / "pretraining_heads" / "heads.json").read_text())["units_origin"]
+    )
+    assert set(weights(out)) == set(weights(enc_dir))
+
+    merged = merge_encoders(enc_dir, [out], out=tmp_path / "merged", progress=False)
+    assert set(weights(merged)) == set(weights(enc_dir))
+    assert not any("final_proj" in k or "label_embs" in k for k in weights(merged))
+    assert not (merged / "pretraining_heads").exists()
+    assert "pretraining_heads" not in json.loads((merged / "speechft.json").read_text())
+    assert "prediction_head" not in json.loads((merged / "speechft.json").read_text())
+
+    # the result continues again, labelled with the very centroids its head was trained on (units.kmeans)
+    given = out / "units" / "kmeans.safetensors"
+    again = pretrain(out, cls_task, tmp_path / "again", config=config(1, f"units.kmeans={given}"), progress=False)
+    assert "the checkpoint's HuBERT head (8 units" in capsys.readouterr().out
+    assert torch.equal(
+        load_file(str(again / "units" / "kmeans.safetensors"))["centroids"], load_file(str(given))["centroids"]
+    )
+    prov = json.loads((again / "speechft.json").read_text())
+    assert (
+        prov["prediction_head"]["sha256"]
+        == json.loads((out / "speechft.json").read_text())["pretraining_heads"]["sha256"]
+    )
+    assert prov["units"]["kmeans_from"] == str(given.resolve()) and "given centroids" in prov["prediction_head"]["note"]
+
+
+def test_a_head_that_does_not_fit_falls_back_to_a_fresh_one_and_says_so(tmp_path, cls_task, capsys):
+    *_, enc_dir = converted_hubert_with_head(tmp_path)
+    out = pretrain(enc_dir, cls_task, tmp_path / "run", config=config(1, "units.clusters=6"), progress=False)
+    said = capsys.readouterr().out
+    assert "prediction head: a fresh linear head (its head predicts 8 units, units.clusters=6)" in said
+    prov = json.loads((out / "speechft.json").read_text())
+    assert prov["prediction_head"] == {"head": "fresh", "reason": "its head predicts 8 units, units.clusters=6"}
+    assert not (out / "pretraining_heads").exists() and "pretraining_heads" not in prov
+    with pytest.raises(SpeechFTError, match=r"units.head=checkpoint: cannot continue .*8 units, units.clusters=6"):
+        pretrain(enc_dir, cls_task, tmp_path / "run2", config=config(1, "units.clusters=6", "units.head=checkpoint"))
+    fresh = pretrain(enc_dir, cls_task, tmp_path / "run3", config=config(1, "units.head=fresh"), progress=False)
+    assert json.loads((fresh / "speechft.json").read_text())["prediction_head"]["head"] == "fresh"
+
+
+def test_a_run_continuing_the_checkpoints_head_resumes_exactly(tmp_path, cls_task, monkeypatch):
+    import speechft.pretrain as pt
+
+    *_, enc_dir = converted_hubert_with_head(tmp_path)
+    sets = ["data.batch_size=4", "eval.every=2", "checkpoint.every=2", "deterministic=true"]
+    ref = pretrain(enc_dir, cls_task, tmp_path / "ref", config=config(4, *sets), progress=False)
+    real_loss, calls = pt.UnitObjective.loss, []
+
+    def crash_at_step_3(self, *a, **kw):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real_loss(self, *a, **kw)
+
+    monkeypatch.setattr(pt.UnitObjective, "loss", crash_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(enc_dir, cls_task, tmp_path / "run", config=config(4, *sets), progress=False)
+    monkeypatch.setattr(pt.UnitObjective, "loss", real_loss)
+    run = pretrain(enc_dir, cls_task, tmp_path / "run", resume=True, progress=False)
+    for name in ("model.safetensors", "pretraining_heads/heads.safetensors"):
+        a, b = load_file(str(ref / name)), load_file(str(run / name))
+        assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a), name
+    assert [r["loss"] for r in rows(ref, "train")] == [r["loss"] for r in rows(run, "train")]
+
+
+def test_the_checkpoint_head_scores_in_fp32_under_autocast():
+    from speechft.encoders.pretraining_heads import HubertPredictionHead
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {
+        "final_proj.weight": torch.randn(4, 8, generator=g),
+        "final_proj.bias": torch.randn(4, generator=g),
+        "label_embs_concat": torch.randn(7, 4, generator=g),
+    }
+    head = HubertPredictionHead(tensors, {"target_glu": False, "logit_temp": 0.1, "symbols": [*"abcd", "0", "2", "1"]})
+    assert head.unit_rows.tolist() == [4, 6, 5]
+    x = torch.randn(2, 3, 8, generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = head(x)
+    assert low.dtype == torch.float32
+    proj = torch.autocast("cpu", dtype=torch.bfloat16)(head.final_proj)(x).float()  # only final_proj runs in bf16
+    expected = torch.cosine_similarity(proj[:, :, None], tensors["label_embs_concat"][None, None], dim=-1) / 0.1
+    torch.testing.assert_close(low, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_units_kmeans_labels_with_the_given_centroids(tmp_path, tiny_encoder_dir, cls_task):
+    enc_dir = tiny_encoder_dir("hubert")
+    enc = load_encoder(enc_dir)
+    c = torch.randn(8, enc.hidden_size, generator=torch.Generator().manual_seed(0))
+    np.save(tmp_path / "km.npy", c.numpy())
+    sets = [f"units.kmeans={tmp_path / 'km.npy'}", "checkpoint.keep_at_end=true"]
+    out = pretrain(enc_dir, cls_task, tmp_path / "run", config=config(1, *sets), progress=False)
+    assert torch.equal(load_file(str(out / "units" / "kmeans.safetensors"))["centroids"], c)
+    t = load_file(str(out / "units" / "targets.safetensors"))
+    from speechft.data import load_task
+    from speechft.data.audio import load_audio
+
+    wav = torch.from_numpy(load_audio(load_task(cls_task).split("train")[0].path))
+    with torch.no_grad():
+        feats = enc(wav[None]).hidden_states[1][0]
+    assert torch.equal(t["train.units"][: t["train.offsets"][1]].long(), nearest_centroid(feats, c)[0])
+    assert json.loads((out / "speechft.json").read_text())["units"]["kmeans_from"] == str(
+        (tmp_path / "km.npy").resolve()
+    )
+    np.save(tmp_path / "km6.npy", c[:6].numpy())
+    with pytest.raises(SpeechFTError, match=r"km6.npy: centroids of shape \(6, 32\), expected finite \(8, 32\)"):
+        pretrain(enc_dir, cls_task, tmp_path / "bad", config=config(1, f"units.kmeans={tmp_path / 'km6.npy'}"))
+    assert not (tmp_path / "bad").exists()
+
+
 # ---- the command line, manifests, refusals -------------------------------------------------------------
 def audio_manifest(root: Path, n=12) -> Path:
     (root / "clips").mkdir(parents=True)
@@ -373,6 +547,8 @@ def test_cli_on_a_bare_manifest_holds_out_dev_clips(tmp_path, tiny_encoder_dir, 
         (["head.proj_dim=64"], "takes no head settings"),
         (["mask.start_prob=1.5"], "mask.start_prob=1.5"),
         (["units.clusters=1"], "at least 2 clusters"),
+        (["units.kmeans=/nowhere/km.npy"], "units.kmeans='/nowhere/km.npy': file not found"),
+        (["units.head=always"], "units.head"),
     ],
 )
 def test_bad_settings_are_one_line_errors(tmp_path, tiny_encoder_dir, cls_task, capsys, sets, needle):

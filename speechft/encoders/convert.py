@@ -20,6 +20,11 @@ Accepted containers (detected from their keys; `--from` says which toolkit made 
 - DeCoAR 2.0 s3prl checkpoints ``{'model': state}`` (fairseq-style transformer keys) ->
   the speechft DeCoAR 2.0 folder (decoar2_hf.py).
 
+Pre-training-only weights never enter the encoder (``dropped_keys`` in the provenance). HuBERT's
+masked-prediction head (``final_proj`` + ``label_embs_concat``, with the label dictionary when the file
+has it: s3prl's ``dictionaries_symbols`` or fairseq's pickled ``Dictionary`` state) is kept beside the
+encoder in ``pretraining_heads/`` for ``speechft pretrain`` (speechft.encoders.pretraining_heads).
+
 Safety: files are read with ``torch.load(weights_only=True)``, never plain unpickling. Two
 kinds of harmless non-tensor objects occur in these containers and are allowed through
 ``torch.serialization.safe_globals`` for the duration of the load only: ``argparse.Namespace``
@@ -33,16 +38,19 @@ and config as plain data with the recipe in ``speechft encoder convert --help``.
 from __future__ import annotations
 
 import argparse
+import os
 import pickle
 import re
+import shutil
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from ..errors import SpeechFTError
-from ..io_utils import sha256_file
+from ..io_utils import atomic_dir, sha256_file
 from ..safetensors_io import load_tensors
 from .fairseq_layout import (
     decoar2_config,
@@ -50,6 +58,7 @@ from .fairseq_layout import (
     infer_fairseq_cfg,
     map_state_dict,
 )
+from .pretraining_heads import HEADS_DIR, hubert_heads, write_pretraining_heads
 
 SOURCES = ("s3prl", "fairseq")
 CONVERTIBLE = ("hubert", "wav2vec2", "wavlm", "decoar2")
@@ -143,6 +152,7 @@ class Found:
     family_hint: str | None = None
     dropped: list[str] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
+    dictionaries: list[list[str]] | None = None  # HuBERT's label dictionaries (symbols), when the file has them
 
 
 def _as_dict(cfg) -> dict | None:
@@ -175,7 +185,9 @@ def _identify(obj, path: Path, source: str) -> Found:
         cfg = _as_dict(obj["model_cfg"]) or {}
         task = _as_dict(obj.get("task_cfg")) or {}
         hint = "hubert" if "dictionaries_symbols" in obj else _family_from_name(cfg.get("_name"))
-        return Found("s3prl-converted", _tensors_only(obj["model_weight"]), cfg, task.get("normalize"), hint)
+        found = Found("s3prl-converted", _tensors_only(obj["model_weight"]), cfg, task.get("normalize"), hint)
+        found.dictionaries = _symbol_lists(obj.get("dictionaries_symbols"))
+        return found
     if "Upstream" in keys or "Downstream" in keys:
         if "Upstream" not in keys:
             raise SpeechFTError(
@@ -235,7 +247,13 @@ def _identify(obj, path: Path, source: str) -> Found:
                 task = _as_dict(w2v.get("task")) or task
             else:
                 model_cfg = None
-        return Found(kind, weights, model_cfg, (task or {}).get("normalize"), hint, dropped)
+        found = Found(kind, weights, model_cfg, (task or {}).get("normalize"), hint, dropped)
+        state = obj.get("task_state") if isinstance(obj.get("task_state"), dict) else {}
+        dicts = state.get("dictionaries") if isinstance(state.get("dictionaries"), (list, tuple)) else []
+        found.dictionaries = _symbol_lists(
+            [st.get("symbols") if isinstance(st := getattr(d, "state", None), dict) else None for d in dicts]
+        )
+        return found
     if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return Found("state-dict", dict(obj), None, None, None)
     raise SpeechFTError(
@@ -243,6 +261,16 @@ def _identify(obj, path: Path, source: str) -> Found:
         " expected a fairseq ('cfg'/'args' + 'model'), s3prl converted ('model_cfg' + 'model_weight') "
         "or s3prl downstream ('Upstream') checkpoint"
     )
+
+
+def _symbol_lists(value) -> list[list[str]] | None:
+    """Label dictionaries as lists of symbols: s3prl's dictionaries_symbols, or the symbols kept from fairseq's
+    pickled Dictionary objects (the inert stand-in's state); None when any is missing or not a list."""
+    if not isinstance(value, (list, tuple)) or not value:
+        return None
+    if not all(isinstance(d, (list, tuple)) and all(isinstance(s, str) for s in d) for d in value):
+        return None
+    return [list(d) for d in value]
 
 
 def _detect_family(w: dict, hint: str | None, path: Path) -> str:
@@ -382,8 +410,33 @@ def convert_checkpoint(
     if merge_cfg is not None:
         provenance["source_format"] = f"speechft-reference-merged ({found.kind})"
         provenance["reference_merge_config"] = merge_cfg
-    enc = cls(model, provenance)
-    return enc.save(out, overwrite=overwrite)
+    heads = _pretraining_heads(found, config) if family == "hubert" else None
+    return _save(cls(model, provenance), heads, out, overwrite)
+
+
+def _save(enc, heads, out: Path, overwrite: bool) -> Path:
+    """The encoder folder, with the pre-training head (tensors, info) in its subfolder when there is one."""
+    if heads is None:
+        return enc.save(out, overwrite=overwrite)
+    with atomic_dir(out, overwrite=overwrite) as tmp:  # the encoder and its head appear together or not at all
+        staged = Path(tempfile.mkdtemp(prefix=f".{out.name}.heads.", dir=tmp.parent))
+        try:
+            enc.save(tmp, provenance={"pretraining_heads": write_pretraining_heads(staged, *heads)}, overwrite=True)
+            os.replace(staged / HEADS_DIR, tmp / HEADS_DIR)
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
+    return out
+
+
+def _pretraining_heads(found: Found, config):
+    """(tensors, info) of HuBERT's masked-prediction head when the file has a usable one (kept beside the
+    encoder: speechft.encoders.pretraining_heads), else None; a head speechft cannot continue is announced."""
+    tensors, info = hubert_heads(found.weights, found.model_cfg, found.dictionaries, int(config.hidden_size))
+    if tensors is None:
+        if "final_proj.weight" in found.weights or "label_embs_concat" in found.weights:
+            print(f"speechft: note: the checkpoint's pre-training head is not kept ({info})", file=sys.stderr)
+        return None
+    return tensors, info
 
 
 def _reference_merge_config(path: Path) -> dict | None:
@@ -444,3 +497,8 @@ def main(args):
         f"converted {enc.provenance.get('source_format')} {enc.family} checkpoint ({enc.num_layers} layers, "
         f"hidden {enc.hidden_size}, {n:,} parameters) to {out}"
     )
+    if heads := enc.provenance.get("pretraining_heads"):
+        print(
+            f"kept its pre-training head beside the encoder ({HEADS_DIR}/: {heads['units']} units; "
+            "speechft pretrain continues it when units.clusters matches)"
+        )

@@ -190,7 +190,8 @@ def decoar2_config(w: dict, fcfg: dict | None):
 # ---------------------------------------------------------------------------------------
 # Parameter names: fairseq -> transformers
 # ---------------------------------------------------------------------------------------
-# Pre-training-only parameters of the original models; not part of the encoder.
+# Pre-training-only parameters of the original models; not part of the encoder (HuBERT's final_proj and
+# label_embs_concat are kept beside it by convert.py: pretraining_heads.py).
 FAIRSEQ_PRETRAINING_ONLY = re.compile(
     r"^(final_proj\.|label_embs|label_embs_concat$|quantizer\.|project_q\.|target_glu\.|"
     r"project_inp\.|decoder\.)"
