@@ -12,9 +12,10 @@ What happens, in order:
    (`units.layer`, the middle one by default) on a seeded sample of the training audio are clustered
    by k-means (`kmeans`: torch, k-means++ initialisation, seeded; K = `units.clusters`), and every
    training and dev clip - exactly the crop the training stream yields (`data.max_seconds`, cut at the
-   start like every speechft crop) - is labelled frame by frame with its nearest centroid. Both are
-   stored in the run folder (units/, safetensors) so a resumed run reuses them (speechft.units).
-   `units.kmeans=PATH` labels with given centroids instead (an earlier run's units/kmeans.safetensors, or a .npy).
+   start: `data.crop` is always "start" here, as the units are labelled once) - is labelled frame by
+   frame with its nearest centroid. Both are stored in the run folder (units/, safetensors) so a resumed
+   run reuses them (speechft.units). `units.kmeans=PATH` labels with given centroids instead (an earlier
+   run's units/kmeans.safetensors, or a .npy).
 2. Training: the input under random spans of frames is hidden (`span_mask`: each frame starts a span of
    `mask.span` frames with probability `mask.start_prob`, HuBERT's p = 8%, l = 10, at the model's own
    frame rate) through `Encoder.forward(..., frame_mask=)`: wav2vec2-family models get their projected
@@ -126,6 +127,8 @@ def resolve_pretrain_config(cfg: PretrainConfig) -> PretrainConfig:
     def bad(key, value, what):
         raise SpeechFTError(f"config {key}={value!r}: {what}")
 
+    if cfg.data.crop == "random":
+        bad("data.crop", cfg.data.crop, "pretrain labels each clip's units once, on its start crop: use start")
     if u.clusters < 2:
         bad("units.clusters", u.clusters, "k-means needs at least 2 clusters (HuBERT uses 100-500)")
     if u.layer is not None and u.layer < 0:

@@ -285,7 +285,7 @@ class TaskStream:
         # Classification clips are cropped as data.crop says. Unlabelled audio (speechft.pretrain) is cut at
         # the start: its unit targets were labelled once, on exactly that crop. CTC clips cannot be cropped.
         max_seconds = data_cfg.max_seconds if task.type != "ctc" else None
-        crop = data_cfg.crop if task.type == "classification" else "start"
+        crop = (data_cfg.crop or "random") if task.type == "classification" else "start"
         self.dataset = SplitDataset(task, "train", max_seconds, crop=crop, seed=seed)
         if data_cfg.max_seconds is not None and task.type == "ctc":
             # Cropping would cut words off their transcripts: long CTC clips are left out instead.

@@ -48,9 +48,10 @@ class DataConfig:
     eval_batch_size: int = 16
     max_seconds: float | None = None  # training clips longer than this are cropped (ctc: skipped)
     # How a classification training clip longer than max_seconds is cropped: "random" = a window at a start
-    # drawn anew per (seed, epoch, clip), as s3prl's SID training does; "start" = its first max_seconds, every
-    # epoch. Dev clips are never cropped; unlabelled audio (speechft pretrain) is always cut at the start.
-    crop: Literal["random", "start"] = "random"
+    # drawn per (seed, epoch, clip), as s3prl's VoxCeleb1 dataset does; "start" = its first max_seconds every
+    # epoch. None (the default) = the objective's own: random for fine-tuning, start for speechft pretrain
+    # (its units are labelled once, on that crop). Dev clips are never cropped.
+    crop: Literal["random", "start"] | None = None
     num_workers: int = 0  # DataLoader worker processes for audio decoding
     multitask: Literal["interleave", "mixed"] = "interleave"  # one task per step in turn | every task every step
 

@@ -593,6 +593,14 @@ def test_recipe_loads_as_a_pretrain_config():
     cfg = UnitObjective.resolve(cfg)
     assert (cfg.units.clusters, cfg.units.layer, cfg.mask.start_prob, cfg.mask.span) == (500, 9, 0.08, 10)
     assert cfg.method == "regular" and cfg.steps == 20000
+    assert cfg.data.crop is None  # the objective's own: pretrain cuts at the start
+
+
+def test_random_crops_are_refused_for_pretrain_where_units_are_labelled_once():
+    cfg = load_config(PretrainConfig, overrides=["data.crop=random"])
+    with pytest.raises(SpeechFTError, match="data.crop='random'.*start crop"):
+        UnitObjective.resolve(cfg)
+    assert UnitObjective.resolve(load_config(PretrainConfig, overrides=["data.crop=start"])).data.crop == "start"
 
 
 def test_task_folder_with_the_same_name_elsewhere_is_a_different_resume(tmp_path, tiny_encoder_dir, cls_task):
