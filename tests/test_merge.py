@@ -433,7 +433,7 @@ def test_sequential_speech_ft_records_the_chain(pair, tmp_path):
     assert prov["parents"][0]["role"] == "pretrained" and prov["parents"][0]["path"] == str(round1.resolve())
     r1_sha = json.load(open(round1 / "speechft.json"))["weights_sha256"]
     assert prov["parents"][0]["weights_sha256"] == r1_sha
-    assert prov["merge"]["params"] == {"k": 50.0, "alpha": 1.0}
+    assert prov["merge"]["params"] == {"k": 50.0, "alpha": 1.0, "scope": "global"}
 
 
 # ---------------------------------------------------------------- CLI
@@ -534,7 +534,7 @@ def test_cli_config_file_flags_and_set_layer_in_order(pair, tmp_path):
     argv += ["--alpha", "0.5", "--set", "alpha=0.6", "max_shard_size=40kB", "--param", "k=30", "--quiet"]
     assert main(argv) == 0
     merge = json.load(open(out / "speechft.json"))["merge"]
-    assert merge["method"] == "ties" and merge["params"] == {"k": 30.0, "alpha": 0.6}
+    assert merge["method"] == "ties" and merge["params"] == {"k": 30.0, "alpha": 0.6, "scope": "global"}
     assert merge["exclude"] == ["layer_norm"] and merge["copied_tensors"]["excluded"]
     assert (out / "model.safetensors.index.json").exists()  # max_shard_size from --set took effect
     want = merge_state_dicts(
