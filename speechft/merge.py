@@ -241,7 +241,7 @@ def merge_encoders(
 
     Everything is validated from headers and configs before a byte is written; the
     output appears only when complete (temp folder + rename). `params` are the method's
-    (alpha, k, p, combine, seed); `progress` None shows a bar on a terminal only. Returns `out`."""
+    (alpha, k, scope, p, combine, seed); `progress` None shows a bar on a terminal only. Returns `out`."""
     if out is None:
         raise SpeechFTError("merge needs an output folder (--out)")
     finetuned = [finetuned] if isinstance(finetuned, (str, os.PathLike)) else list(finetuned)
@@ -461,7 +461,7 @@ class MergeConfig:
     method: str = "linear"
     # Validated by the method's own declared parameter (None: the method's default, 0.25 for linear).
     alpha: Any = None
-    # The method's other parameters, e.g. {k: 20} for ties, {p: 0.3, seed: 1} for dare.
+    # The method's other parameters, e.g. {k: 20, scope: tensor} for ties, {p: 0.3, seed: 1} for dare.
     params: dict[str, Any] = field(default_factory=dict)
     exclude: list[str] = field(default_factory=list)  # regexes (search) of tensor names that keep theta0's
     max_shard_size: str = "5GB"

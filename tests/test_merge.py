@@ -652,6 +652,16 @@ def test_ties_scopes_through_files_equal_the_hand_computed_merge(pair, tmp_path,
         assert entry["weights_sha256"] == {"model.safetensors": sha256_file(folder / "model.safetensors")}
 
 
+def test_global_ties_refuses_a_nan_after_its_walks_and_writes_nothing(pair, tmp_path):
+    pre, ft = pair
+    f1 = ft(1)
+    _nan_in(f1)
+    out = tmp_path / "m"
+    with pytest.raises(SpeechFTError, match=_re("'encoder.layers.1.attention.v_proj.weight' contains NaN")):
+        merge_encoders(pre, [f1, ft(2)], method="ties", out=out)
+    no_leftovers(out)
+
+
 def test_result_that_overflows_half_precision_is_refused():
     theta0 = {"w": torch.tensor([60000.0, 1.0], dtype=torch.float16)}
     ft = {"w": torch.tensor([65000.0, 2.0], dtype=torch.float16)}
