@@ -301,11 +301,22 @@ class _FileTaskVectors:
         from tqdm.auto import tqdm
 
         self.walks += 1
-        pre, *fts = self.inputs
         disable = None if self.progress is None else not self.progress
-        for key in tqdm(self.keys, desc=f"task vectors, pass {self.walks}", leave=False, disable=disable):
-            t0 = pre.ckpt.read(key).float()
-            yield [ft.ckpt.read(key).float().sub_(t0) for ft in fts]
+        bar = tqdm(self.keys, desc=f"task vectors, pass {self.walks}", leave=False, disable=disable)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as in _stream: memory-bound work that torch's threads only slow down
+        try:
+            # One reader per file reads (and, on the first walk, hashes) the next key while this one is counted.
+            with concurrent.futures.ThreadPoolExecutor(len(self.inputs), thread_name_prefix="merge-walk") as pool:
+                pending = [pool.submit(i.ckpt.read, self.keys[0]) for i in self.inputs] if self.keys else []
+                for n, _ in enumerate(bar):
+                    t0, *ts = (f.result().float() for f in pending)
+                    if n + 1 < len(self.keys):
+                        pending = [pool.submit(i.ckpt.read, self.keys[n + 1]) for i in self.inputs]
+                    yield [t.sub_(t0) for t in ts]
+        finally:
+            torch.set_num_threads(threads)
+            bar.close()
         if self.sha256 is None:
             self.sha256 = [i.ckpt.sha256() for i in self.inputs]
 
