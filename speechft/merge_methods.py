@@ -195,7 +195,8 @@ def global_top_k_thresholds(task_vectors: TaskVectors, k: float) -> list[float]:
     Exact, in two walks of `task_vectors`, with two histograms per model as the only state
     (radix select on the float32 bit pattern): walk 1 counts the entries per 16-bit prefix and
     finds the prefix that holds the threshold; walk 2 counts the remaining 15 bits of the
-    entries with that prefix, which pins the threshold down to the bit."""
+    entries with that prefix, which pins the threshold down to the bit. (The paper's code takes a
+    kthvalue over the flattened task vector, which needs the whole model in memory.)"""
     high: list[torch.Tensor] = []
     sizes: list[int] = []
     for deltas in task_vectors():
