@@ -10,6 +10,9 @@ Variants, each measured in a fresh subprocess, interleaved, median of --repeats 
   speechft merge_encoders(): streaming reads, fp32 math, incremental writes, sha256 of
            inputs and output, provenance
   speechft-nohash  the same with sha256 stubbed out (a diagnostic: what hashing costs)
+  ties-tensor  merge_encoders(method="ties", scope="tensor"): per-tensor top-k trim, one read
+  ties-global  merge_encoders(method="ties"): the paper's whole-task-vector trim, whose exact
+           threshold costs two walks over the inputs before the merge (three reads in all)
   safeopen the same streaming loop but reading with safetensors.safe_open (mmap)
   naive    safetensors load_file() both state dicts, compute, save_file() (base only)
 End to end (the whole process, imports included, as a user runs it; wall clock, CPU and peak RSS
@@ -73,7 +76,7 @@ def _status() -> dict[str, int]:
 def child(variant: str, pre: str, ft: str, out: str) -> None:
     import torch
 
-    if variant in ("speechft", "speechft-nohash"):
+    if variant in ("speechft", "speechft-nohash", "ties-tensor", "ties-global"):
         import speechft.safetensors_io
         from speechft.merge import merge_encoders
 
@@ -116,6 +119,9 @@ def child(variant: str, pre: str, ft: str, out: str) -> None:
                         h.update(memoryview(b)[:k])
     elif variant in ("speechft", "speechft-nohash"):
         merge_encoders(pre, [ft], out=Path(out) / "merged", alpha=0.25, progress=False)
+    elif variant in ("ties-tensor", "ties-global"):
+        scope = variant.removeprefix("ties-")
+        merge_encoders(pre, [ft], method="ties", scope=scope, out=Path(out) / "merged", progress=False)
     elif variant == "safeopen":
         with (
             safe_open(Path(pre) / "model.safetensors", "pt") as fa,
@@ -295,7 +301,7 @@ def run(size: str, repeats: int, workroot: Path | None, cold: bool = False, only
             with open(p / "model.safetensors", "rb") as f:
                 while f.read(64 << 20):
                     pass
-        variants = ["io", "io+sha256", "speechft", "speechft-nohash", "safeopen"]
+        variants = ["io", "io+sha256", "speechft", "speechft-nohash", "ties-tensor", "ties-global", "safeopen"]
         variants += ["naive"] if size == "base" else []
         variants += ["cli", "naive-script"] if size == "base" else ["cli"]
         variants = [v for v in variants if v in only] if only else variants

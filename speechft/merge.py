@@ -13,10 +13,12 @@ and names matching `--exclude`.
 Files are streamed: every input is parsed from its safetensors header and validated (family,
 config, names, shapes, dtypes) before anything is written; then tensors are read one key at a
 time with positional reads (safetensors_io) and the output is written incrementally (sharded when
-large), so peak extra memory is a few tensors. Inputs are hashed (sha256) during that same single
-read, so provenance costs no second pass. Arithmetic is fp32; results are saved in theta0's dtype.
-The checks on the inputs are in merge_checks.py. Nothing here imports transformers: family
-metadata comes from encoders/families.py.
+large), so peak extra memory is a few tensors. Inputs are hashed (sha256) during their first
+in-order read, so provenance costs no extra pass. A method that needs whole-model statistics
+(TIES with scope=global: one trim threshold per task vector) walks the task vectors first, key by
+key, twice: three reads of the inputs instead of one, memory still a few tensors. Arithmetic is
+fp32; results are saved in theta0's dtype. Opening and checking the inputs is merge_checks.py's.
+Nothing here imports transformers: family metadata comes from encoders/families.py.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ import argparse
 import concurrent.futures
 import datetime
 import os
-import re
 import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -35,15 +36,22 @@ from typing import Any
 import torch
 
 from .config import add_config_options, config_from_args
-from .encoders.families import FamilyInfo, config_summary, detect_family, family_info
+from .encoders.families import FamilyInfo, family_info
 from .errors import SpeechFTError
 from .io_utils import atomic_dir, read_json, write_json
-from .merge_checks import COPIED_KINDS, check_compatible, compile_patterns, config_diff, copied_kind
+from .merge_checks import (
+    COPIED_KINDS,
+    MergeInput,
+    check_compatible,
+    check_inputs,
+    compile_patterns,
+    copied_kind,
+    open_inputs,
+)
 from .merge_methods import MERGE_METHODS, MergeMethod, get_method
-from .provenance import FORMAT_VERSION, PROVENANCE_FILE, inherited, lineage_entry, read_provenance
+from .provenance import FORMAT_VERSION, PROVENANCE_FILE, inherited, lineage_entry
 from .safetensors_io import (
     DEFAULT_MAX_SHARD,
-    Checkpoint,
     ShardedWriter,
     Spec,
     all_finite,
@@ -125,21 +133,29 @@ class InterpolationPath:
         for i, sd in enumerate(thetas):
             check_compatible("theta0", pre, f"thetas[{i}]", _spec_of(sd), info, patterns)
         self.theta0 = theta0
-        self.copied: dict[str, str] = {}
+        self.copied: dict[str, str] = {
+            k: kind for k, t in theta0.items() if (kind := copied_kind(k, t.dtype, info, patterns))
+        }
         self.targets: dict[str, torch.Tensor] = {}
-        for k, t in theta0.items():
-            kind = copied_kind(k, t.dtype, info, patterns)
-            if kind:
-                self.copied[k] = kind
-                continue
-            t0 = t.detach().float()
+        merged = [k for k in theta0 if k not in self.copied]
+
+        def task_vectors():
+            for k in merged:
+                t0 = theta0[k].detach().float()
+                yield [sd[k].detach().float() - t0 for sd in thetas]
+
+        # Non-finite inputs are refused below, key by key; statistics over them are never used.
+        self.statistics = self.method.prepare(self.params, task_vectors)
+        run = {**self.params, **self.statistics}
+        for k in merged:
+            t0 = theta0[k].detach().float()
             check_finite(t0, "theta0", k)
             ts = []
             for i, sd in enumerate(thetas):
                 x = sd[k].detach().float()
                 check_finite(x, f"thetas[{i}]", k)
                 ts.append(x)
-            self.targets[k] = self.method.target(k, t0, ts, self.params)
+            self.targets[k] = self.method.target(k, t0, ts, run)
 
     @staticmethod
     def point(
@@ -171,9 +187,9 @@ class InterpolationPath:
         build the path. Holds theta0 and the target in memory: meant for small encoders."""
         get_method(method).resolve(params)  # nonsense parameters fail before any reading
         patterns = compile_patterns(exclude)
-        inputs = _open_inputs(pretrained, finetuned)
+        inputs = open_inputs(pretrained, finetuned)
         try:
-            _check_inputs(inputs, patterns)
+            check_inputs(inputs, patterns)
             state = [{k: _read_checked(i, k) for k in i.ckpt.spec()} for i in inputs]
         finally:
             for i in inputs:
@@ -204,60 +220,10 @@ def merge_state_dicts(
 # ----------------------------------------------------------------------------------------
 
 
-@dataclass
-class Input:
-    path: Path
-    family: str
-    ckpt: Checkpoint
-    provenance: dict = field(default_factory=dict)
-
-
-def _read_checked(inp: Input, key: str) -> torch.Tensor:
+def _read_checked(inp: MergeInput, key: str) -> torch.Tensor:
     t = inp.ckpt.read(key)
     check_finite(t, str(inp.ckpt.file_of(key)), key)
     return t
-
-
-def _open_inputs(pretrained, finetuned) -> list[Input]:
-    """Open every folder's weights (headers only) and check families and configs agree."""
-    inputs: list[Input] = []
-    try:
-        for p in [pretrained, *finetuned]:
-            p = Path(p)
-            fam = detect_family(p)  # refuses missing folders, Hub ids, unknown model types
-            inputs.append(Input(p, fam, Checkpoint(p), read_provenance(p)))
-        pre = inputs[0]
-        pre_cfg = config_summary(pre.path)
-        for ft in inputs[1:]:
-            if ft.family != pre.family:
-                raise SpeechFTError(
-                    f"{ft.path} is a {ft.family} encoder but {pre.path} is {pre.family}; "
-                    "merge fine-tuned encoders into the pre-trained encoder they came from"
-                )
-            diff = config_diff(pre_cfg, config_summary(ft.path))
-            if diff:
-                more = f" (+{len(diff) - 2} more)" if len(diff) > 2 else ""
-                raise SpeechFTError(
-                    f"{ft.path}/config.json differs from {pre.path}/config.json: "
-                    f"{'; '.join(diff[:2])}{more}; merging needs the same architecture"
-                )
-    except BaseException:
-        for i in inputs:
-            i.ckpt.close()
-        raise
-    return inputs
-
-
-def _check_inputs(inputs: list[Input], patterns: list[re.Pattern]) -> dict[str, str | None]:
-    """Refuse fine-tuned checkpoints whose tensors cannot merge into theta0's; returns, per
-    theta0 tensor, why it is copied (None: merged)."""
-    pre = inputs[0]
-    info = family_info(pre.family)
-    pre_spec = pre.ckpt.spec()
-    for ft in inputs[1:]:
-        shard_of = ft.ckpt.file_of  # per-tensor messages name the shard holding the key
-        check_compatible(str(pre.path), pre_spec, str(ft.path), ft.ckpt.spec(), info, patterns, shard_of)
-    return {k: copied_kind(k, dt, info, patterns) for k, (dt, _) in pre_spec.items()}
 
 
 def merge_encoders(
@@ -275,7 +241,7 @@ def merge_encoders(
 
     Everything is validated from headers and configs before a byte is written; the
     output appears only when complete (temp folder + rename). `params` are the method's
-    (alpha, k, p, combine, seed); `progress` None shows a bar on a terminal only. Returns `out`."""
+    (alpha, k, scope, p, combine, seed); `progress` None shows a bar on a terminal only. Returns `out`."""
     if out is None:
         raise SpeechFTError("merge needs an output folder (--out)")
     finetuned = [finetuned] if isinstance(finetuned, (str, os.PathLike)) else list(finetuned)
@@ -293,34 +259,73 @@ def merge_encoders(
     if out.exists() and not overwrite:  # fail before the (possibly long) validation
         raise SpeechFTError(f"{out}: output folder already exists; choose another --out or pass --overwrite")
 
-    inputs = _open_inputs(pretrained, finetuned)
+    inputs = open_inputs(pretrained, finetuned)
     try:
         pre, fts = inputs[0], inputs[1:]
-        kinds = _check_inputs(inputs, patterns)
+        kinds = check_inputs(inputs, patterns)
         pre_spec = pre.ckpt.spec()
         order = safetensors_order(pre_spec)
+        walks = _FileTaskVectors(inputs, [k for k in order if not kinds[k]], progress)
+        statistics = m.prepare(resolved, walks)  # global TIES: two walks over the files; others: none
         with atomic_dir(out, overwrite=overwrite) as tmp:
             writer = ShardedWriter(tmp, pre_spec, order, shard_limit)
             try:
-                _stream(m, resolved, pre, fts, kinds, order, writer, progress)
+                _stream(m, {**resolved, **statistics}, pre, fts, kinds, order, writer, progress)
                 out_hashes = writer.close()
             except BaseException:
                 writer.abort()
                 raise
-            in_hashes = [i.ckpt.sha256() for i in inputs]
+            in_hashes = walks.sha256 or [i.ckpt.sha256() for i in inputs]
             _copy_side_files(pre.path, tmp)
-            write_json(tmp / PROVENANCE_FILE, _provenance(m, resolved, inputs, in_hashes, out_hashes, kinds, exclude))
+            prov = _provenance(m, resolved, statistics, inputs, in_hashes, out_hashes, kinds, exclude)
+            write_json(tmp / PROVENANCE_FILE, prov)
     finally:
         for i in inputs:
             i.ckpt.close()
     return out
 
 
+class _FileTaskVectors:
+    """The merged tensors' task vectors (theta_i - theta0, fp32), read from the files key by key
+    at every call: the walks a method's `prepare` makes (TIES' global threshold). Memory: one
+    key's tensors. The first walk reads every file in order, which completes the inputs'
+    single-pass sha256, so the hashes are taken there (`sha256`): later walks and the merge
+    itself re-read from the start, which would cost a separate hashing pass."""
+
+    def __init__(self, inputs: list[MergeInput], keys: list[str], progress: bool | None):
+        self.inputs, self.keys, self.progress = inputs, keys, progress
+        self.sha256: list[dict[str, str]] | None = None
+        self.walks = 0
+
+    def __call__(self) -> Iterable[list[torch.Tensor]]:
+        from tqdm.auto import tqdm
+
+        self.walks += 1
+        disable = None if self.progress is None else not self.progress
+        bar = tqdm(self.keys, desc=f"task vectors, pass {self.walks}", leave=False, disable=disable)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as in _stream: memory-bound work that torch's threads only slow down
+        try:
+            # One reader per file reads (and, on the first walk, hashes) the next key while this one is counted.
+            with concurrent.futures.ThreadPoolExecutor(len(self.inputs), thread_name_prefix="merge-walk") as pool:
+                pending = [pool.submit(i.ckpt.read, self.keys[0]) for i in self.inputs] if self.keys else []
+                for n, _ in enumerate(bar):
+                    t0, *ts = (f.result().float() for f in pending)
+                    if n + 1 < len(self.keys):
+                        pending = [pool.submit(i.ckpt.read, self.keys[n + 1]) for i in self.inputs]
+                    yield [t.sub_(t0) for t in ts]
+        finally:
+            torch.set_num_threads(threads)
+            bar.close()
+        if self.sha256 is None:
+            self.sha256 = [i.ckpt.sha256() for i in self.inputs]
+
+
 def _stream(
     m: MergeMethod,
     params: dict,
-    pre: Input,
-    fts: list[Input],
+    pre: MergeInput,
+    fts: list[MergeInput],
     kinds: dict,
     order: list[str],
     writer: ShardedWriter,
@@ -333,7 +338,7 @@ def _stream(
     three keys are in flight, so memory stays at a few tensors."""
     from tqdm.auto import tqdm
 
-    def read(inp: Input, key: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def read(inp: MergeInput, key: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(raw tensor, its fp32 copy or None), checked finite. Converting here, in the
         reader threads, keeps the main thread free for the arithmetic."""
         raw = inp.ckpt.read(key)
@@ -405,7 +410,14 @@ def _copy_side_files(src: Path, dst: Path) -> None:
 
 
 def _provenance(
-    m: MergeMethod, params: dict, inputs: list[Input], in_hashes: list[dict], out_hashes: dict, kinds: dict, exclude
+    m: MergeMethod,
+    params: dict,
+    statistics: dict,
+    inputs: list[MergeInput],
+    in_hashes: list[dict],
+    out_hashes: dict,
+    kinds: dict,
+    exclude,
 ) -> dict:
     pre = inputs[0]
     copied: dict[str, list[str]] = {k: [] for k in COPIED_KINDS}
@@ -415,6 +427,7 @@ def _provenance(
     step = {
         "method": m.name,
         "params": params,
+        **({"statistics": statistics} if statistics else {}),  # what `prepare` measured: TIES' thresholds
         "reference": m.reference,
         "exclude": list(exclude or ()),
         "pretrained": {"path": str(pre.path.resolve()), "weights_sha256": in_hashes[0]},
@@ -459,7 +472,7 @@ class MergeConfig:
     method: str = "linear"
     # Validated by the method's own declared parameter (None: the method's default, 0.25 for linear).
     alpha: Any = None
-    # The method's other parameters, e.g. {k: 20} for ties, {p: 0.3, seed: 1} for dare.
+    # The method's other parameters, e.g. {k: 20, scope: tensor} for ties, {p: 0.3, seed: 1} for dare.
     params: dict[str, Any] = field(default_factory=dict)
     exclude: list[str] = field(default_factory=list)  # regexes (search) of tensor names that keep theta0's
     max_shard_size: str = "5GB"
@@ -503,7 +516,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="extend",
         default=[],
         metavar="PARAM=VALUE",
-        help="method parameters, e.g. --param k=20 (ties), --param p=0.3 seed=1 (dare); added to the config's `params`",
+        help="method parameters, e.g. --param k=20 scope=tensor (ties), --param p=0.3 seed=1 (dare); "
+        "added to the config's `params`",
     )
     p.add_argument(
         "--exclude",

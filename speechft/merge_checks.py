@@ -2,7 +2,8 @@
 
 Every check runs on safetensors headers and config.json before a byte is written, and a refusal is
 one line naming the file and tensor: a fine-tuned checkpoint saved with a prefix (DDP's `module.`),
-another architecture, a shape or dtype that cannot be interpolated.
+another architecture, a shape or dtype that cannot be interpolated. `open_inputs` opens the input
+folders (headers only) and `check_inputs` runs these checks over them.
 """
 
 from __future__ import annotations
@@ -10,12 +11,15 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
-from .encoders.families import FamilyInfo
+from .encoders.families import FamilyInfo, config_summary, detect_family, family_info
 from .errors import SpeechFTError
-from .safetensors_io import Spec
+from .provenance import read_provenance
+from .safetensors_io import Checkpoint, Spec
 
 # Config keys that change no weight: fine-tuning may set them differently from theta0.
 _CONFIG_KEYS_IGNORED = re.compile(r"dropout|^layerdrop$|^mask_|^apply_spec_augment$|^use_cache$")
@@ -131,3 +135,53 @@ def config_diff(pre: dict, ft: dict) -> list[str]:
         for k in keys
         if pre.get(k) != ft.get(k)
     ]
+
+
+@dataclass
+class MergeInput:
+    path: Path
+    family: str
+    ckpt: Checkpoint
+    provenance: dict = field(default_factory=dict)
+
+
+def open_inputs(pretrained, finetuned) -> list[MergeInput]:
+    """Open every folder's weights (headers only) and check families and configs agree."""
+    inputs: list[MergeInput] = []
+    try:
+        for p in [pretrained, *finetuned]:
+            p = Path(p)
+            fam = detect_family(p)  # refuses missing folders, Hub ids, unknown model types
+            inputs.append(MergeInput(p, fam, Checkpoint(p), read_provenance(p)))
+        pre = inputs[0]
+        pre_cfg = config_summary(pre.path)
+        for ft in inputs[1:]:
+            if ft.family != pre.family:
+                raise SpeechFTError(
+                    f"{ft.path} is a {ft.family} encoder but {pre.path} is {pre.family}; "
+                    "merge fine-tuned encoders into the pre-trained encoder they came from"
+                )
+            diff = config_diff(pre_cfg, config_summary(ft.path))
+            if diff:
+                more = f" (+{len(diff) - 2} more)" if len(diff) > 2 else ""
+                raise SpeechFTError(
+                    f"{ft.path}/config.json differs from {pre.path}/config.json: "
+                    f"{'; '.join(diff[:2])}{more}; merging needs the same architecture"
+                )
+    except BaseException:
+        for i in inputs:
+            i.ckpt.close()
+        raise
+    return inputs
+
+
+def check_inputs(inputs: list[MergeInput], patterns: list[re.Pattern]) -> dict[str, str | None]:
+    """Refuse fine-tuned checkpoints whose tensors cannot merge into theta0's; returns, per
+    theta0 tensor, why it is copied (None: merged)."""
+    pre = inputs[0]
+    info = family_info(pre.family)
+    pre_spec = pre.ckpt.spec()
+    for ft in inputs[1:]:
+        shard_of = ft.ckpt.file_of  # per-tensor messages name the shard holding the key
+        check_compatible(str(pre.path), pre_spec, str(ft.path), ft.ckpt.spec(), info, patterns, shard_of)
+    return {k: copied_kind(k, dt, info, patterns) for k, (dt, _) in pre_spec.items()}

@@ -5,7 +5,9 @@ weights theta_i it builds a *target* (the alpha = 1 point) for one tensor, and t
 tensor is the interpolation theta0 + alpha * (target - theta0) (speechft.merge does that
 step, once, for every caller). For `linear` the target is the mean fine-tuned model, so
 alpha = 0.25 is Speech-FT's 25 % fine-tuned / 75 % pre-trained. Parameters are declared
-(`Param`) and validated before any file is read (the arcee-ai/mergekit layout).
+(`Param`) and validated before any file is read (the arcee-ai/mergekit layout). A method that
+needs whole-model statistics first (TIES' global trim threshold) measures them in `prepare`,
+from walks over the task vectors that the caller supplies (files re-read, or state dicts).
 
 Pure maths on fp32 tensors: no files, no folders, no encoder families.
 """
@@ -14,13 +16,18 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 
 from .errors import SpeechFTError
+
+# A task vector, walked tensor by tensor: each call of a `TaskVectors` walks every merged
+# tensor once, yielding per tensor [theta_i - theta0 for each fine-tuned model i] in fp32.
+# Callers re-read (files) or recompute (state dicts) at each walk, so memory is one tensor.
+TaskVectors = Callable[[], Iterable[list[torch.Tensor]]]
 
 
 @dataclass(frozen=True)
@@ -112,8 +119,15 @@ class MergeMethod:
     def finish(self, params: dict[str, Any]) -> dict[str, Any]:
         return params
 
+    def prepare(self, params: dict[str, Any], task_vectors: TaskVectors) -> dict[str, Any]:
+        """Whole-model statistics that `target` needs before its first tensor (TIES' global
+        trim threshold), measured by walking `task_vectors`; callers run `target` with
+        {**params, **statistics} and record the statistics. Most methods work tensor by
+        tensor and measure nothing (no walk, so no extra pass over the files)."""
+        return {}
+
     def target(self, key: str, theta0: torch.Tensor, thetas: list[torch.Tensor], params: dict) -> torch.Tensor:
-        """The alpha = 1 point for one tensor (all fp32, same shape)."""
+        """The alpha = 1 point for one tensor (all fp32, same shape); `params` includes `prepare`'s statistics."""
         raise NotImplementedError
 
     def describe(self) -> str:
@@ -135,19 +149,81 @@ def get_method(name: str) -> MergeMethod:
     return MERGE_METHODS[name]
 
 
-def trim_top_k(delta: torch.Tensor, k: float) -> torch.Tensor:
-    """Keep the k % largest-magnitude entries of one tensor's task vector, zero the rest.
+def keep_count(n: int, k: float) -> int:
+    """How many of n entries a k % trim keeps: at least one, rounded up."""
+    return max(1, math.ceil(n * k / 100.0))
 
-    Per tensor, as mergekit does (the TIES paper trims over the whole task vector): a
-    per-tensor threshold keeps the merge streaming. Entries tied with the threshold are
-    all kept, so the result does not depend on sort order."""
+
+def trim_below(delta: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Zero the entries of a task vector whose magnitude is below `threshold`. Entries tied
+    with it are all kept, so the result does not depend on sort order."""
+    return delta * (delta.abs() >= threshold)
+
+
+def trim_top_k(delta: torch.Tensor, k: float) -> torch.Tensor:
+    """Keep the k % largest-magnitude entries of one tensor's task vector, zero the rest
+    (TIES' `scope=tensor`, as mergekit trims; the paper's `scope=global` threshold is
+    `global_top_k_thresholds`)."""
     n = delta.numel()
-    keep = max(1, math.ceil(n * k / 100.0))
+    keep = keep_count(n, k)
     if keep >= n:
         return delta
-    mag = delta.abs().reshape(-1)
-    threshold = mag.kthvalue(n - keep + 1).values
-    return delta * (delta.abs() >= threshold)
+    threshold = delta.abs().reshape(-1).kthvalue(n - keep + 1).values.item()
+    return trim_below(delta, threshold)
+
+
+_LOW_BITS = 15  # walk 1 counts |delta| by its top 16 non-sign bits, walk 2 by the low 15
+
+
+def _magnitude_bits(delta: torch.Tensor) -> torch.Tensor:
+    # With the sign bit clear, a float32's bit pattern read as an int32 orders like its value.
+    return delta.abs().reshape(-1).view(torch.int32)
+
+
+def _rank_in_histogram(hist: torch.Tensor, rank: int) -> tuple[int, int]:
+    """The bin holding the rank-th largest entry (1-based) and that entry's rank inside the bin."""
+    from_top = hist.flip(0).cumsum(0)  # from_top[j]: entries in the j + 1 highest bins
+    j = int(torch.searchsorted(from_top, torch.tensor(rank)))
+    return len(hist) - 1 - j, rank - (int(from_top[j - 1]) if j else 0)
+
+
+def global_top_k_thresholds(task_vectors: TaskVectors, k: float) -> list[float]:
+    """Per fine-tuned model, the magnitude of the `keep_count(n, k)`-th largest entry of its
+    whole task vector (all n merged entries of all tensors): TIES' trim, one threshold per task
+    vector as in the paper. 0.0 where nothing is trimmed (k = 100).
+
+    Exact, in two walks of `task_vectors`, with two histograms per model as the only state
+    (radix select on the float32 bit pattern): walk 1 counts the entries per 16-bit prefix and
+    finds the prefix that holds the threshold; walk 2 counts the remaining 15 bits of the
+    entries with that prefix, which pins the threshold down to the bit. (The paper's code takes a
+    kthvalue over the flattened task vector, which needs the whole model in memory.)"""
+    high: list[torch.Tensor] = []
+    sizes: list[int] = []
+    for deltas in task_vectors():
+        if not high:
+            high = [torch.zeros(1 << (31 - _LOW_BITS), dtype=torch.int64) for _ in deltas]
+            sizes = [0] * len(deltas)
+        for i, d in enumerate(deltas):
+            high[i] += torch.bincount(_magnitude_bits(d) >> _LOW_BITS, minlength=len(high[i]))
+            sizes[i] += d.numel()
+    # Per model: None (everything kept) or (prefix holding the threshold, its rank inside the prefix).
+    plans = [None if keep_count(n, k) >= n else _rank_in_histogram(h, keep_count(n, k)) for h, n in zip(high, sizes)]
+    low = [torch.zeros(1 << _LOW_BITS, dtype=torch.int64) for _ in plans]
+    if any(plans):
+        for deltas in task_vectors():
+            for d, plan, hist in zip(deltas, plans, low):
+                if plan is not None:
+                    b = _magnitude_bits(d)
+                    hist += torch.bincount(b[(b >> _LOW_BITS) == plan[0]] & ((1 << _LOW_BITS) - 1), minlength=len(hist))
+    thresholds = []
+    for plan, hist in zip(plans, low):
+        if plan is None:
+            thresholds.append(0.0)
+            continue
+        rest, _ = _rank_in_histogram(hist, plan[1])
+        bits = torch.tensor([(plan[0] << _LOW_BITS) | rest], dtype=torch.int32)
+        thresholds.append(bits.view(torch.float32).item())
+    return thresholds
 
 
 def disjoint_mean(deltas: list[torch.Tensor]) -> torch.Tensor:
@@ -216,12 +292,27 @@ class Ties(MergeMethod):
     title = "TIES-merging: trim to top-k% magnitude, elect sign, disjoint mean, scale by alpha"
     reference = "Yadav et al., TIES-Merging, NeurIPS 2023, arXiv:2306.01708"
     params = (
-        Param("k", 20.0, "percent of each task vector's entries kept (per tensor)", real(0, 100, lo_open=True)),
+        Param("k", 20.0, "percent of each task vector's entries kept", real(0, 100, lo_open=True)),
         alpha_param(1.0, "scale of the merged task vector (lambda)"),
+        Param(
+            "scope",
+            "global",
+            "where the top k% is taken: global (over each task vector as a whole, the paper's) "
+            "or tensor (in each tensor on its own, as mergekit)",
+            choice("global", "tensor"),
+        ),
     )
 
+    def prepare(self, params, task_vectors):
+        if params["scope"] == "tensor":
+            return {}
+        return {"thresholds": global_top_k_thresholds(task_vectors, params["k"])}
+
     def target(self, key, theta0, thetas, params):
-        deltas = [trim_top_k(t - theta0, params["k"]) for t in thetas]
+        if params["scope"] == "global":
+            deltas = [trim_below(t - theta0, tau) for t, tau in zip(thetas, params["thresholds"])]
+        else:
+            deltas = [trim_top_k(t - theta0, params["k"]) for t in thetas]
         return disjoint_mean(deltas).add_(theta0)
 
 

@@ -14,7 +14,14 @@ from speechft.encoders import load_encoder
 from speechft.errors import SpeechFTError
 from speechft.io_utils import sha256_file
 from speechft.merge import InterpolationPath, merge_encoders, merge_state_dicts
-from speechft.merge_methods import MERGE_METHODS, dare_keep_mask, disjoint_mean, trim_top_k
+from speechft.merge_methods import (
+    MERGE_METHODS,
+    dare_keep_mask,
+    disjoint_mean,
+    global_top_k_thresholds,
+    keep_count,
+    trim_top_k,
+)
 from speechft.safetensors_io import ShardedWriter
 
 # ---------------------------------------------------------------- helpers
@@ -148,6 +155,111 @@ def test_ties_hand_computed():
     torch.testing.assert_close(
         disjoint_mean([torch.tensor([1.0, -2.0]), torch.tensor([3.0, 1.0])]), torch.tensor([2.0, -2.0])
     )
+
+
+# TIES' two trims, hand-computed on two tensors of different scales. Tensor `a` is small in model
+# 1's task vector and large in model 2's, tensor `b` the other way round. Each task vector has 64
+# entries (two tensors of 32, 4 non-zero each); k = 6.25 % keeps 4 of them per task vector (global)
+# or 2 per tensor. Globally model 1 keeps all of b (its 4 largest: 4, 3, 2, 1; threshold 1.0) and
+# nothing of a, model 2 all of a (threshold 0.625) and nothing of b; per tensor each keeps its 2
+# largest in each tensor. Sign election and disjoint mean of those trimmed vectors, by hand:
+#   global  a: model 2 alone [.625, .75, -.875, 1]     b: model 1 alone [4, -3, 2, -1]
+#   tensor  a: sums [0, 0, -.5, .5] elect [+, +, -, +], only model 2 agrees: [0, 0, -.875, 1]
+#           b: [4, -3, 0, 0] and [0, 0, .375, -.5] never overlap: [4, -3, .375, -.5]
+TIES_K = 6.25
+TIES_THETA0 = {"a": 1.0, "b": 10.0}
+TIES_DELTAS = [
+    {"a": [0.125, -0.25, 0.375, -0.5], "b": [4.0, -3.0, 2.0, -1.0]},
+    {"a": [0.625, 0.75, -0.875, 1.0], "b": [0.125, 0.25, 0.375, -0.5]},
+]
+TIES_MERGED_DELTA = {
+    "global": {"a": [0.625, 0.75, -0.875, 1.0], "b": [4.0, -3.0, 2.0, -1.0]},
+    "tensor": {"a": [0.0, 0.0, -0.875, 1.0], "b": [4.0, -3.0, 0.375, -0.5]},
+}
+
+
+def example_tensor(base: float, head: list[float]) -> torch.Tensor:
+    """A 32-wide tensor: `base` everywhere, plus `head` on its first entries (all exact in fp32)."""
+    return torch.full((32,), base) + torch.tensor(head + [0.0] * (32 - len(head)))
+
+
+def ties_example() -> tuple[dict, list[dict]]:
+    theta0 = {k: example_tensor(v, []) for k, v in TIES_THETA0.items()}
+    return theta0, [{k: example_tensor(TIES_THETA0[k], d[k]) for k in d} for d in TIES_DELTAS]
+
+
+def ties_want(scope: str, alpha: float = 1.0) -> dict[str, torch.Tensor]:
+    return {k: example_tensor(v, [alpha * x for x in TIES_MERGED_DELTA[scope][k]]) for k, v in TIES_THETA0.items()}
+
+
+@pytest.mark.parametrize("scope", ["global", "tensor"])
+def test_ties_global_and_per_tensor_trims_hand_computed(scope):
+    theta0, thetas = ties_example()
+    assert keep_count(64, TIES_K) == 4 and keep_count(32, TIES_K) == 2
+    path = InterpolationPath(theta0, thetas, method="ties", k=TIES_K, scope=scope)
+    assert path.statistics == ({"thresholds": [1.0, 0.625]} if scope == "global" else {})
+    for alpha in (1.0, 0.5):
+        got = path.at(alpha)
+        for k, want in ties_want(scope, alpha).items():
+            assert torch.equal(got[k], want), (scope, alpha, k, got[k][:4])
+    other = {"global": "tensor", "tensor": "global"}[scope]
+    assert not torch.equal(ties_want(scope)["b"], ties_want(other)["b"])  # the example tells them apart
+
+
+def test_ties_default_scope_is_the_papers_global_trim():
+    theta0, thetas = ties_example()
+    assert MERGE_METHODS["ties"].resolve({})["scope"] == "global"
+    got = merge_state_dicts(theta0, thetas, method="ties", k=TIES_K)
+    assert all(torch.equal(got[k], want) for k, want in ties_want("global").items())
+
+
+def test_ties_global_scope_on_one_tensor_is_the_per_tensor_trim():
+    # One rule for the threshold: over a single tensor both scopes keep the same entries, bit for bit.
+    g = torch.Generator().manual_seed(3)
+    theta0 = {"w": torch.randn(40, 7, generator=g)}
+    thetas = [{"w": theta0["w"] + torch.randn(40, 7, generator=g) * s} for s in (0.1, 1.0, 3.0)]
+    for k in (1, 13.5, 50, 99.9, 100):
+        a = merge_state_dicts(theta0, thetas, method="ties", k=k, scope="global")["w"]
+        b = merge_state_dicts(theta0, thetas, method="ties", k=k, scope="tensor")["w"]
+        assert_bit_equal(a, b)
+
+
+def test_global_threshold_is_the_exact_kth_largest_magnitude_of_the_whole_task_vector():
+    g = torch.Generator().manual_seed(4)
+    # Scales from 1e-30 to 1e3, a block of exact ties, zeros, -0.0, a tensor with no entries.
+    tensors = [torch.randn(50, generator=g) * 1e-30, torch.randn(7, 9, generator=g) * 1e3, torch.zeros(0)]
+    tensors += [torch.tensor([0.5, -0.5, 0.5, 0.0, -0.0, 0.5]), torch.randn(300, generator=g)]
+    models = [[t * (i + 1) for t in tensors] for i in range(2)]
+    mags = [torch.cat([t.abs().reshape(-1) for t in m]) for m in models]
+    n = mags[0].numel()
+    walks = []
+
+    def task_vectors():
+        walks.append(1)
+        return zip(*models)
+
+    for k in (0.1, 1, 5, 33.3, 50, 90, 99.6):  # 99.6: the threshold falls on the zeros
+        walks.clear()
+        got = global_top_k_thresholds(lambda: (list(ds) for ds in task_vectors()), k)
+        keep = keep_count(n, k)
+        assert got == [m.kthvalue(n - keep + 1).values.item() for m in mags], k
+        assert len(walks) == 2  # one histogram walk, one refining walk: the files are read twice
+    walks.clear()
+    assert global_top_k_thresholds(lambda: (list(ds) for ds in task_vectors()), 100) == [0.0, 0.0]
+    assert len(walks) == 1  # nothing trimmed: no refining walk
+    # Ties at the threshold are all kept (here 4 entries of magnitude 0.5 where 3 would do).
+    tau = global_top_k_thresholds(lambda: iter([[torch.tensor([0.5, -0.5, 0.5, 0.5, 0.1, 0.0])]]), 50)
+    assert tau == [0.5]
+
+
+def test_ties_tensor_scope_measures_nothing():
+    def forbidden():
+        raise AssertionError("per-tensor TIES walked the task vectors")
+
+    ties = MERGE_METHODS["ties"]
+    assert ties.prepare(ties.resolve({"scope": "tensor"}), forbidden) == {}
+    for name in ("linear", "task-arithmetic", "dare"):
+        assert MERGE_METHODS[name].prepare(MERGE_METHODS[name].resolve({}), forbidden) == {}
 
 
 def test_dare_hand_computed_from_its_masks():
@@ -327,6 +439,7 @@ def test_other_family_other_config_and_prefix_lacking_are_refused(pair, tiny_enc
         ("ties", {"k": 0}, "k=0 for method 'ties' must be in (0, 100]"),
         ("ties", {"k": 101}, "must be in (0, 100]"),
         ("ties", {"density": 0.2}, "has no parameter 'density'; its parameters: k, alpha"),
+        ("ties", {"scope": "layer"}, "scope='layer' for method 'ties' must be one of global, tensor"),
         ("slerp", {}, "unknown merge method 'slerp'"),
     ],
 )
@@ -403,7 +516,8 @@ def test_decoar_remote_code_is_copied_so_the_merge_loads(tiny_encoder_dir, tmp_p
     assert load_encoder(out).family == "decoar2"
 
 
-def test_input_hashes_are_right_even_when_read_out_of_order(pair, tmp_path):
+@pytest.mark.parametrize("method", ["linear", "ties"])  # ties: its walks read the files first
+def test_input_hashes_are_right_even_when_read_out_of_order(pair, tmp_path, method):
     pre, ft = pair
     f1 = ft(1)
     # Rewrite the fine-tuned file in reverse order: the single-pass hash must fall back.
@@ -415,7 +529,7 @@ def test_input_hashes_are_right_even_when_read_out_of_order(pair, tmp_path):
         writer.write(k, w[k])
     writer.close()
     assert load_encoder(f1)  # our writer's files load with transformers
-    out = merge_encoders(pre, [f1], out=tmp_path / "m")
+    out = merge_encoders(pre, [f1], method=method, out=tmp_path / "m")
     merge = json.load(open(out / "speechft.json"))["merge"]
     assert merge["pretrained"]["weights_sha256"] == {"model.safetensors": sha256_file(pre / "model.safetensors")}
     assert merge["finetuned"][0]["weights_sha256"] == {"model.safetensors": sha256_file(f1 / "model.safetensors")}
@@ -433,7 +547,7 @@ def test_sequential_speech_ft_records_the_chain(pair, tmp_path):
     assert prov["parents"][0]["role"] == "pretrained" and prov["parents"][0]["path"] == str(round1.resolve())
     r1_sha = json.load(open(round1 / "speechft.json"))["weights_sha256"]
     assert prov["parents"][0]["weights_sha256"] == r1_sha
-    assert prov["merge"]["params"] == {"k": 50.0, "alpha": 1.0}
+    assert prov["merge"]["params"] == {"k": 50.0, "alpha": 1.0, "scope": "global"}
 
 
 # ---------------------------------------------------------------- CLI
@@ -512,6 +626,42 @@ def test_interpolation_path_from_folders_equals_the_streamed_merge(pair, tmp_pat
         InterpolationPath.from_folders(pre, fts)
 
 
+@pytest.mark.parametrize("scope", ["global", "tensor"])
+def test_ties_scopes_through_files_equal_the_hand_computed_merge(pair, tmp_path, scope):
+    pre, ft = pair
+    # Only the two example tensors merge (every other name excluded), so the task vectors are the example's.
+    keys = {"a": "encoder.layers.0.attention.q_proj.bias", "b": "encoder.layers.1.feed_forward.output_dense.bias"}
+    theta0, thetas = ties_example()
+    folders = [pre] + [ft(i) for i in (1, 2)]
+    for folder, sd_ in zip(folders, [theta0, *thetas]):
+        w = weights(folder)
+        w.update({keys[k]: v for k, v in sd_.items()})
+        rewrite(folder, w)
+    only = [r"^(?!(" + "|".join(v.replace(".", r"\.") for v in keys.values()) + r")$)"]
+    out = merge_encoders(pre, folders[1:], method="ties", k=TIES_K, scope=scope, exclude=only, out=tmp_path / "m")
+    got, want = weights(out), ties_want(scope)
+    for k, key in keys.items():
+        assert torch.equal(got[key], want[k]), (k, got[key][:4])
+    mem = InterpolationPath.from_folders(pre, folders[1:], method="ties", k=TIES_K, scope=scope, exclude=only).at()
+    assert got.keys() == mem.keys() and all(torch.equal(got[k], mem[k]) for k in got)
+    merge = json.load(open(out / "speechft.json"))["merge"]
+    assert merge["params"] == {"k": TIES_K, "alpha": 1.0, "scope": scope} and merge["merged_tensors"] == 2
+    assert merge.get("statistics") == ({"thresholds": [1.0, 0.625]} if scope == "global" else None)
+    # the walks over the files leave the inputs' hashes right
+    for entry, folder in zip([merge["pretrained"], *merge["finetuned"]], folders):
+        assert entry["weights_sha256"] == {"model.safetensors": sha256_file(folder / "model.safetensors")}
+
+
+def test_global_ties_refuses_a_nan_after_its_walks_and_writes_nothing(pair, tmp_path):
+    pre, ft = pair
+    f1 = ft(1)
+    _nan_in(f1)
+    out = tmp_path / "m"
+    with pytest.raises(SpeechFTError, match=_re("'encoder.layers.1.attention.v_proj.weight' contains NaN")):
+        merge_encoders(pre, [f1, ft(2)], method="ties", out=out)
+    no_leftovers(out)
+
+
 def test_result_that_overflows_half_precision_is_refused():
     theta0 = {"w": torch.tensor([60000.0, 1.0], dtype=torch.float16)}
     ft = {"w": torch.tensor([65000.0, 2.0], dtype=torch.float16)}
@@ -531,14 +681,31 @@ def test_cli_config_file_flags_and_set_layer_in_order(pair, tmp_path):
     out = tmp_path / "m"
     argv = ["merge", "--pretrained", str(pre), "--finetuned", str(f1), "--out", str(out), "--config", str(cfg)]
     # the YAML's alpha loses to --alpha, which loses to --set; --param adds to the YAML's params
-    argv += ["--alpha", "0.5", "--set", "alpha=0.6", "max_shard_size=40kB", "--param", "k=30", "--quiet"]
+    argv += [
+        "--alpha",
+        "0.5",
+        "--set",
+        "alpha=0.6",
+        "max_shard_size=40kB",
+        "--param",
+        "k=30",
+        "scope=tensor",
+        "--quiet",
+    ]
     assert main(argv) == 0
     merge = json.load(open(out / "speechft.json"))["merge"]
-    assert merge["method"] == "ties" and merge["params"] == {"k": 30.0, "alpha": 0.6}
+    assert merge["method"] == "ties" and merge["params"] == {"k": 30.0, "alpha": 0.6, "scope": "tensor"}
     assert merge["exclude"] == ["layer_norm"] and merge["copied_tensors"]["excluded"]
     assert (out / "model.safetensors.index.json").exists()  # max_shard_size from --set took effect
     want = merge_state_dicts(
-        weights(pre), [weights(f1)], method="ties", family="hubert", exclude=["layer_norm"], k=30, alpha=0.6
+        weights(pre),
+        [weights(f1)],
+        method="ties",
+        family="hubert",
+        exclude=["layer_norm"],
+        k=30,
+        alpha=0.6,
+        scope="tensor",
     )
     got = weights(out)
     assert all(torch.equal(got[k], want[k]) for k in want)
