@@ -29,13 +29,14 @@ import torch
 from torch import nn
 
 from .errors import SpeechFTError
-from .io_utils import read_json
+from .io_utils import check_output_location, read_json
 from .objective import Loop, Objective
 from .provenance import PROVENANCE_FILE
 from .run_folder import (
     append_metrics,
     clean_stale,
     open_run_folder,
+    replacement,
     truncate_metrics,
     weights_sha256,
     write_best,
@@ -104,9 +105,18 @@ def run_training(
         "tasks": objective.run_info(),
     }
     main = state.is_main_process
+    data = [Path(info["path"]) for info in run_info["tasks"].values()]
+    check_output_location(out, {"--encoder": encoder_dir, objective.data_option: data})
     cfg, latest = open_run_folder(out, cfg, run_info, resume, overwrite, main, state.wait_for_everyone, objective)
     if cfg is None:  # --resume of a run that has already finished
         return out
+    with replacement(out, main, active=overwrite and not resume):
+        return _train(encoder_dir, out, objective, cfg, latest, state, device, run_info, resume, progress)
+
+
+def _train(encoder_dir, out, objective, cfg, latest, state, device, run_info, resume, progress) -> Path:
+    """run_training once the run folder is open: the loop and the result."""
+    main = state.is_main_process
     check_device(cfg, device)
     loop = make_loop(state, device, cfg)
     if cfg.optim.encoder_lr > PROBING_LR and main:

@@ -54,6 +54,28 @@ def _disk_full(e: BaseException, path: Path) -> SpeechFTError | None:
     return None
 
 
+def check_output_location(out: str | os.PathLike, inputs: dict) -> None:
+    """The rule for every command that writes: its output may never be, contain, or lie inside one of
+    its inputs (so no --overwrite can delete an input, and no output lands among an input's files).
+    `inputs` maps the flag that named each input to a path or a list of paths."""
+    target = Path(out).resolve()
+    for flag, paths in inputs.items():
+        for p in [paths] if isinstance(paths, (str, os.PathLike)) else paths:
+            source = Path(p).resolve()
+            if target == source:
+                how = "is"
+            elif source.is_relative_to(target):
+                how = "contains"
+            elif target.is_relative_to(source):
+                how = "lies inside"
+            else:
+                continue
+            raise SpeechFTError(
+                f"--out {out} {how} the input {flag} {p}; write the output to a folder outside every input "
+                "(nothing was changed)"
+            )
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike, mode: str = "w") -> Iterator:
     """Open a temp file beside `path`; on clean exit fsync and rename it to `path`."""

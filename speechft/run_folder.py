@@ -9,10 +9,11 @@ adapter/ (lora/dora only).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .config import load_config, save_config, to_dict
@@ -51,16 +52,49 @@ def open_run_folder(
         marks = (CONFIG_FILE, RUN_INFO_FILE, PROVENANCE_FILE)
         if any(out.iterdir()) and not any((out / f).exists() for f in marks):
             raise SpeechFTError(f"{out}: exists and is not a speechft run folder; refusing to --overwrite it")
-    barrier()  # every process has looked before the main one deletes or creates
+    barrier()  # every process has looked before the main one sets aside or creates
     if main:
         if out.exists():
-            shutil.rmtree(out)
+            set_aside(out)
         out.mkdir(parents=True)
         # run.json first: config.yaml is what marks a run as resumable, so it must come last.
         write_json(out / RUN_INFO_FILE, run_info)
         save_config(cfg, out / CONFIG_FILE)
     barrier()
     return cfg, None
+
+
+def replaced_name(out: Path) -> Path:
+    return out.parent / f".{out.name}.replaced"
+
+
+def set_aside(out: Path) -> None:
+    """--overwrite: move the old output beside `out` (`replacement` removes it once the new run has
+    finished, or puts it back if the new run fails). A set-aside folder left by an interrupted replacement
+    is the last finished output and stays; the unfinished run in `out` is what goes."""
+    old = replaced_name(out)
+    if old.exists() and not (out / PROVENANCE_FILE).exists():
+        shutil.rmtree(out)
+        return
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(out, old)
+
+
+@contextlib.contextmanager
+def replacement(out: Path, main: bool, active: bool) -> Iterator[None]:
+    """The old output of an --overwrite is replaced only once the new run has finished: then its set-aside
+    copy goes; if the run fails, the new folder goes and the old one comes back. An interrupt (Ctrl-C,
+    SIGKILL) keeps both: the new run can be continued with --resume, the old one is still beside it."""
+    old = replaced_name(out)
+    try:
+        yield
+    except Exception:
+        if main and active and old.exists() and not (out / PROVENANCE_FILE).exists():
+            shutil.rmtree(out, ignore_errors=True)
+            os.replace(old, out)
+        raise
+    if main and active and old.exists():
+        shutil.rmtree(old)
 
 
 def task_manifests(info: dict) -> dict:

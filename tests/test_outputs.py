@@ -1,0 +1,93 @@
+"""No input is ever destroyed: an output may not be, contain or lie inside an input, and --overwrite replaces
+the old output only once the new run has finished (issue 18's data-loss findings, for finetune and pretrain)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import cli
+
+from speechft.errors import SpeechFTError
+from speechft.io_utils import check_output_location
+
+FAST = ["data.batch_size=4", "eval.log_every=1", "head.proj_dim=16", "head.lstm_layers=0"]
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file under `folder` (relative path -> sha256 of its bytes)."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def finetune(encoder, task, out, *extra) -> int:
+    return cli("finetune", "--encoder", encoder, "--task", task, "--out", out, "--steps", "2", "--quiet",
+               "--set", *FAST, *extra)  # fmt: skip
+
+
+@pytest.mark.parametrize("how", ["is", "contains", "lies inside"])
+def test_the_output_rule_names_the_input_and_the_relation(tmp_path, how):
+    enc = tmp_path / "runs" / "enc"
+    enc.mkdir(parents=True)
+    out = {"is": enc, "contains": tmp_path / "runs", "lies inside": enc / "sub"}[how]
+    with pytest.raises(SpeechFTError, match=f"--out {out} {how} the input --encoder {enc}"):
+        check_output_location(out, {"--encoder": enc, "--task": [tmp_path / "task"]})
+    check_output_location(tmp_path / "runs" / "other", {"--encoder": enc})  # a sibling is fine
+
+
+@pytest.mark.parametrize("where", ["the encoder", "inside the encoder", "the parent of the task"])
+def test_finetune_never_writes_over_its_inputs_even_with_overwrite(tmp_path, capsys, cls_task, tiny_encoder_dir, where):
+    enc = tiny_encoder_dir("hubert")
+    out = {"the encoder": enc, "inside the encoder": enc / "run", "the parent of the task": cls_task.parent}[where]
+    before_enc, before_task = snapshot(enc), snapshot(cls_task)
+    assert finetune(enc, cls_task, out, "--overwrite") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "the input" in err and "nothing was changed" in err, err
+    assert snapshot(enc) == before_enc and snapshot(cls_task) == before_task
+    assert not (enc / "run").exists()
+
+
+def test_overwrite_keeps_the_old_run_when_the_new_one_fails(tmp_path, capsys, cls_task, tiny_encoder_dir):
+    enc, out = tiny_encoder_dir("hubert"), tmp_path / "ft"
+    assert finetune(enc, cls_task, out) == 0
+    finished = snapshot(out)
+    # The new run's data is broken: every clip is NaN, found in the first batches.
+    for split in ("train", "dev"):
+        for row in (cls_task / f"{split}.tsv").read_text().splitlines()[1:]:
+            clip = (cls_task / row.split("\t")[0]).resolve()
+            sf.write(clip, np.full(8000, np.nan, np.float32), 16000, subtype="FLOAT")
+    capsys.readouterr()
+    assert finetune(enc, cls_task, out, "--overwrite") == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert snapshot(out) == finished  # the old run, byte for byte
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".ft")) == []
+
+
+def test_overwrite_replaces_the_old_run_only_once_the_new_one_has_finished(tmp_path, cls_task, tiny_encoder_dir):
+    enc, out = tiny_encoder_dir("hubert"), tmp_path / "ft"
+    assert finetune(enc, cls_task, out) == 0
+    old = snapshot(out)
+    assert finetune(enc, cls_task, out, "seed=1", "--overwrite") == 0
+    assert snapshot(out) != old and (out / "speechft.json").exists()
+    assert not (tmp_path / ".ft.replaced").exists()  # the set-aside copy goes with the new run's success
+
+
+def test_an_interrupted_replacement_keeps_the_last_finished_run(tmp_path, cls_task, tiny_encoder_dir):
+    """Killed mid-run, an --overwrite leaves the new (resumable) run in --out and the old finished one set
+    aside; the next --overwrite discards the unfinished one, never the finished one."""
+    from speechft.run_folder import replaced_name, set_aside
+
+    enc, out = tiny_encoder_dir("hubert"), tmp_path / "ft"
+    assert finetune(enc, cls_task, out) == 0
+    finished = snapshot(out)
+    set_aside(out)  # what a killed --overwrite leaves: the old run aside ...
+    out.mkdir()
+    (out / "config.yaml").write_text("steps: 2\n")  # ... and an unfinished new one
+    set_aside(out)  # the next --overwrite
+    assert not out.exists() and snapshot(replaced_name(out)) == finished
