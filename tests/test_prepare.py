@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +17,12 @@ from speechft.data.prepare import prepare_corpus
 from speechft.errors import SpeechFTError
 
 SR = 16000
+
+
+def beside(tmp_path: Path, name: str) -> Path:
+    """An output folder outside tmp_path, for corpora laid out at tmp_path itself: a task folder may not
+    lie inside the corpus it reads (--out inside --root is refused)."""
+    return tmp_path.with_name(f"{tmp_path.name}-{name}")
 
 
 def wav(seconds: float, seed: int = 0, freq: float = 300.0) -> np.ndarray:
@@ -82,7 +89,7 @@ def librispeech(tmp_path):
 
 def test_librispeech_pr_with_lexicon(tmp_path, librispeech):
     root, lex = librispeech
-    out = prepare_corpus("librispeech-pr", root.parent, tmp_path / "pr", lexicon=[lex])
+    out = prepare_corpus("librispeech-pr", root.parent, beside(tmp_path, "pr"), lexicon=[lex])
     task = load_task(out)
     assert (task.name, task.type, task.metric, task.tokenizer) == ("pr", "ctc", "per", "space")
     train = by_name(task.splits["train"])
@@ -214,7 +221,8 @@ def iemocap(tmp_path):
 
 
 def test_iemocap_fold(tmp_path, iemocap):
-    task = load_task(prepare_corpus("iemocap-er", iemocap.parent, tmp_path / "er", fold=2))
+    # the corpus may be found below --root; the task folder goes outside it (an output never lies in an input)
+    task = load_task(prepare_corpus("iemocap-er", iemocap.parent, beside(tmp_path, "er"), fold=2))
     assert task.name == "er" and task.labels == ["neu", "hap", "ang", "sad"]
     assert task.spec["source"]["options"]["fold"] == 2
     test = task.splits["test"]
@@ -320,7 +328,7 @@ def test_fluent_speech_commands(tmp_path):
                 rel = f"wavs/speakers/2BqVo8kVB2Skwgyb/{split}-{i}-4474-11e9-a9a5.wav"
                 write(root / rel, 0.6, seed=i)
                 w.writerow([i, rel, "2BqVo8kVB2Skwgyb", text, a, o, loc])
-    task = load_task(prepare_corpus("fluent-ic", tmp_path, tmp_path / "ic"))
+    task = load_task(prepare_corpus("fluent-ic", tmp_path, beside(tmp_path, "ic")))
     assert task.labels == sorted(["activate/lights/kitchen", "change language/Chinese/none", "decrease/volume/none"])
     ex = task.splits["test"][1]
     assert ex.target == "change language/Chinese/none" and ex.extra["object"] == "Chinese"
@@ -373,7 +381,7 @@ def tedlium(tmp_path):
 
 
 def test_tedlium3_subset_rule_and_segments(tmp_path, tedlium):
-    out = prepare_corpus("tedlium3-asr", tedlium.parent, tmp_path / "ted")
+    out = prepare_corpus("tedlium3-asr", tedlium.parent, beside(tmp_path, "ted"))
     task = load_task(out)
     assert (task.tokenizer, task.metric) == ("char", "wer")
     train = [e.target for e in task.splits["train"]]
@@ -434,6 +442,12 @@ def test_aishell3(tmp_path):
     assert [e.target for e in task.splits["test"]] == ["上海"]
     assert len(task.splits["train"]) + len(task.splits["dev"]) == 3
     assert set("广州女大学你好北京上海") == set(task.labels)
+
+
+def test_the_task_folder_never_lands_inside_the_corpus(tmp_path, iemocap):
+    with pytest.raises(SpeechFTError, match="lies inside the input --root"):
+        prepare_corpus("iemocap-er", iemocap, iemocap / "tasks" / "er", fold=1)
+    assert not (iemocap / "tasks").exists()
 
 
 def test_unknown_corpus_and_option(tmp_path):

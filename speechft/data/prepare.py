@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ..cli import add_quiet_option
 from ..errors import SpeechFTError
-from ..io_utils import atomic_dir
+from ..io_utils import atomic_dir, check_output_location
 from .corpora import CORPORA, corpus_reader, progress_bars
 from .tasks import load_task, write_task_folder
 
@@ -51,6 +51,7 @@ def prepare_corpus(
     root, out = Path(root).expanduser(), Path(out)
     if not root.is_dir():
         raise SpeechFTError(f"{root}: corpus folder not found; pass --root the folder you extracted the corpus into")
+    check_output_location(out, {"--root": root})
     if out.exists() and not overwrite:
         raise SpeechFTError(f"{out}: output folder already exists; choose another --out or pass --overwrite")
     with atomic_dir(out, overwrite=overwrite) as tmp:

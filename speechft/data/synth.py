@@ -53,7 +53,7 @@ from pathlib import Path
 
 from ..cli import add_quiet_option
 from ..errors import SpeechFTError
-from ..io_utils import atomic_dir, write_json
+from ..io_utils import atomic_dir, check_output_location, write_json
 from . import synth_text as T
 from .audio import SAMPLE_RATE
 from .synth_clips import ENGINES, Clip, ClipCache, augment, default_cache_dir, load_engines
@@ -207,9 +207,11 @@ def synthesize_benchmark(
     """
     chosen = check_args(size, seed, tasks)
     out = Path(out)
+    cache_root_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    check_output_location(out, {"--cache-dir": cache_root_dir})
     if out.exists() and not overwrite:
         raise SpeechFTError(f"{out}: output folder already exists; choose another --out or pass --overwrite")
-    cache = ClipCache(Path(cache_dir) if cache_dir else default_cache_dir())
+    cache = ClipCache(cache_root_dir)
     engines = load_engines(engines)
     versions = {name: eng.version for name, eng in engines.items()}
     voices = Voices(seed, engines)

@@ -50,7 +50,7 @@ from pathlib import Path
 import torch
 
 from ..errors import SpeechFTError
-from ..io_utils import atomic_dir, sha256_file
+from ..io_utils import atomic_dir, check_output_location, sha256_file
 from ..safetensors_io import load_tensors
 from .fairseq_layout import (
     decoar2_config,
@@ -336,6 +336,7 @@ def convert_checkpoint(
         raise SpeechFTError(f"--from '{source}' is not one of {', '.join(SOURCES)}")
     if family is not None and family not in CONVERTIBLE:
         raise SpeechFTError(f"--family '{family}' cannot be converted; choose one of {', '.join(CONVERTIBLE)}")
+    check_output_location(out, {"checkpoint": path, "--like": [like] if like is not None else []})
     if out.exists() and not overwrite:
         raise SpeechFTError(f"{out}: output folder already exists; choose another --out or pass --overwrite")
     found = _identify(load_checkpoint(path), path, source)
