@@ -179,9 +179,14 @@ def apply_values(cfg: T, values: dict[str, Any], flag_of: dict[str, str] | None 
 
 
 def load_config(
-    cls: type[T], path: str | os.PathLike | None = None, overrides: Sequence[str] = (), values: dict | None = None
+    cls: type[T],
+    path: str | os.PathLike | None = None,
+    overrides: Sequence[str] = (),
+    values: dict | None = None,
+    base=None,
 ) -> T:
-    """Defaults <- YAML file (if given) <- `values` (a command's own flags) <- `--set` overrides."""
+    """Defaults (or `base`, a config to start from) <- YAML file (if given) <- `values` (a command's own
+    flags) <- `--set` overrides."""
     data: dict = {}
     if path is not None:
         path = Path(path)
@@ -199,11 +204,11 @@ def load_config(
             raise SpeechFTError(f"{path}: a config file must be a mapping of keys to values")
         _acyclic(data, str(path))
         try:
-            cfg = from_dict(cls, data)
+            cfg = from_dict(cls, _layered(to_dict(base), data) if base is not None else data)
         except SpeechFTError as e:
             raise SpeechFTError(f"{path}: {e}") from None
     else:
-        cfg = cls()
+        cfg = base if base is not None else cls()
     if values:
         cfg = apply_values(cfg, values)
     return apply_overrides(cfg, overrides)
@@ -225,14 +230,16 @@ def add_config_options(p, cls, example: str) -> None:
     )
 
 
-def config_from_args(cls: type[T], args, flags: dict[str, str] | None = None) -> T:
+def config_from_args(cls: type[T], args, flags: dict[str, str] | None = None, base=None) -> T:
     """A command's config: defaults <- --config <- its own flags that were given <- --set.
 
     `flags` maps an argparse dest to the dotted config key it sets; a flag left at None was not
-    given (so dedicated flags must default to None and show the config's default in their help)."""
+    given (so dedicated flags must default to None and show the config's default in their help).
+    `base` replaces the defaults (--resume: the run's stored config, so that what is given is exactly
+    what would change, and options repeated on --resume need not be all of them)."""
     flags = flags or {}
     values = {key: getattr(args, dest) for dest, key in flags.items() if getattr(args, dest, None) is not None}
-    cfg = load_config(cls, getattr(args, "config", None))
+    cfg = load_config(cls, getattr(args, "config", None), base=base)
     if values:
         flag_of = {key: "--" + dest.replace("_", "-") for dest, key in flags.items()}
         cfg = apply_values(cfg, values, flag_of)
@@ -264,6 +271,14 @@ def resolve_device(name: str | None = None):
     elif device.type != "cpu":
         raise SpeechFTError(f"--device {name!r}: unsupported; use cpu, cuda or cuda:N")
     return device
+
+
+def _layered(under: dict, over: dict) -> dict:
+    """`over` on top of `under`, section by section (a YAML file given on top of a stored config)."""
+    out = dict(under)
+    for k, v in over.items():
+        out[k] = _layered(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def save_config(cfg, path: str | os.PathLike) -> None:

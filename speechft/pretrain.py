@@ -65,6 +65,7 @@ from .errors import SpeechFTError
 from .heads import HeadConfig
 from .io_utils import sha256_file
 from .objective import Loop
+from .run_folder import stored_config
 from .train import TaskStream
 from .train_config import TrainConfig, resolve_config
 from .units import (
@@ -532,8 +533,10 @@ def main(args) -> int:
     if args.resume and args.overwrite:
         raise SpeechFTError("--resume and --overwrite contradict each other; pass one")
     given = args.config is not None or args.set or args.steps is not None
-    # --resume alone: the stored config.yaml counts; anything given must equal it.
-    config = config_from_args(PretrainConfig, args, CONFIG_FLAGS) if given or not args.resume else None
+    # --resume alone: the stored config.yaml counts. Options given with it apply on top of the stored config and
+    # must not change it (so repeating some of the original options is fine; a changed one is named).
+    base = stored_config(PretrainConfig, Path(args.out)) if args.resume else None
+    config = config_from_args(PretrainConfig, args, CONFIG_FLAGS, base=base) if given or not args.resume else None
     pretrain(
         args.encoder,
         args.audio,

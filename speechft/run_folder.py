@@ -97,6 +97,13 @@ def replacement(out: Path, main: bool, active: bool) -> Iterator[None]:
         shutil.rmtree(old)
 
 
+def stored_config(cls, out: Path):
+    """The config.yaml of a run folder being resumed (None when there is none): the base that --resume's
+    options are applied to."""
+    path = Path(out) / CONFIG_FILE
+    return load_config(cls, path) if path.is_file() else None
+
+
 def task_manifests(info: dict) -> dict:
     return {k: (v["train_sha256"], v["dev_sha256"]) for k, v in info["tasks"].items()}
 

@@ -54,6 +54,7 @@ from .engine import dev_score, freeze_permanently, micro_batches, run_training, 
 from .errors import SpeechFTError
 from .heads import TaskHead, ctc_misfits
 from .objective import Loop
+from .run_folder import stored_config
 from .train_config import (
     FINETUNE_METHODS,
     FROZEN_BY_DEFAULT,
@@ -125,8 +126,10 @@ def main(args) -> int:
         raise SpeechFTError("--resume and --overwrite contradict each other; pass one")
     check_method(args.method)
     given = args.config is not None or args.set or any(getattr(args, f) is not None for f in CONFIG_FLAGS)
-    # --resume alone: the stored config.yaml counts; anything given must equal it.
-    config = config_from_args(TrainConfig, args, CONFIG_FLAGS) if given or not args.resume else None
+    # --resume alone: the stored config.yaml counts. Options given with it apply on top of the stored config and
+    # must not change it (so repeating some of the original options is fine; a changed one is named).
+    base = stored_config(TrainConfig, Path(args.out)) if args.resume else None
+    config = config_from_args(TrainConfig, args, CONFIG_FLAGS, base=base) if given or not args.resume else None
     finetune(
         args.encoder,
         args.task,

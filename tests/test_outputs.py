@@ -91,3 +91,21 @@ def test_an_interrupted_replacement_keeps_the_last_finished_run(tmp_path, cls_ta
     (out / "config.yaml").write_text("steps: 2\n")  # ... and an unfinished new one
     set_aside(out)  # the next --overwrite
     assert not out.exists() and snapshot(replaced_name(out)) == finished
+
+
+def test_resume_takes_some_of_the_original_options_and_names_the_one_that_changed(
+    tmp_path, capsys, cls_task, tiny_encoder_dir
+):
+    enc, out = tiny_encoder_dir("hubert"), tmp_path / "ft"
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("optim:\n  head_lr: 0.002\n")
+    assert finetune(enc, cls_task, out, "seed=3", "--config", recipe) == 0
+    (out / "speechft.json").unlink()  # as if it had been interrupted
+    capsys.readouterr()
+    # Repeating one original option (without the recipe) applies on top of the stored config: no change.
+    assert finetune(enc, cls_task, out, "seed=3", "--resume") == 0
+    (out / "speechft.json").unlink()
+    capsys.readouterr()
+    assert finetune(enc, cls_task, out, "seed=4", "--resume") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "seed is 4 here but 3 in" in err, err
