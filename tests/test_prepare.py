@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -193,6 +194,15 @@ def test_voxceleb1_missing_split_file_and_audio(tmp_path, voxceleb):
     (voxceleb / "dev" / "wav" / "id10001" / "1zcIwhmdeo4" / "00001.wav").unlink()
     with pytest.raises(SpeechFTError, match=r"00001.wav: not found \(listed in iden_split.txt; 1 listed"):
         prepare_corpus("voxceleb1-sid", voxceleb, tmp_path / "sid", split_file=tmp_path / "iden_split.txt")
+
+
+@pytest.mark.parametrize("damage, needle", [(b"\xff\xfe", "not UTF-8 text (byte 0)"), (b"\x00", "contains a NUL byte")])
+def test_corpus_list_files_get_the_manifest_text_checks(tmp_path, voxceleb, damage, needle):
+    split = voxceleb / "iden_split.txt"
+    split.write_bytes(damage + split.read_bytes())
+    with pytest.raises(SpeechFTError, match=re.escape(f"iden_split.txt: {needle}")):
+        prepare_corpus("voxceleb1-sid", voxceleb, tmp_path / "sid")
+    assert not (tmp_path / "sid").exists()
 
 
 # ---------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import numpy as np
 
 from ...errors import SpeechFTError
 from ..audio import SAMPLE_RATE, resample, write_audio
+from ..manifest import read_text_file
 from .common import (
     Prepared,
     find_corpus_base,
@@ -43,7 +44,7 @@ def voxceleb1(root: Path, stage: Path, split_file=None) -> Prepared:
     items: dict[str, list] = {"train": [], "dev": [], "test": []}
     names = {"1": "train", "2": "dev", "3": "test"}
     missing = []
-    for lineno, line in enumerate(split_file.read_text().splitlines(), 1):
+    for lineno, line in enumerate(read_text_file(split_file).splitlines(), 1):
         parts = line.split()
         if not parts:
             continue
@@ -168,7 +169,7 @@ def speech_commands(root: Path, stage: Path, test_root=None) -> Prepared:
     lists = {}
     for name in ("validation_list.txt", "testing_list.txt"):
         f = need_path(root / name, f"Speech Commands' official {name} (lines 'WORD/HASH_nohash_N.wav')")
-        lists[name] = {ln.strip() for ln in f.read_text().splitlines() if ln.strip()}
+        lists[name] = {ln.strip() for ln in read_text_file(f).splitlines() if ln.strip()}
     items: dict[str, list] = {"train": [], "dev": [], "test": []}
     word_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("_"))
     for d in word_dirs:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ...errors import SpeechFTError
 from ..audio import SAMPLE_RATE, resample, write_audio
+from ..manifest import read_text_file
 from .common import (
     Prepared,
     char_vocabulary,
@@ -45,7 +46,7 @@ def _libri_utterances(base: Path, subset: str) -> list[tuple[Path, str, str]]:
             f"{base / subset}: no SPEAKER/CHAPTER/*.trans.txt transcripts found; is this a LibriSpeech subset folder?"
         )
     for t in trans:
-        for lineno, line in enumerate(t.read_text(encoding="utf-8").splitlines(), 1):
+        for lineno, line in enumerate(read_text_file(t).splitlines(), 1):
             if not line.strip():
                 continue
             utt, _, text = line.partition(" ")
@@ -66,7 +67,7 @@ def read_lexicon(paths) -> dict[str, list[str]]:
             "a lexicon file with lines 'WORD PH1 PH2 ...' (e.g. s3prl's "
             "librispeech-lexicon-200k-g2p.txt and librispeech-lexicon-allothers-g2p.txt)",
         )
-        for lineno, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        for lineno, line in enumerate(read_text_file(p).splitlines(), 1):
             parts = line.split()
             if not parts:
                 continue
@@ -322,7 +323,7 @@ def aishell3(root: Path, stage: Path, dev_fraction: float = 0.05) -> Prepared:
             f"AISHELL-3's {part}/content.txt (lines 'SSB00050001.wav<TAB>"
             "广 guang3 州 zhou1 ...') and {part}/wav/SPEAKER/*.wav",
         )
-        for lineno, line in enumerate(content.read_text(encoding="utf-8").splitlines(), 1):
+        for lineno, line in enumerate(read_text_file(content).splitlines(), 1):
             if not line.strip():
                 continue
             name, _, text = line.partition("\t") if "\t" in line else line.partition(" ")
