@@ -4,7 +4,7 @@ s3prl runs the frozen encoder again on every training step of every epoch of eve
 learning rate; the encoder is by far the most expensive part of probing, and its output
 does not change. Here features are extracted once per
 
-    (encoder weights, task manifest + audio files, front-end settings, dtype, code version)
+    (encoder weights, task manifest + the sha256 of every clip, front-end settings, dtype, code version)
 
 and stored as fp16 `.npy` shards that are memory-mapped on reuse.
 
