@@ -227,7 +227,12 @@ class AudioFingerprints:
         t0 = time.perf_counter()
         h = hashlib.sha256()
         for ex in task.split(split):
-            st = ex.path.stat()
+            try:
+                st = ex.path.stat()
+            except OSError as e:
+                raise SpeechFTError(
+                    f"{ex.path}: cannot read this clip ({e.strerror}); check the manifest's path column"
+                ) from e
             if self.trust_mtime:
                 h.update(f"{ex.id}:{st.st_size}:{st.st_mtime_ns}\n".encode())
             else:
@@ -239,7 +244,10 @@ class AudioFingerprints:
     def _file(self, path: Path, st: os.stat_result) -> str:
         stamp = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
         if stamp not in self._hashes:
-            self._hashes[stamp] = sha256_file(path)
+            try:
+                self._hashes[stamp] = sha256_file(path)
+            except OSError as e:
+                raise SpeechFTError(f"{path}: cannot read this clip ({e.strerror}); check its permissions") from e
             self.files_hashed += 1
         return self._hashes[stamp]
 

@@ -796,3 +796,16 @@ def test_read_only_feature_cache_is_one_line(tmp_path, capsys, monkeypatch, cls_
     out, cache = tmp_path / "eval", tmp_path / "cache"
     rc = _evaluate_into_cache(cls_task, out, cache)
     refused(capsys, rc, [f"feature cache {cache}: read-only file system", "--cache DIR"], outputs=[out])
+
+
+def test_a_clip_removed_after_its_task_was_loaded_is_one_line(cls_task):
+    # The cache's content fingerprint reads every clip before extraction does (loading checked they exist).
+    from speechft.data import load_task
+    from speechft.features import AudioFingerprints
+
+    task = load_task(cls_task)
+    gone = task.split("test")[0].path
+    gone.unlink()
+    with pytest.raises(SpeechFTError, match="cannot read this clip") as e:
+        AudioFingerprints().split(task, "test")
+    assert str(e.value).startswith(str(gone)) and "\n" not in str(e.value)
