@@ -4,7 +4,7 @@ s3prl runs the frozen encoder again on every training step of every epoch of eve
 learning rate; the encoder is by far the most expensive part of probing, and its output
 does not change. Here features are extracted once per
 
-    (encoder weights, task manifest + audio files, front-end settings, dtype, code version)
+    (encoder weights, task manifest + the sha256 of every clip, front-end settings, dtype, code version)
 
 and stored as fp16 `.npy` shards that are memory-mapped on reuse.
 
@@ -23,6 +23,8 @@ a size limit by deleting the least recently used entries.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -35,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import SpeechFTError
 from .io_utils import atomic_dir, cache_root, sha256_file, write_json
 
 # Bump when the layout of an entry changes (old entries are then simply never matched).
@@ -67,6 +70,28 @@ def _warn(msg: str) -> None:
     print(f"speechft: feature cache: {msg}", file=sys.stderr)
 
 
+# A cache that cannot be written: full disk or quota, read-only mount, no permission.
+_CANNOT_WRITE = {
+    errno.ENOSPC,
+    getattr(errno, "EDQUOT", errno.ENOSPC),
+    errno.EFBIG,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+}
+
+
+def write_error(root: Path, e: OSError) -> SpeechFTError | None:
+    """The one line for a failed cache write, naming the cache folder (never the hidden temp
+    folder the entry was being written in); None when `e` is not about the disk."""
+    if e.errno not in _CANNOT_WRITE:
+        return None
+    return SpeechFTError(
+        f"feature cache {root}: {os.strerror(e.errno).lower()} while writing an entry (nothing was kept); "
+        "free some space, pass --cache DIR on a writable disk, or --no-cache"
+    )
+
+
 class CacheEntry:
     """A verified entry: `meta` (dict) and memory-mapped arrays by name."""
 
@@ -84,14 +109,20 @@ class CacheEntry:
 class EntryWriter:
     """Collects arrays for one entry inside its temporary folder."""
 
-    def __init__(self, tmp: Path):
-        self.tmp = tmp
+    def __init__(self, tmp: Path, root: Path):
+        self.tmp, self.root = tmp, root
         self.info: dict = {}
 
     def add(self, name: str, array: np.ndarray) -> None:
         if "/" in name or name in (MARKER, "meta"):
             raise ValueError(f"bad array name {name!r}")
-        np.save(self.tmp / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
+        try:
+            np.save(self.tmp / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
+        except OSError as e:
+            err = write_error(self.root, e)
+            if err is None:
+                raise
+            raise err from e
 
 
 class FeatureCache:
@@ -116,7 +147,8 @@ class FeatureCache:
             _warn(f"entry {key} is unusable ({problem}); deleting it and extracting again")
             shutil.rmtree(path, ignore_errors=True)
             return None
-        os.utime(path / MARKER)  # last use, for LRU eviction
+        with contextlib.suppress(OSError):  # a read-only shared cache is still readable
+            os.utime(path / MARKER)  # last use, for LRU eviction
         self._protected.add(key)
         return CacheEntry(path, json.loads((path / "meta.json").read_text()))
 
@@ -157,21 +189,36 @@ class FeatureCache:
     def write(self, key: str, fields: dict) -> Iterator[EntryWriter]:
         """Write an entry: add arrays to the yielded writer (and `writer.info`); on a clean
         exit the checksums, meta.json and the marker are written and the folder is renamed
-        into place. On an exception nothing is left behind."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with atomic_dir(self.root / key, overwrite=True) as tmp:
-            writer = EntryWriter(tmp)
-            yield writer
-            files = {
-                p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
-                for p in sorted(tmp.iterdir())
-                if p.is_file()
-            }
-            meta = {"key": key, "fields": fields, "created": time.time(), "files": files, **writer.info}
-            write_json(tmp / "meta.json", meta)
-            (tmp / MARKER).write_text(hashlib.sha256((tmp / "meta.json").read_bytes()).hexdigest() + "\n")
+        into place. On an exception nothing is left behind; a full, read-only or forbidden
+        disk is one line naming the cache folder. Errors of the caller's own work (inside the
+        `with`) pass through unchanged."""
+        in_body = False
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with atomic_dir(self.root / key, overwrite=True) as tmp:
+                writer = EntryWriter(tmp, self.root)
+                in_body = True
+                yield writer
+                in_body = False
+                self._finish(tmp, key, fields, writer.info)
+        except (OSError, SpeechFTError) as e:
+            # atomic_file / atomic_dir turn a full disk into a line, but one naming the temp folder.
+            cause = e if isinstance(e, OSError) else e.__cause__
+            err = None if in_body or not isinstance(cause, OSError) else write_error(self.root, cause)
+            if err is None:
+                raise
+            raise err from cause
         self._protected.add(key)
         self.evict()
+
+    @staticmethod
+    def _finish(tmp: Path, key: str, fields: dict, info: dict) -> None:
+        files = {
+            p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in sorted(tmp.iterdir()) if p.is_file()
+        }
+        meta = {"key": key, "fields": fields, "created": time.time(), "files": files, **info}
+        write_json(tmp / "meta.json", meta)
+        (tmp / MARKER).write_text(hashlib.sha256((tmp / "meta.json").read_bytes()).hexdigest() + "\n")
 
     # ---- housekeeping ---------------------------------------------------------------
     def entries(self) -> list[tuple[Path, float, int]]:

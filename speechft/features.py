@@ -9,7 +9,8 @@ superb_score.py). `open_source(spec)` picks one from a command-line spec.
 `extract_features` runs a source over one split of a task: mean-pooled states per utterance
 (`PooledFeatures`, classification) or every frame of every state (`FrameFeatures`, CTC),
 in length-sorted batches. `FeatureProvider` hands a probe the features of each split from
-the on-disk cache (feature_cache.py, keyed by `feature_fields`), from memory, or - with
+the on-disk cache (feature_cache.py, keyed by `feature_fields`, whose audio part is the
+content hash of every clip, `AudioFingerprints`), from memory, or - with
 `recompute` - from the encoder again on every request (s3prl's way, for the benchmark).
 """
 
@@ -40,6 +41,7 @@ class ExtractionSettings(Protocol):
     max_seconds: float | None  # longer clips are cropped, deterministically
     extract_batch_size: int
     extract_batch_seconds: float  # padded audio per extraction batch
+    trust_mtime: bool  # fingerprint clips by size and mtime only (fast, fooled by `cp -p`)
 
 
 FBANK = "fbank"
@@ -204,25 +206,74 @@ class FrameFeatures:
         return torch.from_numpy(out).float(), lengths
 
 
-def _audio_fingerprint(task, split: str) -> str:
-    """Manifest order and paths are in the manifest hash; the audio's size and mtime catch
-    files rewritten under the same name."""
-    h = hashlib.sha256()
-    for ex in task.split(split):
-        st = ex.path.stat()
-        h.update(f"{ex.id}:{st.st_size}:{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()
+class AudioFingerprints:
+    """The content fingerprint (sha256 of the bytes) of every clip of a split.
+
+    Size and mtime alone are not enough: `cp -p`, `rsync -a`, tar and zip restore mtimes, so
+    other audio of the same size would look unchanged and the cache would hand back the old
+    clips' features. Hashing costs a fraction of extraction (benchmarks/README.md). One
+    instance lives for one evaluation and hashes each file once, memoised by (path, size,
+    mtime_ns, inode) - never across runs, where a file can change in place behind an
+    identical stat. `trust_mtime` keeps the old, faster stat-only fingerprint (and its
+    cache keys)."""
+
+    def __init__(self, trust_mtime: bool = False):
+        self.trust_mtime = trust_mtime
+        self._hashes: dict[tuple, str] = {}
+        self.files_hashed = 0
+        self.seconds = 0.0
+
+    def split(self, task, split: str) -> str:
+        t0 = time.perf_counter()
+        h = hashlib.sha256()
+        for ex in task.split(split):
+            try:
+                st = ex.path.stat()
+            except OSError as e:
+                raise SpeechFTError(
+                    f"{ex.path}: cannot read this clip ({e.strerror}); check the manifest's path column"
+                ) from e
+            if self.trust_mtime:
+                h.update(f"{ex.id}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+            else:
+                h.update(f"{ex.id}:{self._file(ex.path, st)}\n".encode())
+        self.seconds += time.perf_counter() - t0
+        # The stat-only digest is what older versions stored: with trust_mtime their entries still match.
+        return h.hexdigest() if self.trust_mtime else "sha256:" + h.hexdigest()
+
+    def _file(self, path: Path, st: os.stat_result) -> str:
+        stamp = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+        if stamp not in self._hashes:
+            try:
+                self._hashes[stamp] = sha256_file(path)
+            except OSError as e:
+                raise SpeechFTError(f"{path}: cannot read this clip ({e.strerror}); check its permissions") from e
+            self.files_hashed += 1
+        return self._hashes[stamp]
 
 
-def feature_fields(source: FeatureSource, task, split: str, kind: str, cfg: ExtractionSettings) -> dict:
+def feature_fields(
+    source: FeatureSource,
+    task,
+    split: str,
+    kind: str,
+    cfg: ExtractionSettings,
+    audio: AudioFingerprints | None = None,
+) -> dict:
+    """Everything the features of one split depend on (the cache key's fields). `audio`: the
+    evaluation's fingerprints, shared so that each clip is hashed once (default: a fresh one,
+    following `cfg.trust_mtime`)."""
     import transformers
+
+    if audio is None:
+        audio = AudioFingerprints(cfg.trust_mtime)
 
     return {
         "source": source.fingerprint,
         "task_root": str(Path(task.root).resolve()),
         "split": split,
         "manifest": task.manifest_hash(split),
-        "audio": _audio_fingerprint(task, split),
+        "audio": audio.split(task, split),
         "kind": kind,
         "dtype": cfg.dtype,
         "sample_rate": SAMPLE_RATE,
@@ -344,8 +395,10 @@ class FeatureProvider:
         cache: FeatureCache | None,
         recompute: bool = False,
         progress: bool = True,
+        audio: AudioFingerprints | None = None,
     ):
         self.source, self.task, self.cfg, self.cache = source, task, cfg, cache
+        self.audio = audio if audio is not None else AudioFingerprints(cfg.trust_mtime)
         self.recompute, self.progress = recompute, progress
         self.kind = "pooled" if task.type == "classification" else "frames"
         self.memo: dict[str, object] = {}
@@ -362,7 +415,7 @@ class FeatureProvider:
         if self.cache is None:
             feats, self.status[split] = self._extract(split), "off"
         else:
-            fields = feature_fields(self.source, self.task, split, self.kind, self.cfg)
+            fields = feature_fields(self.source, self.task, split, self.kind, self.cfg, self.audio)
             key = cache_key(fields)
             entry = self.cache.open(key)
             if entry is None:

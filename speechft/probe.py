@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from .errors import SpeechFTError
 from .feature_cache import FeatureCache
-from .features import FEATURE_DTYPES, EncoderSource, FeatureProvider, FeatureSource, open_source
+from .features import FEATURE_DTYPES, AudioFingerprints, EncoderSource, FeatureProvider, FeatureSource, open_source
 from .heads import HeadConfig, TaskHead
 from .io_utils import write_json
 from .metrics import LOWER_IS_BETTER, compute_metric, is_better
@@ -74,6 +74,9 @@ class ProbeConfig:
     # Standardise each layer's features with train-split statistics before the weighted sum
     # (s3prl's featurizer offers layer normalisation for the same reason: layers differ in scale).
     standardize: bool = True
+    # Fingerprint clips for the cache by size and mtime instead of their bytes: faster, but
+    # fooled by copies that restore mtimes (cp -p, rsync -a, tar, zip).
+    trust_mtime: bool = False
 
     def __post_init__(self):
         if not self.lrs or any(not (lr > 0) for lr in self.lrs):
@@ -225,9 +228,11 @@ def probe_task(
     recompute: bool = False,
     progress: bool = True,
     device: torch.device | str = "cpu",
+    audio: AudioFingerprints | None = None,
 ) -> dict:
-    """The LR grid x seeds on one task (probes trained on `device`); the LR with the best mean dev metric wins."""
-    provider = FeatureProvider(source, task, cfg, cache, recompute=recompute, progress=progress)
+    """The LR grid x seeds on one task (probes trained on `device`); the LR with the best mean dev metric wins.
+    `audio`: the evaluation's clip fingerprints (shared so each clip is hashed once)."""
+    provider = FeatureProvider(source, task, cfg, cache, recompute=recompute, progress=progress, audio=audio)
     t0 = time.perf_counter()
     if not recompute:
         for split in ("train", "dev", "test"):
@@ -283,7 +288,11 @@ def probe_task(
         "cache": dict(provider.status),
         "encoder_passes": provider.extractions,
         "n": {s: len(task.split(s)) for s in ("train", "dev", "test")},
-        "seconds": {"extract": provider.extract_seconds, "total": time.perf_counter() - t0},
+        "seconds": {
+            "extract": provider.extract_seconds,
+            "fingerprint": provider.audio.seconds,
+            "total": time.perf_counter() - t0,
+        },
     }
 
 
@@ -307,6 +316,8 @@ def evaluate(
     encoders: folders, `fbank`, `NAME=FOLDER` strings, (name, folder) pairs or FeatureSources.
     tasks: task folders or loaded `Task`s. cache: True (the default location), a folder, a
     FeatureCache, or False/None (no disk cache; features kept in memory for this run).
+    A cache entry is keyed by the sha256 of every clip (`trust_mtime=True`: by size and mtime,
+    the faster, older way; recorded in results.json's protocol).
     recompute: run the encoder again for every epoch and every evaluation, as s3prl does
     (the benchmark's baseline; implies no cache). device: where the encoders and the probes
     run (default: CUDA when available). score_config: the SUPERB score config (recorded in
@@ -335,6 +346,7 @@ def evaluate(
         feature_cache = cache
     else:
         feature_cache = FeatureCache(None if cache is True else cache)
+    audio = AudioFingerprints(cfg.trust_mtime)  # one per evaluation: clips are hashed once, never across runs
     models = []
     for spec in encoders:
         source = open_source(spec, device=dev)
@@ -345,7 +357,7 @@ def evaluate(
         model = {"name": source.name, **source.info, "tasks": {}}
         for task in task_objs:
             model["tasks"][task.name] = probe_task(
-                source, task, cfg, feature_cache, recompute=recompute, progress=progress, device=dev
+                source, task, cfg, feature_cache, recompute=recompute, progress=progress, device=dev, audio=audio
             )
         models.append(model)
         if isinstance(source, EncoderSource):
@@ -403,6 +415,7 @@ FLAGS = {
         "ctc_batch_size",
         "dtype",
         "max_seconds",
+        "trust_mtime",
     )
 }
 
@@ -449,6 +462,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="feature cache folder (default $SPEECHFT_CACHE/features, ~/.cache/speechft/features)",
     )
     p.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
+    p.add_argument(
+        "--trust-mtime",
+        action="store_true",
+        default=None,
+        help="fingerprint clips for the cache by size and mtime, not their bytes: faster, but a copy that "
+        "restores mtimes (cp -p, rsync -a, tar, zip) then reuses the old clips' features",
+    )
     p.add_argument(
         "--cache-max-gb", type=float, default=None, help="cache size limit (LRU); default 20 or $SPEECHFT_CACHE_MAX_GB"
     )

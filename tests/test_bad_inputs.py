@@ -743,3 +743,69 @@ def test_a_real_process_gets_one_line_and_exit_2(tmp_path, pair):
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "alpha='a quarter'" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "m").exists()
+
+
+# =========================================================================================================
+# The feature cache cannot be written (issue 18): one line naming the cache folder, nothing half-written
+# =========================================================================================================
+def _evaluate_into_cache(cls_task, out, cache) -> int:
+    return cli(
+        *("evaluate", "--encoder", "fbank", "--task", cls_task, "--out", out, "--cache", cache),
+        *("--epochs", "1", "--lrs", "1e-2", "--min-steps", "0", "--quiet"),
+    )
+
+
+def test_disk_full_while_writing_a_feature_cache_entry(tmp_path, capsys, monkeypatch, cls_task):
+    import speechft.feature_cache as feature_cache
+
+    def full_save(file, arr, allow_pickle=False):
+        Path(file).write_bytes(b"\x93NUMPY half")  # a partial array, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(feature_cache.np, "save", full_save)
+    out, cache = tmp_path / "eval", tmp_path / "cache"
+    rc = _evaluate_into_cache(cls_task, out, cache)
+    refused(capsys, rc, [f"feature cache {cache}: no space left on device", "--no-cache"], outputs=[out])
+    assert list(cache.iterdir()) == []  # no entry, no temp folder
+
+
+def test_disk_full_while_writing_a_cache_entrys_meta_names_the_cache_not_its_temp_folder(tmp_path, monkeypatch):
+    import speechft.io_utils as io_utils
+    from speechft.feature_cache import FeatureCache
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    cache = FeatureCache(tmp_path / "cache")
+    monkeypatch.setattr(io_utils.os, "fsync", no_space)  # meta.json goes through atomic_file
+    with pytest.raises(SpeechFTError) as e:
+        with cache.write("f" * 32, {}) as w:
+            w.add("x", np.ones(4))
+    msg = str(e.value)
+    assert msg.startswith(f"feature cache {tmp_path / 'cache'}: no space left on device") and ".tmp" not in msg
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_read_only_feature_cache_is_one_line(tmp_path, capsys, monkeypatch, cls_task):
+    import speechft.io_utils as io_utils
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(io_utils.tempfile, "mkdtemp", read_only)
+    out, cache = tmp_path / "eval", tmp_path / "cache"
+    rc = _evaluate_into_cache(cls_task, out, cache)
+    refused(capsys, rc, [f"feature cache {cache}: read-only file system", "--cache DIR"], outputs=[out])
+
+
+def test_a_clip_removed_after_its_task_was_loaded_is_one_line(cls_task):
+    # The cache's content fingerprint reads every clip before extraction does (loading checked they exist).
+    from speechft.data import load_task
+    from speechft.features import AudioFingerprints
+
+    task = load_task(cls_task)
+    gone = task.split("test")[0].path
+    gone.unlink()
+    with pytest.raises(SpeechFTError, match="cannot read this clip") as e:
+        AudioFingerprints().split(task, "test")
+    assert str(e.value).startswith(str(gone)) and "\n" not in str(e.value)

@@ -10,11 +10,13 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
-from conftest import make_classification_task, make_ctc_task
+from conftest import make_classification_task, make_ctc_task, tone
 
 from speechft.cli import main as cli_main
 from speechft.data import load_task
+from speechft.data.audio import write_audio
 from speechft.encoders import load_encoder, tiny_encoder
 from speechft.errors import SpeechFTError
 from speechft.feature_cache import MARKER, FeatureCache
@@ -204,6 +206,73 @@ def test_changed_weights_manifest_or_dtype_never_reuse_old_features(tmp_path):
     (task_dir / "dev.tsv").write_text("\n".join([lines[0]] + lines[1:][::-1]) + "\n")  # reorder dev only
     assert status() == {"train": "hit", "dev": "miss", "test": "hit"}
     assert set(status(dtype="float32").values()) == {"miss"}
+
+
+def _replace_test_clips_keeping_size_and_mtime(task_dir) -> None:
+    """What `cp -p` / `rsync -a` / tar / zip of other recordings do: new audio of the same size
+    under the same names, with the old mtimes restored. Each test clip gets the other class's tone."""
+    for ex in load_task(task_dir).split("test"):
+        st = ex.path.stat()
+        n = sf.info(str(ex.path)).frames
+        freq = 200.0 if ex.target == "high" else 800.0  # conftest's tones: low=200 Hz, high=800 Hz
+        write_audio(ex.path, tone(freq, n / 16000, seed=99)[:n])
+        assert ex.path.stat().st_size == st.st_size
+        os.utime(ex.path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_clips_replaced_with_same_size_audio_and_restored_mtimes_are_a_cache_miss(tmp_path):
+    """The issue's stale-cache scenario: with content fingerprints the replaced clips are a
+    miss with the new audio's metrics (those of a --no-cache run); --trust-mtime documents the
+    old, fooled behaviour (a hit, the old audio's features)."""
+    enc_dir = tmp_path / "enc"
+    tiny_encoder("hubert", seed=0).save(enc_dir)
+    task_dir = make_classification_task(tmp_path / "cls", n_per_class=8)
+    cache_dir = tmp_path / "cache"
+    opts = dict(lrs=[1e-2], epochs=15, min_steps=0, progress=False)
+
+    def run(**kw):
+        return evaluate([enc_dir], [task_dir], None, cache=FeatureCache(cache_dir), **opts, **kw)
+
+    before, before_trusting = run(), run(trust_mtime=True)
+    assert set(statuses(before_trusting)[("enc", "tones")].values()) == {"miss"}  # its own keys
+    _replace_test_clips_keeping_size_and_mtime(task_dir)
+
+    after = run()
+    assert statuses(after)[("enc", "tones")] == {"train": "hit", "dev": "hit", "test": "miss"}
+    uncached = evaluate([enc_dir], [task_dir], None, cache=False, **opts)
+    assert runs(after) == runs(uncached)
+    assert after["models"][0]["tasks"]["tones"]["test"] != before["models"][0]["tasks"]["tones"]["test"]
+    assert after["protocol"]["trust_mtime"] is False
+
+    trusting = run(trust_mtime=True)
+    assert set(statuses(trusting)[("enc", "tones")].values()) == {"hit"}
+    assert runs(trusting) == runs(before_trusting)  # the old audio's numbers: why it is opt-in
+    assert trusting["protocol"]["trust_mtime"] is True
+
+
+def test_each_clip_is_hashed_once_per_evaluation_and_again_in_the_next(tmp_path, monkeypatch):
+    import speechft.features as features
+
+    task_dir = make_classification_task(tmp_path / "cls", n_per_class=2)
+    hashed = []
+    real = features.sha256_file
+    monkeypatch.setattr(features, "sha256_file", lambda p: hashed.append(Path(p).name) or real(p))
+    opts = dict(lrs=[1e-2], epochs=1, min_steps=0, progress=False)
+    clips = sum(len(load_task(task_dir).split(s)) for s in ("train", "dev", "test"))
+    for _ in range(2):  # two encoders share one evaluation's fingerprints; a new evaluation hashes again
+        hashed.clear()
+        evaluate(["fbank", "b=fbank"], [task_dir], None, cache=FeatureCache(tmp_path / "cache"), **opts)
+        wavs = [h for h in hashed if h.endswith(".wav")]
+        assert len(wavs) == len(set(wavs)) == clips
+
+
+def test_trust_mtime_flag_reaches_results_json(world, tmp_path, capsys):
+    out = tmp_path / "ev"
+    argv = ["evaluate", "--encoder", "fbank", "--task", str(world.cls), "--out", str(out), "--quiet"]
+    argv += ["--cache", str(tmp_path / "cache"), "--epochs", "1", "--lrs", "1e-2", "--trust-mtime"]
+    assert cli_main(argv) == 0
+    capsys.readouterr()
+    assert json.loads((out / "results.json").read_text())["protocol"]["trust_mtime"] is True
 
 
 def test_lru_eviction_keeps_the_cache_under_its_limit(tmp_path):
