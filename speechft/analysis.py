@@ -37,7 +37,7 @@ from .data.audio import SAMPLE_RATE
 from .data.manifest import read_audio_list
 from .errors import SpeechFTError
 from .io_utils import atomic_dir, atomic_file, write_json
-from .provenance import check_parents
+from .provenance import check_parents, parent_notes
 
 CKA_ESTIMATORS = ("minibatch", "full")
 
@@ -327,6 +327,7 @@ def analyze(
     if out is not None:
         _write_outputs(report, out, overwrite)
         report["out"] = str(out)
+    parent_notes(pretrained, models, foreign)
     return report
 
 

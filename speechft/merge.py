@@ -52,7 +52,7 @@ from .merge_checks import (
     open_inputs,
 )
 from .merge_methods import MERGE_METHODS, MergeMethod, get_method
-from .provenance import FORMAT_VERSION, PROVENANCE_FILE, check_parents, inherited, lineage_entry
+from .provenance import FORMAT_VERSION, PROVENANCE_FILE, check_parents, inherited, lineage_entry, parent_notes
 from .safetensors_io import (
     DEFAULT_MAX_SHARD,
     ShardedWriter,
@@ -260,7 +260,6 @@ def merge_encoders(
             raise SpeechFTError(f"--out {out} is one of the inputs; write the merge to a new folder")
     m = get_method(method)
     resolved = m.resolve(params)
-    check_alpha(resolved["alpha"])
     exclude = [exclude] if isinstance(exclude, str) else list(exclude or ())
     patterns = compile_patterns(exclude)
     shard_limit = parse_size(max_shard_size)
@@ -273,7 +272,7 @@ def merge_encoders(
         kinds = check_inputs(inputs, patterns)
         ft_paths = [i.path for i in fts]
         if pre.provenance.get("weights_sha256"):  # cheap pre-check on theta0's record; the streamed hash confirms
-            check_parents(pre.path, ft_paths, allow_foreign_parent, pre.provenance["weights_sha256"], notes=False)
+            check_parents(pre.path, ft_paths, allow_foreign_parent, pre.provenance["weights_sha256"])
         pre_spec = pre.ckpt.spec()
         order = safetensors_order(pre_spec)
         walks = _FileTaskVectors(inputs, [k for k in order if not kinds[k]], progress)
@@ -295,6 +294,8 @@ def merge_encoders(
             write_json(tmp / PROVENANCE_FILE, prov)
             if not 0 <= resolved["alpha"] <= 1:
                 check_forward(tmp, out)
+        check_alpha(resolved["alpha"])  # warnings only once the merge is in place: a refusal stays one line
+        parent_notes(pre.path, ft_paths, foreign)
     finally:
         for i in inputs:
             i.ckpt.close()

@@ -228,7 +228,7 @@ def check_alpha(alpha: float) -> None:
     if not 0 <= alpha <= 1:
         print(
             f"speechft: warning: alpha={alpha:g} is outside [0, 1]: the merge extrapolates beyond "
-            f"{'theta0' if alpha < 0 else 'the fine-tuned model'}; its forward pass is checked before writing",
+            f"{'theta0' if alpha < 0 else 'the fine-tuned model'} (its forward pass was checked finite)",
             file=sys.stderr,
         )
 

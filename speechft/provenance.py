@@ -96,29 +96,21 @@ def check_parents(
     finetuned: list,
     allow_foreign: bool = False,
     pretrained_sha256: dict | None = None,
-    notes: bool = True,
 ) -> list[str]:
     """Refuse a fine-tuned folder whose recorded pre-trained parent is not `pretrained` (merge, sweep, analyze).
 
     Two encoders of one architecture merge without any error, so a fine-tune of encoder A merged into
     encoder B gives a silently meaningless model; the fine-tune's speechft.json records its parent's
     sha256, which is compared with `pretrained_sha256` (hashed here when None and needed). A folder
-    without a recorded parent (converted elsewhere, plain HF) is accepted with a note line. Returns the
-    foreign folders accepted because `allow_foreign` (the caller records them in its provenance)."""
+    without a recorded parent (converted elsewhere, plain HF) is accepted. Returns the foreign folders
+    accepted because `allow_foreign` (the caller records them). Prints nothing: the caller says
+    `parent_notes` once its work succeeded, so a refusal later on stays one line."""
     from .errors import SpeechFTError
 
     foreign = []
     for ft in finetuned:
-        if Path(ft).resolve() == Path(pretrained).resolve():
-            continue
-        parent = recorded_parent(read_provenance(ft))
+        parent = None if _same(ft, pretrained) else recorded_parent(read_provenance(ft))
         if parent is None:
-            if notes:
-                print(
-                    f"speechft: note: {ft} records no pre-trained parent in speechft.json; "
-                    f"cannot check that it was fine-tuned from {pretrained}",
-                    file=sys.stderr,
-                )
             continue
         if pretrained_sha256 is None:
             pretrained_sha256 = folder_sha256(pretrained)
@@ -130,11 +122,25 @@ def check_parents(
                 "(sha256 differs); pass the pre-trained encoder it came from, or --allow-foreign-parent if "
                 "this is deliberate"
             )
-        if notes:
-            print(
-                f"speechft: warning: {ft} was fine-tuned from {parent.get('path', '?')}, not {pretrained}; "
-                "going on (--allow-foreign-parent)",
-                file=sys.stderr,
-            )
         foreign.append(str(Path(ft).resolve()))
     return foreign
+
+
+def parent_notes(pretrained: str | os.PathLike, finetuned: list, foreign: list[str]) -> None:
+    """One stderr line per folder `check_parents` could not check (no recorded parent) or let through."""
+    for ft in finetuned:
+        if str(Path(ft).resolve()) in foreign:
+            print(
+                f"speechft: warning: {ft} was not fine-tuned from {pretrained} (--allow-foreign-parent)",
+                file=sys.stderr,
+            )
+        elif not _same(ft, pretrained) and recorded_parent(read_provenance(ft)) is None:
+            print(
+                f"speechft: note: {ft} records no pre-trained parent in speechft.json; "
+                f"cannot check that it was fine-tuned from {pretrained}",
+                file=sys.stderr,
+            )
+
+
+def _same(a, b) -> bool:
+    return Path(a).resolve() == Path(b).resolve()

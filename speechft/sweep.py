@@ -25,7 +25,7 @@ import torch
 
 from .errors import SpeechFTError
 from .io_utils import atomic_dir, atomic_file, read_json, write_json
-from .provenance import check_parents
+from .provenance import check_parents, parent_notes
 
 
 @dataclass
@@ -208,6 +208,7 @@ def sweep(
     if out is not None:
         _write_outputs(report, out, overwrite)
         report["out"] = str(out)
+    parent_notes(pretrained, [finetuned], foreign)
     return report
 
 
