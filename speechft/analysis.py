@@ -37,6 +37,7 @@ from .data.audio import SAMPLE_RATE
 from .data.manifest import read_audio_list
 from .errors import SpeechFTError
 from .io_utils import atomic_dir, atomic_file, write_json
+from .provenance import check_parents, parent_notes
 
 CKA_ESTIMATORS = ("minibatch", "full")
 
@@ -264,6 +265,7 @@ def analyze(
     device: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    allow_foreign_parent: bool = False,
     **options,
 ) -> dict:
     """Compare each model in `models` with `pretrained` on the same audio.
@@ -305,6 +307,7 @@ def analyze(
     durations = _durations(items)
 
     # Weights first: cheap, and it catches mismatched checkpoints before any audio runs.
+    foreign = check_parents(pretrained, models, allow_foreign_parent)  # their recorded theta0 is `pretrained`
     distances = [weight_distance(pretrained, m) for m in models]
     ref, encs = _load_encoders(pretrained, models, dev)
     similarity, seconds = _measure(ref, encs, models, items, durations, cfg.batch_size, dev, progress)
@@ -318,11 +321,13 @@ def analyze(
         for path, name, sim, distance in zip(models, names, similarity, distances)
     ]
     report = _summary(pretrained, ref, source, len(items), seconds, similarity[0], cfg, results)
+    report.update({"foreign_parents": foreign} if foreign else {})
     if sweep_data is not None:
         report["sweep"] = {"path": str(sweep), **sweep_data}
     if out is not None:
         _write_outputs(report, out, overwrite)
         report["out"] = str(out)
+    parent_notes(pretrained, models, foreign)
     return report
 
 
@@ -518,6 +523,11 @@ def add_arguments(p) -> None:
     p.add_argument("--sweep", help="sweep.json from `speechft sweep`: also plot alpha vs CKA")
     p.add_argument("--seed", type=int, default=None, help=f"seed for the utterance subset (default: {d.seed})")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    p.add_argument(
+        "--allow-foreign-parent",
+        action="store_true",
+        help="compare models whose speechft.json records another pre-trained parent (recorded)",
+    )
     add_config_options(p, AnalyzeConfig, "max_utterances=200")
     add_device_option(p)
     add_quiet_option(p)
@@ -541,6 +551,7 @@ def main(args) -> int:
         device=args.device,
         overwrite=args.overwrite,
         progress=not args.quiet,
+        allow_foreign_parent=args.allow_foreign_parent,
     )
     print(markdown_table(report))
     print(f"wrote {args.out}/analysis.json, analysis.md and plots")

@@ -18,7 +18,8 @@ in-order read, so provenance costs no extra pass. A method that needs whole-mode
 (TIES with scope=global: one trim threshold per task vector) walks the task vectors first, key by
 key, twice: three reads of the inputs instead of one, memory still a few tensors. Arithmetic is
 fp32; results are saved in theta0's dtype. Opening and checking the inputs is merge_checks.py's.
-Nothing here imports transformers: family metadata comes from encoders/families.py.
+Nothing here imports transformers: family metadata comes from encoders/families.py (only an
+extrapolated merge, alpha outside [0, 1], loads the result for merge_checks.check_forward).
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import argparse
 import concurrent.futures
 import datetime
 import os
-import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,14 +42,17 @@ from .io_utils import atomic_dir, read_json, write_json
 from .merge_checks import (
     COPIED_KINDS,
     MergeInput,
+    check_alpha,
     check_compatible,
+    check_forward,
     check_inputs,
     compile_patterns,
     copied_kind,
+    copy_side_files,
     open_inputs,
 )
 from .merge_methods import MERGE_METHODS, MergeMethod, get_method
-from .provenance import FORMAT_VERSION, PROVENANCE_FILE, inherited, lineage_entry
+from .provenance import FORMAT_VERSION, PROVENANCE_FILE, check_parents, inherited, lineage_entry, parent_notes
 from .safetensors_io import (
     DEFAULT_MAX_SHARD,
     ShardedWriter,
@@ -235,13 +238,17 @@ def merge_encoders(
     overwrite: bool = False,
     max_shard_size: int | str = DEFAULT_MAX_SHARD,
     progress: bool | None = None,
+    allow_foreign_parent: bool = False,
     **params,
 ) -> Path:
     """Merge fine-tuned encoder folders into their pre-trained folder; write `out`.
 
     Everything is validated from headers and configs before a byte is written; the
     output appears only when complete (temp folder + rename). `params` are the method's
-    (alpha, k, scope, p, combine, seed); `progress` None shows a bar on a terminal only. Returns `out`."""
+    (alpha, k, scope, p, combine, seed); `progress` None shows a bar on a terminal only. A fine-tuned
+    folder whose speechft.json records another pre-trained parent is refused unless
+    `allow_foreign_parent` (then recorded); an extrapolated merge (alpha outside [0, 1]) warns and has
+    its forward pass checked finite before it is renamed into place. Returns `out`."""
     if out is None:
         raise SpeechFTError("merge needs an output folder (--out)")
     finetuned = [finetuned] if isinstance(finetuned, (str, os.PathLike)) else list(finetuned)
@@ -263,6 +270,9 @@ def merge_encoders(
     try:
         pre, fts = inputs[0], inputs[1:]
         kinds = check_inputs(inputs, patterns)
+        ft_paths = [i.path for i in fts]
+        if pre.provenance.get("weights_sha256"):  # cheap pre-check on theta0's record; the streamed hash confirms
+            check_parents(pre.path, ft_paths, allow_foreign_parent, pre.provenance["weights_sha256"])
         pre_spec = pre.ckpt.spec()
         order = safetensors_order(pre_spec)
         walks = _FileTaskVectors(inputs, [k for k in order if not kinds[k]], progress)
@@ -276,9 +286,16 @@ def merge_encoders(
                 writer.abort()
                 raise
             in_hashes = walks.sha256 or [i.ckpt.sha256() for i in inputs]
-            _copy_side_files(pre.path, tmp)
+            foreign = check_parents(pre.path, ft_paths, allow_foreign_parent, in_hashes[0])  # before the rename
+            code = copy_side_files(pre.path, tmp)
             prov = _provenance(m, resolved, statistics, inputs, in_hashes, out_hashes, kinds, exclude)
+            prov["merge"].update({"remote_code_sha256": code} if code else {})
+            prov["merge"].update({"foreign_parents": foreign} if foreign else {})
             write_json(tmp / PROVENANCE_FILE, prov)
+            if not 0 <= resolved["alpha"] <= 1:
+                check_forward(tmp, out)
+        check_alpha(resolved["alpha"])  # warnings only once the merge is in place: a refusal stays one line
+        parent_notes(pre.path, ft_paths, foreign)
     finally:
         for i in inputs:
             i.ckpt.close()
@@ -399,16 +416,6 @@ def _stream(
         bar.close()
 
 
-def _copy_side_files(src: Path, dst: Path) -> None:
-    """config.json byte for byte, plus remote-code modules (DeCoAR 2.0's decoar2_hf.py) and
-    preprocessing configs, so the folder loads like its pre-trained parent."""
-    for p in sorted(src.iterdir()):
-        if p.is_file() and (
-            p.name in ("config.json", "preprocessor_config.json", "generation_config.json") or p.suffix == ".py"
-        ):
-            shutil.copy2(p, dst / p.name)
-
-
 def _provenance(
     m: MergeMethod,
     params: dict,
@@ -508,7 +515,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     add_config_options(p, MergeConfig, "method=ties alpha=0.5")
     p.add_argument("--method", default=None, choices=list(MERGE_METHODS), help="merge method (default: linear)")
-    p.add_argument("--alpha", default=None, help="merge coefficient (default: the method's, 0.25 for linear)")
+    p.add_argument(
+        "--alpha",
+        default=None,
+        help="merge coefficient (default: the method's, 0.25 for linear); outside [0, 1] it extrapolates "
+        "beyond theta0 or the fine-tuned model: allowed with a warning, and the result's forward pass is checked",
+    )
+    p.add_argument(
+        "--allow-foreign-parent",
+        action="store_true",
+        help="merge a fine-tuned encoder whose speechft.json records another pre-trained parent (recorded)",
+    )
     p.add_argument(
         "--param",
         dest="param",
@@ -555,6 +572,7 @@ def main(args) -> int:
         overwrite=args.overwrite,
         max_shard_size=cfg.max_shard_size,
         progress=False if args.quiet else None,
+        allow_foreign_parent=args.allow_foreign_parent,
         **params,
     )
     prov = read_json(Path(out) / PROVENANCE_FILE)["merge"]

@@ -3,13 +3,17 @@
 Every check runs on safetensors headers and config.json before a byte is written, and a refusal is
 one line naming the file and tensor: a fine-tuned checkpoint saved with a prefix (DDP's `module.`),
 another architecture, a shape or dtype that cannot be interpolated. `open_inputs` opens the input
-folders (headers only) and `check_inputs` runs these checks over them.
+folders (headers only) and `check_inputs` runs these checks over them. Also here: which .py files a
+merge may copy (`remote_code_files`, `copy_side_files`), the extrapolation warning (`check_alpha`) and the forward-pass
+check of an extrapolated merge (`check_forward`).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +22,7 @@ import torch
 
 from .encoders.families import FamilyInfo, config_summary, detect_family, family_info
 from .errors import SpeechFTError
+from .io_utils import sha256_file
 from .provenance import read_provenance
 from .safetensors_io import Checkpoint, Spec
 
@@ -185,3 +190,65 @@ def check_inputs(inputs: list[MergeInput], patterns: list[re.Pattern]) -> dict[s
         shard_of = ft.ckpt.file_of  # per-tensor messages name the shard holding the key
         check_compatible(str(pre.path), pre_spec, str(ft.path), ft.ckpt.spec(), info, patterns, shard_of)
     return {k: copied_kind(k, dt, info, patterns) for k, (dt, _) in pre_spec.items()}
+
+
+def remote_code_files(folder: Path) -> tuple[list[Path], list[Path]]:
+    """(the .py modules config.json's auto_map names, the other .py files) of a pre-trained folder.
+
+    Only the named modules are loaded by transformers (DeCoAR 2.0's decoar2_hf.py), so only they are
+    copied into a merge; any other .py beside the weights is skipped with a warning rather than refused,
+    as it changes nothing the merged folder computes and blocking the merge over it helps no one."""
+    auto_map = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("auto_map") or {}
+    refs = auto_map.values() if isinstance(auto_map, dict) else ()
+    named = {str(r).split("--")[-1].rsplit(".", 1)[0] + ".py" for r in refs if isinstance(r, str)}
+    py = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix == ".py")
+    return [p for p in py if p.name in named], [p for p in py if p.name not in named]
+
+
+def copy_side_files(src: Path, dst: Path) -> dict[str, str]:
+    """config.json byte for byte, preprocessing configs, and the remote-code modules config.json's
+    auto_map names (DeCoAR 2.0's decoar2_hf.py), so the folder loads like its pre-trained parent.
+    Returns the copied modules' sha256 (code that runs on load belongs in provenance)."""
+    for p in sorted(src.iterdir()):
+        if p.is_file() and p.name in ("config.json", "preprocessor_config.json", "generation_config.json"):
+            shutil.copy2(p, dst / p.name)
+    code, others = remote_code_files(src)
+    for p in others:
+        print(
+            f"speechft: warning: {p}: not copied into the merge (config.json's auto_map does not name it)",
+            file=sys.stderr,
+        )
+    for p in code:
+        shutil.copy2(p, dst / p.name)
+    return {p.name: sha256_file(dst / p.name) for p in code}
+
+
+def check_alpha(alpha: float) -> None:
+    """alpha outside [0, 1] extrapolates past theta0 or the fine-tuned model: allowed, with a warning line."""
+    if not 0 <= alpha <= 1:
+        print(
+            f"speechft: warning: alpha={alpha:g} is outside [0, 1]: the merge extrapolates beyond "
+            f"{'theta0' if alpha < 0 else 'the fine-tuned model'} (its forward pass was checked finite)",
+            file=sys.stderr,
+        )
+
+
+def check_forward(folder: Path, out: Path, seconds: float = 1.0) -> None:
+    """Refuse a merged encoder whose forward pass on a second of noise is not finite.
+
+    Run for extrapolated merges only (alpha outside [0, 1]): there, finite weights can still give a
+    non-finite forward (alpha = 1e30 scales every task vector into overflowing activations). Imports
+    transformers, which merges inside [0, 1] never need."""
+    from .data.audio import SAMPLE_RATE
+    from .encoders import load_encoder
+
+    enc = load_encoder(folder).eval()
+    wav = torch.randn(1, int(seconds * SAMPLE_RATE), generator=torch.Generator().manual_seed(0)) * 0.1
+    with torch.inference_mode():
+        o = enc(wav, torch.tensor([wav.shape[1]]))
+    for i, h in enumerate(o.hidden_states):
+        if not torch.isfinite(h).all():
+            raise SpeechFTError(
+                f"--out {out}: the merged encoder's layer-{i} output is not finite on test audio "
+                "(the alpha extrapolates too far); use an alpha nearer [0, 1]; nothing was written"
+            )

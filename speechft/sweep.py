@@ -25,6 +25,7 @@ import torch
 
 from .errors import SpeechFTError
 from .io_utils import atomic_dir, atomic_file, read_json, write_json
+from .provenance import check_parents, parent_notes
 
 
 @dataclass
@@ -145,6 +146,7 @@ def sweep(
     device: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    allow_foreign_parent: bool = False,
     **options,
 ) -> dict:
     """Sweep linear interpolation between `pretrained` and `finetuned`; see the module docstring.
@@ -166,6 +168,7 @@ def sweep(
     dev = resolve_device(device)
     task = load_task(task_dir)
     head = TaskHead.load(head_dir(finetuned, task.name)).eval()
+    foreign = check_parents(pretrained, [finetuned], allow_foreign_parent)  # its recorded theta0 is `pretrained`
     ref, path = _interpolation(pretrained, finetuned, head, dev)
     head.to(dev)
     sample, audio, ref_states = _cka_sample(ref, task, cfg, dev)
@@ -198,12 +201,14 @@ def sweep(
         "method": "linear",
         "cka_utterances": len(sample),
         "results": results,
+        **({"foreign_parents": foreign} if foreign else {}),
     }
     if cfg.pick_gain is not None:
         report["pick"] = pick_alpha(results, task.metric, cfg.pick_gain)
     if out is not None:
         _write_outputs(report, out, overwrite)
         report["out"] = str(out)
+    parent_notes(pretrained, [finetuned], foreign)
     return report
 
 
@@ -333,6 +338,11 @@ def add_arguments(p):
     p.add_argument("--max-utterances", type=int, default=None, help="score at most this many utterances per alpha")
     p.add_argument("--seed", type=int, default=None, help=f"seed of the CKA sample (default: {d.seed})")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument(
+        "--allow-foreign-parent",
+        action="store_true",
+        help="sweep a fine-tune whose speechft.json records another pre-trained parent (recorded)",
+    )
     add_config_options(p, SweepConfig, "alphas=[0,0.5,1]")
     add_device_option(p)
     add_quiet_option(p)
@@ -353,6 +363,7 @@ def main(args):
         device=args.device,
         overwrite=args.overwrite,
         progress=not args.quiet,
+        allow_foreign_parent=args.allow_foreign_parent,
     )
     print(markdown_table(report))
     print(f"wrote {args.out}/sweep.json, sweep.md, sweep.png")

@@ -809,3 +809,34 @@ def test_a_clip_removed_after_its_task_was_loaded_is_one_line(cls_task):
     with pytest.raises(SpeechFTError, match="cannot read this clip") as e:
         AudioFingerprints().split(task, "test")
     assert str(e.value).startswith(str(gone)) and "\n" not in str(e.value)
+
+
+# =========================================================================================================
+# Issue 18: merges that are silently wrong
+# =========================================================================================================
+def test_merge_of_a_fine_tune_of_another_encoder_is_refused_in_one_line(tmp_path, capsys, tiny_encoder_dir):
+    from speechft.encoders import load_encoder
+    from speechft.provenance import folder_sha256, lineage_entry
+
+    pre_a, pre_b = tiny_encoder_dir("hubert", 0), tiny_encoder_dir("hubert", 1)
+    ft = tmp_path / "ft"
+    parent = lineage_entry("pretrained", pre_a, "hubert", {}, folder_sha256(pre_a))
+    load_encoder(pre_a).save(ft, provenance={"parents": [parent]})
+    out = tmp_path / "merged"
+    argv = ["merge", "--pretrained", pre_b, "--finetuned", ft, "--out", out]
+    refused(capsys, cli(*argv), [f"{ft} was fine-tuned from {pre_a}", str(pre_b), "--allow-foreign-parent"], [out])
+    assert cli(*argv, "--allow-foreign-parent") == 0
+    assert json.loads((out / "speechft.json").read_text())["merge"]["foreign_parents"] == [str(ft.resolve())]
+
+
+def test_merge_alpha_whose_forward_is_not_finite_is_refused_in_one_line(tmp_path, capsys, pair):
+    out = tmp_path / "merged"
+    argv = ["merge", "--pretrained", pair[0], "--finetuned", pair[1], "--out", out, "--alpha", "1e30"]
+    refused(capsys, cli(*argv), ["not finite", "alpha"], [out])
+
+
+def test_merge_of_a_killed_finetune_says_resume_it(tmp_path, capsys, pair):
+    killed, out = tmp_path / "killed", tmp_path / "merged"
+    (killed / "checkpoints").mkdir(parents=True)
+    argv = ["merge", "--pretrained", pair[0], "--finetuned", killed, "--out", out]
+    refused(capsys, cli(*argv), [f"{killed}: this run has not finished", "speechft finetune --resume"], [out])

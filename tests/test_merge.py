@@ -752,3 +752,98 @@ def test_merge_and_doctor_weight_checks_never_import_transformers(pair, tmp_path
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "doctor: 0 error(s)" in r.stdout and (out / "model.safetensors").exists()
+
+
+# ---------------------------------------------------------------- issue 18: merges that are silently wrong
+
+
+def test_fine_tune_of_another_encoder_is_refused_by_merge_sweep_and_analyze(tiny_encoder_dir, cls_task, tmp_path):
+    from speechft.analysis import analyze
+    from speechft.config import load_config
+    from speechft.sweep import sweep
+    from speechft.train import TrainConfig, finetune
+
+    pre_a, pre_b = tiny_encoder_dir("hubert", 0, name="pre_a"), tiny_encoder_dir("hubert", 7, name="pre_b")
+    cfg = load_config(TrainConfig, None, ["steps=2", "eval.every=2", "data.batch_size=4", "head.proj_dim=8"])
+    tuned = finetune(pre_a, [cls_task], tmp_path / "tuned", method="regular", config=cfg, progress=False)
+    out = tmp_path / "m"
+    with pytest.raises(SpeechFTError, match=r"tuned was fine-tuned from .*pre_a.*pre_b.*--allow-foreign-parent"):
+        merge_encoders(pre_b, [tuned], out=out)
+    no_leftovers(out)
+    with pytest.raises(SpeechFTError, match=r"tuned was fine-tuned from .*pre_a"):
+        sweep(pre_b, tuned, cls_task, tmp_path / "s", alphas=[0, 1], device="cpu", progress=False)
+    assert not (tmp_path / "s").exists()
+    with pytest.raises(SpeechFTError, match=r"tuned was fine-tuned from .*pre_a"):
+        analyze(pre_b, [tuned], cls_task, tmp_path / "a", device="cpu", progress=False)
+    assert not (tmp_path / "a").exists()
+    # its own parent merges; the deliberate case is allowed and recorded
+    merge_encoders(pre_a, [tuned], out=tmp_path / "own")
+    assert "foreign_parents" not in json.load(open(tmp_path / "own" / "speechft.json"))["merge"]
+    merge_encoders(pre_b, [tuned], out=out, allow_foreign_parent=True)
+    assert json.load(open(out / "speechft.json"))["merge"]["foreign_parents"] == [str(tuned.resolve())]
+
+
+def test_a_lying_theta0_record_is_caught_by_the_streamed_hash(pair, tmp_path):
+    from speechft.provenance import folder_sha256, lineage_entry
+
+    pre, _ = pair
+    other = tmp_path / "other"
+    enc = load_encoder(pre)
+    with torch.no_grad():
+        next(enc.model.parameters()).add_(1.0)
+    enc.save(other)
+    ft = tmp_path / "ft"
+    parent = lineage_entry("pretrained", other, "hubert", {}, folder_sha256(other))
+    load_encoder(other).save(ft, provenance={"parents": [parent]})
+    # `pre` claims to be `other`: the cheap pre-check passes, the hash streamed during the merge refuses
+    prov = json.load(open(pre / "speechft.json"))
+    json.dump({**prov, "weights_sha256": folder_sha256(other)}, open(pre / "speechft.json", "w"))
+    with pytest.raises(SpeechFTError, match="fine-tuned from .*other"):
+        merge_encoders(pre, [ft], out=tmp_path / "m")
+    no_leftovers(tmp_path / "m")
+
+
+def test_finetuned_folder_without_a_recorded_parent_merges_with_a_note(pair, tmp_path, capsys):
+    pre, ft = pair
+    merge_encoders(pre, [ft(1)], out=tmp_path / "m")
+    assert "ft1 records no pre-trained parent" in capsys.readouterr().err
+
+
+def test_alpha_that_makes_the_forward_non_finite_is_refused_and_nothing_written(pair, tmp_path, capsys):
+    pre, ft = pair
+    out = tmp_path / "m"
+    with pytest.raises(SpeechFTError, match="(not finite|overflows).*alpha"):
+        merge_encoders(pre, [ft(1)], alpha=1e30, out=out)
+    no_leftovers(out)
+
+
+def test_alpha_outside_zero_one_extrapolates_with_a_warning(pair, tmp_path, capsys):
+    pre, ft = pair
+    f1 = ft(1)
+    merge_encoders(pre, [f1], alpha=-1, out=tmp_path / "m")
+    assert "alpha=-1 is outside [0, 1]" in capsys.readouterr().err
+    merge_encoders(pre, [f1], alpha=0.5, out=tmp_path / "m2")
+    assert "outside [0, 1]" not in capsys.readouterr().err
+
+
+def test_only_the_auto_map_module_is_copied_and_hashed(tiny_encoder_dir, tmp_path, capsys):
+    pre, f1 = tiny_encoder_dir("decoar2", seed=0), tiny_encoder_dir("decoar2", seed=1)
+    (pre / "notes.py").write_text("raise SystemExit('not needed by the model')\n")
+    out = merge_encoders(pre, [f1], out=tmp_path / "m")
+    assert sorted(p.name for p in out.glob("*.py")) == ["decoar2_hf.py"]
+    code = json.load(open(out / "speechft.json"))["merge"]["remote_code_sha256"]
+    assert code == {"decoar2_hf.py": sha256_file(pre / "decoar2_hf.py")}
+    assert "notes.py: not copied" in capsys.readouterr().err
+    assert load_encoder(out).family == "decoar2"
+
+
+def test_a_killed_finetune_folder_says_continue_it_with_resume(pair, tmp_path, capsys):
+    from speechft.cli import main
+
+    pre, _ = pair
+    killed = tmp_path / "killed"
+    (killed / "checkpoints" / "step_2").mkdir(parents=True)
+    with pytest.raises(SpeechFTError, match=r"killed: this run has not finished.*finetune --resume"):
+        merge_encoders(pre, [killed], out=tmp_path / "m")
+    assert main(["encoder", "info", str(killed)]) != 0
+    assert "killed: this run has not finished" in capsys.readouterr().err

@@ -126,6 +126,11 @@ def detect_family(path: str | os.PathLike) -> str:
                 f"'{model_type}' ({MODEL_TYPES[model_type]}); fix or delete speechft.json's family"
             )
         return fam
+    if not cfg_path.exists() and (path / "checkpoints").is_dir():  # a killed `finetune`/`pretrain` run
+        raise SpeechFTError(
+            f"{path}: this run has not finished (checkpoints but no model): continue it with "
+            f"`speechft finetune --resume` (or `speechft pretrain --resume`)"
+        )
     if not cfg_path.exists():
         raise SpeechFTError(
             f"{cfg_path}: missing; an encoder folder needs config.json and model.safetensors "
