@@ -36,7 +36,7 @@ from .cka import CKA_REFERENCE, MIN_FRAMES, LayerwiseCKA
 from .data.audio import SAMPLE_RATE
 from .data.manifest import read_audio_list
 from .errors import SpeechFTError
-from .io_utils import atomic_dir, atomic_file, write_json
+from .io_utils import atomic_dir, atomic_file, check_output_location, write_json
 from .provenance import check_parents, parent_notes
 
 CKA_ESTIMATORS = ("minibatch", "full")
@@ -297,6 +297,8 @@ def analyze(
         raise SpeechFTError("give at least one model folder to compare with the pre-trained encoder (--models)")
     names = _labels(models, labels)
     sweep_data = read_sweep(sweep) if sweep is not None else None
+    if out is not None:
+        check_output_location(out, {"--pretrained": pretrained, "--models": models, "--task/--audio": audio})
     if out is not None and Path(out).exists() and not overwrite:
         raise SpeechFTError(f"{out}: output folder already exists; choose another --out or pass --overwrite")
     dev = resolve_device(device)

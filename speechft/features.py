@@ -152,6 +152,20 @@ class FbankSource(FeatureSource):
         return [mel.transpose(1, 2)], frames
 
 
+def encoder_folders(specs) -> list[Path]:
+    """The folders among `evaluate`'s encoder specs (what open_source would load), for the output rule."""
+    folders = []
+    for spec in specs:
+        if isinstance(spec, FeatureSource):
+            continue
+        path = str(spec[1] if isinstance(spec, tuple) else spec)
+        if "=" in path and not Path(path).exists():
+            path = path.split("=", 1)[1]
+        if Path(path).is_dir():
+            folders.append(Path(path))
+    return folders
+
+
 def open_source(spec, device=None) -> FeatureSource:
     """`spec`: a FeatureSource, an encoder folder, `fbank`, or `NAME=FOLDER` / (name, folder).
     An encoder folder is loaded onto `device`."""

@@ -57,10 +57,10 @@ def _disk_full(e: BaseException, path: Path) -> SpeechFTError | None:
 def check_output_location(out: str | os.PathLike, inputs: dict) -> None:
     """The rule for every command that writes: its output may never be, contain, or lie inside one of
     its inputs (so no --overwrite can delete an input, and no output lands among an input's files).
-    `inputs` maps the flag that named each input to a path or a list of paths."""
+    `inputs` maps the flag that named each input to a path, a list of paths, or loaded inputs."""
     target = Path(out).resolve()
     for flag, paths in inputs.items():
-        for p in [paths] if isinstance(paths, (str, os.PathLike)) else paths:
+        for p in _input_paths(paths):
             source = Path(p).resolve()
             if target == source:
                 how = "is"
@@ -74,6 +74,17 @@ def check_output_location(out: str | os.PathLike, inputs: dict) -> None:
                 f"--out {out} {how} the input {flag} {p}; write the output to a folder outside every input "
                 "(nothing was changed)"
             )
+
+
+def _input_paths(x) -> list:
+    """The paths in an input argument: a path, a list of them, or objects that live in a folder (a loaded
+    Task's `root`); in-memory inputs (state dicts, loaded encoders) have none."""
+    if isinstance(x, (str, os.PathLike)):
+        return [x]
+    if isinstance(x, (list, tuple)):
+        return [p for item in x for p in _input_paths(item)]
+    root = getattr(x, "root", None)
+    return [root] if isinstance(root, (str, os.PathLike)) else []
 
 
 @contextlib.contextmanager

@@ -38,7 +38,7 @@ import torch
 from .config import add_config_options, config_from_args
 from .encoders.families import FamilyInfo, family_info
 from .errors import SpeechFTError
-from .io_utils import atomic_dir, read_json, write_json
+from .io_utils import atomic_dir, check_output_location, read_json, write_json
 from .merge_checks import (
     COPIED_KINDS,
     MergeInput,
@@ -255,9 +255,7 @@ def merge_encoders(
     if not finetuned:
         raise SpeechFTError("merge needs at least one fine-tuned encoder (--finetuned)")
     out = Path(out)
-    for p in [pretrained, *finetuned]:
-        if out.resolve() == Path(p).resolve():
-            raise SpeechFTError(f"--out {out} is one of the inputs; write the merge to a new folder")
+    check_output_location(out, {"--pretrained": pretrained, "--finetuned": finetuned})
     m = get_method(method)
     resolved = m.resolve(params)
     exclude = [exclude] if isinstance(exclude, str) else list(exclude or ())

@@ -43,9 +43,17 @@ from tqdm.auto import tqdm
 
 from .errors import SpeechFTError
 from .feature_cache import FeatureCache
-from .features import FEATURE_DTYPES, AudioFingerprints, EncoderSource, FeatureProvider, FeatureSource, open_source
+from .features import (
+    FEATURE_DTYPES,
+    AudioFingerprints,
+    EncoderSource,
+    FeatureProvider,
+    FeatureSource,
+    encoder_folders,
+    open_source,
+)
 from .heads import HeadConfig, TaskHead
-from .io_utils import write_json
+from .io_utils import check_output_location, write_json
 from .metrics import LOWER_IS_BETTER, compute_metric, is_better
 
 RESULTS_FORMAT = 1
@@ -333,6 +341,7 @@ def evaluate(
     cfg = dataclasses.replace(config or ProbeConfig(), **options) if options else (config or ProbeConfig())
     if out is not None:
         out = Path(out)
+        check_output_location(out, {"--encoder": encoder_folders(encoders), "--task": list(tasks)})
         if (out / "results.json").exists() and not overwrite:
             raise SpeechFTError(f"{out}/results.json already exists; choose another --out or pass --overwrite")
     score_cfg = load_score_config(score_config)  # fail early on a bad config

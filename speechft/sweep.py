@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .errors import SpeechFTError
-from .io_utils import atomic_dir, atomic_file, read_json, write_json
+from .io_utils import atomic_dir, atomic_file, check_output_location, read_json, write_json
 from .provenance import check_parents, parent_notes
 
 
@@ -163,6 +163,8 @@ def sweep(
     from .heads import TaskHead
 
     cfg = _config(config, alphas, options)
+    if out is not None:
+        check_output_location(out, {"--pretrained": pretrained, "--finetuned": finetuned, "--task": task_dir})
     if out is not None and Path(out).exists() and not overwrite:
         raise SpeechFTError(f"{out}: output folder already exists; choose another --out or pass --overwrite")
     dev = resolve_device(device)
