@@ -472,7 +472,7 @@ def test_merge_refuses_incompatible_inputs(tmp_path, capsys, tiny_encoder_dir):
     refused(
         capsys,
         cli("merge", "--pretrained", pre, "--finetuned", pre, "--out", pre),
-        ["is one of the inputs", "write the merge to a new folder"],
+        ["is the input --pretrained", "write the output to a folder outside every input"],
     )
 
 

@@ -458,7 +458,7 @@ def test_existing_output_and_output_equal_to_input_are_refused(pair, tmp_path):
     (tmp_path / "m").mkdir()
     with pytest.raises(SpeechFTError, match="already exists"):
         merge_encoders(pre, [f1], out=tmp_path / "m")
-    with pytest.raises(SpeechFTError, match="is one of the inputs"):
+    with pytest.raises(SpeechFTError, match="is the input --finetuned"):
         merge_encoders(pre, [f1], out=f1, overwrite=True)
     assert load_encoder(f1)  # untouched
 
