@@ -64,7 +64,7 @@ def load_yaml(text: str, where: str):
     except RecursionError:
         raise SpeechFTError(f"{where}: not valid YAML (nested too deeply)") from None
     except ValueError as e:  # e.g. an integer of more than 4300 digits
-        raise SpeechFTError(f"{where}: not valid YAML ({e})") from None
+        raise SpeechFTError(f"{where}: not valid YAML ({str(e).split(';')[0]})") from None
 
 
 def _type_name(tp) -> str:
@@ -195,7 +195,7 @@ def apply_overrides(cfg: T, overrides: Sequence[str]) -> T:
         try:
             value = _parse_yaml(raw) if raw.strip() != "" else ""
         except _AliasRefused as e:
-            raise SpeechFTError(f"--set {item}: {e}; aliases are refused: write the value out") from None
+            raise SpeechFTError(f"--set {key}: {e}; aliases are refused: write the value out") from None
         except (yaml.YAMLError, RecursionError, ValueError):  # not YAML (python/* tags included): a plain string
             value = raw
         _set(data, type(cfg), key, value, "--set")
