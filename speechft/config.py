@@ -3,7 +3,7 @@
 Unknown keys are errors that list the valid ones; values are type-checked against the
 dataclass field types. Every run directory stores its resolved config (`save_config`).
 
-`load_yaml` is the one way a user's YAML (a --config file, a --set value, a task.yaml) is parsed:
+`load_yaml` is the one way a user's YAML (a --config, a --set value, a task.yaml, a score config) is parsed:
 safe_load's rules (no Python objects: `!!python` tags are refused) and no aliases (`*name`), since an
 alias is how a few hundred bytes expand into gigabytes ("billion laughs") or into a value that
 contains itself. Plain anchors (`&name`) are harmless and allowed.
@@ -65,6 +65,15 @@ def load_yaml(text: str, where: str):
         raise SpeechFTError(f"{where}: not valid YAML (nested too deeply)") from None
     except ValueError as e:  # e.g. an integer of more than 4300 digits
         raise SpeechFTError(f"{where}: not valid YAML ({str(e).split(';')[0]})") from None
+
+
+def read_yaml_file(path: str | os.PathLike):
+    """A user's YAML file (a --config, a score config): UTF-8 text, parsed by `load_yaml`."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise SpeechFTError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    return load_yaml(text, str(path))
 
 
 def _type_name(tp) -> str:
@@ -224,11 +233,7 @@ def load_config(
         path = Path(path)
         if not path.exists():
             raise SpeechFTError(f"{path}: config file not found")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise SpeechFTError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
-        data = load_yaml(text, str(path)) or {}
+        data = read_yaml_file(path) or {}
         if not isinstance(data, dict):
             raise SpeechFTError(f"{path}: a config file must be a mapping of keys to values")
         try:

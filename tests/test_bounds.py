@@ -113,3 +113,12 @@ def test_a_huge_alpha_range_is_refused_before_it_is_built():
         parse_alphas("0:inf:0.1")  # an infinite count is no count (it was an OverflowError)
     assert len(parse_alphas("0:1:0.001")) == MAX_ALPHAS  # the limit itself is allowed
     assert parse_alphas("0:1:0.25") == [0.0, 0.25, 0.5, 0.75, 1.0]
+
+
+def test_a_score_config_with_an_alias_is_refused(tmp_path):
+    from speechft.superb_score import load_score_config
+
+    p = tmp_path / "score.yaml"
+    p.write_text("name: &n bomb\nother: *n\n")
+    with pytest.raises(SpeechFTError, match=rf"^{p}: line 2 uses the YAML alias \*n; aliases are refused"):
+        load_score_config(p)
