@@ -122,3 +122,22 @@ def test_a_score_config_with_an_alias_is_refused(tmp_path):
     p.write_text("name: &n bomb\nother: *n\n")
     with pytest.raises(SpeechFTError, match=rf"^{p}: line 2 uses the YAML alias \*n; aliases are refused"):
         load_score_config(p)
+
+
+@pytest.mark.parametrize("key, value", [("proj_dim", 10**12), ("lstm_hidden", 10**9), ("lstm_layers", 10**6)])
+def test_a_head_size_past_its_limit_is_refused_before_allocating(tmp_path, key, value):
+    import json
+
+    from speechft.config import apply_overrides
+    from speechft.heads import HeadConfig, TaskHead
+    from speechft.train_config import TrainConfig
+
+    with pytest.raises(SpeechFTError, match=rf"{key} must be an integer from \d+ to \d+, got {value}"):
+        apply_overrides(TrainConfig(), [f"head.{key}={value}"])
+    folder = tmp_path / "head"  # a hostile head.json: a few bytes asking for terabytes
+    folder.mkdir()
+    config = {**HeadConfig().__dict__, key: value}
+    meta = {"task_type": "classification", "labels": ["a", "b"], "input_dim": 8, "num_states": 2, "config": config}
+    (folder / "head.json").write_text(json.dumps(meta))
+    with pytest.raises(SpeechFTError, match=rf"{folder}: not a valid speechft head folder \({key} must be"):
+        TaskHead.load(folder)
