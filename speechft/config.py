@@ -2,6 +2,11 @@
 
 Unknown keys are errors that list the valid ones; values are type-checked against the
 dataclass field types. Every run directory stores its resolved config (`save_config`).
+
+`load_yaml` is the one way a user's YAML (a --config, a --set value, a task.yaml, a score config) is parsed:
+safe_load's rules (no Python objects: `!!python` tags are refused) and no aliases (`*name`), since an
+alias is how a few hundred bytes expand into gigabytes ("billion laughs") or into a value that
+contains itself. Plain anchors (`&name`) are harmless and allowed.
 """
 
 from __future__ import annotations
@@ -20,6 +25,55 @@ from .errors import SpeechFTError
 from .io_utils import atomic_file
 
 T = TypeVar("T")
+
+
+class _AliasRefused(Exception):
+    def __init__(self, event):
+        super().__init__(f"line {event.start_mark.line + 1} uses the YAML alias *{event.anchor}")
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """SafeLoader whose composer stops at the first alias, before anything is expanded."""
+
+    def compose_node(self, parent, index):
+        # An alias to an undefined anchor stays a YAML error, so `--set pattern=*conv*` is still a plain string.
+        if self.check_event(yaml.AliasEvent) and self.peek_event().anchor in self.anchors:
+            raise _AliasRefused(self.peek_event())
+        return super().compose_node(parent, index)
+
+
+def _parse_yaml(text: str):
+    """yaml.load with _NoAliasLoader, spelled out so the source guard against yaml.load stays simple."""
+    loader = _NoAliasLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def load_yaml(text: str, where: str):
+    """Parse `text` (read from `where`, named in every error) as YAML without aliases; one-line errors."""
+    try:
+        return _parse_yaml(text)
+    except _AliasRefused as e:
+        raise SpeechFTError(
+            f"{where}: {e}; aliases are refused (a few bytes of them can expand to gigabytes): write the value out"
+        ) from None
+    except yaml.YAMLError as e:  # also python/* tags: the SafeLoader never builds Python objects
+        raise SpeechFTError(f"{where}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except RecursionError:
+        raise SpeechFTError(f"{where}: not valid YAML (nested too deeply)") from None
+    except ValueError as e:  # e.g. an integer of more than 4300 digits
+        raise SpeechFTError(f"{where}: not valid YAML ({str(e).split(';')[0]})") from None
+
+
+def read_yaml_file(path: str | os.PathLike):
+    """A user's YAML file (a --config, a score config): UTF-8 text, parsed by `load_yaml`."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise SpeechFTError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    return load_yaml(text, str(path))
 
 
 def _type_name(tp) -> str:
@@ -90,15 +144,6 @@ def _coerce(value: Any, tp, where: str):
     return value
 
 
-def _acyclic(value, where: str, _stack: tuple = ()) -> None:
-    """YAML anchors can build self-containing lists/maps (`&a [*a]`); refuse them up front."""
-    if isinstance(value, (list, tuple, dict)):
-        if any(value is v for v in _stack):
-            raise SpeechFTError(f"{where}: a YAML alias makes this value contain itself; write it out plainly")
-        for v in value.values() if isinstance(value, dict) else value:
-            _acyclic(v, where, _stack + (value,))
-
-
 def _hints(cls) -> dict:
     return typing.get_type_hints(cls)
 
@@ -157,10 +202,11 @@ def apply_overrides(cfg: T, overrides: Sequence[str]) -> T:
             raise SpeechFTError(f"--set {item!r}: expected key=value, e.g. --set optim.lr=1e-4")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw.strip() != "" else ""
-        except (yaml.YAMLError, RecursionError):  # not YAML (python/* tags included): a plain string
+            value = _parse_yaml(raw) if raw.strip() != "" else ""
+        except _AliasRefused as e:
+            raise SpeechFTError(f"--set {key}: {e}; aliases are refused: write the value out") from None
+        except (yaml.YAMLError, RecursionError, ValueError):  # not YAML (python/* tags included): a plain string
             value = raw
-        _acyclic(value, f"--set {key}")
         _set(data, type(cfg), key, value, "--set")
     return from_dict(type(cfg), data)
 
@@ -192,17 +238,9 @@ def load_config(
         path = Path(path)
         if not path.exists():
             raise SpeechFTError(f"{path}: config file not found")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:  # also python/* tags: safe_load never builds Python objects
-            raise SpeechFTError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-        except UnicodeDecodeError as e:
-            raise SpeechFTError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
-        except RecursionError:
-            raise SpeechFTError(f"{path}: not valid YAML (nested too deeply)") from None
+        data = read_yaml_file(path) or {}
         if not isinstance(data, dict):
             raise SpeechFTError(f"{path}: a config file must be a mapping of keys to values")
-        _acyclic(data, str(path))
         try:
             cfg = from_dict(cls, _layered(to_dict(base), data) if base is not None else data)
         except SpeechFTError as e:

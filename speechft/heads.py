@@ -30,6 +30,9 @@ from .errors import SpeechFTError
 from .io_utils import atomic_dir, read_json, write_json
 from .safetensors_io import load_tensors, save_tensors
 
+# Widest projection / LSTM a head may ask for (a 768 x 65536 float32 projection is 200 MB).
+MAX_HEAD_WIDTH = 65536
+
 
 @dataclass
 class HeadConfig:
@@ -42,6 +45,15 @@ class HeadConfig:
     def __post_init__(self):
         if self.layers not in ("last", "weighted"):
             raise ValueError(f"layers must be 'last' or 'weighted', got {self.layers!r}")
+        # Refused before nn.Linear allocates: one digit too many in a --set or a head.json is terabytes.
+        for key, low, high in (
+            ("proj_dim", 1, MAX_HEAD_WIDTH),
+            ("lstm_hidden", 1, MAX_HEAD_WIDTH),
+            ("lstm_layers", 0, 64),
+        ):
+            value = getattr(self, key)
+            if not (isinstance(value, int) and low <= value <= high):
+                raise ValueError(f"{key} must be an integer from {low} to {high}, got {value!r}")
 
 
 class LayerSelect(nn.Module):

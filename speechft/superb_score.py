@@ -24,8 +24,6 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from .errors import SpeechFTError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -88,10 +86,9 @@ def load_score_config(path: str | os.PathLike | None = None) -> ScoreConfig:
     if not path.exists():
         known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("superb_*.yaml")))
         raise SpeechFTError(f"{path}: score config not found; pass a YAML file or one of: {known}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise SpeechFTError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    from .config import read_yaml_file
+
+    raw = read_yaml_file(path)  # read as a --config is: no aliases (a few bytes can expand to gigabytes)
     return _from_mapping(raw, str(path), str(path), default_name=path.stem)
 
 

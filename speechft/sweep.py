@@ -53,8 +53,13 @@ class SweepConfig:
             raise SpeechFTError(f"max_utterances must be >= 1, got {self.max_utterances}")
 
 
+# Each alpha is one merge and one scoring of the dev split: more than this is a typo (0:1:1e-12), not a sweep.
+MAX_ALPHAS = 1001
+
+
 def parse_alphas(values: Sequence[str] | str) -> list[float]:
-    """`--alphas 0 0.25 1` (values) or `--alphas 0:1:0.1` (start:stop:step, inclusive), sorted and unique."""
+    """`--alphas 0 0.25 1` (values) or `--alphas 0:1:0.1` (start:stop:step, inclusive), sorted and unique.
+    At most MAX_ALPHAS of them, counted before any list is built."""
     tokens = [values] if isinstance(values, str) else list(values)
     text = " ".join(tokens)
     if any("," in t for t in tokens):
@@ -65,13 +70,20 @@ def parse_alphas(values: Sequence[str] | str) -> list[float]:
             if step <= 0:
                 raise ValueError
             n = int(round((stop - start) / step))
+            if n + 1 > MAX_ALPHAS:
+                raise SpeechFTError(
+                    f"--alphas {text}: this range has {n + 1:.3g} points, more than the limit of {MAX_ALPHAS}; "
+                    "use a larger step"
+                )
             out = [round(start + i * step, 10) for i in range(n + 1)]
         else:
             out = [float(x) for x in tokens]
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: an infinite start or stop
         raise SpeechFTError(f"--alphas {text}: give numbers like 0 0.25 0.5 1, or a range 0:1:0.1") from None
     if not out or any(not np.isfinite(a) for a in out):
         raise SpeechFTError(f"--alphas {text}: give at least one finite number")
+    if len(out) > MAX_ALPHAS:
+        raise SpeechFTError(f"--alphas: {len(out)} values, more than the limit of {MAX_ALPHAS}")
     return sorted(set(out))
 
 

@@ -840,3 +840,31 @@ def test_merge_of_a_killed_finetune_says_resume_it(tmp_path, capsys, pair):
     (killed / "checkpoints").mkdir(parents=True)
     argv = ["merge", "--pretrained", pair[0], "--finetuned", killed, "--out", out]
     refused(capsys, cli(*argv), [f"{killed}: this run has not finished", "speechft finetune --resume"], [out])
+
+
+# =========================================================================================================
+# Tiny files and options that would exhaust the machine (tests/test_bounds.py measures the bounds)
+# =========================================================================================================
+def test_task_yaml_with_a_yaml_alias_is_refused(tmp_path, capsys, cls_task, tiny_encoder_dir):
+    y = cls_task / "task.yaml"
+    y.write_text(y.read_text().replace("labels:", "_l: &l [low, high]\nlabels: *l\nunused:", 1))
+    out = tmp_path / "e"
+    rc = cli("evaluate", "--encoder", tiny_encoder_dir("hubert"), "--task", cls_task, "--out", out, "--no-cache")
+    refused(capsys, rc, [f"{y}: line", "uses the YAML alias *l", "aliases are refused"], outputs=[out])
+
+
+@pytest.mark.parametrize("where", ["--config", "--set"])
+def test_finetune_config_with_a_yaml_alias_is_refused(tmp_path, capsys, cls_task, tiny_encoder_dir, where):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("seed: &s 3\nsteps: *s\n")
+    extra = ["--config", recipe] if where == "--config" else ["--set", "optim.betas=[&b 0.9, *b]"]
+    needles = [f"{recipe}: line 2 uses the YAML alias *s"] if where == "--config" else ["--set optim.betas: line 1"]
+    out = tmp_path / "ft"
+    rc = cli("finetune", "--encoder", tiny_encoder_dir("hubert"), "--task", cls_task, "--out", out, *extra)
+    refused(capsys, rc, [*needles, "aliases are refused"], outputs=[out])
+
+
+def test_sweep_refuses_an_alpha_range_past_its_limit(tmp_path, capsys, pair, cls_task):
+    out = tmp_path / "sw"
+    argv = ["sweep", "--pretrained", pair[0], "--finetuned", pair[1], "--task", cls_task, "--out", out]
+    refused(capsys, cli(*argv, "--alphas", "0:1:1e-12"), ["--alphas 0:1:1e-12", "more than the limit of 1001"], [out])

@@ -108,3 +108,41 @@ def test_a_bad_flag_value_names_the_flag():
         config_from_args(Narrow, args, {"method": "method"})
     with pytest.raises(SpeechFTError, match="unknown key 'nope'"):
         config_from_args(Cfg, parse(["--set", "nope=1"]), {})
+
+
+@pytest.mark.parametrize(
+    "text, line",
+    [
+        ("base: &b 1\nsteps: *b\n", 2),  # a plain alias
+        ("optim: &o {lr: 0.1}\ntasks: &t [a, *t]\n", 2),  # a list that contains itself
+        ("_o: &o {lr: 0.1}\noptim:\n  <<: *o\n", 3),  # a merge key is an alias too
+    ],
+)
+def test_a_config_file_with_a_yaml_alias_is_refused_naming_file_and_line(tmp_path, text, line):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    with pytest.raises(SpeechFTError, match=rf"^{p}: line {line} uses the YAML alias \*\w; aliases are refused"):
+        load_config(Cfg, p)
+
+
+def test_a_plain_anchor_without_an_alias_still_loads(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("steps: &s 7\noptim: &o {lr: 0.5}\n")
+    cfg = load_config(Cfg, p)
+    assert cfg.steps == 7 and cfg.optim.lr == 0.5
+
+
+def test_set_refuses_an_alias_but_keeps_star_patterns_as_strings():
+    with pytest.raises(SpeechFTError, match=r"^--set tasks: line 1 uses the YAML alias \*a; aliases are refused"):
+        apply_overrides(Cfg(), ["tasks=[&a [x], *a]"])
+    # `*conv*` names no anchor: not YAML, so it is the plain string it always was
+    assert apply_overrides(Cfg(), ["method=*conv*"]).method == "*conv*"
+
+
+def test_an_integer_too_long_to_convert_is_a_one_line_error(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("steps: " + "9" * 5000 + "\n")
+    with pytest.raises(SpeechFTError, match=rf"^{p}: not valid YAML \(.*4300 digits"):
+        load_config(Cfg, p)
+    with pytest.raises(SpeechFTError, match="steps: expected an integer"):
+        apply_overrides(Cfg(), ["steps=" + "9" * 5000])

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import yaml
 
+from ..config import load_yaml
 from ..errors import SpeechFTError
 from ..io_utils import atomic_dir, sha256_bytes
 from .audio import SAMPLE_RATE
@@ -130,12 +131,7 @@ def load_spec(root: Path) -> dict:
         _fail(f"{root}: task folder not found; pass a folder holding task.yaml and train/dev/test.tsv")
     if not path.exists():
         _fail(f"{path}: missing; a task folder needs task.yaml (see docs/task-folder.md)")
-    try:
-        spec = yaml.safe_load(read_text_file(path))
-    except yaml.YAMLError as e:  # also python/* tags: safe_load never builds Python objects
-        _fail(f"{path}: not valid YAML ({str(e).splitlines()[0]})")
-    except RecursionError:
-        _fail(f"{path}: not valid YAML (nested too deeply)")
+    spec = load_yaml(read_text_file(path), str(path))  # no aliases: a 381-byte alias bomb reached 6 GB
     if not isinstance(spec, dict):
         _fail(f"{path}: must be a mapping with keys name, type, metric, labels/vocabulary")
     for key in ("name", "type"):
