@@ -359,15 +359,14 @@ def _load_encoders(pretrained, models: list[Path], device: torch.device):
 
 def _measure(ref, encs, models, items, durations, batch_size: int, device, progress: bool):
     """One LayerwiseCKA per model against `ref` over every batch; also the seconds of audio."""
-    from tqdm import tqdm
-
     from .data import BucketBatchSampler, collate_waveforms, load_audio
+    from .progress import progress_bar
 
     similarity = [LayerwiseCKA(ref.num_layers + 1, full=True, cosines=True) for _ in encs]
     seconds = 0.0
     batches = BucketBatchSampler(durations, batch_size=batch_size, shuffle=False).batches(0)
     with torch.inference_mode():
-        for batch in tqdm(batches, desc="analyze", unit="batch", disable=not progress):
+        for batch in progress_bar(batches, desc="analyze", unit="batch", disable=not progress):
             wavs, lengths = collate_waveforms([load_audio(items[i][1]) for i in batch])
             wavs, lengths = wavs.to(device), lengths.to(device)
             base = ref(wavs, lengths)

@@ -536,12 +536,12 @@ def format_metrics(metrics: dict) -> str:
 
 
 def make_progress(total: int, initial: int, enabled: bool, desc: str = "finetune"):
-    from tqdm.auto import tqdm
+    from .progress import progress_bar
 
     # Only the main process draws a bar (and none with progress=False); elsewhere tqdm's own settings apply
     # (TQDM_DISABLE=1 turns it off).
     extra = {} if enabled else {"disable": True}
-    return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True, **extra)
+    return progress_bar(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True, **extra)
 
 
 def warn(message: str) -> None:

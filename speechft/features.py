@@ -25,13 +25,13 @@ from typing import Protocol
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .data.audio import SAMPLE_RATE
 from .errors import SpeechFTError
 from .feature_cache import FeatureCache, cache_key
 from .heads import mean_pool
 from .io_utils import sha256_file
+from .progress import progress_bar
 
 
 class ExtractionSettings(Protocol):
@@ -343,7 +343,7 @@ def extract_features(
             shards.append(arr)
         pending, pending_bytes = [], 0
 
-    bar = tqdm(
+    bar = progress_bar(
         total=n, desc=f"extract {source.name}/{task.name}/{split}", unit="utt", leave=False, disable=not progress
     )
     with torch.random.fork_rng(devices=[]), torch.inference_mode():

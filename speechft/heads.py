@@ -274,19 +274,15 @@ class TaskHead(nn.Module):
 
     def report_unalignable(self, frames: int, ids: Sequence[int], text: str, count: int) -> None:
         """Count skipped utterances; say so (once per head) on stderr, with the numbers that explain it."""
-        import sys
-
-        from tqdm import tqdm
+        from .progress import write_above
 
         if not self.ctc_skipped:
             shown = text if len(text) <= 60 else text[:57] + "..."
-            # tqdm.write: on a line of its own, above any progress bar being drawn.
-            tqdm.write(
+            write_above(
                 f"speechft: warning: {self.name}: a clip gives {frames} encoder frames but its transcript "
                 f"'{shown}' needs at least {ctc_min_frames(ids)} for CTC; such clips are skipped in the loss "
                 "(the encoder's frame rate is too coarse for them: check the manifest's durations and "
-                "transcripts, or use an encoder with more frames per second)",
-                file=sys.stderr,
+                "transcripts, or use an encoder with more frames per second)"
             )
         self.ctc_skipped += count
 

@@ -160,17 +160,31 @@ def remove_dead_temps(path: Path) -> list[Path]:
     return removed
 
 
+def is_empty_dir(path: Path) -> bool:
+    try:
+        return path.is_dir() and not any(path.iterdir())
+    except OSError:
+        return False
+
+
+def refuse_existing_output(out: str | os.PathLike, overwrite: bool) -> None:
+    """The check every command makes before its work: an existing, non-empty --out needs --overwrite
+    (which replaces it only once the new output is complete: atomic_dir)."""
+    out = Path(out)
+    if out.exists() and not overwrite and not is_empty_dir(out):
+        raise SpeechFTError(f"{out}: output folder already exists; choose another --out or pass --overwrite")
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temp folder beside `path`; on clean exit rename it to `path`.
 
     Refuses an existing `path` unless `overwrite` (then the old folder is replaced only
-    once the new one is complete). Temp folders left by killed writers of the same `path`
-    are removed first (`remove_dead_temps`).
+    once the new one is complete); an existing empty folder is simply filled. Temp folders left
+    by killed writers of the same `path` are removed first (`remove_dead_temps`).
     """
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise SpeechFTError(f"{path}: output folder already exists; choose another --out or pass --overwrite")
+    refuse_existing_output(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_dead_temps(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}@{_host()}.", suffix=".tmp", dir=path.parent))

@@ -313,11 +313,11 @@ class _FileTaskVectors:
         self.walks = 0
 
     def __call__(self) -> Iterable[list[torch.Tensor]]:
-        from tqdm.auto import tqdm
+        from .progress import progress_bar
 
         self.walks += 1
         disable = None if self.progress is None else not self.progress
-        bar = tqdm(self.keys, desc=f"task vectors, pass {self.walks}", leave=False, disable=disable)
+        bar = progress_bar(self.keys, desc=f"task vectors, pass {self.walks}", leave=False, disable=disable)
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # as in _stream: memory-bound work that torch's threads only slow down
         try:
@@ -351,7 +351,7 @@ def _stream(
     current one and a writer thread writes (and hashes) the previous one. File reads,
     sha256 and torch ops release the GIL, so the stages overlap on separate cores. At most
     three keys are in flight, so memory stays at a few tensors."""
-    from tqdm.auto import tqdm
+    from .progress import progress_bar
 
     def read(inp: MergeInput, key: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(raw tensor, its fp32 copy or None), checked finite. Converting here, in the
@@ -379,7 +379,7 @@ def _stream(
         writer.write(key, t)
         bar.update(writer.nbytes[key])
 
-    bar = tqdm(
+    bar = progress_bar(
         total=writer.total,
         unit="B",
         unit_scale=True,

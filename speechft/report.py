@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import SpeechFTError
-from .io_utils import atomic_file, read_json
+from .io_utils import atomic_dir, atomic_file, check_output_location, read_json, refuse_existing_output
 from .metrics import LOWER_IS_BETTER, is_better
 
 SCORE = "SUPERB_S"
@@ -304,15 +304,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "recorded (superb_synthetic for files that recorded none)",
     )
     p.add_argument("--title", default="Evaluation report")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --out folder (once the new one is complete)"
+    )
 
 
 def main(args) -> int:
     import sys
 
+    check_output_location(args.out, {"RESULTS.json": args.results})
+    refuse_existing_output(args.out, args.overwrite)
     scores = report_scores(args.results, args.score_config)
     if scores.get("warning"):
         print(f"speechft: warning: {scores['warning']}", file=sys.stderr)
-    path = write_report(args.results, args.out, title=args.title, scores=scores)
+    with atomic_dir(args.out, overwrite=args.overwrite) as tmp:  # report.md and figures appear together
+        write_report(args.results, tmp, title=args.title, scores=scores)
     print(results_table(args.results, scores=scores))
-    print(f"wrote {path} and its figures in {path.parent}")
+    out = Path(args.out)
+    print(f"wrote {out / 'report.md'} and its figures in {out}")
     return 0

@@ -166,13 +166,12 @@ def sweep(
     `config` (a SweepConfig) and `options` (its fields: split, cka_utterances, batch_size,
     pick_gain, max_utterances, seed) set the knobs; `alphas` overrides config.alphas. The
     encoders and the head run on `device` (default: CUDA when available)."""
-    from tqdm import tqdm
-
     from .cka import LayerwiseCKA
     from .config import resolve_device
     from .data import load_task
     from .encoders import load_encoder
     from .heads import TaskHead
+    from .progress import progress_bar
 
     cfg = _config(config, alphas, options)
     if out is not None:
@@ -189,7 +188,7 @@ def sweep(
 
     work = load_encoder(pretrained).to(dev).eval()  # weights overwritten per alpha
     results = []
-    for alpha in tqdm(list(cfg.alphas), desc="sweep", unit="alpha", disable=not progress):
+    for alpha in progress_bar(list(cfg.alphas), desc="sweep", unit="alpha", disable=not progress):
         work.model.load_state_dict({k: v.to(dev) for k, v in path.at(alpha).items()}, strict=False)
         metric = score_head(work, head, task, cfg.split, cfg.batch_size, dev, cfg.max_utterances)
         similarity = LayerwiseCKA(ref.num_layers + 1)

@@ -125,7 +125,7 @@ def layer_features(encoder, dataset, batches: list[list[int]], layer: int, devic
 
 def fit_units(encoder, dataset, cfg, layer: int, device, progress: bool) -> tuple[torch.Tensor, dict]:
     """k-means centroids of layer `layer` on a seeded sample of the training clips."""
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     u = cfg.units
     order = list(range(len(dataset)))
@@ -146,7 +146,7 @@ def fit_units(encoder, dataset, cfg, layer: int, device, progress: bool) -> tupl
         picked.append(i)
         total += frames[i]
     batches = clip_batches(dataset, picked, cfg.data.max_seconds, cfg.data.eval_batch_size)
-    with tqdm(total=len(batches), desc="units: k-means sample", unit="batch", **_bar_switch(progress)) as bar:
+    with progress_bar(total=len(batches), desc="units: k-means sample", unit="batch", **_bar_switch(progress)) as bar:
         feats = torch.cat(
             [f for _, f in layer_features(encoder, dataset, batches, layer, device, bar, cfg.data.num_workers)]
         )
@@ -187,13 +187,13 @@ def label_split(
     encoder, dataset, centroids: torch.Tensor, layer: int, cfg, loop, progress: bool, desc: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Units of every clip of `dataset`, concatenated, with offsets (N+1). Processes share the batches."""
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     rank, world = loop.rank, loop.world
     batches = clip_batches(dataset, list(range(len(dataset))), cfg.data.max_seconds, cfg.data.eval_batch_size)
     mine = batches[rank::world]
     pairs = []
-    with tqdm(total=len(mine), desc=desc, unit="batch", **_bar_switch(progress and loop.main)) as bar:
+    with progress_bar(total=len(mine), desc=desc, unit="batch", **_bar_switch(progress and loop.main)) as bar:
         for i, feats in layer_features(encoder, dataset, mine, layer, loop.device, bar, cfg.data.num_workers):
             pairs.append((i, nearest_centroid(feats, centroids)[0].to(torch.int32).cpu()))
     if world > 1:

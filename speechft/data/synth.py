@@ -263,10 +263,10 @@ def _cached_clips(plan: Plan, cache: ClipCache, versions: dict) -> tuple[dict[st
 
 
 def _synthesize_missing(todo: list, results: dict, cache: ClipCache, engines: dict, total: int, desc: str, progress):
-    from tqdm import tqdm
+    from ..progress import progress_bar
 
     with (
-        tqdm(total=total, initial=len(results), desc=desc, unit="clip", disable=not progress) as bar,
+        progress_bar(total=total, initial=len(results), desc=desc, unit="clip", disable=not progress) as bar,
         ThreadPoolExecutor(max_workers=1) as pool,
     ):
         # Synthesis (in the engine's own process) overlaps with augmenting and writing the previous clips.

@@ -27,9 +27,9 @@ def progress_bars(show: bool):
 
 
 def progress_bar(items, disable: bool = False, **kwargs):
-    from tqdm import tqdm
+    from ...progress import progress_bar
 
-    return tqdm(items, disable=disable or not _SHOW_PROGRESS.get(), **kwargs)
+    return progress_bar(items, disable=disable or not _SHOW_PROGRESS.get(), **kwargs)
 
 
 @dataclass
