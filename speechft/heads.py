@@ -255,8 +255,17 @@ class TaskHead(nn.Module):
     def pooled_logits(self, pooled: torch.Tensor) -> torch.Tensor:
         """Classification from mean-pooled states (N, S, D): exact, since standardisation, the weighted
         sum and the projector are all affine and commute with mean pooling."""
-        x = self.standardize(pooled.transpose(0, 1))
-        return self.head.forward_pooled(self.select(x))
+        return self.pooled_logits_standardized(self.standardize(pooled.transpose(0, 1)))
+
+    # Probes standardise their cached features once (probe_train.StandardizedSplit) instead of on every
+    # step; these take states already passed through `standardize` and give what forward/pooled_logits give.
+    def forward_standardized(self, states: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
+        """forward() of (S, B, F, D) states already standardised by this head's statistics (weighted mode)."""
+        return self.head(self.select(states), frame_lengths)
+
+    def pooled_logits_standardized(self, states: torch.Tensor) -> torch.Tensor:
+        """pooled_logits() of (S, N, D) pooled states already standardised by this head's statistics."""
+        return self.head.forward_pooled(self.select(states))
 
     # ---- targets, loss, predictions --------------------------------------------------
     def encode(self, target: str):

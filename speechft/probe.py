@@ -51,7 +51,7 @@ from .features import (
 )
 from .io_utils import atomic_dir, check_output_location, refuse_existing_output, write_json
 from .metrics import LOWER_IS_BETTER, is_better
-from .probe_train import ProbeConfig, probe_epochs, train_probe
+from .probe_train import ProbeConfig, probe_epochs, train_probes
 from .progress import progress_bar
 
 RESULTS_FORMAT = 1
@@ -79,18 +79,17 @@ def probe_task(
     if not recompute:
         for split in ("train", "dev", "test"):
             provider.get(split)  # extract (or open) everything up front, once
-    runs: dict[float, list[dict]] = {}
+    pairs = [(lr, seed) for lr in dict.fromkeys(cfg.lrs) for seed in cfg.seeds]
     bar = progress_bar(
-        total=len(cfg.lrs) * len(cfg.seeds) * probe_epochs(task, cfg),
+        total=len(pairs) * probe_epochs(task, cfg),
         desc=f"probe {source.name}/{task.name}",
         unit="epoch",
         leave=False,
         disable=not progress,
     )
-    for lr in cfg.lrs:
-        runs[lr] = [
-            train_probe(provider, lr, seed, cfg, on_epoch=lambda: bar.update(1), device=device) for seed in cfg.seeds
-        ]
+    runs: dict[float, list[dict]] = {}
+    for (lr, _), run in zip(pairs, train_probes(provider, pairs, cfg, on_epoch=lambda: bar.update(1), device=device)):
+        runs.setdefault(lr, []).append(run)
     bar.close()
     search = [
         {

@@ -1,21 +1,30 @@
 """One probe: a weighted-sum head trained on frozen features at one LR and seed (probe.py runs the grid).
 
 ProbeConfig is the probing protocol: the LR grid, epochs, seeds, the heads' sizes, and how features
-are extracted and stored. `train_probe` trains one head on the cached features of one task and keeps
-the state with the best dev metric; `score` computes a split's metric.
+are extracted and stored. `train_probes` trains one head per (LR, seed) pair on the cached features of
+one task and keeps each head's state with the best dev metric; `score` computes a split's metric.
+
+`train_probe` is the reference: one pair, the features standardised on every step, torch's default
+thread count and Adam's single-tensor loop. `train_probes` gives the same numbers faster
+(benchmarks/bench_probe_train.py; tests/test_probe_train.py checks they agree):
+- one torch thread on the CPU (`probe_threads`): a probe's ops are tiny, and two threads on a 2-core
+  machine shared with anything else spend their time waiting for each other (16x slower, measured);
+- the features standardised once per task, in float32 (`StandardizedSplit`), not on every step;
+- Adam's foreach path (bit-identical to the single-tensor loop, fewer kernel launches).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from .errors import SpeechFTError
-from .features import FEATURE_DTYPES, FeatureProvider
+from .features import FEATURE_DTYPES, FeatureProvider, PooledFeatures
 from .heads import HeadConfig, TaskHead
 from .metrics import compute_metric, is_better
 
@@ -182,3 +191,188 @@ def probe_epochs(task, cfg: ProbeConfig) -> int:
     batch = cfg.batch_size if task.type == "classification" else cfg.ctc_batch_size
     steps_per_epoch = max(1, -(-len(task.split("train")) // batch))
     return max(cfg.epochs, -(-cfg.min_steps // steps_per_epoch))
+
+
+# ---- the fast path: many (lr, seed) pairs over features standardised once ------------------
+# Train + dev + test features are standardised once, in float32, up to this many bytes; a larger task
+# standardises each batch as it is gathered, as train_probe does (the same values, more work per step).
+STANDARDIZE_ONCE_BYTES = 2 << 30
+
+
+@contextmanager
+def probe_threads(device: torch.device | str, threads: int | None = 1) -> Iterator[None]:
+    """Limit torch to `threads` CPU threads while probes train on the CPU, then restore the count.
+    A probe's ops are small (a 384 x 256 projection of a 64-vector batch): with torch's default of one
+    thread per core, each op's threads wait for each other, and on a 2-core machine shared with other
+    work that made the ks probe of the embedded default 16x slower (benchmarks/README.md)."""
+    if threads is None or torch.device(device).type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(min(threads, before))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _feature_bytes(feats) -> int:
+    arrays = [feats.data] if isinstance(feats, PooledFeatures) else feats.shards
+    return sum(4 * int(np.prod(a.shape)) for a in arrays)
+
+
+class StandardizedSplit:
+    """One split's features as `TaskHead.standardize` leaves them, computed once (`once=True`) or per
+    batch. Elementwise float32 arithmetic in the same layout as train_probe's: the values are
+    bit-identical, padding included (a padded frame holds the standardised zero, as there)."""
+
+    def __init__(self, feats, head: TaskHead, device, once: bool = True):
+        self.feats, self.head, self.device = feats, head, device
+        self.pooled = isinstance(feats, PooledFeatures)
+        self.shards = None
+        with torch.no_grad():
+            if self.pooled:  # (N, S, D), laid out as train_probe's per-batch standardize leaves it
+                self.x = head.standardize(feats.tensor().to(device).transpose(0, 1)).transpose(0, 1)
+            elif once:
+                self.shards = [self._standardize_frames(torch.from_numpy(np.array(s))) for s in feats.shards]
+                zero = torch.zeros(1, head.num_states, head.input_dim)
+                self.pad = self._standardize_frames(zero)  # (S, 1, D): what a zero-padded frame becomes
+
+    def _standardize_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """(n, S, D) stored frames -> (S, n, D) float32 standardised, contiguous: a clip's frames of one
+        layer are one block, so gathering a batch copies S blocks per clip."""
+        return self.head.standardize(frames.float().transpose(0, 1)).contiguous()
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return self.feats.lengths
+
+    def __len__(self) -> int:
+        return len(self.x) if self.pooled else len(self.feats.index)
+
+    def pooled_batch(self, ids: torch.Tensor) -> torch.Tensor:
+        """(S, B, D) standardised pooled vectors of `ids`."""
+        return self.x[ids].transpose(0, 1)
+
+    def frames_batch(self, ids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(S, B, F, D) standardised frames of `ids` on the device, and their frame lengths (B,)."""
+        if self.shards is None:
+            x, lengths = self.feats.batch(ids)
+            with torch.no_grad():
+                return self.head.standardize(x.to(self.device)), lengths
+        index = self.feats.index
+        lengths = torch.tensor([int(index[i, 2]) for i in ids], dtype=torch.long)
+        frames = int(lengths.max())
+        out = torch.empty(self.pad.shape[0], len(ids), frames, self.pad.shape[2])
+        for b, i in enumerate(ids):
+            shard, start, n = (int(v) for v in index[i])
+            out[:, b, :n] = self.shards[shard][:, start : start + n]
+            out[:, b, n:] = self.pad
+        return out.to(self.device), lengths
+
+
+def _predict_standardized(head: TaskHead, task, split: StandardizedSplit, cfg: ProbeConfig) -> list[str]:
+    """_predict over a StandardizedSplit."""
+    head.eval()
+    with torch.no_grad():
+        if split.pooled:
+            logits = head.pooled_logits_standardized(split.x.transpose(0, 1))
+            return head.predict(logits, torch.ones(len(split), dtype=torch.long))
+        preds: list[str] = [""] * len(split)
+        order = np.argsort(split.lengths, kind="stable")
+        for start in range(0, len(order), cfg.eval_batch_size):
+            ids = order[start : start + cfg.eval_batch_size].tolist()
+            x, lengths = split.frames_batch(ids)
+            out = head.forward_standardized(x, lengths.to(x.device))
+            for i, p in zip(ids, head.predict(out, lengths)):
+                preds[i] = p
+        return preds
+
+
+def _score_standardized(head: TaskHead, task, split: StandardizedSplit, name: str, cfg: ProbeConfig) -> float:
+    labels = task.labels if task.type == "classification" else None
+    preds = _predict_standardized(head, task, split, cfg)
+    return compute_metric(task.metric, _targets(task, name), preds, labels)
+
+
+def _train_epoch_standardized(head: TaskHead, opt, split: StandardizedSplit, task, targets, epoch, seed, gen, cfg):
+    """_train_epoch over a StandardizedSplit: the same batches in the same order."""
+    head.train()
+    if split.pooled:
+        for ids in torch.randperm(len(split), generator=gen).split(cfg.batch_size):
+            ids = ids.to(split.device)
+            logits = head.pooled_logits_standardized(split.pooled_batch(ids))
+            _step(opt, torch.nn.functional.cross_entropy(logits, targets[ids]))
+        return
+    from .data.batching import BucketBatchSampler
+    from .heads import ctc_loss
+
+    sampler = BucketBatchSampler(split.lengths.tolist(), batch_size=cfg.ctc_batch_size, shuffle=True, seed=seed)
+    for ids in sampler.batches(epoch):
+        x, lengths = split.frames_batch(ids)
+        out = head.forward_standardized(x, lengths.to(x.device))
+        _step(opt, ctc_loss(out, lengths, [targets[i] for i in ids]))
+
+
+def _new_head(provider: FeatureProvider, seed: int, cfg: ProbeConfig, device) -> TaskHead:
+    """The head train_probe starts from: initialised right after torch.manual_seed(seed)."""
+    task, source = provider.task, provider.source
+    torch.manual_seed(seed)
+    head = TaskHead.for_task(task, source.dim, source.num_states, cfg.head_config(task.type))
+    if cfg.standardize:
+        head.set_standardization(*provider.train_statistics())
+    return head.to(device)
+
+
+def train_probes(
+    provider: FeatureProvider,
+    pairs: Sequence[tuple[float, int]],
+    cfg: ProbeConfig,
+    on_epoch: Callable[[], None] | None = None,
+    device: torch.device | str = "cpu",
+    threads: int | None = 1,
+) -> list[dict]:
+    """train_probe(provider, lr, seed, ...) for every (lr, seed) of `pairs`, in order, the features
+    standardised once for all of them; on the CPU with `threads` torch threads (None: torch's setting).
+    With `provider.recompute` (s3prl's way, for the benchmark) each pair runs train_probe itself."""
+    with probe_threads(device, threads):
+        if provider.recompute:
+            return [train_probe(provider, lr, seed, cfg, on_epoch, device) for lr, seed in pairs]
+        task = provider.task
+        names = ("train", "dev", "test")
+        once = sum(_feature_bytes(provider.get(n)) for n in names) <= STANDARDIZE_ONCE_BYTES
+        splits: dict[str, StandardizedSplit] = {}
+        results = []
+        for lr, seed in pairs:
+            head = _new_head(provider, seed, cfg, device)
+            if not splits:  # every head holds the same statistics: standardise with the first
+                splits = {n: StandardizedSplit(provider.get(n), head, device, once) for n in names}
+            results.append(_fit(head, splits, task, lr, seed, cfg, on_epoch, device))
+        return results
+
+
+def _fit(head: TaskHead, splits: dict, task, lr: float, seed: int, cfg: ProbeConfig, on_epoch, device) -> dict:
+    """train_probe's loop for one head over standardised splits."""
+    opt = torch.optim.Adam(head.parameters(), lr=lr, foreach=True)
+    gen = torch.Generator().manual_seed(seed)
+    if task.type == "classification":
+        targets = torch.tensor([task.encode(t) for t in _targets(task, "train")], device=device)
+    else:
+        targets = [task.encode(t) for t in _targets(task, "train")]
+    epochs = probe_epochs(task, cfg)
+    best = {"dev": None, "epoch": -1, "state": None}
+    for epoch in range(epochs):
+        _train_epoch_standardized(head, opt, splits["train"], task, targets, epoch, seed, gen, cfg)
+        dev = _score_standardized(head, task, splits["dev"], "dev", cfg)
+        if best["dev"] is None or is_better(task.metric, dev, best["dev"]):
+            best = {"dev": dev, "epoch": epoch, "state": copy.deepcopy(head.state_dict())}
+        if on_epoch:
+            on_epoch()
+    head.load_state_dict(best["state"])
+    return {
+        "dev": best["dev"],
+        "test": _score_standardized(head, task, splits["test"], "test", cfg),
+        "best_epoch": best["epoch"],
+        "epochs": epochs,
+        "layer_weights": head.select.layer_weights(),
+    }
