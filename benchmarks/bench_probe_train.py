@@ -1,7 +1,8 @@
 """Probe training: the reference loop (train_probe per LR and seed) vs train_probes, side by side.
 
     python benchmarks/bench_probe_train.py [--tasks ks pr] [--lrs 1e-2 1e-3] [--seeds 0 1]
-                                           [--epochs 8] [--min-steps 100] [--encoder DIR] [--bench DIR]
+                                           [--epochs 8] [--min-steps 100] [--repeats 2]
+                                           [--encoder DIR] [--bench DIR]
 
 Run it WITHOUT OMP_NUM_THREADS, as a user runs `speechft evaluate`: torch's thread count is one of the
 things measured. Encoder: the embedded default (Whisper tiny.en, `speechft encoder default`), or
@@ -12,6 +13,8 @@ task, the same (LR, seed) grid three ways, in one process:
   reference          train_probe for each pair, torch's default threads: what `evaluate` did before
   reference, 1 thr   the same loop under probe_threads (one torch thread): the threads' share
   train_probes       the fast path (features standardised once, foreach Adam, one thread)
+
+(the default-thread reference once; the two one-thread paths alternately, best of --repeats)
 
 and asserts that train_probes gives exactly what the 1-thread reference gives (dev, test, best epoch
 per pair; layer weights to 1e-7); whether the default-thread reference agrees too is printed.
@@ -42,7 +45,7 @@ def same(a: list[dict], b: list[dict]) -> bool:
     )
 
 
-def bench_task(encoder: Path, task_dir: Path, cfg: ProbeConfig, cache: FeatureCache) -> dict:
+def bench_task(encoder: Path, task_dir: Path, cfg: ProbeConfig, cache: FeatureCache, repeats: int) -> dict:
     task = load_task(task_dir)
     prov = FeatureProvider(open_source(encoder), task, cfg, cache, progress=False)
     for split in ("train", "dev", "test"):
@@ -53,13 +56,17 @@ def bench_task(encoder: Path, task_dir: Path, cfg: ProbeConfig, cache: FeatureCa
     t0 = time.perf_counter()
     results["reference"] = [train_probe(prov, lr, seed, cfg) for lr, seed in pairs]
     timings["reference"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    with probe_threads("cpu"):
-        results["reference, 1 thr"] = [train_probe(prov, lr, seed, cfg) for lr, seed in pairs]
-    timings["reference, 1 thr"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    results["train_probes"] = train_probes(prov, pairs, cfg)
-    timings["train_probes"] = time.perf_counter() - t0
+    # The two one-thread paths alternate, best of `repeats` each: the load of a shared machine drifts.
+    runs = {
+        "reference, 1 thr": lambda: [train_probe(prov, lr, seed, cfg) for lr, seed in pairs],
+        "train_probes": lambda: train_probes(prov, pairs, cfg),
+    }
+    for _ in range(repeats):
+        for mode, run in runs.items():
+            t0 = time.perf_counter()
+            with probe_threads("cpu"):
+                results[mode] = run()
+            timings[mode] = min(timings.get(mode, float("inf")), time.perf_counter() - t0)
     assert same(results["reference, 1 thr"], results["train_probes"]), f"{task.name}: train_probes differs"
     return {
         "task": task.name,
@@ -78,6 +85,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--min-steps", type=int, default=100)
+    p.add_argument("--repeats", type=int, default=2, help="runs of each one-thread path (best kept)")
     p.add_argument("--encoder", type=Path, default=None, help="default: the embedded default encoder")
     p.add_argument("--bench", type=Path, default=None, help="a synthetic benchmark folder (default: generate)")
     args = p.parse_args()
@@ -107,7 +115,7 @@ def main() -> None:
         )
         print("|---|---|---|---|---|---|---|---|---|")
         for name in args.tasks:
-            r = bench_task(encoder, bench / name, cfg, cache)
+            r = bench_task(encoder, bench / name, cfg, cache, args.repeats)
             t = r["timings"]
             print(
                 f"| {r['task']} | {r['type']} | {r['pairs']} x {r['epochs']} | {t['reference']:.1f} | "
