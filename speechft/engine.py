@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .encoders.hub import resolve_encoder
 from .errors import SpeechFTError
 from .io_utils import check_output_location, read_json
 from .objective import Loop, Objective
@@ -94,7 +95,7 @@ def run_training(
     """Train `objective` on the encoder in `encoder_dir`; write the run folder `out` (an encoder folder when
     finished). `config` None means: resume with the stored one. `device` (cpu, cuda, cuda:N; None = cuda when
     available) is honoured by a plain run; under `accelerate launch` the launcher assigns the devices."""
-    out, encoder_dir = Path(out), Path(encoder_dir)
+    out, encoder_dir = Path(out), resolve_encoder(encoder_dir)  # a Hub id: its converted folder
     state, device = start_processes(device)
     cfg = objective.resolve(config) if config is not None else None  # None: resume with the stored config
     if cfg is not None:

@@ -504,12 +504,19 @@ def pretrain(
         config = PretrainConfig()
     if config is not None:
         config = dataclasses.replace(config, **sets, data=dataclasses.replace(config.data, **data))
-    objective = UnitObjective(audio, encoder_dir)
+    from .encoders.hub import resolve_encoder
+
+    objective = UnitObjective(audio, resolve_encoder(encoder_dir))  # a Hub id: its converted folder
     return run_training(encoder_dir, out, objective, config, resume, overwrite, progress, device)
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--encoder", required=True, metavar="DIR", help="pre-trained encoder folder")
+    p.add_argument(
+        "--encoder",
+        required=True,
+        metavar="DIR",
+        help="pre-trained encoder folder or Hugging Face Hub id org/name[@revision]",
+    )
     p.add_argument(
         "--audio",
         required=True,

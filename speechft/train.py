@@ -98,7 +98,12 @@ __all__ = [  # the loop's and the config's names are re-exported: `from speechft
 # Command line: speechft finetune (the library entry point, finetune(), follows)
 # =====================================================================================================
 def add_arguments(p) -> None:
-    p.add_argument("--encoder", required=True, metavar="DIR", help="pre-trained encoder folder")
+    p.add_argument(
+        "--encoder",
+        required=True,
+        metavar="DIR",
+        help="pre-trained encoder folder or Hugging Face Hub id org/name[@revision]",
+    )
     p.add_argument(
         "--task",
         required=True,
