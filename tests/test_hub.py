@@ -246,6 +246,32 @@ def test_converted_once_then_reused_without_the_hub(hub, monkeypatch, capsys):
     assert resolve_encoder(f"{repo}@{commit}") == first
 
 
+def test_first_uses_at_once_convert_once(hub, monkeypatch):
+    """Two processes (here: threads, the lock is per open file) asking for one new id: one converts, the other
+    waits and reuses its folder; a temp folder a killed conversion left behind is cleared."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from speechft.encoders import hub as hub_module
+    from speechft.io_utils import _host
+
+    repo, calls, real = "test-org/tiny-hubert", [], hub_module.convert_snapshot
+    out = converted_dir(repo, hub.commits[f"{repo}@main"])
+    killed = out.with_name(f".{out.name}.999999999@{_host()}.abc.tmp")  # no such process
+    killed.mkdir(parents=True)
+
+    def slow(*a, **k):
+        calls.append(1)
+        time.sleep(0.3)
+        return real(*a, **k)
+
+    monkeypatch.setattr(hub_module, "convert_snapshot", slow)
+    with ThreadPoolExecutor(2) as pool:
+        got = list(pool.map(resolve_encoder, [repo, repo]))
+    assert got == [out, out] and len(calls) == 1 and load_encoder(out).family == "hubert"
+    assert not killed.exists()
+
+
 def test_a_revision(hub, capsys):
     repo = "test-org/tiny-hubert"
     commit = hub.commits[f"{repo}@main"]
@@ -319,6 +345,8 @@ def test_finetune_merge_evaluate_with_hub_ids(hub, capsys, tmp_path, cls_task):
     parent = json.loads((run / "speechft.json").read_text())["parents"][0]
     assert parent["path"] == str(pre) and parent["weights_sha256"] == json.loads(
         (pre / "speechft.json").read_text())["weights_sha256"]  # fmt: skip
+    assert parent["source"] == f"Hugging Face Hub {repo} @ {hub.commits[repo + '@main']}"
+    assert "hub" not in json.loads((run / "speechft.json").read_text())  # how theta0 was made is theta0's alone
     merged = tmp_path / "merged"
     assert cli("merge", "--pretrained", repo, "--finetuned", run, "--alpha", "0.25", "--out", merged) == 0
     w0, w1, wm = weights(pre), weights(run), weights(merged)

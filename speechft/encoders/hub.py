@@ -31,6 +31,7 @@ from pathlib import Path
 
 from ..errors import SpeechFTError
 from ..io_utils import cache_root, read_json, sha256_file
+from ..provenance import PROVENANCE_FILE
 
 CONVERTER_VERSION = 1  # bump when a converted folder would come out differently: old ones are then left unused
 HUB_FAMILIES = ("hubert", "wav2vec2", "wavlm", "data2vec", "whisper")
@@ -89,9 +90,14 @@ def converted_dir(repo: str, commit: str) -> Path:
     return cache_root("hub") / repo.replace("/", "--") / f"{commit}-v{CONVERTER_VERSION}"
 
 
+def _complete(folder: Path) -> bool:
+    """A converted folder is renamed into place whole (atomic_dir), speechft.json written last inside it."""
+    return (folder / "config.json").is_file() and (folder / PROVENANCE_FILE).is_file()
+
+
 def hub_encoder(repo: str, revision: str | None = None) -> Path:
     """The speechft encoder folder of `repo` at `revision` (default main): converted once, then reused."""
-    from .default import _complete, _lock  # the same first-use conversion guard as the embedded default's
+    from .default import _lock  # the same first-use conversion guard as the embedded default's
 
     if revision is not None and _COMMIT.fullmatch(revision) and _complete(converted_dir(repo, revision)):
         return converted_dir(repo, revision)  # pinned and converted: not even the Hub cache is needed
