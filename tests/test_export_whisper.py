@@ -125,6 +125,7 @@ def test_a_changed_encoder_shows_up_exactly(tiny_pair, tmp_path):
         ("encoder_ffn_dim", 96, 64),
         ("num_mel_bins", 128, 80),
         ("max_source_positions", 750, 1500),
+        ("activation_function", "relu", "gelu"),
     ],
 )
 def test_mismatched_dims_are_refused_naming_the_key(tmp_path, capsys, key, value, theirs):
@@ -321,3 +322,35 @@ def test_a_merged_default_encoder_is_exported_exactly(real, tmp_path):
     prov = json.loads((out / "speechft.json").read_text())
     assert prov["parents"][0]["path"] == str(merged.resolve())
     assert prov["parents"][0]["weights_sha256"] == {"model.safetensors": sha256_file(merged / "model.safetensors")}
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+@pytest.mark.parametrize("relation", ["same", "parent", "child", "file", "sibling"])
+def test_no_input_byte_changes_wherever_out_is(tiny_pair, capsys, relation, overwrite):
+    """The output rule (as tests/test_no_input_destroyed.py for the other commands): --out the same as, the
+    parent of, inside, a file inside or a sibling of each input, with or without --overwrite."""
+    import hashlib
+
+    enc, full = tiny_pair
+
+    def snapshot():
+        return {
+            str(p): hashlib.sha256(p.read_bytes()).hexdigest() for d in (enc, full) for p in d.rglob("*") if p.is_file()
+        }
+
+    before = snapshot()
+    for target in (enc, full):
+        out = {
+            "same": target,
+            "parent": target.parent,
+            "child": target / "out",
+            "file": target / "config.json",
+            "sibling": target.parent / f"{target.name}-out",
+        }[relation]
+        rc = cli("encoder", "export-whisper", enc, "--decoder-from", full, "--out", out, *(["--overwrite"] * overwrite))
+        if relation == "sibling":
+            assert rc == 0 and (out / "model.safetensors").is_file()
+            capsys.readouterr()
+        else:
+            assert rc == 2 and "write the output to a folder outside every input" in one_line_error(capsys)
+        assert snapshot() == before, f"--out {relation} of {target.name} changed an input"

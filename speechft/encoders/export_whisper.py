@@ -34,6 +34,7 @@ ENCODER_KEYS = (
     "encoder_ffn_dim",
     "num_mel_bins",
     "max_source_positions",
+    "activation_function",  # one key for both halves in WhisperConfig: the decoder's config would change the encoder
 )
 # Files of a Whisper model folder besides its weights, copied when present (tokenizer, feature extractor).
 COPIED_FILES = (
@@ -238,8 +239,8 @@ def add_arguments(p):
         "--decoder-from",
         required=True,
         metavar="WHISPER_MODEL",
-        help="the whole Whisper model whose decoder to use: `default` (Whisper tiny.en) or a local "
-        "WhisperForConditionalGeneration folder",
+        help="the whole Whisper model whose decoder to use: `default` (the embedded Whisper tiny.en) or a local "
+        "WhisperForConditionalGeneration folder (a folder named default: ./default)",
     )
     p.add_argument("--out", required=True, help="output WhisperForConditionalGeneration folder")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
