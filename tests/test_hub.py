@@ -364,6 +364,22 @@ def test_finetune_merge_evaluate_with_hub_ids(hub, capsys, tmp_path, cls_task):
     assert "lies inside the input --pretrained" in one_error_line(capsys) and not (pre / "x").exists()
 
 
+def test_export_whisper_from_hub_ids(hub, capsys, tmp_path):
+    """openai/whisper-*'s encoder, converted, put back together with its own decoder: the original model."""
+    repo = "openai-test/tiny-whisper"
+    out = tmp_path / "whisper"
+    assert cli("encoder", "export-whisper", repo, "--decoder-from", repo, "--out", out) == 0
+    state, _ = hub.states[repo]
+    got = weights(out)
+    assert set(got) == set(state) - {"proj_out.weight"}  # tied to the token embedding, as transformers saves it
+    for k, t in got.items():
+        torch.testing.assert_close(t, state[k], rtol=0, atol=0)
+    assert (out / "generation_config.json").is_file()
+    capsys.readouterr()
+    assert cli("encoder", "export-whisper", repo, "--decoder-from", "openai-test/absent", "--out", tmp_path / "x") == 2
+    assert "'openai-test/absent'" in one_error_line(capsys)
+
+
 @pytest.mark.slow
 def test_environment_in_a_fresh_process(hub_cache, tmp_path):
     """HF_HUB_CACHE and HF_HUB_OFFLINE are read by huggingface_hub itself in a process that starts with them."""

@@ -9,8 +9,8 @@ extractor files), so `WhisperForConditionalGeneration.from_pretrained(DIR)` load
 The decoder attends to the encoder's output, so the two must agree on what that output is: the
 encoder-side hyper-parameters (`ENCODER_KEYS`) are compared one by one and a mismatch is refused, naming
 the key and both values. `whisper_model_folder` turns --decoder-from into a folder (`default`: the
-embedded Whisper tiny.en, converted whole once and cached; or a local folder); a Hub resolver can be
-added there alone.
+embedded Whisper tiny.en, converted whole once and cached; a local folder; or a Hub id's snapshot in the
+Hugging Face cache, speechft.encoders.hub.hub_snapshot). ENCODER may be a Hub id too (its converted encoder).
 """
 
 from __future__ import annotations
@@ -52,7 +52,10 @@ COPIED_FILES = (
 ENCODER_HINT = (
     "export-whisper takes a Whisper encoder folder (`speechft encoder default`, or finetune or merge output from one)"
 )
-MODEL_HINT = "pass `default` (the embedded Whisper tiny.en) or a local WhisperForConditionalGeneration folder"
+MODEL_HINT = (
+    "pass `default` (the embedded Whisper tiny.en), a local WhisperForConditionalGeneration folder or a Hub id "
+    "(openai/whisper-small)"
+)
 
 
 # ---- writing weights (shared with default.build_default_whisper) ------------------------------------
@@ -80,11 +83,15 @@ def follow_umask(folder: Path) -> None:
 
 # ---- the two inputs --------------------------------------------------------------------------------
 def whisper_model_folder(name: str) -> Path:
-    """--decoder-from -> a local folder holding a whole Whisper model (the one place a Hub id would resolve)."""
+    """--decoder-from -> a local folder holding a whole Whisper model (the one place a Hub id resolves)."""
     if name == "default":
         from .default import default_whisper_dir
 
         return default_whisper_dir()
+    from .hub import hub_snapshot, parse_hub_id
+
+    if parse_hub_id(name):  # org/name[@revision]: the Hub cache's snapshot, decoder and tokenizer files included
+        return hub_snapshot(name, COPIED_FILES)
     path = Path(name)
     if not path.is_dir():
         what = "is a file" if path.exists() else "not found"
@@ -174,7 +181,9 @@ def export_whisper(
 ) -> tuple[Path, list[str]]:
     """Write encoder + decoder_from's decoder as a WhisperForConditionalGeneration folder at `out`.
     Returns (out, the names of the files copied from decoder_from besides its weights)."""
-    enc_path, out = Path(encoder), Path(out)
+    from .hub import resolve_encoder
+
+    enc_path, out = resolve_encoder(encoder), Path(out)  # a Hub id: its converted encoder folder
     _check_encoder(enc_path)
     model_path = whisper_model_folder(decoder_from)
     check_output_location(out, {"ENCODER": enc_path, "--decoder-from": model_path})
@@ -234,13 +243,13 @@ def _write(enc, model, enc_path, model_path, model_cfg, out, overwrite):
 
 # ---- CLI ---------------------------------------------------------------------------------------------
 def add_arguments(p):
-    p.add_argument("encoder", help="a Whisper encoder folder (default, fine-tuned or merged)")
+    p.add_argument("encoder", help="a Whisper encoder folder (default, fine-tuned or merged) or Hub id")
     p.add_argument(
         "--decoder-from",
         required=True,
         metavar="WHISPER_MODEL",
-        help="the whole Whisper model whose decoder to use: `default` (the embedded Whisper tiny.en) or a local "
-        "WhisperForConditionalGeneration folder (a folder named default: ./default)",
+        help="the whole Whisper model whose decoder to use: `default` (the embedded Whisper tiny.en), a local "
+        "WhisperForConditionalGeneration folder (a folder named default: ./default) or a Hub id org/name[@revision]",
     )
     p.add_argument("--out", required=True, help="output WhisperForConditionalGeneration folder")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")

@@ -128,15 +128,32 @@ def _spelled(repo: str, revision: str | None) -> str:
     return f"{repo}@{revision}" if revision else repo
 
 
-def _cached_snapshot(repo: str, revision: str | None) -> Path | None:
+def hub_snapshot(spec: str, files: list[str] | tuple[str, ...] = ()) -> Path:
+    """The Hub cache's own snapshot folder of the Hub id `spec`, holding config.json, safetensors weights and
+    `files` where the repository has them: for a command that reads a whole model as it is (export-whisper's
+    --decoder-from). Fetched (or completed) when online; offline, what the cache holds."""
+    hub = parse_hub_id(spec)
+    if hub is None:
+        raise SpeechFTError(f"'{spec}' is not a Hugging Face Hub id (org/name or org/name@revision)")
+    repo, revision = hub
+    patterns = [*CONFIG_FILES, *files, *SAFETENSORS_FILES]
+    snapshot = _cached_snapshot(repo, revision, patterns)
+    if snapshot is None or _weight_files(snapshot) is None or not _hub().constants.HF_HUB_OFFLINE:
+        snapshot = _download(repo, revision, partial=snapshot, patterns=patterns, fallback=None)
+    found = _weight_files(snapshot)
+    if found is None or found[0] != "safetensors":
+        raise SpeechFTError(
+            f"{repo} (commit {snapshot.name}): no model.safetensors; a whole model is read from safetensors only"
+        )
+    return snapshot
+
+
+def _cached_snapshot(repo: str, revision: str | None, patterns: list[str] | None = None) -> Path | None:
     """The Hub cache's snapshot folder for `revision`, without any network request; None when it has none."""
     hf = _hub()
+    patterns = patterns or CONFIG_FILES + SAFETENSORS_FILES
     try:
-        return Path(
-            hf.snapshot_download(
-                repo, revision=revision, allow_patterns=CONFIG_FILES + SAFETENSORS_FILES, local_files_only=True
-            )
-        )
+        return Path(hf.snapshot_download(repo, revision=revision, allow_patterns=patterns, local_files_only=True))
     except hf.errors.HFValidationError as e:
         raise SpeechFTError(
             f"'{_spelled(repo, revision)}' is not a local folder, nor a valid Hugging Face Hub id ({_first_line(e)})"
@@ -145,16 +162,25 @@ def _cached_snapshot(repo: str, revision: str | None) -> Path | None:
         return None
 
 
-def _download(repo: str, revision: str | None, partial: Path | None) -> Path:
-    """Fetch config and weights (safetensors if the repository has them, else its pickled state dict)."""
+def _download(
+    repo: str,
+    revision: str | None,
+    partial: Path | None,
+    patterns: list[str] | None = None,
+    fallback: list[str] | None = CONFIG_FILES + PICKLED_FILES,
+) -> Path:
+    """Fetch `patterns` (default: config and safetensors weights), else `fallback` when that finds no weights
+    (default: an older repository's pickled state dict)."""
     hf = _hub()
     spelled = _spelled(repo, revision)
     if hf.constants.HF_HUB_OFFLINE:
         raise _not_cached(repo, revision, partial, "HF_HUB_OFFLINE is set")
     try:
-        path = Path(hf.snapshot_download(repo, revision=revision, allow_patterns=CONFIG_FILES + SAFETENSORS_FILES))
-        if _weight_files(path) is None:  # an older repository: weights only as a pickled state dict
-            path = Path(hf.snapshot_download(repo, revision=path.name, allow_patterns=CONFIG_FILES + PICKLED_FILES))
+        path = Path(
+            hf.snapshot_download(repo, revision=revision, allow_patterns=patterns or CONFIG_FILES + SAFETENSORS_FILES)
+        )
+        if _weight_files(path) is None and fallback:  # an older repository: weights only as a pickled state dict
+            path = Path(hf.snapshot_download(repo, revision=path.name, allow_patterns=fallback))
     except hf.errors.GatedRepoError:
         raise SpeechFTError(
             f"'{spelled}' is a gated Hugging Face model and no accepted token was sent: accept its terms at "
