@@ -104,7 +104,9 @@ def hub_encoder(repo: str, revision: str | None = None) -> Path:
     snapshot = _cached_snapshot(repo, revision)
     if snapshot is not None and _complete(converted_dir(repo, snapshot.name)):
         return converted_dir(repo, snapshot.name)
-    if snapshot is None or _weight_files(snapshot) is None:
+    # Not converted yet: online, let huggingface_hub complete the snapshot first (a cache filled by another tool
+    # may lack preprocessor_config.json); offline, convert what the cache holds when it holds weights.
+    if snapshot is None or _weight_files(snapshot) is None or not _hub().constants.HF_HUB_OFFLINE:
         snapshot = _download(repo, revision, partial=snapshot)
     out = converted_dir(repo, snapshot.name)
     with _lock(out.with_name(f".{out.name}.lock")):
