@@ -340,7 +340,8 @@ def test_a_local_folder_wins_over_a_hub_id(hub, monkeypatch, tmp_path, tiny_enco
 def test_finetune_merge_evaluate_with_hub_ids(hub, capsys, tmp_path, cls_task):
     repo = "test-org/tiny-hubert"
     run = tmp_path / "ft"
-    assert cli("finetune", "--encoder", repo, "--task", cls_task, "--out", run, *FAST) == 0
+    moving = ["schedule.warmup=0", "--method", "regular"]  # (more --set) no frozen phase, no warm-up: it moves
+    assert cli("finetune", "--encoder", repo, "--task", cls_task, "--out", run, *FAST, *moving) == 0
     pre = converted_dir(repo, hub.commits[f"{repo}@main"])
     parent = json.loads((run / "speechft.json").read_text())["parents"][0]
     assert parent["path"] == str(pre) and parent["weights_sha256"] == json.loads(
@@ -350,6 +351,7 @@ def test_finetune_merge_evaluate_with_hub_ids(hub, capsys, tmp_path, cls_task):
     merged = tmp_path / "merged"
     assert cli("merge", "--pretrained", repo, "--finetuned", run, "--alpha", "0.25", "--out", merged) == 0
     w0, w1, wm = weights(pre), weights(run), weights(merged)
+    assert any(not torch.equal(w0[k], w1[k]) for k in w0)
     for k in w0:
         if k.startswith("encoder.layers.0.attention.q_proj"):
             torch.testing.assert_close(wm[k], w0[k] + 0.25 * (w1[k] - w0[k]))
@@ -358,6 +360,16 @@ def test_finetune_merge_evaluate_with_hub_ids(hub, capsys, tmp_path, cls_task):
     results = json.loads((ev / "results.json").read_text())
     assert [m["name"] for m in results["models"]] == [repo, "merged"]
     assert results["models"][0]["encoder"] == str(pre)
+    # sweep, analyze and doctor take the id as well.
+    sw = tmp_path / "sweep"
+    assert cli("sweep", "--pretrained", repo, "--finetuned", run, "--task", cls_task, "--alphas", "0", "1",
+               "--cka-utterances", "4", "--out", sw, "--quiet") == 0  # fmt: skip
+    assert [r["alpha"] for r in json.loads((sw / "sweep.json").read_text())["results"]] == [0.0, 1.0]
+    an = tmp_path / "analysis"
+    assert cli("analyze", "--pretrained", repo, "--models", run, "--task", cls_task, "--out", an, "--quiet") == 0
+    assert json.loads((an / "analysis.json").read_text())["pretrained"]["path"] == str(pre)
+    assert cli("doctor", repo, "--no-audio") == 0
+    assert f"[ok] {pre}: family hubert" in capsys.readouterr().out
     # The output rule sees the converted folder: an output inside it is refused, before anything is written.
     capsys.readouterr()
     assert cli("merge", "--pretrained", repo, "--finetuned", run, "--out", pre / "x") == 2
