@@ -11,6 +11,11 @@ task.yaml (refs = ground truth, hyps = system output):
     mtwv                           QbE  refs: [Q, D] bool, query q occurs in document d;
                                         hyps: [Q, D] detection scores
 
+The score configs (speechft/configs/superb_leaderboard.yaml, superb_speechft.yaml) key on
+task-folder names and these metric names, so task folders and results.json use them:
+task `sf` metric `slot_type_f1` with `slot_value_cer` among its `metrics`; `asv` metric
+`eer` (with `min_dcf`); `sd` metric `der`; `qbe` metric `mtwv`.
+
 All take and return fractions (DER 0.0588, not 5.88); score configs in percent multiply
 by 100, MTWV included (SUPERB prints MTWV as a fraction: 0.0736 is 7.36 in a config).
 """
