@@ -39,6 +39,9 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "superb_synthetic.yaml"
 UNITS = {"percent": 100.0, "fraction": 1.0}
 CONFIG_KEYS = ("name", "units", "score_tasks", "defaults", "tasks")
+# Metrics SUPERB averages into one task's term together with the task's main metric (SF:
+# slot-type F1 and slot-value CER), for tasks scored by a config's `defaults`.
+SCORED_WITH = {"slot_type_f1": ("slot_value_cer",), "slot_value_cer": ("slot_type_f1",)}
 # Other names a config is known by: superb_paper was the Speech-FT paper's config, with
 # references transcribed from memory (874.4 for the paper's 870.20); superb_speechft
 # reproduces the paper's numbers.
@@ -55,12 +58,13 @@ class ScoreConfig:
     path: str | None = None
 
     def task_metrics(self, task: str, metric: str | None) -> dict[str, dict] | None:
-        """{metric: {baseline, reference}} for `task` (its own entry, else the default for
-        its metric), or None when the config has no values for it."""
+        """{metric: {baseline, reference}} for `task` (its own entry, else the defaults for
+        its metric and the metrics SUPERB scores with it), or None when the config has no
+        values for it."""
         if task in self.tasks:
             return self.tasks[task]
         if metric and metric in self.defaults:
-            return {metric: self.defaults[metric]}
+            return {m: self.defaults[m] for m in (metric, *SCORED_WITH.get(metric, ())) if m in self.defaults}
         return None
 
     def values(self) -> dict:

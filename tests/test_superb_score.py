@@ -116,3 +116,21 @@ def test_no_score_when_one_model_lacks_a_task_another_has_or_no_task_matches():
     other = {"name": "x", "tasks": {"phones": {"metric": "per", "test": 0.1}}}
     s = superb_scores([other], load_score_config("superb_speechft"))
     assert s["scores"]["x"] is None and "task.yaml" in s["notes"]["x"] and s["missing_note"] is None
+
+
+def test_synthetic_defaults_score_the_new_metrics_and_sf_on_both_of_its_metrics():
+    def m(name, f1, cer, der, mtwv):
+        return {
+            "name": name,
+            "tasks": {
+                "synth_sf": {"metric": "slot_type_f1", "test": f1, "metrics": {"slot_value_cer": cer}},
+                "synth_sd": {"metric": "der", "test": der},
+                "synth_qbe": {"metric": "mtwv", "test": mtwv},
+            },
+        }
+
+    s = superb_scores([m("fbank", 0.6, 0.5, 0.4, 0.1), m("enc", 0.8, 0.25, 0.1, 0.55)], load_score_config())
+    # SF: mean of (80-60)/(100-60) = 1/2 and (25-50)/(0-50) = 1/2; SD (10-40)/(0-40) = 3/4;
+    # QbE (55-10)/(100-10) = 1/2.
+    assert s["per_task"]["enc"] == pytest.approx({"synth_sf": 0.5, "synth_sd": 0.75, "synth_qbe": 0.5})
+    assert s["scores"]["enc"] == pytest.approx(1000 / 3 * 1.75)
