@@ -204,7 +204,10 @@ def _plots(models: list[dict], scores: dict, out: Path) -> list[Path]:
         ax.set_xticks(range(len(have)), [n for n, _ in have], rotation=30, ha="right")
         ax.axhline(0, color="black", lw=0.8)
         ax.set_ylabel(SCORE)
-        ax.set_title(f"{SCORE} ({scores['config']}; 0 = baseline, 1000 = reference)")
+        partial = ""
+        if scores.get("missing_tasks"):
+            partial = f", {len(scores['tasks'])} of {len(scores['config_tasks'])} tasks"
+        ax.set_title(f"{SCORE} ({scores['config']}{partial}; 0 = baseline, 1000 = reference)")
         for i, (_, s) in enumerate(have):
             ax.annotate(f"{s:.0f}", (i, s), ha="center", va="bottom", fontsize=8)
         written.append(save_png(fig, out / "superb_score.png"))
