@@ -191,3 +191,23 @@ def test_directions_are_registered():
         assert m in LOWER_IS_BETTER and is_better(m, 0.1, 0.2)
     for m in ("mtwv", "slot_type_f1"):
         assert m not in LOWER_IS_BETTER and is_better(m, 0.2, 0.1)
+
+
+def kaldi_min_dcf(scores, same, p_target, c_miss=1.0, c_fa=1.0) -> float:
+    """Kaldi's compute_min_dcf.py, written out independently: reject the k lowest scores, k = 0..n."""
+    order = np.argsort(scores)
+    y = np.asarray(same, dtype=float)[order]
+    fnr = np.r_[0.0, np.cumsum(y) / y.sum()]
+    fpr = np.r_[1.0, 1 - np.cumsum(1 - y) / (1 - y).sum()]
+    c_det = c_miss * fnr * p_target + c_fa * fpr * (1 - p_target)
+    return float(c_det.min() / min(c_miss * p_target, c_fa * (1 - p_target)))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.sampled_from([0.01, 0.05, 0.5]))
+def test_min_dcf_agrees_with_kaldis_algorithm_on_distinct_scores(seed, p_target):
+    rng = np.random.default_rng(seed)
+    same = rng.random(30) < 0.4
+    same[:2] = [True, False]
+    scores = rng.normal(size=30) + same  # continuous: no ties, where Kaldi's and ours must agree
+    assert min_dcf(scores, same, p_target) == pytest.approx(kaldi_min_dcf(scores, same, p_target))
