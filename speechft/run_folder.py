@@ -25,6 +25,8 @@ from .train_config import TrainConfig
 
 RUN_INFO_FILE = "run.json"
 CONFIG_FILE = "config.yaml"
+# Config keys a --resume may change: where the metrics go, not what is computed (config.yaml is then updated).
+RESUME_MAY_CHANGE = ("log_with",)
 
 
 def open_run_folder(
@@ -119,12 +121,18 @@ def check_resumable(out: Path, cfg: TrainConfig | None, run_info: dict, main: bo
     if not (out / CONFIG_FILE).exists():
         raise SpeechFTError(f"{out}: no run to resume here (no config.yaml); start it without --resume")
     stored = objective.resolve(load_config(objective.config_class, out / CONFIG_FILE))
-    if cfg is not None and to_dict(cfg) != to_dict(stored):
-        key, was, now = first_difference(to_dict(stored), to_dict(cfg))
-        raise SpeechFTError(
-            f"--resume: {key} is {now!r} here but {was!r} in {out / 'config.yaml'}; resume with "
-            "the same options (or none) or start a new run"
-        )
+    if cfg is not None:
+        allowed = {**to_dict(stored), **{k: getattr(cfg, k) for k in RESUME_MAY_CHANGE}}
+        if to_dict(cfg) != allowed:
+            key, was, now = first_difference(allowed, to_dict(cfg))
+            raise SpeechFTError(
+                f"--resume: {key} is {now!r} here but {was!r} in {out / 'config.yaml'}; resume with "
+                "the same options (or none) or start a new run"
+            )
+        if to_dict(cfg) != to_dict(stored):  # e.g. another --log-with: the config records what is in effect
+            stored = cfg
+            if main:
+                save_config(stored, out / CONFIG_FILE)
     started = read_json(out / RUN_INFO_FILE)
     if started["encoder_sha256"] != run_info["encoder_sha256"]:
         raise SpeechFTError(
