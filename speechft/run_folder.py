@@ -1,8 +1,9 @@
 """The run folder of a training run: what is in it, in which order it is written, and the checks of --resume.
 
 While running: run.json (the encoder's and the data's hashes), config.yaml (the resolved config; it marks the
-folder as resumable, so it is written last), metrics.jsonl (one JSON row per log line / dev evaluation) and
-checkpoints/ (speechft.checkpoint). When finished, `write_result` makes the folder an encoder folder:
+folder as resumable, so it is written last), metrics.jsonl (one JSON row per log line / dev evaluation),
+checkpoints/ (speechft.checkpoint) and, with --log-with, trackers/ (speechft.tracking: appended in place like
+metrics.jsonl, closed before the result is written). When finished, `write_result` makes the folder an encoder folder:
 model.safetensors + config.json + speechft.json (written last: it marks a finished run), heads/, curves.png,
 adapter/ (lora/dora only).
 """

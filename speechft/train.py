@@ -35,8 +35,8 @@ continued pre-training, which thereby shares every method, checkpoint and proces
 
 The output folder, when finished, is itself an encoder folder (config.json, model.safetensors, speechft.json)
 and also holds heads/<task>/ (the trained task heads), metrics.jsonl, config.yaml (the resolved config),
-curves.png, adapter/ (lora/dora only) and, while the run is going, checkpoints/ (resumable state); see
-speechft.run_folder.
+curves.png, adapter/ (lora/dora only), trackers/ (--log-with: Accelerate's trackers, speechft.tracking) and,
+while the run is going, checkpoints/ (resumable state); see speechft.run_folder.
 """
 
 from __future__ import annotations

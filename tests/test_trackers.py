@@ -163,3 +163,19 @@ def test_the_tracker_names_are_accelerates():
     from accelerate.utils import LoggerType
 
     assert set(TRACKERS) == {t.value for t in LoggerType}
+
+
+@pytest.mark.parametrize(("command", "cls"), [("finetune", "TrainConfig"), ("pretrain", "PretrainConfig")])
+def test_finetune_and_pretrain_take_log_with_into_their_config(tmp_path, command, cls):
+    import importlib
+
+    from speechft.cli import build_parser
+    from speechft.config import config_from_args
+
+    module = importlib.import_module({"finetune": "speechft.train", "pretrain": "speechft.pretrain"}[command])
+    data = "--task" if command == "finetune" else "--audio"
+    args = build_parser(command).parse_args(
+        [command, "--encoder", "e", data, "d", "--out", str(tmp_path), "--log-with", "tensorboard", "wandb"]
+    )
+    cfg = config_from_args(getattr(module, cls), args, module.CONFIG_FLAGS)
+    assert cfg.log_with == ["tensorboard", "wandb"]
