@@ -222,6 +222,7 @@ def evaluate(
         check_output_location(out, {"--encoder": encoder_folders(encoders), "--task": list(tasks)})
         refuse_existing_output(out, overwrite)
     score_cfg = load_score_config(score_config)  # fail early on a bad config
+    t_start = time.perf_counter()
     ranks = Ranks.start(None if device is None else str(device))
     if cfg.precision == "fp16" and ranks.device.type != "cuda":
         raise SpeechFTError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on the CPU")
@@ -265,6 +266,7 @@ def evaluate(
         },
         "models": models,
         "score_config": score_cfg.record(),
+        "seconds": time.perf_counter() - t_start,  # the evaluation itself (no interpreter start or imports)
     }
     results["superb"] = superb_scores(models, score_cfg)
     for m in models:
