@@ -12,7 +12,8 @@ One script, the same machine, runs alternated: the same evaluation (a random-wei
 each end to end (interpreter start, imports, a cold feature cache, results.json) and inside evaluate (results.json's
 `seconds`: the evaluation without interpreter start and imports), and each also warm (the same cache again: the
 probe grid alone). Wall seconds, median of the repeats. The script checks that every variant
-gives the same metrics, chosen LRs and layer weights (exits 1 otherwise).
+gives the same metrics, chosen LRs and layer weights in 1 and 2 processes (exits 1 otherwise; the 2-thread process
+may differ in float rounding and is only reported).
 """
 
 from __future__ import annotations
@@ -139,7 +140,15 @@ def main(argv=None) -> int:
                     times.setdefault((variant, phase), []).append(dt)
                     times.setdefault((variant, phase + " inside"), []).append(inside)
                     print(f"run {rep + 1} {variant}, {phase}: {dt:.1f} s ({inside:.1f} s inside)", file=sys.stderr)
-    same = len({json.dumps(sorted(o.items()), default=str) for o in outcomes.values()}) == 1
+    # Results must not depend on the number of processes; compared at 1 thread per process (a process with 2
+    # threads may round float sums differently: reported, not required to match bit for bit).
+    ref = json.dumps(sorted(outcomes[(variants[0], "cold", 0)].items()), default=str)
+
+    def matches(v):
+        return all(json.dumps(sorted(o.items()), default=str) == ref for (w, _, _), o in outcomes.items() if w == v)
+
+    verdict = {v: "identical" if matches(v) else "differ" for v in variants}
+    same = verdict[variants[0]] == verdict[variants[2]] == "identical"
     load = os.getloadavg()[0]
     print(f"\nload average {load:.1f}; {a.train} training clips per task; metrics identical: {same}\n")
     phases = ("cold", "cold inside", "warm", "warm inside")
@@ -154,7 +163,7 @@ def main(argv=None) -> int:
         for ph in phases:
             t = statistics.median(times[(v, ph)])
             cells += [f"{t:.1f}", f"{base[ph] / t:.2f}x"]
-        print(f"| {v} | {' | '.join(cells)} | {'identical' if same else 'DIFFER'} |")
+        print(f"| {v} | {' | '.join(cells)} | {verdict[v]} |")
     return 0 if same else 1
 
 

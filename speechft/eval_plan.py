@@ -116,7 +116,10 @@ def _frames(source, task, split: str, max_seconds: float | None) -> int:
     samples = np.array([round(ex.duration * SAMPLE_RATE) for ex in task.split(split)], dtype=np.int64)
     if max_seconds is not None:
         samples = np.minimum(samples, int(max_seconds * SAMPLE_RATE))
-    return int(source.frames(torch.from_numpy(samples)).sum())
+    try:
+        return int(source.frames(torch.from_numpy(samples)).sum())
+    except NotImplementedError:  # a caller's own FeatureSource without frame arithmetic: 50 frames/s, the usual
+        return int((samples // 320).sum())
 
 
 def plan_cache(encoders, tasks, cfg, cache: FeatureCache, audio: AudioFingerprints) -> CachePlan:
@@ -143,7 +146,7 @@ def plan_cache(encoders, tasks, cfg, cache: FeatureCache, audio: AudioFingerprin
                     row.bytes = row.array_bytes + (items * 3 * 8 if kind == "frames" else 0) + ENTRY_OVERHEAD
                 plan.rows.append(row)
         inner = getattr(source, "inner", source)
-        if isinstance(inner, EncoderSource):
+        if isinstance(inner, EncoderSource) and inner is not spec:  # one loaded here, not the caller's
             inner.encoder = None  # the run loads it again onto its device, one encoder at a time
     plan.evict = cache.eviction_plan(reserve=plan.new, keep=set(plan.keys))
     return plan
