@@ -4,6 +4,7 @@ the old output only once the new run has finished (issue 18's data-loss findings
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -109,3 +110,38 @@ def test_resume_takes_some_of_the_original_options_and_names_the_one_that_change
     assert finetune(enc, cls_task, out, "seed=4", "--resume") == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "seed is 4 here but 3 in" in err, err
+
+
+# ---- every output follows the umask (shared cluster storage) ----------------------------------------------------
+def modes(folder: Path) -> dict[str, int]:
+    """Permission bits of `folder` and of everything under it, by relative path."""
+    return {str(p.relative_to(folder)): p.stat().st_mode & 0o777 for p in [folder, *sorted(folder.rglob("*"))]}
+
+
+@pytest.mark.parametrize("umask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700)])
+def test_every_output_file_follows_the_umask(tmp_path, cls_task, umask, file_mode, dir_mode):
+    """Weight files once came out 0600 whatever the umask (mkstemp, and safetensors' own temp file): every file
+    and folder of an encoder, a fine-tuned run (heads, adapters), a merge and a conversion follows it now."""
+    import torch
+    from test_convert import fairseq_cfg, fairseq_state
+
+    from speechft.encoders import tiny_encoder
+
+    enc = tiny_encoder("wav2vec2", seed=8)
+    torch.save({"model_cfg": {"_name": "wav2vec2", **fairseq_cfg(enc)}, "model_weight": fairseq_state(enc)},
+               tmp_path / "ckpt.pt")  # fmt: skip
+    old = os.umask(umask)
+    try:
+        assert cli("encoder", "tiny", "hubert", "--out", tmp_path / "enc") == 0
+        assert finetune(tmp_path / "enc", cls_task, tmp_path / "lora", "--method", "lora", "--set",
+                        "checkpoint.keep_at_end=true") == 0  # fmt: skip
+        assert cli("merge", "--pretrained", tmp_path / "enc", "--finetuned", tmp_path / "lora", "--out",
+                   tmp_path / "merged", "--quiet") == 0  # fmt: skip
+        assert cli("encoder", "convert", "--from", "s3prl", tmp_path / "ckpt.pt", "--out", tmp_path / "conv") == 0
+    finally:
+        os.umask(old)
+    for name in ("enc", "lora", "merged", "conv"):
+        got = modes(tmp_path / name)
+        want = {k: dir_mode if (tmp_path / name / k).is_dir() else file_mode for k in got}
+        assert got == want, (name, {k: oct(v) for k, v in got.items() if v != want[k]})
+    assert (tmp_path / "lora" / "checkpoints").is_dir() and (tmp_path / "lora" / "adapter").is_dir()
