@@ -4,13 +4,14 @@ the old output only once the new run has finished (issue 18's data-loss findings
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import cli
+from conftest import cli, make_classification_task
 
 from speechft.errors import SpeechFTError
 from speechft.io_utils import check_output_location
@@ -145,3 +146,67 @@ def test_every_output_file_follows_the_umask(tmp_path, cls_task, umask, file_mod
         want = {k: dir_mode if (tmp_path / name / k).is_dir() else file_mode for k in got}
         assert got == want, (name, {k: oct(v) for k, v in got.items() if v != want[k]})
     assert (tmp_path / "lora" / "checkpoints").is_dir() and (tmp_path / "lora" / "adapter").is_dir()
+
+
+# ---- whole folder or nothing: a failure at the last step leaves no --out, and --overwrite keeps the old one ----
+class Boom(RuntimeError):
+    pass
+
+
+@pytest.fixture(scope="module")
+def staged_inputs(tmp_path_factory):
+    from test_report import model, results
+
+    from speechft.encoders import tiny_encoder
+
+    root = tmp_path_factory.mktemp("staged")
+    enc = tiny_encoder("hubert", seed=0).save(root / "enc")
+    task = make_classification_task(root / "task", n_per_class=3)
+    assert finetune(enc, task, root / "ft") == 0
+    (root / "results.json").write_text(json.dumps(results(model("fbank", 0.8, 0.3), model("m", 0.2, 0.7))))
+    return root
+
+
+# command -> (argv without --out, the function that fails: module, attribute), each called last, inside the stage
+STAGED = {
+    "evaluate": (["evaluate", "--encoder", "{enc}", "--task", "{task}", "--epochs", "1", "--min-steps", "1",
+                  "--lrs", "1e-3", "--no-cache", "--quiet"], ("speechft.report", "write_report")),
+    "report": (["report", "{results}"], ("speechft.report", "write_report")),
+    "sweep": (["sweep", "--pretrained", "{enc}", "--finetuned", "{ft}", "--task", "{task}", "--alphas", "0", "1",
+               "--quiet"], ("speechft.plots", "plot_sweep")),
+    "analyze": (["analyze", "--pretrained", "{enc}", "--models", "{ft}", "--task", "{task}", "--quiet"],
+                ("speechft.plots", "plot_distance_vs_cka")),
+    "merge": (["merge", "--pretrained", "{enc}", "--finetuned", "{ft}", "--quiet"],
+              ("speechft.merge", "copy_side_files")),
+    "encoder tiny": (["encoder", "tiny", "hubert"], ("speechft.encoders.base", "write_json")),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("command", sorted(STAGED))
+def test_a_failure_at_the_last_step_leaves_no_output_and_overwrite_keeps_the_old_one(
+    tmp_path, capsys, monkeypatch, staged_inputs, command
+):
+    import importlib
+
+    from conftest import leftovers
+
+    template, (module, name) = STAGED[command]
+    paths = {
+        k: staged_inputs / v for k, v in {"enc": "enc", "task": "task", "ft": "ft", "results": "results.json"}.items()
+    }
+    argv = [a.format(**paths) for a in template]
+    out = tmp_path / "out"
+
+    def boom(*args, **kwargs):
+        raise Boom("the figures failed")
+
+    monkeypatch.setattr(importlib.import_module(module), name, boom)
+    assert cli(*argv, "--out", out) != 0
+    assert not out.exists() and leftovers(out) == [], leftovers(out)
+    monkeypatch.undo()
+    assert cli(*argv, "--out", out) == 0  # the rerun needs no --overwrite: nothing was left behind
+    before = snapshot(out)
+    monkeypatch.setattr(importlib.import_module(module), name, boom)
+    assert cli(*argv, "--out", out, "--overwrite") != 0
+    assert snapshot(out) == before and leftovers(out) == [], leftovers(out)
+    capsys.readouterr()
