@@ -155,6 +155,8 @@ class Boom(RuntimeError):
 
 @pytest.fixture(scope="module")
 def staged_inputs(tmp_path_factory):
+    import torch
+    from test_convert import fairseq_cfg, fairseq_state
     from test_report import model, results
 
     from speechft.encoders import tiny_encoder
@@ -164,7 +166,20 @@ def staged_inputs(tmp_path_factory):
     task = make_classification_task(root / "task", n_per_class=3)
     assert finetune(enc, task, root / "ft") == 0
     (root / "results.json").write_text(json.dumps(results(model("fbank", 0.8, 0.3), model("m", 0.2, 0.7))))
+    _voxceleb(root)
+    w2v = tiny_encoder("wav2vec2", seed=8)
+    torch.save({"model_cfg": {"_name": "wav2vec2", **fairseq_cfg(w2v)}, "model_weight": fairseq_state(w2v)},
+               root / "ckpt.pt")  # fmt: skip
     return root
+
+
+def _voxceleb(root: Path) -> Path:
+    """test_prepare's VoxCeleb1 layout (its fixture, called as a function)."""
+    import test_prepare
+
+    fixture = test_prepare.voxceleb
+    function = getattr(fixture, "__wrapped__", None) or fixture.__pytest_wrapped__.obj  # pytest >= 8.4 / older
+    return function(root)
 
 
 # command -> (argv without --out, the function that fails: module, attribute), each called last, inside the stage
@@ -179,6 +194,9 @@ STAGED = {
     "merge": (["merge", "--pretrained", "{enc}", "--finetuned", "{ft}", "--quiet"],
               ("speechft.merge", "copy_side_files")),
     "encoder tiny": (["encoder", "tiny", "hubert"], ("speechft.encoders.base", "write_json")),
+    "encoder convert": (["encoder", "convert", "--from", "s3prl", "{ckpt}"], ("speechft.encoders.base", "write_json")),
+    "data prepare": (["data", "prepare", "voxceleb1-sid", "--root", "{vox}", "--quiet"],
+                     ("speechft.data.prepare", "load_task")),
 }  # fmt: skip
 
 
@@ -191,9 +209,8 @@ def test_a_failure_at_the_last_step_leaves_no_output_and_overwrite_keeps_the_old
     from conftest import leftovers
 
     template, (module, name) = STAGED[command]
-    paths = {
-        k: staged_inputs / v for k, v in {"enc": "enc", "task": "task", "ft": "ft", "results": "results.json"}.items()
-    }
+    paths = {"enc": "enc", "task": "task", "ft": "ft", "results": "results.json", "ckpt": "ckpt.pt", "vox": "VoxCeleb1"}
+    paths = {k: staged_inputs / v for k, v in paths.items()}
     argv = [a.format(**paths) for a in template]
     out = tmp_path / "out"
 
