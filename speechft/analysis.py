@@ -36,6 +36,7 @@ from .cka import CKA_REFERENCE, MIN_FRAMES, LayerwiseCKA
 from .data.audio import SAMPLE_RATE
 from .data.manifest import read_audio_list
 from .data.tasks import SPLITS
+from .encoders.hub import resolve_encoder
 from .errors import SpeechFTError
 from .io_utils import atomic_dir, atomic_file, check_output_location, write_json
 from .provenance import check_parents, parent_notes
@@ -297,10 +298,10 @@ def analyze(
     from .sweep import read_sweep
 
     cfg = _config(config, options)
-    models = [Path(m) for m in models]
     if not models:
         raise SpeechFTError("give at least one model folder to compare with the pre-trained encoder (--models)")
-    names = _labels(models, labels)
+    names = _labels(models, labels)  # from the names given (a Hub id's, not its cache folder's)
+    pretrained, models = resolve_encoder(pretrained), [resolve_encoder(m) for m in models]
     sweep_data = read_sweep(sweep) if sweep is not None else None
     if out is not None:
         check_output_location(out, {"--pretrained": pretrained, "--models": models, "--task/--audio": audio})

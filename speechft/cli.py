@@ -19,7 +19,7 @@ from .errors import SpeechFTError
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("speechft.demo", "the paper's main result in miniature, on the embedded default (Whisper tiny.en)"),
     "data": ("speechft.data.cli", "make task folders: `synth` (synthetic mini-SUPERB), `prepare` (real corpora)"),
-    "encoder": ("speechft.encoders.cli", "encoder folders: `default`, `tiny`, `convert`, `info`"),
+    "encoder": ("speechft.encoders.cli", "encoder folders: `default`, `tiny`, `convert`, `info`, `export-whisper`"),
     "finetune": (
         "speechft.train",
         "fine-tune an encoder on task(s): stable | regular | l2sp | lora | dora | early-stop",

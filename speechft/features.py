@@ -88,12 +88,14 @@ class FeatureSource:
 
 
 class EncoderSource(FeatureSource):
-    """An encoder folder, run on `device` (default: the CPU)."""
+    """An encoder folder (or a Hugging Face Hub id's converted folder), run on `device` (default: the CPU)."""
 
     def __init__(self, path: str | os.PathLike, name: str | None = None, encoder=None, device=None):
         from .encoders import load_encoder
+        from .encoders.hub import parse_hub_id, resolve_encoder
 
-        self.path = Path(path)
+        name = name or (str(path) if parse_hub_id(path) else None)  # a Hub model is named by its id
+        self.path = resolve_encoder(path)
         self.device = torch.device(device or "cpu")
         self.encoder = encoder if encoder is not None else load_encoder(self.path)
         self.encoder.to(self.device).eval()
@@ -153,7 +155,10 @@ class FbankSource(FeatureSource):
 
 
 def encoder_folders(specs) -> list[Path]:
-    """The folders among `evaluate`'s encoder specs (what open_source would load), for the output rule."""
+    """The folders among `evaluate`'s encoder specs (what open_source would load; a Hub id's converted folder),
+    for the output rule."""
+    from .encoders.hub import resolve_encoder
+
     folders = []
     for spec in specs:
         if isinstance(spec, FeatureSource):
@@ -161,8 +166,9 @@ def encoder_folders(specs) -> list[Path]:
         path = str(spec[1] if isinstance(spec, tuple) else spec)
         if "=" in path and not Path(path).exists():
             path = path.split("=", 1)[1]
-        if Path(path).is_dir():
-            folders.append(Path(path))
+        path = resolve_encoder(path)
+        if path.is_dir():
+            folders.append(path)
     return folders
 
 

@@ -274,7 +274,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         nargs="+",
         required=True,
         metavar="DIR",
-        help="encoder folder(s); NAME=DIR to name one; `fbank` = the filterbank baseline",
+        help="encoder folder(s) or Hub id(s) org/name[@revision]; NAME=DIR to name one; `fbank` = filterbank",
     )
     p.add_argument("--task", nargs="+", required=True, metavar="TASKDIR", help="task folder(s)")
     p.add_argument("--out", required=True, help="output folder (results.json, report.md, figures)")

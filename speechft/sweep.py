@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .data.tasks import SPLITS
+from .encoders.hub import resolve_encoder
 from .errors import SpeechFTError
 from .io_utils import atomic_dir, atomic_file, check_output_location, read_json, write_json
 from .provenance import check_parents, parent_notes
@@ -179,6 +180,7 @@ def sweep(
     from .progress import progress_bar
 
     cfg = _config(config, alphas, options)
+    pretrained = resolve_encoder(pretrained)  # a Hub id: its converted folder
     if out is not None:
         check_output_location(out, {"--pretrained": pretrained, "--finetuned": finetuned, "--task": task_dir})
     if out is not None and Path(out).exists() and not overwrite:

@@ -385,7 +385,7 @@ def test_broken_encoder_folders(tmp_path, capsys, tiny_encoder_dir, cls_task, ho
     "spec, needles",
     [
         ("nowhere", ["encoder folder not found", "speechft encoder default|tiny|convert"]),
-        ("facebook/hubert-base-ls960", ["looks like a Hugging Face Hub id", "runs offline"]),
+        ("no-such-org/no-such-model", ["'no-such-org/no-such-model' is not a local folder", "Hugging Face cache"]),
         ("a_file", ["is a file", "an encoder is a folder with config.json and model.safetensors"]),
     ],
 )
