@@ -60,6 +60,7 @@ ALLOWED = {
             "encoder default",
             "encoder tiny",
             "encoder convert",
+            "encoder export-whisper",
             "finetune",
             "pretrain",
             "merge",
@@ -117,8 +118,12 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     torch.save({"model_cfg": {"_name": "wav2vec2", **fairseq_cfg(w2v)}, "model_weight": fairseq_state(w2v)},
                root / "ckpt.pt")  # fmt: skip
     (root / "corpus").mkdir()
+    from test_export_whisper import tiny_full, tiny_whisper_encoder
+
+    whisper, full = tiny_whisper_encoder(root / "whisper"), tiny_full(root / "whisper_full")
     return {"enc": enc, "task": task, "ft": root / "ft", "results": root / "results.json",
-            "sweep": root / "sweep.json", "ckpt": root / "ckpt.pt", "corpus": root / "corpus"}  # fmt: skip
+            "sweep": root / "sweep.json", "ckpt": root / "ckpt.pt", "corpus": root / "corpus",
+            "whisper": whisper, "whisper_full": full}  # fmt: skip
 
 
 def baseline(command: str, i: dict[str, Path], out: Path, option: str) -> dict[str, list]:
@@ -134,6 +139,7 @@ def baseline(command: str, i: dict[str, Path], out: Path, option: str) -> dict[s
         "encoder tiny": {"family": ["hubert"], "--out": [out]},
         "encoder convert": {"--from": ["s3prl"], "checkpoint": [i["ckpt"]], "--out": [out]},
         "encoder info": {"encoder": [enc]},
+        "encoder export-whisper": {"encoder": [i["whisper"]], "--decoder-from": [i["whisper_full"]], "--out": [out]},
         "finetune": {"--encoder": [enc], "--task": [task], "--out": [out], "--steps": ["2"], "--set": FAST, **quick},
         "pretrain": {"--encoder": [enc], "--audio": [task], "--out": [out], "--steps": ["2"], **quick},
         "merge": {"--pretrained": [enc], "--finetuned": [ft], "--out": [out], **quick},
@@ -145,6 +151,8 @@ def baseline(command: str, i: dict[str, Path], out: Path, option: str) -> dict[s
         "report": {"results": [i["results"]], "--out": [out]},
         "doctor": {"paths": [enc]},
     }  # fmt: skip
+    if command not in table:
+        pytest.fail(f"`speechft {command}` has no valid baseline here: add one to test_options.baseline()")
     return table[command]
 
 
