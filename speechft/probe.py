@@ -342,7 +342,7 @@ FLAGS = {
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .cli import add_device_option, add_quiet_option
+    from .cli import add_device_option, add_quiet_option, positive_float
     from .config import add_config_options
 
     d = ProbeConfig()
@@ -408,7 +408,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "restores mtimes (cp -p, rsync -a, tar, zip) then reuses the old clips' features",
     )
     p.add_argument(
-        "--cache-max-gb", type=float, default=None, help="cache size limit (LRU); default 20 or $SPEECHFT_CACHE_MAX_GB"
+        "--cache-max-gb",
+        type=positive_float,
+        default=None,
+        help="cache size limit (LRU); default 20 or $SPEECHFT_CACHE_MAX_GB",
     )
     p.add_argument(
         "--score-config",

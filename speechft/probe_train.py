@@ -52,14 +52,19 @@ class ProbeConfig:
     layers: list[int] | str | None = None
 
     def __post_init__(self):
-        if not self.lrs or any(not (lr > 0) for lr in self.lrs):
-            raise SpeechFTError(f"lrs must be positive numbers, got {self.lrs}")
+        # A probe LR above 1 diverges (and inf reaches the plots as NaN); SUPERB's grid is 1e-4 .. 1e-2.
+        if not self.lrs or any(not (0 < lr <= 1) for lr in self.lrs):
+            raise SpeechFTError(f"lrs must be numbers in (0, 1], got {self.lrs}")
         if self.epochs < 1:
             raise SpeechFTError(f"epochs must be >= 1, got {self.epochs}")
         if self.min_steps < 0:
             raise SpeechFTError(f"min_steps must be >= 0, got {self.min_steps}")
-        if not self.seeds:
-            raise SpeechFTError("seeds must list at least one seed")
+        if not self.seeds or any(seed < 0 for seed in self.seeds):
+            raise SpeechFTError(f"seeds must list at least one seed, each >= 0, got {self.seeds}")
+        if self.max_seconds is not None and not (0 < self.max_seconds < float("inf")):
+            raise SpeechFTError(f"max_seconds must be a number > 0 (or null: no cropping), got {self.max_seconds}")
+        if not (0 < self.extract_batch_seconds < float("inf")):
+            raise SpeechFTError(f"extract_batch_seconds must be a number > 0, got {self.extract_batch_seconds}")
         if self.ctc_head not in ("linear", "bilstm"):
             raise SpeechFTError(f"ctc_head must be 'linear' or 'bilstm', got '{self.ctc_head}'")
         if self.dtype not in FEATURE_DTYPES:

@@ -159,8 +159,11 @@ def weights_sha256(encoder_dir: Path) -> dict[str, str]:
 
 
 def write_best(folder: Path, tensors: dict) -> None:
-    with atomic_dir(folder, overwrite=True) as tmp:
-        save_tensors(tmp / WEIGHTS_FILE, tensors)
+    from .checkpoint import refused_run_write
+
+    with refused_run_write(folder.parent.parent, f"checkpoint {folder.name}"):
+        with atomic_dir(folder, overwrite=True) as tmp:
+            save_tensors(tmp / WEIGHTS_FILE, tensors)
 
 
 def clean_stale(root: Path, keep_step: str | None, keep_best: str | None) -> None:
@@ -244,9 +247,12 @@ def write_result(
         "config": to_dict(cfg),
         **objective.provenance(heads),
     }
+    from .checkpoint import refused_run_write
+
     tmp = out / ".encoder.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    encoder.save(tmp, provenance=provenance, overwrite=True)
+    with refused_run_write(out, "the finished encoder"):
+        encoder.save(tmp, provenance=provenance, overwrite=True)
     for f in sorted(tmp.iterdir(), key=lambda p: p.name == PROVENANCE_FILE):
         os.replace(f, out / f.name)
     tmp.rmdir()

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .data.tasks import SPLITS
 from .encoders.hub import resolve_encoder
 from .errors import SpeechFTError
 from .io_utils import atomic_dir, atomic_file, check_output_location, read_json, write_json
@@ -52,6 +53,10 @@ class SweepConfig:
                 raise SpeechFTError(f"{k} must be >= 1, got {getattr(self, k)}")
         if self.max_utterances is not None and self.max_utterances < 1:
             raise SpeechFTError(f"max_utterances must be >= 1, got {self.max_utterances}")
+        if self.split not in SPLITS:
+            raise SpeechFTError(f"split {self.split!r}: a task folder's splits are {', '.join(SPLITS)}")
+        if self.seed < 0:
+            raise SpeechFTError(f"seed must be >= 0, got {self.seed}")
 
 
 # Each alpha is one merge and one scoring of the dev split: more than this is a typo (0:1:1e-12), not a sweep.
