@@ -35,6 +35,8 @@ import torch
 from .cka import CKA_REFERENCE, MIN_FRAMES, LayerwiseCKA
 from .data.audio import SAMPLE_RATE
 from .data.manifest import read_audio_list
+from .data.tasks import SPLITS
+from .encoders.hub import resolve_encoder
 from .errors import SpeechFTError
 from .io_utils import atomic_dir, atomic_file, check_output_location, write_json
 from .provenance import check_parents, parent_notes
@@ -60,6 +62,10 @@ class AnalyzeConfig:
             raise SpeechFTError(f"--cka '{self.cka_estimator}' is not an estimator; use minibatch or full")
         if self.max_utterances is not None and self.max_utterances < 1:
             raise SpeechFTError(f"--max-utterances must be at least 1, got {self.max_utterances}")
+        if self.split not in SPLITS:
+            raise SpeechFTError(f"--split {self.split!r}: a task folder's splits are {', '.join(SPLITS)}")
+        if self.seed < 0:
+            raise SpeechFTError(f"--seed must be >= 0, got {self.seed}")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -292,10 +298,10 @@ def analyze(
     from .sweep import read_sweep
 
     cfg = _config(config, options)
-    models = [Path(m) for m in models]
     if not models:
         raise SpeechFTError("give at least one model folder to compare with the pre-trained encoder (--models)")
-    names = _labels(models, labels)
+    names = _labels(models, labels)  # from the names given (a Hub id's, not its cache folder's)
+    pretrained, models = resolve_encoder(pretrained), [resolve_encoder(m) for m in models]
     sweep_data = read_sweep(sweep) if sweep is not None else None
     if out is not None:
         check_output_location(out, {"--pretrained": pretrained, "--models": models, "--task/--audio": audio})

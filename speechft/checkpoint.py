@@ -10,10 +10,12 @@ and plain numbers (JSON).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,7 @@ import torch
 
 from . import safetensors_io
 from .errors import SpeechFTError
-from .io_utils import atomic_dir, read_json, write_json
+from .io_utils import CANNOT_WRITE, atomic_dir, read_json, write_json
 
 LATEST = "latest.json"
 STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -119,18 +121,36 @@ def write_checkpoint(
 ) -> Path:
     """Write root/step-NNNNNNN/ ({name}.safetensors per entry + state.json), point
     latest.json at it, then prune older step folders beyond `keep_last`."""
-    root.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:07d}"
-    with atomic_dir(root / name, overwrite=True) as tmp:
-        for fname, tensors in tensor_files.items():
-            save_tensors(tmp / f"{fname}.safetensors", tensors)
-        write_json(tmp / "state.json", state)
-    write_json(root / LATEST, {"step": step, "dir": name})
+    with refused_run_write(root.parent, f"checkpoint {name}"):
+        root.mkdir(parents=True, exist_ok=True)
+        with atomic_dir(root / name, overwrite=True) as tmp:
+            for fname, tensors in tensor_files.items():
+                save_tensors(tmp / f"{fname}.safetensors", tensors)
+            write_json(tmp / "state.json", state)
+        write_json(root / LATEST, {"step": step, "dir": name})
     steps = sorted((int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and p.is_dir())
     for s, p in steps[: max(0, len(steps) - max(1, keep_last))]:
         if s != step:
             shutil.rmtree(p, ignore_errors=True)
     return root / name
+
+
+@contextlib.contextmanager
+def refused_run_write(run: Path, what: str) -> Iterator[None]:
+    """A full disk or a read-only run folder while writing `what` (a checkpoint, the finished encoder):
+    one line naming the run folder (not a hidden temp name) and how to go on. The checkpoint before it is
+    untouched, so the run continues from there with --resume."""
+    try:
+        yield
+    except (OSError, SpeechFTError) as e:
+        cause = e if isinstance(e, OSError) else e.__cause__
+        if not isinstance(cause, OSError) or cause.errno not in CANNOT_WRITE:
+            raise
+        raise SpeechFTError(
+            f"{run}: {os.strerror(cause.errno).lower()} while writing {what} (the run keeps its last checkpoint); "
+            "free some space or make the folder writable, then continue it with --resume"
+        ) from cause
 
 
 def latest_checkpoint(root: Path) -> Path | None:

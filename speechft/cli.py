@@ -19,7 +19,7 @@ from .errors import SpeechFTError
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("speechft.demo", "the paper's main result in miniature, on the embedded default (Whisper tiny.en)"),
     "data": ("speechft.data.cli", "make task folders: `synth` (synthetic mini-SUPERB), `prepare` (real corpora)"),
-    "encoder": ("speechft.encoders.cli", "encoder folders: `default`, `tiny`, `convert`, `info`"),
+    "encoder": ("speechft.encoders.cli", "encoder folders: `default`, `tiny`, `convert`, `info`, `export-whisper`"),
     "finetune": (
         "speechft.train",
         "fine-tune an encoder on task(s): stable | regular | l2sp | lora | dora | early-stop",
@@ -51,6 +51,16 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
 
+    def parse_known_args(self, args=None, namespace=None):
+        parsed, rest = super().parse_known_args(args, namespace)
+        # An empty value is never meant: it is an unset shell variable (`--out $OUT`), and as a path it would
+        # silently mean the current folder.
+        for a in self._actions:
+            value = getattr(parsed, a.dest, None) if a.option_strings or a.nargs != 0 else None
+            if a.type is None and a.nargs != 0 and (value == "" or (isinstance(value, list) and "" in value)):
+                self.error(f"argument {'/'.join(a.option_strings) or a.metavar or a.dest}: an empty value")
+        return parsed, rest
+
 
 def available_commands() -> dict[str, tuple[str, str]]:
     """Every command; a command whose module is missing is a broken install, never silently dropped."""
@@ -58,6 +68,43 @@ def available_commands() -> dict[str, tuple[str, str]]:
     if missing:
         raise SpeechFTError(f"this speechft install lacks the module of {', '.join(missing)}; reinstall speechft")
     return dict(COMMANDS)
+
+
+# ---- argparse types: a bad value is a usage error naming the option -----------------------------------
+def non_negative_int(text: str) -> int:
+    """A seed or a count that may be 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative; give an integer >= 0")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give an integer >= 1")
+    return value
+
+
+def finite_float(text: str) -> float:
+    import math
+
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number > 0")
+    return value
+
+
+for _f, _name in ((non_negative_int, "integer"), (positive_int, "integer"), (finite_float, "number"),
+                  (positive_float, "number")):  # fmt: skip
+    _f.__name__ = _name  # argparse's "invalid integer value: 'x'" for text that is not a number at all
 
 
 # ---- options every command spells the same way -------------------------------------------------------

@@ -381,6 +381,13 @@ def run_demo(
     resolve_device(device)  # a device this machine lacks fails before any work
     default_target = {"single": ["sid"], "multitask": ["pr", "sid"], "continued": ["pr_de"]}[scenario]
     targets = [target] if isinstance(target, str) else list(target or default_target)
+    from .data.synth_plan import TASKS
+
+    for t in targets:  # the benchmark's tasks are known before it is made: refuse before any work
+        if t not in TASKS:
+            raise SpeechFTError(f"--target {t}: not a benchmark task; choose from {', '.join(TASKS)}")
+    if seed < 0:
+        raise SpeechFTError(f"--seed {seed}: give an integer >= 0")
     plan = PLANS["quick" if quick else "full"]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -447,6 +454,8 @@ def _task_name(folder: Path) -> str:
 
 
 def add_arguments(p):
+    from .cli import non_negative_int
+
     p.add_argument("--quick", action="store_true", help="small benchmark, few steps (about 3 minutes on 2 cores)")
     p.add_argument(
         "--target",
@@ -458,7 +467,7 @@ def add_arguments(p):
     )
     p.add_argument("--scenario", choices=SCENARIOS, default="single")
     p.add_argument("--out", default="demo_out", help="output folder (default: %(default)s); reruns resume")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     add_quiet_option(p)
     add_device_option(p)
 

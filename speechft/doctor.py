@@ -232,6 +232,12 @@ def doctor(
     path = Path(path)
     if is_task_folder(path):
         return check_task(path, decode_audio=decode_audio)
+    from .encoders.hub import resolve_encoder
+
+    try:
+        path = resolve_encoder(path)  # a Hub id: its converted folder is what gets checked
+    except SpeechFTError as e:
+        return [Finding("error", str(path), str(e))]
     if not forward:
         return check_weights(path)[1]
     return check_encoder(path, device=device)

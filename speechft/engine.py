@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .encoders.hub import resolve_encoder
 from .errors import SpeechFTError
 from .io_utils import check_output_location, read_json
 from .objective import Loop, Objective
@@ -43,6 +44,7 @@ from .run_folder import (
     write_result,
 )
 from .schedule import fraction_steps, lr_multiplier
+from .tracking import Tracking, check_trackers, open_tracking
 from .train_config import PROBING_LR, TrainConfig, run_steps
 from .trainable import add_adapters, freeze_permanently, load_trainable, trainable_state
 
@@ -68,6 +70,7 @@ class Run:
     head_fwd: dict = field(default_factory=dict)  # the heads as the step runs them (DDP-wrapped with 2+ processes)
     enc_fwd: Any = None  # the wrapped, trainable encoder; None while frozen
     timing: dict = field(default_factory=lambda: {"train_seconds": 0.0, "utterances": 0})
+    tracking: Tracking = field(default_factory=Tracking)  # --log-with: the trackers that get metrics.jsonl's rows
 
     @property
     def run_steps(self) -> int:  # R: updates made; cfg.steps (T) sets the schedule, R < T only for early-stop
@@ -94,11 +97,12 @@ def run_training(
     """Train `objective` on the encoder in `encoder_dir`; write the run folder `out` (an encoder folder when
     finished). `config` None means: resume with the stored one. `device` (cpu, cuda, cuda:N; None = cuda when
     available) is honoured by a plain run; under `accelerate launch` the launcher assigns the devices."""
-    out, encoder_dir = Path(out), Path(encoder_dir)
+    out, encoder_dir = Path(out), resolve_encoder(encoder_dir)  # a Hub id: its converted folder
     state, device = start_processes(device)
     cfg = objective.resolve(config) if config is not None else None  # None: resume with the stored config
-    if cfg is not None:
+    if cfg is not None:  # checked again on the stored config of a --resume (in _train)
         check_device(cfg, device)
+        check_trackers(cfg.log_with)
     run_info = {
         "encoder": str(encoder_dir.resolve()),
         "encoder_sha256": weights_sha256(encoder_dir),
@@ -118,6 +122,7 @@ def _train(encoder_dir, out, objective, cfg, latest, state, device, run_info, re
     """run_training once the run folder is open: the loop and the result."""
     main = state.is_main_process
     check_device(cfg, device)
+    check_trackers(cfg.log_with)
     loop = make_loop(state, device, cfg)
     if cfg.optim.encoder_lr > PROBING_LR and main:
         warn(
@@ -131,9 +136,13 @@ def _train(encoder_dir, out, objective, cfg, latest, state, device, run_info, re
         else:
             start_run(run, out, resume, loop)
         run.head_fwd = {name: ddp(h, loop) for name, h in run.heads.items()}
-        training_loop(run, out, objective, loop, progress)
-        if main:
-            finish(run, out, objective, run_info)
+        run.tracking = open_tracking(out, cfg, main, device.type != "cuda", run.step if resume else None)
+        try:
+            training_loop(run, out, objective, loop, progress)
+            if main:
+                finish(run, out, objective, run_info)
+        finally:
+            run.tracking.close()  # flushed and closed, also when the run fails
         loop.barrier()
     return out
 
@@ -244,7 +253,7 @@ def build_run(encoder_dir: Path, objective: Objective, cfg: TrainConfig, out: Pa
     if loop.world > 1 and cfg.data.batch_size < loop.world:
         raise SpeechFTError(
             f"data.batch_size={cfg.data.batch_size} is smaller than the {loop.world} processes; "
-            "it is the global batch, split across them"
+            f"it is the global batch, split across them: run on at most {cfg.data.batch_size} processes"
         )
     return Run(cfg, encoder, heads, lora, enc_params, theta0, opt, scaler, streams)
 
@@ -265,10 +274,7 @@ def resume_run(run: Run, latest: Path, out: Path, loop: Loop) -> None:
         set_rng_state({k.split("/", 1)[1]: v for k, v in rng.items() if k.startswith(mine)}, meta["rng"][loop.rank])
     else:  # resumed on another number of processes: correct, but not bit-identical to the original
         if loop.main:
-            warn(
-                f"resuming a {len(meta['rng'])}-process run on {loop.world} processes: the data order is kept, "
-                "dropout masks are not"
-            )
+            warn(resumed_elsewhere(run.cfg, len(meta["rng"]), loop.world, len(run.streams)))
         torch.manual_seed(run.cfg.seed + loop.rank + 7919 * meta["step"])
     for name, pos in meta["data"].items():
         run.streams[name].seek(*pos)
@@ -280,6 +286,20 @@ def resume_run(run: Run, latest: Path, out: Path, loop: Loop) -> None:
         run.log_rows = truncate_metrics(out / "metrics.jsonl", run.step)
         clean_stale(ckpt_root, latest.name, run.best_written)
         print(f"resuming {out} from step {run.step}")
+
+
+def resumed_elsewhere(cfg: TrainConfig, before: int, now: int, tasks: int) -> str:
+    """The one line a resume on another number of processes prints. data.batch_size is the global batch, dealt
+    out over the processes, so the effective batch (and the step count) does not depend on how many there are:
+    only each process's share of a micro-batch changes (build_run refuses more processes than utterances)."""
+    b, g = cfg.data.batch_size, cfg.optim.grad_accum
+    per_update = b * g * (tasks if cfg.data.multitask == "mixed" else 1)
+    return (
+        f"resuming a {before}-process run on {now} process{'es' if now > 1 else ''}: the effective batch is "
+        f"unchanged (data.batch_size={b} is the global batch, now up to {-(-b // now)} per process instead of "
+        f"{-(-b // before)}; x optim.grad_accum={g}: {per_update} utterances per update), so is the data order; "
+        "dropout masks are not bit-identical"
+    )
 
 
 def start_run(run: Run, out: Path, resume: bool, loop: Loop) -> None:
@@ -431,6 +451,7 @@ def log_train(run: Run, out: Path, sums: list, frozen: bool, meter: LossMeter, b
     if loop.main:
         run.log_rows.append(row)
         append_metrics(out / "metrics.jsonl", row)
+        run.tracking.log(row)
         bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr_encoder']:.2e}", frozen="yes" if frozen else "no")
 
 
@@ -445,6 +466,7 @@ def evaluate_dev(run: Run, out: Path, objective: Objective, bar, loop: Loop) -> 
     row = {"kind": "dev", "step": run.step, "score": score, "metrics": metrics}
     run.log_rows.append(row)
     append_metrics(out / "metrics.jsonl", row)
+    run.tracking.log(row)
     # best-on-dev (strictly better; the earliest of equal scores wins). early-stop: the last.
     if run.cfg.method == "early-stop" or run.best is None or score > run.best["score"]:
         run.best = {"step": run.step, "score": score, "metrics": metrics, "dir": None}
@@ -488,6 +510,7 @@ def save_checkpoint(run: Run, out: Path, loop: Loop) -> None:
 def finish(run: Run, out: Path, objective: Objective, run_info: dict) -> None:
     """The result: best-on-dev weights (early-stop: the last ones) as an encoder folder (main process)."""
     cfg = run.cfg
+    run.tracking.close()  # complete tracker logs before speechft.json marks the folder finished
     load_trainable(run.enc_params, run.heads, run.best_state, where="best checkpoint")
     steps = {"T": run.cfg.steps, "R": run.run_steps, "frozen": run.frozen_steps}
     write_result(

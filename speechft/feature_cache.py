@@ -135,14 +135,17 @@ class FeatureCache:
         self.verify = verify
         # Entries used by this process are never evicted by it.
         self._protected: set[str] = set()
+        # Inside `hold()` (one evaluation, planned beforehand) writing an entry evicts nothing.
+        self._holding = False
 
     # ---- reading --------------------------------------------------------------------
-    def open(self, key: str) -> CacheEntry | None:
-        """The verified entry for `key`, or None (missing, or broken: then it is deleted)."""
+    def open(self, key: str, verify: bool | None = None) -> CacheEntry | None:
+        """The verified entry for `key`, or None (missing, or broken: then it is deleted). `verify=False`
+        checks sizes but not the sha256 of every file (one that another process has just verified)."""
         path = self.root / key
         if not path.exists():
             return None
-        problem = self._check(path)
+        problem = self._check(path, self.verify if verify is None else verify)
         if problem:
             _warn(f"entry {key} is unusable ({problem}); deleting it and extracting again")
             shutil.rmtree(path, ignore_errors=True)
@@ -152,7 +155,7 @@ class FeatureCache:
         self._protected.add(key)
         return CacheEntry(path, json.loads((path / "meta.json").read_text()))
 
-    def _check(self, path: Path) -> str | None:
+    def _check(self, path: Path, verify: bool = True) -> str | None:
         marker, meta_path = path / MARKER, path / "meta.json"
         if not marker.exists():
             return "no completion marker: it was never finished"
@@ -173,7 +176,7 @@ class FeatureCache:
                 return f"{name} missing"
             if f.stat().st_size != info["bytes"]:
                 return f"{name} has {f.stat().st_size} bytes, expected {info['bytes']}"
-            if self.verify and sha256_file(f) != info["sha256"]:
+            if verify and sha256_file(f) != info["sha256"]:
                 return f"{name} does not match its sha256"
             if name.endswith(".npy"):
                 # A forged entry can carry a valid checksum; what it cannot do is hold Python objects
@@ -209,7 +212,19 @@ class FeatureCache:
                 raise
             raise err from cause
         self._protected.add(key)
-        self.evict()
+        if not self._holding:
+            self.evict()
+
+    @contextmanager
+    def hold(self, keys) -> Iterator[None]:
+        """One evaluation: the entries `keys` are pinned, and nothing is evicted until it ends (the
+        evaluation evicted what its plan needed before it started, eval_plan.py)."""
+        self._protected.update(keys)
+        self._holding, before = True, self._holding
+        try:
+            yield
+        finally:
+            self._holding = before
 
     @staticmethod
     def _finish(tmp: Path, key: str, fields: dict, info: dict) -> None:
@@ -235,9 +250,10 @@ class FeatureCache:
     def size(self) -> int:
         return sum(e[2] for e in self.entries())
 
-    def evict(self) -> list[str]:
-        """Delete least recently used entries until the cache fits `max_bytes`, plus
-        unfinished leftovers of dead writers. Entries this process used are kept."""
+    def evict(self, reserve: int = 0, keep=()) -> list[str]:
+        """Delete least recently used entries until the cache plus `reserve` bytes (what is about to be
+        written) fits `max_bytes`, plus unfinished leftovers of dead writers. Entries this process used, and
+        `keep`, are kept."""
         removed = []
         if not self.root.exists():
             return removed
@@ -247,17 +263,23 @@ class FeatureCache:
             if unfinished and now - p.stat().st_mtime > STALE_TMP_SECONDS:
                 shutil.rmtree(p, ignore_errors=True)
                 removed.append(p.name)
-        entries = self.entries()
-        total = sum(e[2] for e in entries)
-        for path, _, size in entries:
-            if total <= self.max_bytes:
-                break
-            if path.name in self._protected:
-                continue
+        for path, _ in self.eviction_plan(reserve, keep):
             shutil.rmtree(path, ignore_errors=True)
-            total -= size
             removed.append(path.name)
         return removed
+
+    def eviction_plan(self, reserve: int = 0, keep=()) -> list[tuple[Path, int]]:
+        """(folder, bytes) of the entries `evict(reserve, keep)` would delete, least recently used first."""
+        entries = self.entries()
+        total, out = sum(e[2] for e in entries), []
+        for path, _, size in entries:
+            if total + reserve <= self.max_bytes:
+                break
+            if path.name in self._protected or path.name in keep:
+                continue
+            out.append((path, size))
+            total -= size
+        return out
 
     def clear(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)

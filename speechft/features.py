@@ -1,14 +1,13 @@
 """Frozen-encoder features for probing: the sources, extraction, and the cache glue.
 
-A feature source is what probing needs from an encoder: all hidden states of a batch and an
-identity. `EncoderSource` wraps an encoder folder (run on a chosen device; the states come
-back to the CPU); `FbankSource` is the `fbank` pseudo-encoder, 80-bin log-mel filterbank
-frames as one "layer", SUPERB's FBANK baseline (the SUPERB score's zero point,
-superb_score.py). `open_source(spec)` picks one from a command-line spec.
+A feature source (feature_sources.py: an encoder folder, `fbank`, a `--layers` subset) gives all
+hidden states of a batch and an identity; they are re-exported here.
 
 `extract_features` runs a source over one split of a task: mean-pooled states per utterance
 (`PooledFeatures`, classification) or every frame of every state (`FrameFeatures`, CTC),
-in length-sorted batches. `FeatureProvider` hands a probe the features of each split from
+in length-sorted batches (`extract_batches` runs any share of them, `assemble_features` lays
+them out: under `accelerate launch` each process extracts every N-th batch and eval_dist.py
+assembles one entry, byte-identical to one process's). `FeatureProvider` hands a probe the features of each split from
 the on-disk cache (feature_cache.py, keyed by `feature_fields`, whose audio part is the
 content hash of every clip, `AudioFingerprints`), from memory, or - with
 `recompute` - from the encoder again on every request (s3prl's way, for the benchmark).
@@ -19,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -29,6 +28,18 @@ import torch
 from .data.audio import SAMPLE_RATE
 from .errors import SpeechFTError
 from .feature_cache import FeatureCache, cache_key
+from .feature_sources import (  # noqa: F401  (re-exported: features.py is where callers look for sources)
+    FBANK,
+    EncoderSource,
+    FbankSource,
+    FeatureSource,
+    LayerSubset,
+    encoder_folders,
+    folder_fingerprint,
+    open_source,
+    resolve_layers,
+    with_layers,
+)
 from .heads import mean_pool
 from .io_utils import sha256_file
 from .progress import progress_bar
@@ -42,144 +53,14 @@ class ExtractionSettings(Protocol):
     extract_batch_size: int
     extract_batch_seconds: float  # padded audio per extraction batch
     trust_mtime: bool  # fingerprint clips by size and mtime only (fast, fooled by `cp -p`)
+    precision: str  # fp32 | bf16 | fp16: autocast of the encoder's forward pass
 
 
-FBANK = "fbank"
 # Bump when extraction changes what it produces (pooling, cropping, the fbank recipe...):
 # cache entries made by older code then stop matching.
 FEATURE_CODE_VERSION = 2  # 2: DeCoAR 2.0's s3prl front end (an old folder's files did not change)
 FEATURE_DTYPES = {"float16": np.float16, "float32": np.float32}
 SHARD_BYTES = 256 << 20
-
-
-# ---- feature sources: an encoder folder, or the fbank pseudo-encoder ---------------------
-_FINGERPRINTS: dict[tuple, str] = {}
-
-
-def folder_fingerprint(path: str | os.PathLike) -> str:
-    """sha256 over the files that decide an encoder's outputs (config.json, weights, remote
-    code). speechft.json is left out: it changes on every save (timestamps)."""
-    path = Path(path).resolve()
-    files = sorted(
-        p
-        for p in path.iterdir()
-        if p.is_file() and (p.name == "config.json" or p.suffix in (".safetensors", ".py", ".bin"))
-    )
-    stamp = (str(path), tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files))
-    if stamp not in _FINGERPRINTS:
-        h = hashlib.sha256()
-        for p in files:
-            h.update(f"{p.name}:{sha256_file(p)}\n".encode())
-        _FINGERPRINTS[stamp] = h.hexdigest()
-    return _FINGERPRINTS[stamp]
-
-
-class FeatureSource:
-    """What probing needs from an encoder: all states of a batch, and an identity."""
-
-    name: str
-    num_states: int
-    dim: int
-    fingerprint: dict
-    info: dict
-
-    def __call__(self, wavs: torch.Tensor, lengths: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        raise NotImplementedError
-
-
-class EncoderSource(FeatureSource):
-    """An encoder folder, run on `device` (default: the CPU)."""
-
-    def __init__(self, path: str | os.PathLike, name: str | None = None, encoder=None, device=None):
-        from .encoders import load_encoder
-
-        self.path = Path(path)
-        self.device = torch.device(device or "cpu")
-        self.encoder = encoder if encoder is not None else load_encoder(self.path)
-        self.encoder.to(self.device).eval()
-        for p in self.encoder.parameters():
-            p.requires_grad_(False)
-        self.name = name or self.path.name
-        self.num_states, self.dim = self.encoder.num_layers + 1, self.encoder.hidden_size
-        self.fingerprint = {"kind": "encoder", "family": self.encoder.family, "weights": folder_fingerprint(self.path)}
-        prov = self.encoder.provenance
-        self.info = {
-            "encoder": str(self.path),
-            "family": self.encoder.family,
-            "fingerprint": self.fingerprint["weights"],
-            "num_states": self.num_states,
-            "dim": self.dim,
-            "provenance": {k: prov[k] for k in prov if k not in ("weights_sha256",)},
-        }
-
-    def __call__(self, wavs, lengths):
-        out = self.encoder(wavs.to(self.device), lengths.to(self.device))
-        return out.hidden_states, out.frame_lengths
-
-
-class FbankSource(FeatureSource):
-    """80-bin log-mel filterbank, 25 ms windows every 10 ms: SUPERB's FBANK baseline.
-
-    The log-mel is Whisper's (Slaney mel, log10, an 80 dB dynamic range per utterance,
-    scaled to about [-1, 1]), reused because it is already batch-exact on padded input
-    and well scaled for a probe. One "layer": the weighted sum is the identity. It runs on the
-    CPU whatever the device: it costs a fraction of reading the audio."""
-
-    N_MELS = 80
-
-    def __init__(self, name: str = FBANK):
-        from .encoders.whisper import mel_filters
-
-        self.filters = mel_filters(self.N_MELS)
-        self.name, self.num_states, self.dim = name, 1, self.N_MELS
-        self.fingerprint = {"kind": "fbank", "n_mels": self.N_MELS, "recipe": "whisper-log-mel", "version": 1}
-        self.info = {
-            "encoder": FBANK,
-            "family": FBANK,
-            "fingerprint": "fbank-80",
-            "num_states": 1,
-            "dim": self.N_MELS,
-            "provenance": {"source": "80-bin log-mel filterbank (SUPERB's FBANK baseline)"},
-        }
-
-    def __call__(self, wavs, lengths):
-        from .encoders.whisper import HOP, log_mel
-
-        frames = lengths // HOP
-        if int(frames.min()) < 1:
-            raise SpeechFTError("audio shorter than 10 ms has no filterbank frame")
-        mel = log_mel(wavs, lengths, self.filters)  # (B, 80, N), zero past each item's end
-        return [mel.transpose(1, 2)], frames
-
-
-def encoder_folders(specs) -> list[Path]:
-    """The folders among `evaluate`'s encoder specs (what open_source would load), for the output rule."""
-    folders = []
-    for spec in specs:
-        if isinstance(spec, FeatureSource):
-            continue
-        path = str(spec[1] if isinstance(spec, tuple) else spec)
-        if "=" in path and not Path(path).exists():
-            path = path.split("=", 1)[1]
-        if Path(path).is_dir():
-            folders.append(Path(path))
-    return folders
-
-
-def open_source(spec, device=None) -> FeatureSource:
-    """`spec`: a FeatureSource, an encoder folder, `fbank`, or `NAME=FOLDER` / (name, folder).
-    An encoder folder is loaded onto `device`."""
-    if isinstance(spec, FeatureSource):
-        return spec
-    name = None
-    if isinstance(spec, tuple):
-        name, spec = spec
-    spec = str(spec)
-    if name is None and "=" in spec and not Path(spec).exists():
-        name, spec = spec.split("=", 1)
-    if spec == FBANK and not Path(spec).is_dir():
-        return FbankSource(name or FBANK)
-    return EncoderSource(spec, name=name, device=device)
 
 
 # ---- extracted features --------------------------------------------------------------
@@ -282,7 +163,7 @@ def feature_fields(
     if audio is None:
         audio = AudioFingerprints(cfg.trust_mtime)
 
-    return {
+    fields = {
         "source": source.fingerprint,
         "task_root": str(Path(task.root).resolve()),
         "split": split,
@@ -297,37 +178,96 @@ def feature_fields(
         "torch": torch.__version__.split("+")[0],
         "transformers": transformers.__version__,
     }
+    precision = getattr(cfg, "precision", "fp32")
+    if source.autocasts and precision != "fp32":  # absent for fp32: entries made before --precision still match
+        fields["precision"] = precision
+    return fields
 
 
-def _split_batches(task, split: str, cfg: ExtractionSettings):
-    """Length-sorted batches (wavs, lengths, indices) of one split. split_loader's private
-    generator leaves the global torch RNG alone: dropout in a probe must not depend on
-    whether its features were recomputed."""
+def split_batches(task, split: str, cfg: ExtractionSettings) -> list[list[int]]:
+    """The length-sorted extraction batches (indices into the split) of one split: the same list in every
+    process, so that an utterance meets the same neighbours (and padding) however many processes share the
+    work, and its features come out bit-identical."""
     from .data.batching import BucketBatchSampler
-    from .data.dataset import SplitDataset, split_loader
+    from .data.dataset import SplitDataset
 
     ds = SplitDataset(task, split, cfg.max_seconds)
     sampler = BucketBatchSampler(
         ds.durations, batch_size=cfg.extract_batch_size, max_seconds=cfg.extract_batch_seconds, shuffle=False
     )
-    return split_loader(ds, sampler.batches(0))
+    return sampler.batches(0)
 
 
-def extract_features(
+def _autocast(source: FeatureSource, precision: str):
+    """bf16/fp16 autocast around an encoder's forward pass on its device (fp32: a no-op)."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    device = getattr(source, "device", torch.device("cpu"))
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None and source.autocasts)
+
+
+def extract_batches(
     source: FeatureSource,
     task,
     split: str,
     kind: str,
     cfg: ExtractionSettings,
-    add_array: Callable[[str, np.ndarray], None] | None = None,
+    keep: Callable[[int], bool] | None = None,
     progress: bool = True,
-):
-    """Run the source over a split. kind 'pooled' -> PooledFeatures, 'frames' ->
-    FrameFeatures. With `add_array`, arrays are handed to it (the cache writer) as they are
-    finished and the returned features are None (the caller reopens them memory-mapped)."""
+) -> Iterator[tuple[int, list[int], list[np.ndarray]]]:
+    """Run the source over the batches of a split (only those whose number `keep` accepts: one process's
+    share): yields (batch number, indices, arrays), one array per utterance - its mean-pooled states (S, D)
+    for kind 'pooled', its frames (F, S, D) for 'frames' - in the stored dtype."""
+    from .data.dataset import SplitDataset, split_loader
+
     dtype = FEATURE_DTYPES[cfg.dtype]
-    n = len(task.split(split))
-    pooled = np.zeros((n, source.num_states, source.dim), dtype=dtype) if kind == "pooled" else None
+    numbered = [(k, b) for k, b in enumerate(split_batches(task, split, cfg)) if keep is None or keep(k)]
+    # split_loader's private generator leaves the global torch RNG alone: dropout in a probe must not depend
+    # on whether its features were recomputed.
+    loader = split_loader(SplitDataset(task, split, cfg.max_seconds), [b for _, b in numbered])
+    bar = progress_bar(
+        total=sum(len(b) for _, b in numbered),
+        desc=f"extract {source.name}/{task.name}/{split}",
+        unit="utt",
+        leave=False,
+        disable=not progress,
+    )
+    precision = getattr(cfg, "precision", "fp32")
+    with torch.random.fork_rng(devices=[]), torch.inference_mode():
+        for (k, _), batch in zip(numbered, loader):
+            with _autocast(source, precision):
+                states, frame_lengths = source(batch.wavs, batch.lengths)
+            if kind == "pooled":
+                vecs = torch.stack([mean_pool(s.float(), frame_lengths) for s in states], dim=1)
+                vals = vecs.cpu().numpy().astype(dtype)
+                _check_finite(vals, source, task, split)
+                arrays = list(vals)
+            else:
+                states, frame_lengths = [s.cpu() for s in states], frame_lengths.cpu()
+                arrays = []
+                for b in range(len(batch.indices)):
+                    f = int(frame_lengths[b])
+                    x = torch.stack([s[b, :f] for s in states], dim=1).float().numpy().astype(dtype)
+                    _check_finite(x, source, task, split)
+                    arrays.append(x)
+            bar.update(len(batch.indices))
+            yield k, list(batch.indices), arrays
+    bar.close()
+
+
+def assemble_features(
+    n: int,
+    kind: str,
+    shape: tuple[int, int],
+    dtype,
+    batches,
+    add_array: Callable[[str, np.ndarray], None] | None = None,
+):
+    """Lay out the per-utterance arrays of `batches` (extract_batches' output, in batch order) as one split's
+    features: PooledFeatures (N, S, D), or FrameFeatures in shards of about SHARD_BYTES. With `add_array`
+    the arrays go to it (the cache writer) as they are finished, and None is returned. The layout depends only
+    on the batches, so features extracted by several processes and assembled here are byte-identical to one
+    process's."""
+    pooled = np.zeros((n, *shape), dtype=dtype) if kind == "pooled" else None
     shards, pending, pending_bytes = [], [], 0
     index = np.zeros((n, 3), dtype=np.int64)
 
@@ -343,31 +283,16 @@ def extract_features(
             shards.append(arr)
         pending, pending_bytes = [], 0
 
-    bar = progress_bar(
-        total=n, desc=f"extract {source.name}/{task.name}/{split}", unit="utt", leave=False, disable=not progress
-    )
-    with torch.random.fork_rng(devices=[]), torch.inference_mode():
-        for batch in _split_batches(task, split, cfg):
-            states, frame_lengths = source(batch.wavs, batch.lengths)
+    for _, indices, arrays in batches:
+        for i, x in zip(indices, arrays):
             if kind == "pooled":
-                vecs = torch.stack([mean_pool(s.float(), frame_lengths) for s in states], dim=1)
-                vals = vecs.cpu().numpy().astype(dtype)
-                _check_finite(vals, source, task, split)
-                pooled[batch.indices] = vals
-            else:
-                states, frame_lengths = [s.cpu() for s in states], frame_lengths.cpu()
-                for b, i in enumerate(batch.indices):
-                    f = int(frame_lengths[b])
-                    x = torch.stack([s[b, :f] for s in states], dim=1).float().numpy().astype(dtype)
-                    _check_finite(x, source, task, split)
-                    offset = sum(len(p) for p in pending)
-                    index[i] = (len(shards), offset, f)
-                    pending.append(x)
-                    pending_bytes += x.nbytes
-                    if pending_bytes >= SHARD_BYTES:
-                        flush()
-            bar.update(len(batch.indices))
-    bar.close()
+                pooled[i] = x
+                continue
+            index[i] = (len(shards), sum(len(p) for p in pending), len(x))
+            pending.append(x)
+            pending_bytes += x.nbytes
+            if pending_bytes >= SHARD_BYTES:
+                flush()
     if kind == "pooled":
         if add_array is not None:
             add_array("pooled", pooled)
@@ -378,6 +303,24 @@ def extract_features(
         add_array("index", index)
         return None
     return FrameFeatures(shards, index)
+
+
+def extract_features(
+    source: FeatureSource,
+    task,
+    split: str,
+    kind: str,
+    cfg: ExtractionSettings,
+    add_array: Callable[[str, np.ndarray], None] | None = None,
+    progress: bool = True,
+):
+    """Run the source over a split. kind 'pooled' -> PooledFeatures, 'frames' ->
+    FrameFeatures. With `add_array`, arrays are handed to it (the cache writer) as they are
+    finished and the returned features are None (the caller reopens them memory-mapped)."""
+    n = len(task.split(split))
+    batches = extract_batches(source, task, split, kind, cfg, progress=progress)
+    shape = (source.num_states, source.dim)
+    return assemble_features(n, kind, shape, FEATURE_DTYPES[cfg.dtype], batches, add_array)
 
 
 def _check_finite(x: np.ndarray, source, task, split) -> None:
@@ -410,8 +353,11 @@ class FeatureProvider:
         recompute: bool = False,
         progress: bool = True,
         audio: AudioFingerprints | None = None,
+        ranks=None,
     ):
         self.source, self.task, self.cfg, self.cache = source, task, cfg, cache
+        # eval_dist.Ranks under `accelerate launch`: each process extracts its share of a missing entry
+        self.ranks = ranks if ranks is not None and ranks.world > 1 else None
         self.audio = audio if audio is not None else AudioFingerprints(cfg.trust_mtime)
         self.recompute, self.progress = recompute, progress
         self.kind = "pooled" if task.type == "classification" else "frames"
@@ -431,19 +377,19 @@ class FeatureProvider:
         else:
             fields = feature_fields(self.source, self.task, split, self.kind, self.cfg, self.audio)
             key = cache_key(fields)
-            entry = self.cache.open(key)
+            entry = self.cache.open(key) if self.ranks is None else self.ranks.open_entry(self.cache, key)
             if entry is None:
                 t0 = time.perf_counter()
-                with self.cache.write(key, fields) as w:
-                    extract_features(
-                        self.source, self.task, split, self.kind, self.cfg, add_array=w.add, progress=self.progress
-                    )
-                    w.info = {
-                        "kind": self.kind,
-                        "num_states": self.source.num_states,
-                        "dim": self.source.dim,
-                        "items": len(self.task.split(split)),
-                    }
+                if self.ranks is not None:
+                    from .eval_dist import extract_shared
+
+                    extract_shared(self, split, key, fields)
+                else:
+                    with self.cache.write(key, fields) as w:
+                        extract_features(
+                            self.source, self.task, split, self.kind, self.cfg, add_array=w.add, progress=self.progress
+                        )
+                        w.info = self.entry_info(split)
                 self.extract_seconds += time.perf_counter() - t0
                 self.extractions += 1
                 entry = self.cache.open(key)
@@ -458,6 +404,15 @@ class FeatureProvider:
             feats = _features_from_entry(entry, self.kind)
         self.memo[split] = feats
         return feats
+
+    def entry_info(self, split: str) -> dict:
+        """What a cache entry of `split` records besides its key's fields."""
+        return {
+            "kind": self.kind,
+            "num_states": self.source.num_states,
+            "dim": self.source.dim,
+            "items": len(self.task.split(split)),
+        }
 
     def train_statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-layer, per-dimension mean and std of the training features (pooled vectors, or every

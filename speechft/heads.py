@@ -32,6 +32,9 @@ from .safetensors_io import load_tensors, save_tensors
 
 # Widest projection / LSTM a head may ask for (a 768 x 65536 float32 projection is 200 MB).
 MAX_HEAD_WIDTH = 65536
+# Most hidden states and labels a saved head may declare (head.json is read before anything is allocated).
+MAX_HEAD_STATES = 1024
+MAX_HEAD_LABELS = 1_000_000
 
 
 @dataclass
@@ -323,6 +326,7 @@ class TaskHead(nn.Module):
     def load(cls, path: str | os.PathLike) -> TaskHead:
         path = Path(path)
         meta = read_json(path / "head.json")
+        _check_head_meta(path / "head.json", meta)
         try:
             head = cls(
                 meta["task_type"],
@@ -341,3 +345,20 @@ class TaskHead(nn.Module):
         except (KeyError, TypeError, ValueError, RuntimeError, OSError) as e:
             raise SpeechFTError(f"{path}: not a valid speechft head folder ({str(e).splitlines()[0][:200]})") from None
         return head
+
+
+def _check_head_meta(where: Path, meta) -> None:
+    """The sizes a head.json declares, bounded before TaskHead allocates (feature_mean alone is
+    num_states x input_dim floats): a hostile or corrupt file is one line, not a machine out of memory."""
+    if not isinstance(meta, dict):
+        raise SpeechFTError(f"{where}: not a valid speechft head (expected a JSON object)")
+    for key, high in (("input_dim", MAX_HEAD_WIDTH), ("num_states", MAX_HEAD_STATES)):
+        value = meta.get(key)
+        if not (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= high):
+            raise SpeechFTError(f"{where}: {key} must be an integer from 1 to {high}, got {str(value)[:40]}")
+    labels = meta.get("labels")
+    if not isinstance(labels, list) or not 1 <= len(labels) <= MAX_HEAD_LABELS:
+        size = len(labels) if isinstance(labels, list) else type(labels).__name__
+        raise SpeechFTError(f"{where}: labels must be a list of 1 to {MAX_HEAD_LABELS} strings, got {size}")
+    if not all(isinstance(x, str) for x in labels):
+        raise SpeechFTError(f"{where}: labels must be strings")

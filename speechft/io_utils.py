@@ -45,13 +45,27 @@ def sha256_bytes(data: bytes) -> str:
 _DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG}
 
 
+# A folder that cannot be written: a read-only mount, no permission.
+READ_ONLY = {errno.EROFS, errno.EACCES, errno.EPERM}
+CANNOT_WRITE = _DISK_FULL | READ_ONLY
+
+
+def write_error(e: BaseException, path: Path, done: str = "nothing was changed") -> SpeechFTError | None:
+    """The one line for a write that the disk refused, naming `path` (what the user asked for, never a
+    hidden temp name); None when `e` is not about the disk."""
+    if not isinstance(e, OSError) or e.errno not in CANNOT_WRITE:
+        return None
+    full = e.errno in _DISK_FULL
+    what = "free some space or write to another folder" if full else "write to a folder you may write to"
+    return SpeechFTError(f"{path}: {os.strerror(e.errno).lower()} while writing it ({done}); {what}, then rerun")
+
+
 def _disk_full(e: BaseException, path: Path) -> SpeechFTError | None:
-    if isinstance(e, OSError) and e.errno in _DISK_FULL:
-        return SpeechFTError(
-            f"{path}: {os.strerror(e.errno).lower()} while writing it (nothing was changed); "
-            "free some space or write to another folder, then rerun"
-        )
-    return None
+    return write_error(e, path) if isinstance(e, OSError) and e.errno in _DISK_FULL else None
+
+
+def _within(e: OSError, folder: Path) -> bool:
+    return e.filename is not None and Path(os.fsdecode(e.filename)).is_relative_to(folder)
 
 
 def check_output_location(out: str | os.PathLike, inputs: dict) -> None:
@@ -91,8 +105,13 @@ def _input_paths(x) -> list:
 def atomic_file(path: str | os.PathLike, mode: str = "w") -> Iterator:
     """Open a temp file beside `path`; on clean exit fsync and rename it to `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:  # a read-only folder: named as the file asked for, not the temp name tried
+        if (refused := write_error(e, path)) is not None:
+            raise refused from e
+        raise
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a plain open() would respect the umask
@@ -105,9 +124,9 @@ def atomic_file(path: str | os.PathLike, mode: str = "w") -> Iterator:
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        full = _disk_full(e, path)
-        if full is not None:
-            raise full from e
+        refused = write_error(e, path)
+        if refused is not None:
+            raise refused from e
         raise
 
 
@@ -185,9 +204,14 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     """
     path = Path(path)
     refuse_existing_output(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_dead_temps(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}@{_host()}.", suffix=".tmp", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_dead_temps(path)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}@{_host()}.", suffix=".tmp", dir=path.parent))
+    except OSError as e:  # a read-only folder: named as the output asked for, not the temp name tried
+        if (refused := write_error(e, path)) is not None:
+            raise refused from e
+        raise
     # mkdtemp makes the folder 0700; give it the permissions a plain mkdir would (umask), so
     # outputs on shared cluster storage stay readable by the group.
     umask = os.umask(0)
@@ -206,7 +230,14 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
         shutil.rmtree(old, ignore_errors=True)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        full = _disk_full(e, path)
-        if full is not None:
-            raise full from e
+        # A full disk is always about writing; a permission error only when it is about the output's own files
+        # (the work inside may read an input it may not read, which is that input's error).
+        refused = _disk_full(e, path) or (
+            write_error(e, path) if isinstance(e, OSError) and (_within(e, tmp) or _within(e, path)) else None
+        )
+        if refused is None and isinstance(e, SpeechFTError) and str(tmp) in str(e):
+            # A writer inside (atomic_file, a cache) named its file under the hidden temp folder.
+            refused = SpeechFTError(str(e).replace(str(tmp), str(path)))
+        if refused is not None:
+            raise refused from (e if isinstance(e, OSError) else e.__cause__ or e)
         raise

@@ -37,6 +37,7 @@ import torch
 
 from .config import add_config_options, config_from_args
 from .encoders.families import FamilyInfo, family_info
+from .encoders.hub import resolve_encoder
 from .errors import SpeechFTError
 from .io_utils import atomic_dir, check_output_location, read_json, write_json
 from .merge_checks import (
@@ -255,6 +256,7 @@ def merge_encoders(
     if not finetuned:
         raise SpeechFTError("merge needs at least one fine-tuned encoder (--finetuned)")
     out = Path(out)
+    pretrained, finetuned = resolve_encoder(pretrained), [resolve_encoder(f) for f in finetuned]  # Hub ids
     check_output_location(out, {"--pretrained": pretrained, "--finetuned": finetuned})
     m = get_method(method)
     resolved = m.resolve(params)
@@ -501,7 +503,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = "methods:\n" + _methods_help()
-    p.add_argument("--pretrained", required=True, metavar="DIR", help="pre-trained encoder folder (theta0)")
+    p.add_argument(
+        "--pretrained",
+        required=True,
+        metavar="DIR",
+        help="pre-trained encoder folder (theta0) or Hugging Face Hub id org/name[@revision]",
+    )
     p.add_argument(
         "--finetuned",
         required=True,

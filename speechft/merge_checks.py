@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from .encoders.families import FamilyInfo, config_summary, detect_family, family_info
+from .encoders.hub import resolve_encoder
 from .errors import SpeechFTError
 from .io_utils import sha256_file
 from .provenance import read_provenance
@@ -155,8 +156,8 @@ def open_inputs(pretrained, finetuned) -> list[MergeInput]:
     inputs: list[MergeInput] = []
     try:
         for p in [pretrained, *finetuned]:
-            p = Path(p)
-            fam = detect_family(p)  # refuses missing folders, Hub ids, unknown model types
+            p = resolve_encoder(p)  # a Hub id: its converted folder
+            fam = detect_family(p)  # refuses missing folders and unknown model types
             inputs.append(MergeInput(p, fam, Checkpoint(p), read_provenance(p)))
         pre = inputs[0]
         pre_cfg = config_summary(pre.path)

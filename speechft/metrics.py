@@ -1,4 +1,5 @@
-"""Metrics: error rates by edit distance, accuracy, macro-F1, EER.
+"""Metrics: error rates by edit distance, accuracy, macro-F1, EER; SUPERB's slot filling,
+minDCF, DER and MTWV live in metrics_superb.py and are dispatched from here too.
 
 Error rates are corpus-level: total edits / total reference tokens (what jiwer and
 SUPERB report), not a mean of per-utterance rates.
@@ -11,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 # Lower is better for these; the SUPERB score and "best" marks need to know.
-LOWER_IS_BETTER = {"per", "cer", "wer", "eer"}
+LOWER_IS_BETTER = {"per", "cer", "wer", "eer", "min_dcf", "der", "slot_value_cer"}
 
 
 def edit_distance(ref: Sequence, hyp: Sequence) -> int:
@@ -96,17 +97,27 @@ def eer(scores: Sequence[float], same: Sequence[bool]) -> float:
 
 
 def compute_metric(name: str, refs: Sequence, hyps: Sequence, labels: Sequence | None = None) -> float:
-    """Dispatch by the task.yaml metric name."""
-    if name == "per":
-        return per(refs, hyps)
-    if name == "cer":
-        return cer(refs, hyps)
-    if name == "wer":
-        return wer(refs, hyps)
-    if name == "accuracy":
-        return accuracy(refs, hyps)
+    """Dispatch by the task.yaml metric name; refs = ground truth, hyps = system output.
+
+    Besides transcripts and labels: `eer`/`min_dcf` take trial labels (same speaker) and
+    scores, `der` lists of [T, S] reference and hypothesis activity matrices, `mtwv` a
+    [Q, D] occurrence matrix and a [Q, D] score matrix, `slot_type_f1`/`slot_value_cer`
+    tagged transcripts (metrics_superb.py documents each)."""
+    from . import metrics_superb as sup
+
+    simple = {"per": per, "cer": cer, "wer": wer, "accuracy": accuracy}
+    if name in simple:
+        return simple[name](refs, hyps)
     if name == "macro_f1":
         return macro_f1(refs, hyps, labels)
+    if name in ("eer", "min_dcf"):
+        return (eer if name == "eer" else sup.min_dcf)(hyps, refs)
+    if name == "der":
+        return sup.der_frames(list(refs), list(hyps))
+    if name == "mtwv":
+        return sup.mtwv(hyps, refs)
+    if name in ("slot_type_f1", "slot_value_cer"):
+        return getattr(sup, name)(refs, hyps)
     raise ValueError(f"unknown metric '{name}'")
 
 

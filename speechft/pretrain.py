@@ -66,6 +66,7 @@ from .heads import HeadConfig
 from .io_utils import sha256_file
 from .objective import Loop
 from .run_folder import stored_config
+from .tracking import add_tracking_option
 from .train import TaskStream
 from .train_config import TrainConfig, resolve_config
 from .units import (
@@ -504,12 +505,19 @@ def pretrain(
         config = PretrainConfig()
     if config is not None:
         config = dataclasses.replace(config, **sets, data=dataclasses.replace(config.data, **data))
-    objective = UnitObjective(audio, encoder_dir)
+    from .encoders.hub import resolve_encoder
+
+    objective = UnitObjective(audio, resolve_encoder(encoder_dir))  # a Hub id: its converted folder
     return run_training(encoder_dir, out, objective, config, resume, overwrite, progress, device)
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--encoder", required=True, metavar="DIR", help="pre-trained encoder folder")
+    p.add_argument(
+        "--encoder",
+        required=True,
+        metavar="DIR",
+        help="pre-trained encoder folder or Hugging Face Hub id org/name[@revision]",
+    )
     p.add_argument(
         "--audio",
         required=True,
@@ -522,17 +530,18 @@ def add_arguments(p) -> None:
     add_config_options(p, PretrainConfig, "units.clusters=500 units.layer=9 mask.start_prob=0.08")
     add_device_option(p)
     add_quiet_option(p)
+    add_tracking_option(p)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
 
-CONFIG_FLAGS = {"steps": "steps"}  # the command's own flags and the config keys they set
+CONFIG_FLAGS = {"steps": "steps", "log_with": "log_with"}  # the command's own flags and the config keys they set
 
 
 def main(args) -> int:
     if args.resume and args.overwrite:
         raise SpeechFTError("--resume and --overwrite contradict each other; pass one")
-    given = args.config is not None or args.set or args.steps is not None
+    given = args.config is not None or args.set or any(getattr(args, f) is not None for f in CONFIG_FLAGS)
     # --resume alone: the stored config.yaml counts. Options given with it apply on top of the stored config and
     # must not change it (so repeating some of the original options is fine; a changed one is named).
     base = stored_config(PretrainConfig, Path(args.out)) if args.resume else None

@@ -29,6 +29,7 @@ CLI: `speechft evaluate` takes `--config YAML` / `--set key=value` over ProbeCon
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import time
@@ -39,6 +40,9 @@ import numpy as np
 import torch
 
 from .errors import SpeechFTError
+from .eval_dist import Ranks, check_shared_cache
+from .eval_plan import check as check_plan
+from .eval_plan import plan_cache
 from .feature_cache import FeatureCache
 from .features import (
     FEATURE_DTYPES,
@@ -48,6 +52,7 @@ from .features import (
     FeatureSource,
     encoder_folders,
     open_source,
+    with_layers,
 )
 from .io_utils import atomic_dir, check_output_location, refuse_existing_output, write_json
 from .metrics import LOWER_IS_BETTER, is_better
@@ -74,23 +79,84 @@ def probe_task(
 ) -> dict:
     """The LR grid x seeds on one task (probes trained on `device`); the LR with the best mean dev metric wins.
     `audio`: the evaluation's clip fingerprints (shared so each clip is hashed once)."""
-    provider = FeatureProvider(source, task, cfg, cache, recompute=recompute, progress=progress, audio=audio)
-    t0 = time.perf_counter()
-    if not recompute:
-        for split in ("train", "dev", "test"):
-            provider.get(split)  # extract (or open) everything up front, once
-    pairs = [(lr, seed) for lr in dict.fromkeys(cfg.lrs) for seed in cfg.seeds]
-    bar = progress_bar(
-        total=len(pairs) * probe_epochs(task, cfg),
-        desc=f"probe {source.name}/{task.name}",
-        unit="epoch",
-        leave=False,
-        disable=not progress,
-    )
-    runs: dict[float, list[dict]] = {}
-    for (lr, _), run in zip(pairs, train_probes(provider, pairs, cfg, on_epoch=lambda: bar.update(1), device=device)):
-        runs.setdefault(lr, []).append(run)
-    bar.close()
+    ranks = Ranks(device=device)
+    return probe_tasks(source, [task], cfg, cache, recompute, progress, ranks, audio)[task.name]
+
+
+def probe_tasks(
+    source: FeatureSource,
+    tasks: Sequence,
+    cfg: ProbeConfig,
+    cache: FeatureCache | None,
+    recompute: bool,
+    progress: bool,
+    ranks: Ranks,
+    audio: AudioFingerprints | None = None,
+) -> dict[str, dict]:
+    """The probes of one encoder on every task, by task name. In one process: task by task (features of one
+    task in memory at a time without a cache). Across processes (eval_dist.py): every split of every task
+    extracted into the cache first, then the whole grid divided among the processes."""
+    providers = [
+        FeatureProvider(source, t, cfg, cache, recompute=recompute, progress=progress, audio=audio, ranks=ranks)
+        for t in tasks
+    ]
+    groups = [[i] for i in range(len(tasks))] if ranks.world == 1 else [list(range(len(tasks)))]
+    out = {}
+    for group in groups:
+        t0 = time.perf_counter()
+        if not recompute:
+            for i in group:
+                for split in ("train", "dev", "test"):
+                    providers[i].get(split)  # extract (or open) everything up front, once
+        jobs = [(i, lr, seed) for i in group for lr in cfg.lrs for seed in cfg.seeds]
+        mine = jobs[ranks.rank :: ranks.world]
+        bar = progress_bar(
+            total=sum(probe_epochs(tasks[i], cfg) for i, _, _ in mine),
+            desc=f"probe {source.name}/" + (tasks[group[0]].name if len(group) == 1 else f"{len(group)} tasks"),
+            unit="epoch",
+            leave=False,
+            disable=not progress,
+        )
+
+        def run(pairs, bar=bar):  # one task's share of this process: its pairs share the standardised features
+            i = pairs[0][0]
+            return train_probes(
+                providers[i], [p[1:] for p in pairs], cfg, on_epoch=lambda: bar.update(1), device=ranks.device
+            )
+
+        results = _divide_by_task(ranks, jobs, run)
+        bar.close()
+        for i in group:
+            runs = {lr: [r for (j, lr_, _), r in zip(jobs, results) if j == i and lr_ == lr] for lr in cfg.lrs}
+            out[tasks[i].name] = _summary(providers[i], cfg, runs, time.perf_counter() - t0)
+            if cache is None:
+                providers[i].memo.clear()  # features kept in memory: one task at a time
+    return out
+
+
+def _divide_by_task(ranks: Ranks, jobs: list[tuple], run) -> list:
+    """eval_dist.divide's dealing (job j in process j mod N, every process gets every result in job order),
+    with this process's jobs of one task handed to `run` together, in job order (run returns one result
+    per job): the (lr, seed) pairs of a task share its standardised features (probe_train.train_probes)."""
+
+    def share() -> dict:
+        mine: dict = {}
+        for j in range(ranks.rank, len(jobs), ranks.world):
+            mine.setdefault(jobs[j][0], []).append(j)
+        out = {}
+        for js in mine.values():
+            out.update(zip(js, run([jobs[j] for j in js])))
+        return out
+
+    results = {}
+    for part in ranks.collect(share):
+        results.update(part)
+    return [results[j] for j in range(len(jobs))]
+
+
+def _summary(provider: FeatureProvider, cfg: ProbeConfig, runs: dict[float, list[dict]], seconds: float) -> dict:
+    """One task's entry of results.json from its probes' results (by LR, in seed order)."""
+    task, source = provider.task, provider.source
     search = [
         {
             "lr": lr,
@@ -132,7 +198,7 @@ def probe_task(
         "seconds": {
             "extract": provider.extract_seconds,
             "fingerprint": provider.audio.seconds,
-            "total": time.perf_counter() - t0,
+            "total": seconds,
         },
     }
 
@@ -158,13 +224,14 @@ def evaluate(
     tasks: task folders or loaded `Task`s. cache: True (the default location), a folder, a
     FeatureCache, or False/None (no disk cache; features kept in memory for this run).
     A cache entry is keyed by the sha256 of every clip (`trust_mtime=True`: by size and mtime,
-    the faster, older way; recorded in results.json's protocol).
+    the faster, older way; recorded in results.json's protocol). Before extracting, the cache's
+    plan (eval_plan.py) is checked against its size limit and the free disk: one that does not fit
+    stops here, with nothing written.
     recompute: run the encoder again for every epoch and every evaluation, as s3prl does
-    (the benchmark's baseline; implies no cache). device: where the encoders and the probes
-    run (default: CUDA when available). score_config: the SUPERB score config (recorded in
-    results.json). options: ProbeConfig fields.
+    (no cache). device: where the encoders and the probes run (default: CUDA when available;
+    under `accelerate launch`, the launcher's; eval_dist.py). score_config: the SUPERB score
+    config (recorded in results.json). options: ProbeConfig fields.
     """
-    from .config import resolve_device
     from .superb_score import load_score_config, superb_scores
 
     valid = {f.name for f in dataclasses.fields(ProbeConfig)}
@@ -177,32 +244,33 @@ def evaluate(
         check_output_location(out, {"--encoder": encoder_folders(encoders), "--task": list(tasks)})
         refuse_existing_output(out, overwrite)
     score_cfg = load_score_config(score_config)  # fail early on a bad config
-    dev = resolve_device(device)
+    t_start = time.perf_counter()
+    ranks = Ranks.start(None if device is None else str(device))
+    if cfg.precision == "fp16" and ranks.device.type != "cuda":
+        raise SpeechFTError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on the CPU")
     task_objs = _load_tasks(tasks)
     if not encoders:
         raise SpeechFTError("no encoder given; pass --encoder DIR (or fbank)")
-    if recompute or cache is False or cache is None:
-        feature_cache = None
-    elif isinstance(cache, FeatureCache):
-        feature_cache = cache
-    else:
-        feature_cache = FeatureCache(None if cache is True else cache)
+    feature_cache = _open_cache(cache, recompute)
+    if ranks.world > 1 and feature_cache is None and not recompute:
+        raise SpeechFTError(
+            "--no-cache under accelerate launch: the processes share their features through the cache; "
+            "pass --cache DIR on a disk they all see, or --recompute"
+        )
+    progress = progress and ranks.main
     audio = AudioFingerprints(cfg.trust_mtime)  # one per evaluation: clips are hashed once, never across runs
-    models = []
-    for spec in encoders:
-        source = open_source(spec, device=dev)
-        base, k = source.name, 1
-        while source.name in {m["name"] for m in models}:  # two folders with one name: name-2, name-3
-            k += 1
-            source.name = f"{base}-{k}"
-        model = {"name": source.name, **source.info, "tasks": {}}
-        for task in task_objs:
-            model["tasks"][task.name] = probe_task(
-                source, task, cfg, feature_cache, recompute=recompute, progress=progress, device=dev, audio=audio
-            )
-        models.append(model)
-        if isinstance(source, EncoderSource):
-            source.encoder = None  # free the weights before loading the next encoder
+    keys: list[str] = []
+    if feature_cache is not None:
+        check_shared_cache(ranks, feature_cache)
+
+        def plan():
+            p = plan_cache(encoders, task_objs, cfg, feature_cache, audio)
+            check_plan(p, feature_cache, show=progress)  # stops here when it does not fit; evicts only now
+            return p.keys
+
+        keys = ranks.agree(plan, main_only=True)
+    with feature_cache.hold(keys) if feature_cache is not None else contextlib.nullcontext():
+        models = _probe_all(encoders, task_objs, cfg, feature_cache, recompute, progress, ranks, audio)
     import datetime
 
     results = {
@@ -211,17 +279,21 @@ def evaluate(
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "protocol": {
             **dataclasses.asdict(cfg),
-            "features": "softmax-weighted sum of all hidden states",
+            "features": "softmax-weighted sum of all hidden states"
+            if cfg.layers is None
+            else "softmax-weighted sum of the hidden states --layers picks (each model's `layers`)",
             "selection": "LR with the best mean dev metric; test metric reported (mean over seeds)",
             "cache": "recompute" if recompute else (str(feature_cache.root) if feature_cache else "off"),
+            "processes": ranks.world,
         },
         "models": models,
         "score_config": score_cfg.record(),
+        "seconds": time.perf_counter() - t_start,  # the evaluation itself (no interpreter start or imports)
     }
     results["superb"] = superb_scores(models, score_cfg)
     for m in models:
         m["superb_score"] = results["superb"]["scores"].get(m["name"])
-    if out is not None:
+    if out is not None and ranks.main:
         # The whole folder appears at once (results.json, report.md, figures) or not at all: a failure while
         # drawing the figures leaves no half-written --out, and --overwrite keeps the old one until then.
         with atomic_dir(out, overwrite=overwrite) as tmp:
@@ -231,6 +303,32 @@ def evaluate(
 
                 write_report([results], tmp)  # scored with the config recorded in results
     return results
+
+
+def _open_cache(cache, recompute: bool) -> FeatureCache | None:
+    if recompute or cache is False or cache is None:
+        return None
+    if isinstance(cache, FeatureCache):
+        return cache
+    return FeatureCache(None if cache is True else cache)
+
+
+def _probe_all(encoders, task_objs, cfg, feature_cache, recompute, progress, ranks, audio) -> list[dict]:
+    """Each encoder in turn (loaded onto the device, probed on every task, freed): results.json's models."""
+    models = []
+    for spec in encoders:
+        source = with_layers(open_source(spec, device=ranks.device), cfg.layers)
+        base, k = source.name, 1
+        while source.name in {m["name"] for m in models}:  # two folders with one name: name-2, name-3
+            k += 1
+            source.name = f"{base}-{k}"
+        model = {"name": source.name, **source.info, "tasks": {}}
+        model["tasks"] = probe_tasks(source, task_objs, cfg, feature_cache, recompute, progress, ranks, audio)
+        models.append(model)
+        inner = getattr(source, "inner", source)
+        if isinstance(inner, EncoderSource):
+            inner.encoder = None  # free the weights before loading the next encoder
+    return models
 
 
 def _load_tasks(tasks: Sequence) -> list:
@@ -259,12 +357,14 @@ FLAGS = {
         "dtype",
         "max_seconds",
         "trust_mtime",
+        "precision",
+        "layers",
     )
 }
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .cli import add_device_option, add_quiet_option
+    from .cli import add_device_option, add_quiet_option, positive_float
     from .config import add_config_options
 
     d = ProbeConfig()
@@ -273,7 +373,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         nargs="+",
         required=True,
         metavar="DIR",
-        help="encoder folder(s); NAME=DIR to name one; `fbank` = the filterbank baseline",
+        help="encoder folder(s) or Hub id(s) org/name[@revision]; NAME=DIR to name one; `fbank` = filterbank",
     )
     p.add_argument("--task", nargs="+", required=True, metavar="TASKDIR", help="task folder(s)")
     p.add_argument("--out", required=True, help="output folder (results.json, report.md, figures)")
@@ -299,6 +399,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=tuple(FEATURE_DTYPES), help=f"stored feature precision (default {d.dtype})")
     p.add_argument("--max-seconds", type=float, help="crop longer clips to this many seconds")
     p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "fp16"),
+        help="the encoder's forward pass during extraction: autocast on its device "
+        f"(fp16: CUDA only; default {d.precision})",
+    )
+    p.add_argument(
+        "--layers",
+        nargs="+",
+        metavar="L",
+        help="hidden states to store and sum (default all): indices, e.g. 0 2 4, or every:N; recorded in results.json",
+    )
+    p.add_argument(
+        "--recompute",
+        action="store_true",
+        help="no feature cache: run the encoder on every epoch, as s3prl does (slower, no disk)",
+    )
+    p.add_argument(
         "--cache",
         default=None,
         metavar="DIR",
@@ -313,7 +430,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "restores mtimes (cp -p, rsync -a, tar, zip) then reuses the old clips' features",
     )
     p.add_argument(
-        "--cache-max-gb", type=float, default=None, help="cache size limit (LRU); default 20 or $SPEECHFT_CACHE_MAX_GB"
+        "--cache-max-gb",
+        type=positive_float,
+        default=None,
+        help="cache size limit (LRU); default 20 or $SPEECHFT_CACHE_MAX_GB",
     )
     p.add_argument(
         "--score-config",
@@ -333,9 +453,14 @@ def main(args) -> int:
     from .config import config_from_args
     from .report import results_table
 
+    if args.layers is not None:  # "0 2 4" -> [0, 2, 4]; "every:2" stays a string (resolved per encoder)
+        one = len(args.layers) == 1 and args.layers[0].startswith("every:")
+        if not one and not all(v.isdigit() for v in args.layers):
+            raise SpeechFTError(f"--layers {' '.join(args.layers)}: give indices (e.g. 0 2 4) or every:N")
+        args.layers = args.layers[0] if one else [int(v) for v in args.layers]
     cfg = config_from_args(ProbeConfig, args, FLAGS)
     cache: FeatureCache | bool
-    if args.no_cache:
+    if args.no_cache or args.recompute:
         cache = False
     else:
         max_bytes = None if args.cache_max_gb is None else int(args.cache_max_gb * 1e9)
@@ -346,12 +471,21 @@ def main(args) -> int:
         args.out,
         config=cfg,
         cache=cache,
+        recompute=args.recompute,
         score_config=args.score_config,
         overwrite=args.overwrite,
         progress=not args.quiet,
         device=args.device,
     )
+    if results["protocol"]["processes"] > 1 and not _main_process():
+        return 0  # the main process prints (and wrote --out)
     print(results_table([results]))
     out = Path(args.out)
     print(f"wrote {out / 'results.json'} and {out / 'report.md'}")
     return 0
+
+
+def _main_process() -> bool:
+    from accelerate import PartialState
+
+    return PartialState().is_main_process

@@ -55,20 +55,32 @@ class ProbeConfig:
     # Fingerprint clips for the cache by size and mtime instead of their bytes: faster, but
     # fooled by copies that restore mtimes (cp -p, rsync -a, tar, zip).
     trust_mtime: bool = False
+    # The encoder's forward pass during extraction: fp32, or bf16/fp16 autocast on its device (fp16: CUDA only).
+    precision: str = "fp32"
+    # The hidden states stored and summed (`--layers`): None = all, a list of indices, or "every:N".
+    layers: list[int] | str | None = None
 
     def __post_init__(self):
-        if not self.lrs or any(not (lr > 0) for lr in self.lrs):
-            raise SpeechFTError(f"lrs must be positive numbers, got {self.lrs}")
+        # A probe LR above 1 diverges (and inf reaches the plots as NaN); SUPERB's grid is 1e-4 .. 1e-2.
+        if not self.lrs or any(not (0 < lr <= 1) for lr in self.lrs):
+            raise SpeechFTError(f"lrs must be numbers in (0, 1], got {self.lrs}")
         if self.epochs < 1:
             raise SpeechFTError(f"epochs must be >= 1, got {self.epochs}")
         if self.min_steps < 0:
             raise SpeechFTError(f"min_steps must be >= 0, got {self.min_steps}")
-        if not self.seeds:
-            raise SpeechFTError("seeds must list at least one seed")
+        if not self.seeds or any(seed < 0 for seed in self.seeds):
+            raise SpeechFTError(f"seeds must list at least one seed, each >= 0, got {self.seeds}")
+        if self.max_seconds is not None and not (0 < self.max_seconds < float("inf")):
+            raise SpeechFTError(f"max_seconds must be a number > 0 (or null: no cropping), got {self.max_seconds}")
+        if not (0 < self.extract_batch_seconds < float("inf")):
+            raise SpeechFTError(f"extract_batch_seconds must be a number > 0, got {self.extract_batch_seconds}")
         if self.ctc_head not in ("linear", "bilstm"):
             raise SpeechFTError(f"ctc_head must be 'linear' or 'bilstm', got '{self.ctc_head}'")
         if self.dtype not in FEATURE_DTYPES:
             raise SpeechFTError(f"dtype must be one of {', '.join(FEATURE_DTYPES)}, got '{self.dtype}'")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise SpeechFTError(f"precision must be fp32, bf16 or fp16, got '{self.precision}'")
+        _check_layers(self.layers)
         for k in ("batch_size", "ctc_batch_size", "extract_batch_size", "eval_batch_size"):
             if getattr(self, k) < 1:
                 raise SpeechFTError(f"{k} must be >= 1, got {getattr(self, k)}")
@@ -82,6 +94,17 @@ class ProbeConfig:
             lstm_hidden=self.lstm_hidden,
             dropout=self.dropout,
         )
+
+
+def _check_layers(layers) -> None:
+    if layers is None:
+        return
+    if isinstance(layers, str):
+        step = layers.split(":", 1)[1] if layers.startswith("every:") else ""
+        if not (step.isdigit() and int(step) >= 1):
+            raise SpeechFTError(f"layers {layers!r}: give indices (e.g. 0 2 4) or every:N with N >= 1")
+    elif not layers or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in layers):
+        raise SpeechFTError(f"layers {layers}: give hidden-state indices >= 0 (e.g. 0 2 4) or every:N")
 
 
 # ---- probe training ------------------------------------------------------------------

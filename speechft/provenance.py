@@ -46,6 +46,10 @@ PARENT_ONLY_KEYS = frozenset(
         "masking",
         "audio",
         "pretraining_heads",  # the head kept beside a converted/pre-trained folder, not copied to its children
+        # a folder converted from the Hugging Face Hub (its children name it in `parents`)
+        "hub",
+        "converter_version",
+        "normalize_from",
         "prediction_head",
         # merge
         "merge",

@@ -9,6 +9,9 @@ SUPERB_S is the one results.json holds: a results file records the score config
 `speechft evaluate` used, and the report scores with that config (a single file's stored
 scores are printed as they are), unless --score-config is given. Files that recorded
 different configs are scored with the first one, and the report says so in one line.
+When the config scores tasks that were not evaluated (superb_speechft's sf, say), the
+score column's header says over how many tasks, and a line below the table which are
+missing (superb_score.missing_note); models without a score get a line saying why.
 
 Library: `write_report(results, out) -> Path` (report.md), `results_table(results) -> str`,
 `report_scores(results) -> dict`.
@@ -126,8 +129,11 @@ def report_scores(results: Sequence, score_config=None) -> dict:
     return scores
 
 
-def results_table(results: Sequence, score_config=None, scores: dict | None = None) -> str:
-    """The markdown comparison table (values in %, best per column in bold)."""
+def results_table(results: Sequence, score_config=None, scores: dict | None = None, notes: bool = True) -> str:
+    """The markdown comparison table (values in %, best per column in bold); with `notes`,
+    followed by a line per thing the score leaves out (missing tasks, unscored models)."""
+    from .superb_score import missing_note
+
     models = merge_models(results)
     if not models:
         raise SpeechFTError("the results hold no model to report")
@@ -137,7 +143,9 @@ def results_table(results: Sequence, score_config=None, scores: dict | None = No
     for t in tasks:
         metric = _task_meta(models, t)["metric"]
         header.append(f"{t} {metric} {'↓' if metric in LOWER_IS_BETTER else '↑'}")
-    header.append(f"{SCORE} ↑")
+    n_config = len(scores.get("config_tasks") or [])
+    partial = f" ({len(scores['tasks'])} of {n_config} tasks)" if scores.get("missing_tasks") else ""
+    header.append(f"{SCORE} ↑{partial}")
     best = {
         t: _best({m["name"]: m["tasks"][t]["test"] for m in models if t in m["tasks"]}, _task_meta(models, t)["metric"])
         for t in tasks
@@ -155,6 +163,10 @@ def results_table(results: Sequence, score_config=None, scores: dict | None = No
         cell = "n/a" if s is None else f"{s:.1f}"
         row.append(f"**{cell}**" if m["name"] in best_score else cell)
         lines.append("| " + " | ".join(row) + " |")
+    if notes:
+        note = missing_note(scores)
+        lines += [f"{SCORE} {note}"] if note else []
+        lines += [f"{name}: no {SCORE} ({why})" for name, why in scores["notes"].items()]
     return "\n".join(lines)
 
 
@@ -192,7 +204,10 @@ def _plots(models: list[dict], scores: dict, out: Path) -> list[Path]:
         ax.set_xticks(range(len(have)), [n for n, _ in have], rotation=30, ha="right")
         ax.axhline(0, color="black", lw=0.8)
         ax.set_ylabel(SCORE)
-        ax.set_title(f"{SCORE} ({scores['config']}; 0 = baseline, 1000 = reference)")
+        partial = ""
+        if scores.get("missing_tasks"):
+            partial = f", {len(scores['tasks'])} of {len(scores['config_tasks'])} tasks"
+        ax.set_title(f"{SCORE} ({scores['config']}{partial}; 0 = baseline, 1000 = reference)")
         for i, (_, s) in enumerate(have):
             ax.annotate(f"{s:.0f}", (i, s), ha="center", va="bottom", fontsize=8)
         written.append(save_png(fig, out / "superb_score.png"))
@@ -227,13 +242,15 @@ def write_report(
 ) -> Path:
     """Write out/report.md (+ PNG figures) from results dicts or results.json paths; `scores`
     (report_scores's dict) when the caller has them already."""
+    from .superb_score import missing_note
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     models = merge_models(results)
     if not models:
         raise SpeechFTError("the results hold no model to report")
     scores = scores or report_scores(results, score_config)
-    table = results_table(results, scores=scores)
+    table = results_table(results, scores=scores, notes=False)
     loaded = _load(results)
     lines = [
         f"# {title}",
@@ -252,6 +269,8 @@ def write_report(
     )
     if scores.get("warning"):
         lines.append(f"- Warning: {scores['warning']}")
+    if missing_note(scores):
+        lines.append(f"- {SCORE} {missing_note(scores)}.")
     for t, why in (scores.get("dropped_tasks") or {}).items():
         lines.append(f"- task {t} is not scored: {why}, so it cannot tell models apart")
     for name, note in scores["notes"].items():

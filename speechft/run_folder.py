@@ -1,8 +1,9 @@
 """The run folder of a training run: what is in it, in which order it is written, and the checks of --resume.
 
 While running: run.json (the encoder's and the data's hashes), config.yaml (the resolved config; it marks the
-folder as resumable, so it is written last), metrics.jsonl (one JSON row per log line / dev evaluation) and
-checkpoints/ (speechft.checkpoint). When finished, `write_result` makes the folder an encoder folder:
+folder as resumable, so it is written last), metrics.jsonl (one JSON row per log line / dev evaluation),
+checkpoints/ (speechft.checkpoint) and, with --log-with, trackers/ (speechft.tracking: appended in place like
+metrics.jsonl, closed before the result is written). When finished, `write_result` makes the folder an encoder folder:
 model.safetensors + config.json + speechft.json (written last: it marks a finished run), heads/, curves.png,
 adapter/ (lora/dora only).
 """
@@ -25,6 +26,8 @@ from .train_config import TrainConfig
 
 RUN_INFO_FILE = "run.json"
 CONFIG_FILE = "config.yaml"
+# Config keys a --resume may change: where the metrics go, not what is computed (config.yaml is then updated).
+RESUME_MAY_CHANGE = ("log_with",)
 
 
 def open_run_folder(
@@ -119,12 +122,18 @@ def check_resumable(out: Path, cfg: TrainConfig | None, run_info: dict, main: bo
     if not (out / CONFIG_FILE).exists():
         raise SpeechFTError(f"{out}: no run to resume here (no config.yaml); start it without --resume")
     stored = objective.resolve(load_config(objective.config_class, out / CONFIG_FILE))
-    if cfg is not None and to_dict(cfg) != to_dict(stored):
-        key, was, now = first_difference(to_dict(stored), to_dict(cfg))
-        raise SpeechFTError(
-            f"--resume: {key} is {now!r} here but {was!r} in {out / 'config.yaml'}; resume with "
-            "the same options (or none) or start a new run"
-        )
+    if cfg is not None:
+        allowed = {**to_dict(stored), **{k: getattr(cfg, k) for k in RESUME_MAY_CHANGE}}
+        if to_dict(cfg) != allowed:
+            key, was, now = first_difference(allowed, to_dict(cfg))
+            raise SpeechFTError(
+                f"--resume: {key} is {now!r} here but {was!r} in {out / 'config.yaml'}; resume with "
+                "the same options (or none) or start a new run"
+            )
+        if to_dict(cfg) != to_dict(stored):  # e.g. another --log-with: the config records what is in effect
+            stored = cfg
+            if main:
+                save_config(stored, out / CONFIG_FILE)
     started = read_json(out / RUN_INFO_FILE)
     if started["encoder_sha256"] != run_info["encoder_sha256"]:
         raise SpeechFTError(
@@ -150,8 +159,11 @@ def weights_sha256(encoder_dir: Path) -> dict[str, str]:
 
 
 def write_best(folder: Path, tensors: dict) -> None:
-    with atomic_dir(folder, overwrite=True) as tmp:
-        save_tensors(tmp / WEIGHTS_FILE, tensors)
+    from .checkpoint import refused_run_write
+
+    with refused_run_write(folder.parent.parent, f"checkpoint {folder.name}"):
+        with atomic_dir(folder, overwrite=True) as tmp:
+            save_tensors(tmp / WEIGHTS_FILE, tensors)
 
 
 def clean_stale(root: Path, keep_step: str | None, keep_best: str | None) -> None:
@@ -235,9 +247,12 @@ def write_result(
         "config": to_dict(cfg),
         **objective.provenance(heads),
     }
+    from .checkpoint import refused_run_write
+
     tmp = out / ".encoder.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    encoder.save(tmp, provenance=provenance, overwrite=True)
+    with refused_run_write(out, "the finished encoder"):
+        encoder.save(tmp, provenance=provenance, overwrite=True)
     for f in sorted(tmp.iterdir(), key=lambda p: p.name == PROVENANCE_FILE):
         os.replace(f, out / f.name)
     tmp.rmdir()

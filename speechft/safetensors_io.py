@@ -71,6 +71,16 @@ def library_error_types() -> tuple[type[BaseException], ...]:
     return (SafetensorError,)
 
 
+def os_error_of(e: BaseException, filename: str | os.PathLike | None = None) -> OSError | None:
+    """The OSError behind a `safetensors` library write error ("I/O error: No space left on device (os error
+    28) at path ..."), so a full disk or a read-only folder under transformers' save_pretrained is reported
+    like any other write; None when it is not one."""
+    m = re.search(r"\(os error (\d+)\)", str(e))
+    if m is None or not isinstance(e, library_error_types()):
+        return None
+    return OSError(int(m.group(1)), os.strerror(int(m.group(1))), None if filename is None else str(filename))
+
+
 DTYPES = {
     "F64": torch.float64,
     "F32": torch.float32,

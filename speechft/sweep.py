@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .data.tasks import SPLITS
+from .encoders.hub import resolve_encoder
 from .errors import SpeechFTError
 from .io_utils import atomic_dir, atomic_file, check_output_location, read_json, write_json
 from .provenance import check_parents, parent_notes
@@ -51,6 +53,10 @@ class SweepConfig:
                 raise SpeechFTError(f"{k} must be >= 1, got {getattr(self, k)}")
         if self.max_utterances is not None and self.max_utterances < 1:
             raise SpeechFTError(f"max_utterances must be >= 1, got {self.max_utterances}")
+        if self.split not in SPLITS:
+            raise SpeechFTError(f"split {self.split!r}: a task folder's splits are {', '.join(SPLITS)}")
+        if self.seed < 0:
+            raise SpeechFTError(f"seed must be >= 0, got {self.seed}")
 
 
 # Each alpha is one merge and one scoring of the dev split: more than this is a typo (0:1:1e-12), not a sweep.
@@ -174,6 +180,7 @@ def sweep(
     from .progress import progress_bar
 
     cfg = _config(config, alphas, options)
+    pretrained = resolve_encoder(pretrained)  # a Hub id: its converted folder
     if out is not None:
         check_output_location(out, {"--pretrained": pretrained, "--finetuned": finetuned, "--task": task_dir})
     if out is not None and Path(out).exists() and not overwrite:

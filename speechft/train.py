@@ -35,8 +35,8 @@ continued pre-training, which thereby shares every method, checkpoint and proces
 
 The output folder, when finished, is itself an encoder folder (config.json, model.safetensors, speechft.json)
 and also holds heads/<task>/ (the trained task heads), metrics.jsonl, config.yaml (the resolved config),
-curves.png, adapter/ (lora/dora only) and, while the run is going, checkpoints/ (resumable state); see
-speechft.run_folder.
+curves.png, adapter/ (lora/dora only), trackers/ (--log-with: Accelerate's trackers, speechft.tracking) and,
+while the run is going, checkpoints/ (resumable state); see speechft.run_folder.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ from .errors import SpeechFTError
 from .heads import TaskHead, ctc_misfits
 from .objective import Loop
 from .run_folder import stored_config
+from .tracking import add_tracking_option
 from .train_config import (
     FINETUNE_METHODS,
     FROZEN_BY_DEFAULT,
@@ -98,7 +99,12 @@ __all__ = [  # the loop's and the config's names are re-exported: `from speechft
 # Command line: speechft finetune (the library entry point, finetune(), follows)
 # =====================================================================================================
 def add_arguments(p) -> None:
-    p.add_argument("--encoder", required=True, metavar="DIR", help="pre-trained encoder folder")
+    p.add_argument(
+        "--encoder",
+        required=True,
+        metavar="DIR",
+        help="pre-trained encoder folder or Hugging Face Hub id org/name[@revision]",
+    )
     p.add_argument(
         "--task",
         required=True,
@@ -113,12 +119,13 @@ def add_arguments(p) -> None:
     add_config_options(p, TrainConfig, "optim.lr=5e-5 head.layers=weighted")
     add_device_option(p)
     add_quiet_option(p)
+    add_tracking_option(p)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
 
 # The command's own flags and the config keys they set (config.config_from_args).
-CONFIG_FLAGS = {"method": "method", "steps": "steps"}
+CONFIG_FLAGS = {"method": "method", "steps": "steps", "log_with": "log_with"}
 
 
 def main(args) -> int:
@@ -276,7 +283,9 @@ class TaskStream:
     Epochs of length-bucketed batches (BucketBatchSampler: little padding) in an order fixed by
     (seed, epoch), and random crops (data.crop) fixed by (seed, epoch, clip), so a checkpoint's (epoch, batch)
     position replays the rest exactly. With N processes
-    each global batch is dealt out item by item: process r gets items r, r+N, ... Yields
+    each global batch is dealt out item by item: process r gets items r, r+N, ...; a batch of fewer than N
+    items is skipped. The position counts the epoch's batches before that skipping, so it means the same on
+    any number of processes (a --resume on another number continues the epoch where it stopped). Yields
     (batch on the device, size of the global batch).
     """
 
@@ -318,31 +327,30 @@ class TaskStream:
         from .data.dataset import split_loader
 
         plan = self.sampler.batches(self.epoch)
-        if self.world > 1:  # every process needs at least one item of every batch
-            plan = [b for b in plan if len(b) >= self.world]
-        if not plan:
+        usable = [i for i, b in enumerate(plan) if len(b) >= self.world]  # every process needs an item of each
+        if not usable:
             raise SpeechFTError(f"{self.task.root}/train.tsv: too few examples for a batch on {self.world} processes")
-        plan = plan[self.index :]
+        todo = [i for i in usable if i >= self.index]
         self.dataset.set_epoch(self.epoch)  # before the loader exists: workers copy the dataset as it is now
         loader = split_loader(
             self.dataset,
-            [b[self.rank :: self.world] for b in plan],
+            [plan[i][self.rank :: self.world] for i in todo],
             num_workers=self.cfg.num_workers,
             pin_memory=self.device.type == "cuda",
         )
-        for batch, full in zip(loader, plan):
-            yield batch, len(full)
+        for i, batch in zip(todo, loader):
+            yield i, batch, len(plan[i])
 
     def __next__(self):
         while True:
             if self._it is None:
                 self._it = self._epoch()
             try:
-                batch, n = next(self._it)
+                i, batch, n = next(self._it)
             except StopIteration:
                 self.epoch, self.index, self._it = self.epoch + 1, 0, None
                 continue
-            self.index += 1
+            self.index = i + 1
             batch.wavs = batch.wavs.to(self.device, non_blocking=True)
             batch.lengths = batch.lengths.to(self.device, non_blocking=True)
             return batch, n

@@ -23,6 +23,8 @@ FINETUNE_METHODS = ("stable", "regular", "l2sp", "lora", "dora", "early-stop")
 # Methods whose encoder starts with a frozen phase by default (TrainConfig.frozen_fraction = null).
 FROZEN_BY_DEFAULT = {"stable": 0.1, "early-stop": 0.1}
 PROBING_LR = 1e-3  # an encoder LR above this is what SUPERB probes use, and it wrecks a pre-trained encoder
+# Accelerate's trackers (accelerate.utils.LoggerType; "all" = every one installed); speechft.tracking runs them.
+TRACKERS = ("all", "tensorboard", "wandb", "comet_ml", "aim", "mlflow", "clearml", "dvclive", "swanlab", "trackio")
 
 
 @dataclass
@@ -108,6 +110,9 @@ class TrainConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    # Experiment trackers that get metrics.jsonl's rows too (--log-with; speechft.tracking). Not part of what is
+    # computed: --resume may change it.
+    log_with: list[Literal[TRACKERS]] = field(default_factory=list)
 
 
 def resolve_config(cfg: TrainConfig) -> TrainConfig:
@@ -167,6 +172,7 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
     cfg.checkpoint.every = cfg.checkpoint.every or cfg.eval.every
     if cfg.checkpoint.keep_last < 1:
         bad("checkpoint.keep_last", cfg.checkpoint.keep_last, "must be >= 1")
+    cfg.log_with = list(dict.fromkeys(cfg.log_with))  # each tracker once, in the order given
     return cfg
 
 

@@ -125,7 +125,7 @@ def layer_features(encoder, dataset, batches: list[list[int]], layer: int, devic
 
 def fit_units(encoder, dataset, cfg, layer: int, device, progress: bool) -> tuple[torch.Tensor, dict]:
     """k-means centroids of layer `layer` on a seeded sample of the training clips."""
-    from ..progress import progress_bar
+    from .progress import progress_bar
 
     u = cfg.units
     order = list(range(len(dataset)))
@@ -187,7 +187,7 @@ def label_split(
     encoder, dataset, centroids: torch.Tensor, layer: int, cfg, loop, progress: bool, desc: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Units of every clip of `dataset`, concatenated, with offsets (N+1). Processes share the batches."""
-    from ..progress import progress_bar
+    from .progress import progress_bar
 
     rank, world = loop.rank, loop.world
     batches = clip_batches(dataset, list(range(len(dataset))), cfg.data.max_seconds, cfg.data.eval_batch_size)

@@ -9,6 +9,9 @@ from pathlib import Path
 # Two cores on CI: keep each test process from oversubscribing them.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The suite never goes online: a Hub id is looked up in the local Hugging Face cache only (huggingface_hub reads
+# this once, when first imported, which is below).
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 import numpy as np
 import pytest

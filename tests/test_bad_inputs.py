@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -30,6 +31,7 @@ from conftest import cli, leftovers, make_ctc_task, tone
 from safetensors.torch import load_file, save_file
 
 from speechft.cli import main
+from speechft.encoders import tiny_encoder
 from speechft.errors import SpeechFTError
 
 # A tqdm progress bar line (long commands draw one on stderr before they fail).
@@ -383,7 +385,7 @@ def test_broken_encoder_folders(tmp_path, capsys, tiny_encoder_dir, cls_task, ho
     "spec, needles",
     [
         ("nowhere", ["encoder folder not found", "speechft encoder default|tiny|convert"]),
-        ("facebook/hubert-base-ls960", ["looks like a Hugging Face Hub id", "runs offline"]),
+        ("no-such-org/no-such-model", ["'no-such-org/no-such-model' is not a local folder", "Hugging Face cache"]),
         ("a_file", ["is a file", "an encoder is a folder with config.json and model.safetensors"]),
     ],
 )
@@ -868,3 +870,143 @@ def test_sweep_refuses_an_alpha_range_past_its_limit(tmp_path, capsys, pair, cls
     out = tmp_path / "sw"
     argv = ["sweep", "--pretrained", pair[0], "--finetuned", pair[1], "--task", cls_task, "--out", out]
     refused(capsys, cli(*argv, "--alphas", "0:1:1e-12"), ["--alphas 0:1:1e-12", "more than the limit of 1001"], [out])
+
+
+# =========================================================================================================
+# Sizes declared by a file are bounded before anything is allocated
+# =========================================================================================================
+@pytest.mark.parametrize("spec", ["[(512, 10, 5)] * 1000000000000", "([(512, 3, 2)] * 60 + [(512, 2, 2)] * 5)"])
+def test_conv_feature_layers_repeated_past_any_front_end_are_refused(spec):
+    from speechft.encoders.fairseq_layout import MAX_CONV_LAYERS, parse_conv_layers
+
+    with pytest.raises(SpeechFTError, match=f"more than {MAX_CONV_LAYERS} layers|not a list of"):
+        parse_conv_layers(spec)
+    assert len(parse_conv_layers("[(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2")) == 7
+
+
+@pytest.mark.parametrize(
+    "key, value, needle",
+    [
+        ("input_dim", 10**12, "input_dim must be an integer from 1 to 65536"),
+        ("num_states", 10**9, "num_states must be an integer from 1 to 1024"),
+        ("input_dim", "768", "input_dim must be an integer"),
+        ("labels", "low", "labels must be a list of 1 to"),
+        ("labels", [], "labels must be a list of 1 to"),
+        ("labels", [1, 2], "labels must be strings"),
+    ],
+)
+def test_hostile_head_json_sizes_are_refused_before_allocating(tmp_path, key, value, needle):
+    from speechft.heads import TaskHead
+
+    folder = TaskHead("classification", ["low", "high"], 8, 3).save(tmp_path / "head")
+    meta = json.loads((folder / "head.json").read_text())
+    (folder / "head.json").write_text(json.dumps({**meta, key: value}))
+    with pytest.raises(SpeechFTError) as e:
+        TaskHead.load(folder)
+    assert needle in str(e.value) and str(folder / "head.json") in str(e.value) and "\n" not in str(e.value)
+
+
+def test_convert_refuses_an_alias_in_the_merge_config_beside_the_checkpoint(tmp_path, capsys):
+    from test_convert import fairseq_cfg, fairseq_state
+
+    from speechft.encoders import tiny_encoder
+
+    enc = tiny_encoder("wav2vec2", seed=8)
+    ckpt = {"model_cfg": {"_name": "wav2vec2", **fairseq_cfg(enc)}, "model_weight": fairseq_state(enc)}
+    (tmp_path / "merged").mkdir()
+    torch.save(ckpt, tmp_path / "merged" / "merged_model.pt")
+    side = tmp_path / "merged" / "config.yaml"
+    side.write_text("a: &a [1, 2]\nalpha: *a\nmerge_method: linear\n")
+    out = tmp_path / "enc"
+    rc = cli("encoder", "convert", "--from", "s3prl", tmp_path / "merged" / "merged_model.pt", "--out", out)
+    refused(capsys, rc, [f"{side}: line 2 uses the YAML alias *a", "move it away"], outputs=[out])
+
+
+# =========================================================================================================
+# Disk full and read-only folders outside atomic_file: named as the user's --out, never a hidden temp name
+# =========================================================================================================
+FAST_FT = ["--steps", "2", "--quiet", "--set", "data.batch_size=4", "eval.log_every=1", "head.proj_dim=16"]
+
+
+def _no_hidden_name(err: str) -> None:
+    assert ".tmp" not in err and "/." not in err, err
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
+def test_a_checkpoint_the_disk_refuses_names_the_run_folder(tmp_path, capsys, monkeypatch, cls_task, code):
+    import speechft.checkpoint as checkpoint
+    from speechft.io_utils import atomic_file
+
+    def refused_write(path, tensors, metadata=None):
+        with atomic_file(path, "wb"):
+            raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(checkpoint, "save_tensors", refused_write)  # the resumable state's tensors
+    enc, out = tmp_path / "enc", tmp_path / "run"
+    tiny_encoder("hubert").save(enc)
+    rc = cli("finetune", "--encoder", enc, "--task", cls_task, "--out", out, *FAST_FT)
+    err = refused(capsys, rc, [f"{out}: {os.strerror(code).lower()} while writing checkpoint step-0000001", "--resume"])
+    _no_hidden_name(err)
+
+
+def _safetensors_io_error(code: int):
+    from safetensors import SafetensorError
+
+    def save_file(tensors, filename, metadata=None):
+        raise SafetensorError(f"Error while serializing: I/O error: {os.strerror(code)} (os error {code}) at path x")
+
+    return save_file
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EACCES])
+def test_an_encoder_folder_the_disk_refuses_names_the_out_folder(tmp_path, capsys, monkeypatch, code):
+    import transformers.modeling_utils as modeling_utils
+
+    monkeypatch.setattr(modeling_utils, "safe_save_file", _safetensors_io_error(code))
+    out = tmp_path / "enc"
+    rc = cli("encoder", "tiny", "hubert", "--out", out)
+    _no_hidden_name(refused(capsys, rc, [f"{out}: {os.strerror(code).lower()} while writing it"], outputs=[out]))
+
+
+def test_the_finished_encoder_of_a_run_the_disk_refuses_names_the_run_folder(tmp_path, capsys, monkeypatch, cls_task):
+    import transformers.modeling_utils as modeling_utils
+
+    enc, out = tmp_path / "enc", tmp_path / "run"
+    tiny_encoder("hubert").save(enc)
+    monkeypatch.setattr(modeling_utils, "safe_save_file", _safetensors_io_error(errno.ENOSPC))
+    rc = cli("finetune", "--encoder", enc, "--task", cls_task, "--out", out, *FAST_FT)
+    err = refused(capsys, rc, [f"{out}: no space left on device while writing the finished encoder", "--resume"])
+    _no_hidden_name(err)
+    monkeypatch.undo()
+    assert cli("finetune", "--encoder", enc, "--task", cls_task, "--out", out, "--resume", "--quiet") == 0
+    assert (out / "model.safetensors").is_file() and (out / "speechft.json").is_file()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder")
+@pytest.mark.parametrize("command", ["merge", "tiny"])
+def test_a_read_only_parent_folder_is_one_line_naming_the_out(tmp_path, capsys, pair, command):
+    parent = tmp_path / "ro"
+    parent.mkdir()
+    parent.chmod(0o500)
+    out = parent / "out"
+    try:
+        argv = (
+            ["merge", "--pretrained", pair[0], "--finetuned", pair[1], "--out", out]
+            if command == "merge"
+            else ["encoder", "tiny", "hubert", "--out", out]
+        )
+        _no_hidden_name(refused(capsys, cli(*argv), [f"{out}: permission denied while writing it"], outputs=[out]))
+    finally:
+        parent.chmod(0o700)
+
+
+def test_a_read_only_file_system_under_merge_is_one_line_naming_the_out(tmp_path, capsys, monkeypatch, pair):
+    import speechft.io_utils as io_utils
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / ".merged.1@h.x.tmp"))
+
+    monkeypatch.setattr(io_utils.tempfile, "mkdtemp", read_only)
+    out = tmp_path / "merged"
+    rc = cli("merge", "--pretrained", pair[0], "--finetuned", pair[1], "--out", out)
+    _no_hidden_name(refused(capsys, rc, [f"{out}: read-only file system while writing it"], outputs=[out]))

@@ -252,8 +252,8 @@ def test_folder_loads_with_transformers_without_speechft(family, tmp_path):
 
 
 def test_hub_id_without_network_is_one_clear_line():
-    with pytest.raises(SpeechFTError, match="Hugging Face Hub id.*local folder"):
-        load_encoder("facebook/hubert-base-ls960")
+    with pytest.raises(SpeechFTError, match="no-such-org/no-such-model' is not a local folder.*Hugging Face cache"):
+        load_encoder("no-such-org/no-such-model")
 
 
 def test_missing_folder_and_missing_config(tmp_path):

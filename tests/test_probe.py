@@ -101,12 +101,18 @@ def test_bilstm_ctc_head_trains_and_is_recorded(world):
 
 
 # ---- the cache is exact --------------------------------------------------------------
-def test_cached_uncached_and_recomputed_runs_give_identical_metrics(world, tmp_path):
+def test_cached_uncached_and_recomputed_runs_give_identical_metrics(world, tmp_path, capsys):
     tasks = [world.cls, world.ctc]
     first = evaluate([world.enc], tasks, None, cache=FeatureCache(tmp_path / "cache"), **FAST)
     again = evaluate([world.enc], tasks, None, cache=FeatureCache(tmp_path / "cache"), **FAST)
     memory = evaluate([world.enc], tasks, None, cache=False, **FAST)
-    s3prl = evaluate([world.enc], tasks, None, recompute=True, **FAST)
+    # s3prl's way, from the command line (`--recompute`: no cache at all, the encoder runs every epoch)
+    out = tmp_path / "recomputed"
+    argv = ["evaluate", "--encoder", str(world.enc), "--task", str(world.cls), str(world.ctc), "--out", str(out)]
+    argv += ["--recompute", "--quiet", "--lrs", *map(str, FAST["lrs"]), "--epochs", str(FAST["epochs"])]
+    assert cli_main([*argv, "--min-steps", "0", "--cache", str(tmp_path / "unused")]) == 0
+    s3prl = json.loads((out / "results.json").read_text())
+    assert s3prl["protocol"]["cache"] == "recompute" and not (tmp_path / "unused").exists()
 
     assert all(v == {"train": "miss", "dev": "miss", "test": "miss"} for v in statuses(first).values())
     assert all(v == {"train": "hit", "dev": "hit", "test": "hit"} for v in statuses(again).values())

@@ -138,3 +138,21 @@ def test_probe_threads_limits_the_cpu_threads_and_restores_them():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_each_process_hands_its_jobs_of_one_task_to_train_probes_together_in_the_dealt_order():
+    from speechft.eval_dist import Ranks
+
+    jobs = [(task, lr, seed) for task in (0, 1) for lr in (1e-2, 1e-3) for seed in (0, 1)]  # 8 jobs
+    # Process 1 of 3 gets jobs 1, 4, 7 (j mod 3, as eval_dist.divide deals them); the others' shares are faked.
+    others = {r: {j: ("other", j) for j in range(r, len(jobs), 3)} for r in (0, 2)}
+    ranks = Ranks(1, 3, "cpu", gather=lambda mine: [mine[0] if r == 1 else (others[r], None) for r in range(3)])
+    calls = []
+
+    def run(group):
+        calls.append(group)
+        return [("mine", job) for job in group]
+
+    results = probe._divide_by_task(ranks, jobs, run)
+    assert calls == [[jobs[1]], [jobs[4], jobs[7]]]  # task 0: job 1; task 1: jobs 4 and 7, one call each
+    assert results == [("mine", jobs[j]) if j % 3 == 1 else ("other", j) for j in range(len(jobs))]

@@ -623,3 +623,132 @@ def test_two_processes_match_one_process(tmp_path, cls_task, ctc_task):
     assert all(torch.equal(frozen[k], before[k]) for k in frozen)
     last = encoder_part(two / "checkpoints" / "step-0000005")
     assert all(not torch.equal(last[k], before[k]) for k in last), "the encoder did not train after the boundary"
+
+
+# ---- resuming on another number of processes -------------------------------------------------------------
+def test_a_stream_position_means_the_same_on_any_number_of_processes(tmp_path):
+    """9 clips in batches of 4: every epoch has one 1-clip batch, which 2 processes skip (each needs an item)
+    and 1 process takes. A position written by 2 processes and read by 1 (and back) continues the epoch at the
+    batch it stopped at: nothing repeated, nothing the new number of processes can use left out."""
+    from conftest import make_classification_task
+
+    from speechft.train import DataConfig, TaskStream
+
+    task = load_task(make_classification_task(tmp_path / "t", n_per_class=3, classes=("a", "b", "c")))
+
+    def stream(rank, world, seed):
+        return TaskStream(task, DataConfig(batch_size=4), seed, rank, world, torch.device("cpu"))
+
+    # a seed whose epoch 1 starts with its 1-clip batch: a position counted after skipping would be off by one
+    seed = next(s for s in range(100) if len(stream(0, 1, s).sampler.batches(1)[0]) == 1)
+    plan = stream(0, 1, seed).sampler.batches
+    assert [len(b) for b in plan(0)].count(1) == 1 and len(plan(1)[0]) == 1
+
+    two = [stream(r, 2, seed) for r in (0, 1)]
+    for want in [b for b in plan(0) + plan(1) if len(b) > 1][:3]:  # 3 steps on 2 processes
+        got = [next(s)[0].indices for s in two]
+        assert sorted(got[0] + got[1]) == sorted(want)
+    assert two[0].position == two[1].position == [1, 2]  # epoch 1, after its (skipped) batch 0 and batch 1
+
+    one = stream(0, 1, seed)
+    one.seek(*two[0].position)
+    for want in plan(1)[2:] + plan(2):  # 1 process: the rest of epoch 1, then all of epoch 2 (its 1-clip batch too)
+        assert sorted(next(one)[0].indices) == sorted(want)
+
+    back = [stream(r, 2, seed) for r in (0, 1)]  # and back: 1 process stopped just before the 1-clip batch
+    for s in back:
+        s.seek(1, 0)
+    got = [next(s)[0].indices for s in back]
+    assert sorted(got[0] + got[1]) == sorted(plan(1)[1]) and back[0].position == [1, 2]
+
+
+def test_resuming_on_more_processes_than_the_batch_is_refused_in_one_line(
+    tmp_path, tiny_encoder_dir, cls_task, monkeypatch
+):
+    import speechft.engine as engine
+    import speechft.train as train
+
+    enc, run = tiny_encoder_dir("hubert"), tmp_path / "run"
+    real_loss, calls = train.TaskObjective.loss, []
+
+    def crash_at_step_3(self, *a, **kw):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real_loss(self, *a, **kw)
+
+    monkeypatch.setattr(train.TaskObjective, "loss", crash_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(enc, [cls_task], run, config=config(6, "data.batch_size=4", "checkpoint.every=2"))
+    monkeypatch.setattr(train.TaskObjective, "loss", real_loss)
+
+    class EightProcesses:  # rank 0 of 8, as accelerate's PartialState would say; the check comes before any collective
+        num_processes, process_index, is_main_process = 8, 0, True
+
+        def wait_for_everyone(self):
+            pass
+
+    monkeypatch.setattr(engine, "start_processes", lambda name: (EightProcesses(), torch.device("cpu")))
+    with pytest.raises(SpeechFTError) as e:
+        finetune(enc, [cls_task], run, resume=True)
+    assert str(e.value) == (
+        "data.batch_size=4 is smaller than the 8 processes; it is the global batch, split across them: "
+        "run on at most 4 processes"
+    )
+    assert json.loads((run / "checkpoints" / "latest.json").read_text())["step"] == 2  # the run is still resumable
+
+
+@pytest.mark.slow
+def test_two_processes_resumed_on_one_keep_the_effective_batch(tmp_path, cls_task, capsys):
+    """A 2-process run (accelerate launch, gloo, global batch 4 = 2 per process, --log-with tensorboard),
+    taken as killed after its step-3 checkpoint and resumed on 1 process (4 per process): the same global
+    batches in the same order, the same effective batch, the same 6 steps, so the same losses to rtol 1e-4 and
+    weights to atol 1e-5 as the 2-process run (dropout off; float summation order differs)."""
+    import importlib.util
+    import shutil
+
+    from speechft.encoders import tiny_encoder
+
+    enc = tmp_path / "enc"
+    tiny_encoder(
+        "hubert", seed=0, hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0
+    ).save(enc)
+    sets = ["data.batch_size=4", "eval.log_every=1", "eval.every=3", "checkpoint.every=1", "checkpoint.keep_last=10"]
+    sets += ["checkpoint.keep_at_end=true", "head.dropout=0.0", "head.proj_dim=16"]
+    trackers = ["--log-with", "tensorboard"] if importlib.util.find_spec("tensorboard") else []
+    two = tmp_path / "two"
+    argv = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    argv += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    argv += ["--main_process_port", str(free_port()), "-m", "speechft", "finetune", "--encoder", str(enc)]
+    argv += ["--task", str(cls_task), "--method", "regular", "--out", str(two), "--steps", "6", *trackers]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    res = subprocess.run([*argv, "--set", *sets], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    if trackers:  # only the main process logs: one event file
+        assert len(list((two / "trackers" / "speechft").glob("events.out.tfevents.*"))) == 1
+
+    killed = tmp_path / "killed"  # the run folder as a kill right after the step-3 checkpoint leaves it
+    killed.mkdir()
+    for name in ("run.json", "config.yaml", "metrics.jsonl"):
+        shutil.copy(two / name, killed / name)
+    for step in (1, 2, 3):
+        shutil.copytree(two / "checkpoints" / f"step-{step:07d}", killed / "checkpoints" / f"step-{step:07d}")
+    (killed / "checkpoints" / "latest.json").write_text(json.dumps({"step": 3, "dir": "step-0000003"}))
+    state = json.loads((killed / "checkpoints" / "step-0000003" / "state.json").read_text())
+    assert len(state["rng"]) == 2 and state["best"]["dir"] == "best-0000003"  # by 2 processes, after a dev eval
+    shutil.copytree(two / "checkpoints" / "best-0000003", killed / "checkpoints" / "best-0000003")
+
+    capsys.readouterr()
+    finetune(enc, [cls_task], killed, resume=True, progress=False)
+    err = capsys.readouterr().err
+    assert (
+        "resuming a 2-process run on 1 process: the effective batch is unchanged (data.batch_size=4 is the global "
+        "batch, now up to 4 per process instead of 2; x optim.grad_accum=1: 4 utterances per update)" in err
+    )
+    l2, l1 = [r["loss"] for r in rows(two, "train")], [r["loss"] for r in rows(killed, "train")]
+    assert len(l1) == len(l2) == 6 and l1[:3] == l2[:3]
+    assert l1[3:] == pytest.approx(l2[3:], rel=1e-4)
+    assert json.loads((killed / "speechft.json").read_text())["steps_run"] == 6
+    w2, w1 = weights(two), weights(killed)
+    for k in w2:
+        torch.testing.assert_close(w1[k], w2[k], atol=1e-5, rtol=1e-4)

@@ -20,7 +20,9 @@ is written into the task folder's README.md; see speechft/data/corpora/ (one rea
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -48,6 +50,7 @@ def prepare_corpus(
             f"{name} does not take option(s) {', '.join('--' + u.replace('_', '-') for u in unknown)}"
             f"; it takes {', '.join('--' + a.replace('_', '-') for a in accepted) or 'none'}"
         )
+    check_options(opts, task_name, reader)
     root, out = Path(root).expanduser(), Path(out)
     if not root.is_dir():
         raise SpeechFTError(f"{root}: corpus folder not found; pass --root the folder you extracted the corpus into")
@@ -83,6 +86,43 @@ def prepare_corpus(
         except SpeechFTError as e:  # name the final folder, not the temporary one
             raise SpeechFTError(str(e).replace(str(tmp), str(out))) from None
     return out
+
+
+# option -> (lowest, lowest allowed itself, what it is); every value must also be finite
+_RANGES = {
+    "dev_fraction": (0.0, False, "a share of the training utterances in (0, 1)"),
+    "hours": (0.0, True, "a number of hours >= 0 (0 = all)"),
+    "min_seconds": (0.0, True, "a number of seconds >= 0"),
+    "max_seconds": (0.0, False, "a number of seconds > 0"),
+}
+_PATHS = ("lexicon", "phone_csv", "split_file", "test_root")
+_TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def check_options(opts: dict, task_name: str | None, reader=None) -> None:
+    """The corpus options' values, checked before the corpus is read (so a typo costs no scan of it);
+    `reader`'s own defaults stand in for the options not given."""
+    import inspect
+
+    defaults = {k: v.default for k, v in inspect.signature(reader).parameters.items()} if reader else {}
+    flag = {k: "--" + k.replace("_", "-") for k in (*_RANGES, *_PATHS)}
+    for key, (low, inclusive, what) in _RANGES.items():
+        v = opts.get(key)
+        if v is not None and not (math.isfinite(v) and (v >= low if inclusive else v > low)):
+            raise SpeechFTError(f"{flag[key]} {v}: give {what}")
+    if opts.get("dev_fraction") is not None and opts["dev_fraction"] >= 1:
+        raise SpeechFTError(f"--dev-fraction {opts['dev_fraction']}: give {_RANGES['dev_fraction'][2]}")
+    low, high = (opts.get(k, defaults.get(k)) for k in ("min_seconds", "max_seconds"))
+    if isinstance(low, (int, float)) and isinstance(high, (int, float)) and low >= high:
+        raise SpeechFTError(f"--min-seconds {low} is not below --max-seconds {high} (no segment would be kept)")
+    for key in _PATHS:
+        for p in [opts[key]] if isinstance(opts.get(key), (str, os.PathLike)) else opts.get(key) or []:
+            if not Path(p).expanduser().exists():
+                raise SpeechFTError(f"{flag[key]} {p}: not found")
+    if task_name is not None and not _TASK_NAME.fullmatch(str(task_name)):
+        raise SpeechFTError(
+            f"--name {task_name!r}: a task name is letters, digits, '_', '.' or '-' (at most 64), e.g. sid"
+        )
 
 
 def _plain(v):

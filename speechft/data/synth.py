@@ -379,6 +379,8 @@ def _top_readme(summary: dict) -> str:
 
 # ------------------------------------------------------------------ CLI
 def add_arguments(parser):
+    from ..cli import non_negative_int
+
     parser.add_argument("--out", required=True, help="folder to create (one task folder per task inside)")
     parser.add_argument(
         "--size",
@@ -387,7 +389,7 @@ def add_arguments(parser):
         help="small: a few hundred clips, seconds (tests, quick demo); demo: ~0.8 h, the full "
         "demo on 2 cores; full: thousands of clips per task",
     )
-    parser.add_argument("--seed", type=int, default=0, help="fixes voices, sentences and augmentation")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="fixes voices, sentences and augmentation")
     parser.add_argument(
         "--tasks", nargs="+", action="extend", metavar="TASK", help=f"a subset of {' '.join(TASKS)} (default: all)"
     )

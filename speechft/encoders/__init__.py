@@ -20,6 +20,7 @@ _LAZY = {
     "family_class": "registry",
     "load_encoder": "registry",
     "tiny_encoder": "registry",
+    "resolve_encoder": "hub",
     "HubertAdapter": "wav2vec2",
     "Wav2Vec2Adapter": "wav2vec2",
     "WavLMAdapter": "wav2vec2",

@@ -23,7 +23,7 @@ from torch import nn
 from ..errors import SpeechFTError
 from ..io_utils import atomic_dir, sha256_file, write_json
 from ..provenance import FORMAT_VERSION, PROVENANCE_FILE, read_provenance
-from ..safetensors_io import Checkpoint, all_finite, library_error_types
+from ..safetensors_io import Checkpoint, all_finite, library_error_types, os_error_of
 from .families import FAMILY_INFO, FamilyInfo
 
 
@@ -198,7 +198,10 @@ class Encoder(nn.Module):
         prov = {**self.provenance, **(provenance or {})}
         with atomic_dir(out, overwrite=overwrite) as tmp:
             with quiet_transformers():
-                self.model.save_pretrained(tmp)
+                try:
+                    self.model.save_pretrained(tmp)
+                except library_error_types() as e:  # safetensors' own I/O error: a full disk, a read-only folder
+                    raise (os_error_of(e, tmp) or e) from e
             # transformers writes the weights through a private temp file (0600); like every other
             # speechft output they follow the umask, so a shared folder stays readable.
             umask = os.umask(0)

@@ -9,6 +9,10 @@ SUBCOMMANDS = {
     "tiny": ("speechft.encoders.tiny_cli", "write a small random-weight encoder of a family (tests, examples)"),
     "convert": ("speechft.encoders.convert", "convert an s3prl/fairseq checkpoint into an encoder folder"),
     "info": ("speechft.encoders.info_cli", "print an encoder folder's family, size and provenance"),
+    "export-whisper": (
+        "speechft.encoders.export_whisper",
+        "a Whisper encoder folder + a Whisper model's decoder -> a WhisperForConditionalGeneration folder",
+    ),
 }
 
 

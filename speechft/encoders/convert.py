@@ -441,16 +441,19 @@ def _pretraining_heads(found: Found, config):
 
 
 def _reference_merge_config(path: Path) -> dict | None:
-    """The Speech-FT reference code writes merged_model.pt + config.yaml (alpha, method, ...)."""
-    import yaml
+    """The Speech-FT reference code writes merged_model.pt + config.yaml (alpha, method, ...). Read like
+    every user YAML (config.read_yaml_file: no aliases, UTF-8): one it cannot read is refused, in one line."""
+    from ..config import read_yaml_file
 
     cfg_path = path.with_name("config.yaml")
     if not cfg_path.is_file():
         return None
     try:
-        cfg = yaml.safe_load(cfg_path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError):
-        return None
+        cfg = read_yaml_file(cfg_path)
+    except SpeechFTError as e:
+        raise SpeechFTError(
+            f"{e} (read as the Speech-FT merge config beside the checkpoint; move it away to convert without it)"
+        ) from None
     if isinstance(cfg, dict) and ({"alpha", "merge_method", "finetune_model_paths"} & set(cfg)):
         return cfg
     return None

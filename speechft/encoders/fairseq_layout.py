@@ -42,6 +42,19 @@ FAIRSEQ_DEFAULTS = dict(
 STANDARD_FRONTEND = {(10, 3, 3, 3, 3, 2, 2): (5, 2, 2, 2, 2, 2, 2)}
 
 
+# Every published front end has 7 convolutions; a config with far more is corrupt or hostile.
+MAX_CONV_LAYERS = 64
+
+
+def _repeated_size(a, b) -> int:
+    """The length of `a * b` (a list times a count, or a count times a number), computed without building it."""
+    if isinstance(a, (list, tuple)) and isinstance(b, int):
+        return len(a) * b
+    if isinstance(b, (list, tuple)) and isinstance(a, int):
+        return len(b) * a
+    return 0
+
+
 def parse_conv_layers(spec) -> list[tuple[int, int, int]]:
     """fairseq's conv_feature_layers, e.g. "[(512, 10, 5)] + [(512, 3, 2)] * 4", evaluated
     without eval(): only list/tuple literals, integers, + and * are accepted."""
@@ -59,6 +72,9 @@ def parse_conv_layers(spec) -> list[tuple[int, int, int]]:
                 return items if isinstance(node, ast.List) else tuple(items)
             if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
                 a, b = ev(node.left), ev(node.right)
+                if isinstance(node.op, ast.Mult) and _repeated_size(a, b) > MAX_CONV_LAYERS:
+                    # `[(512, 10, 5)] * 10**12` is a few bytes of a checkpoint's config and terabytes of list.
+                    raise ValueError(f"more than {MAX_CONV_LAYERS} layers")
                 return a + b if isinstance(node.op, ast.Add) else a * b
             raise ValueError(ast.dump(node)[:60])
 
@@ -70,7 +86,7 @@ def parse_conv_layers(spec) -> list[tuple[int, int, int]]:
             ) from None
     try:
         layers = [tuple(int(x) for x in t) for t in value]
-        if not layers or any(len(t) != 3 for t in layers):
+        if not layers or len(layers) > MAX_CONV_LAYERS or any(len(t) != 3 for t in layers):
             raise ValueError
     except (TypeError, ValueError):
         raise SpeechFTError(f"conv_feature_layers {spec!r} is not a list of (dim, kernel, stride) tuples") from None

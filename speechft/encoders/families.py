@@ -102,8 +102,8 @@ def detect_family(path: str | os.PathLike) -> str:
         s = str(path)
         if re.fullmatch(r"[\w.-]+/[\w.-]+", s) and not s.startswith((".", "/")):
             raise SpeechFTError(
-                f"'{s}' is not a local folder and looks like a Hugging Face Hub id; this tool runs "
-                "offline: download the model elsewhere and pass its local folder"
+                f"'{s}' is not a local folder; a Hugging Face Hub id becomes one through "
+                "speechft.encoders.resolve_encoder, as every command's encoder option does"
             )
         raise SpeechFTError(
             f"{path}: encoder folder not found; pass a folder written by `speechft encoder "

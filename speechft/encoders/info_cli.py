@@ -6,7 +6,7 @@ import json
 
 
 def add_arguments(p):
-    p.add_argument("encoder", help="encoder folder")
+    p.add_argument("encoder", help="encoder folder, or Hugging Face Hub id org/name[@revision]")
 
 
 def main(args):

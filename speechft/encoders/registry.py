@@ -8,6 +8,7 @@ from ..errors import SpeechFTError
 from .base import Encoder
 from .decoar2 import DeCoAR2Adapter
 from .families import FAMILY_INFO, detect_family
+from .hub import resolve_encoder
 from .wav2vec2 import Data2VecAudioAdapter, HubertAdapter, Wav2Vec2Adapter, WavLMAdapter
 from .whisper import WhisperAdapter
 
@@ -25,7 +26,8 @@ def family_class(family: str) -> type[Encoder]:
 
 
 def load_encoder(path: str | os.PathLike, check_finite: bool = True) -> Encoder:
-    """Load an encoder folder (HF layout + optional speechft.json)."""
+    """Load an encoder folder (HF layout + optional speechft.json), or a Hugging Face Hub id's (hub.py)."""
+    path = resolve_encoder(path)
     return family_class(detect_family(path)).load(path, check_finite=check_finite)
 
 

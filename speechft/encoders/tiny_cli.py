@@ -4,11 +4,12 @@ from __future__ import annotations
 
 
 def add_arguments(p):
+    from ..cli import non_negative_int
     from .families import FAMILY_INFO
 
     p.add_argument("family", choices=sorted(FAMILY_INFO))
     p.add_argument("--out", required=True, help="output encoder folder")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
 
