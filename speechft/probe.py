@@ -74,6 +74,10 @@ def probe_task(
 ) -> dict:
     """The LR grid x seeds on one task (probes trained on `device`); the LR with the best mean dev metric wins.
     `audio`: the evaluation's clip fingerprints (shared so each clip is hashed once)."""
+    from .probe_special import is_special, special_probe
+
+    if is_special(task):  # slot filling, speaker verification: their own heads and metrics
+        return special_probe(source, task, cfg, cache, recompute, progress, device, audio)
     provider = FeatureProvider(source, task, cfg, cache, recompute=recompute, progress=progress, audio=audio)
     t0 = time.perf_counter()
     if not recompute:

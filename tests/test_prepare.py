@@ -525,3 +525,48 @@ def test_progress_bars_follow_the_switch():
     with progress_bars(False):
         assert progress_bar(range(3)).disable
     assert not progress_bar(range(3)).disable
+
+
+# ---------------------------------------------------------------------------------------
+# Audio SNIPS (SUPERB SF), laid out as s3prl's SNIPS reader expects
+# ---------------------------------------------------------------------------------------
+SNIPS_LINES = {  # uid -> (words, tags, intent)
+    "Ivy-snips-train-0": ("wake me at seven am", "O O O timeRange timeRange", "SetAlarm"),
+    "Joey-snips-train-1": ("play Beyoncé & Jay-z now !", "O artist artist artist O O", "PlayMusic"),
+    "Aditi-snips-valid-0": ("weather in new york", "O O city city", "GetWeather"),
+    "Brian-snips-test-0": ("rate this book five", "O O object_type rating_value", "RateBook"),
+    "Brian-snips-test-1": ("hello", "O", "None"),
+}
+
+
+@pytest.fixture
+def snips(tmp_path):
+    root = tmp_path / "audio_snips"
+    for k, uid in enumerate([*SNIPS_LINES, "Ivy-snips-train-9", "Brian-snips-train-2"]):
+        folder = {"train": "train", "valid": "valid", "test": "test"}[uid.split("-")[2]]
+        write(root / folder / f"{uid}.wav", 0.5, seed=k)
+    lines = [f"{u} BOS {w} EOS\tO {t} {i}" for u, (w, t, i) in SNIPS_LINES.items()]
+    (root / "all.iob.snips.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_audio_snips_sf(tmp_path, snips):
+    task = load_task(prepare_corpus("snips-sf", snips, tmp_path / "sf"))
+    assert task.name == "sf" and task.tokenizer == "slots" and task.metric == "slot_type_f1"
+    targets = {s: {e.path.stem: e.target for e in task.splits[s]} for s in ("train", "dev", "test")}
+    assert targets["train"] == {
+        "Ivy-snips-train-0": "WAKE ME AT B-timeRange SEVEN AM E-timeRange",
+        "Joey-snips-train-1": "PLAY B-artist BEYONCE AND JAY-Z E-artist NOW",  # '!' dropped, & read AND
+    }  # Ivy-snips-train-9 has no transcript; Brian is a test voice: both left out
+    assert targets["dev"] == {"Aditi-snips-valid-0": "WEATHER IN B-city NEW YORK E-city"}
+    rated = "RATE THIS B-object_type BOOK E-object_type B-rating_value FIVE E-rating_value"
+    assert targets["test"]["Brian-snips-test-0"] == rated
+    assert targets["test"]["Brian-snips-test-1"] == "HELLO"
+    assert {"B-city", "E-city", "B-artist", "E-artist"} <= set(task.labels) and "|" in task.labels
+    assert "1 wav file(s) with no line" in (tmp_path / "sf" / "README.md").read_text()
+
+
+def test_audio_snips_bad_line(tmp_path, snips):
+    (snips / "all.iob.snips.txt").write_text("Ivy-snips-train-0 BOS wake me EOS\tO O SetAlarm\n")
+    with pytest.raises(SpeechFTError, match=r"all.iob.snips.txt:1: expected 'ID BOS words EOS<TAB>O tags INTENT'"):
+        prepare_corpus("snips-sf", snips, tmp_path / "sf")

@@ -21,7 +21,7 @@ from speechft.data import synth_text as T
 from speechft.data import synth_text_de as DE
 from speechft.errors import SpeechFTError
 
-CONTENT_TASKS = ("pr", "asr", "ks", "lid", "style", "pr_de")
+CONTENT_TASKS = ("pr", "asr", "ks", "lid", "style", "pr_de", "sf")
 
 
 @pytest.fixture(scope="session")
@@ -245,6 +245,17 @@ def test_labels_and_vocabularies(small_bench):
     lid = load_task(out / "lid")
     assert len(lid.labels) >= 8 and {e.target for e in lid.splits["test"]} == set(lid.labels)
     assert all(e.extra["text"].replace(" ", "").isdigit() for e in lid.splits["train"])
+
+    sf = load_task(out / "sf")
+    assert sf.type == "ctc" and sf.tokenizer == "slots" and sf.metric == "slot_type_f1"
+    from speechft.probe_sf import plain_text, slots
+
+    for split in ("train", "dev", "test"):
+        for e in sf.splits[split]:
+            assert plain_text(e.target) == e.extra["text"] and slots(e.target), e.target
+    kinds = {k for e in sf.splits["train"] for k in slots(e.target)}
+    assert kinds == {"time", "city", "day", "artist", "genre"}
+    assert not {e.extra["text"] for e in sf.splits["train"]} & {e.extra["text"] for e in sf.splits["test"]}
 
     style = load_task(out / "style")
     assert len(style.labels) == 9 and not any("emotion" in x for x in style.labels)

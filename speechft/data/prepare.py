@@ -5,6 +5,7 @@
     speechft data prepare voxceleb1-sid --root /data/VoxCeleb1 --out tasks/sid
     speechft data prepare iemocap-er --root /data/IEMOCAP_full_release --fold 1 --out tasks/er1
     speechft data prepare tedlium3-asr --root /data/TEDLIUM_release-3 --out tasks/ted10h
+    speechft data prepare snips-sf --root /data/audio_snips --out tasks/sf
 
 PR transcripts: SUPERB's PR task is LibriSpeech with every word replaced by its phones
 (71 ARPAbet phones with stress marks in s3prl's vocabulary). Give the word -> phones

@@ -1,6 +1,6 @@
 """`speechft data synth`: a deterministic, cached synthetic "mini-SUPERB" made with speech synthesis.
 
-    speechft data synth --out bench/ [--size small|demo|full] [--seed 0] [--tasks pr asr ks sid lid style pr_de]
+    speechft data synth --out bench/ [--size small|demo|full] [--seed 0] [--tasks pr asr ks sid lid style pr_de sf]
 
 writes one task folder per task (see `speechft.data.tasks`), all from espeak-ng (plus flite
 voices when the `flite` program is installed):
@@ -16,6 +16,7 @@ voices when the `flite` program is installed):
     pr_de  German phoneme recognition: CTC over a 42-phone German inventory, on German sentences
            and digit strings (the new language of the continued pre-training scenario: its
            train audio is the "new-language audio")
+    sf     slot filling: alarm / weather / music commands, characters plus slot markers (SUPERB SF)
 
 Sizes (seed 0, espeak-ng only; hours of audio summed over all tasks and splits, pr and asr
 each counted although they share their clips - an encoder probed on every task runs over it all):
@@ -26,7 +27,7 @@ each counted although they share their clips - an encoder probed on every task r
                                       clip lengths); minutes to generate
 
 Voices are espeak-ng accents x voice variants. The variants are split by the seed into
-train / dev / test groups: in pr, asr, ks, lid, style and pr_de the dev and test clips are spoken
+train / dev / test groups: in pr, asr, ks, lid, style, pr_de and sf the dev and test clips are spoken
 by variants that never speak in train, so those tasks measure generalisation to new
 voices. Sentences come from a word-list grammar (`synth_text`), so nothing is downloaded.
 
@@ -54,6 +55,7 @@ from pathlib import Path
 from ..cli import add_quiet_option
 from ..errors import SpeechFTError
 from ..io_utils import atomic_dir, check_output_location, write_json
+from . import synth_slots
 from . import synth_text as T
 from .audio import SAMPLE_RATE
 from .synth_clips import ENGINES, Clip, ClipCache, augment, default_cache_dir, load_engines
@@ -75,7 +77,7 @@ from .tasks import write_task_folder
 # What tests, benchmarks and the demo reach through this module (the rest lives in synth_plan / synth_clips).
 __all__ = ["SIZES", "TASKS", "Clip", "augment", "planned_examples", "synthesize_benchmark", "add_arguments", "main"]
 
-GENERATOR_VERSION = "speechft-synth 2"  # 2: task pr_de, size demo
+GENERATOR_VERSION = "speechft-synth 3"  # 2: task pr_de, size demo; 3: task sf
 
 
 # ------------------------------------------------------------------ task specs and READMEs
@@ -97,6 +99,10 @@ TASK_INFO = {
     "style": "Speaking style: 3 speaking rates (slow 115-135, normal 160-185, fast 215-245 words/min) x 3 "
     "pitch registers (espeak pitch low 15-30, mid 42-58, high 70-85), noise 5-30 dB SNR. A prosody "
     "task; it is not emotion recognition.",
+    "sf": "Slot filling (SUPERB SF's format): assistant commands in three domains (alarms, weather, music; "
+    "`speechft.data.synth_slots`), transcribed as lower-case characters with slot markers around each "
+    "value (`set an alarm for B-time seven thirty E-time`); CTC over characters and markers, scored by "
+    "slot-type F1 (the main metric) and slot-value CER.",
     "pr_de": "German phoneme recognition: CTC over a 42-phone German inventory (vowel length kept, stress "
     "stripped); targets are espeak-ng's IPA phoneme events for the German voice, mapped by "
     "`speechft.data.synth_text.ESPEAK_DE_TO_PHONE`. Utterances: sentences from a small German grammar "
@@ -115,6 +121,14 @@ def _task_spec(task: str, rows: dict[str, list[dict]]) -> dict:
             "metric": "per",
             "tokenizer": "space",
             "vocabulary": list(inventory),
+        }
+    if task == "sf":
+        return {
+            "name": "synth_sf",
+            "type": "ctc",
+            "metric": "slot_type_f1",
+            "tokenizer": "slots",
+            "vocabulary": list(synth_slots.SF_VOCABULARY),
         }
     if task == "asr":
         # The whole alphabet, not just the letters this seed happened to use: the same head fits every seed.
@@ -365,7 +379,7 @@ def _top_readme(summary: dict) -> str:
         "",
     ]
     lines += [
-        "Held-out voice variants (dev/test of pr, asr, ks, lid, style and pr_de never share a variant with train):",
+        "Held-out voice variants (dev/test of pr, asr, ks, lid, style, pr_de and sf never share a variant with train):",
         "",
     ]
     lines += [f"- {s}: " + ", ".join(v or "(base)" for v in summary["variants"][s]) for s in SPLITS]

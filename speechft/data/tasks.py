@@ -18,6 +18,7 @@ transcripts in the vocabulary, paths confined to the folder unless allowed).
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,8 +32,15 @@ from .manifest import ManifestRow, read_manifest, read_text_file
 
 SPLITS = ("train", "dev", "test")
 TASK_TYPES = ("ctc", "classification")
-METRICS = {"ctc": ("per", "cer", "wer"), "classification": ("accuracy", "macro_f1")}
-TOKENIZERS = ("space", "char")
+METRICS = {
+    "ctc": ("per", "cer", "wer", "slot_type_f1", "slot_value_cer"),
+    "classification": ("accuracy", "macro_f1"),
+}
+TOKENIZERS = ("space", "char", "slots")
+# Slot filling (SUPERB SF): a ctc task with tokenizer `slots` whose transcripts mark each slot value as
+# `B-type value words E-type`; the markers are single tokens, everything else is characters.
+SLOT_METRICS = ("slot_type_f1", "slot_value_cer")
+SLOT_MARKER = re.compile(r"^[BE]-\S+$")
 # In char-tokenized CTC tasks a space is spelled with this token (wav2vec2's convention).
 WORD_SEPARATOR = "|"
 
@@ -43,15 +51,25 @@ class Vocabulary:
     head.json), so the head decodes its own outputs without the task folder.
 
     Classification: the label's index in `labels`. CTC: one token per word (tokenizer "space") or per
-    character (tokenizer "char", a space spelled WORD_SEPARATOR); ids are 1-based, 0 is the CTC blank."""
+    character (tokenizer "char", a space spelled WORD_SEPARATOR); tokenizer "slots" is "char" except that
+    a word that is a slot marker of the vocabulary (`B-time`, `E-time`) is one token, as in SUPERB SF's
+    character-slot tokenizer. Ids are 1-based, 0 is the CTC blank."""
 
     def __init__(self, kind: str, labels: list[str], tokenizer: str | None = None):
         self.kind, self.labels, self.tokenizer = kind, list(labels), tokenizer
         self._index = {t: i for i, t in enumerate(self.labels)}
+        self._markers = {t for t in self.labels if len(t) > 1} if tokenizer == "slots" else set()
 
     def tokens(self, text: str) -> list[str]:
         if self.tokenizer == "space":
             return text.split()
+        if self.tokenizer == "slots":
+            out: list[str] = []
+            for word in text.split():
+                if out:
+                    out.append(WORD_SEPARATOR)
+                out += [word] if word in self._markers else list(word)
+            return out
         return [WORD_SEPARATOR if c == " " else c for c in text.strip()]
 
     def encode(self, target: str) -> list[int] | int:
@@ -64,6 +82,9 @@ class Vocabulary:
         toks = [self.labels[i - 1] for i in ids if i > 0]
         if self.tokenizer == "space":
             return " ".join(toks)
+        if self.tokenizer == "slots":  # markers stand apart as words, however the head spaced them
+            text = "".join(f" {t} " if t in self._markers else (" " if t == WORD_SEPARATOR else t) for t in toks)
+            return " ".join(text.split())
         return "".join(" " if t == WORD_SEPARATOR else t for t in toks)
 
 
@@ -139,7 +160,8 @@ def load_spec(root: Path) -> dict:
             _fail(f"{path}: missing key '{key}'")
     if spec["type"] not in TASK_TYPES:
         _fail(f"{path}: type '{spec['type']}' is not one of {', '.join(TASK_TYPES)}")
-    metric = spec.setdefault("metric", METRICS[spec["type"]][0])
+    slot_task = spec["type"] == "ctc" and spec.get("tokenizer") == "slots"
+    metric = spec.setdefault("metric", SLOT_METRICS[0] if slot_task else METRICS[spec["type"]][0])
     if metric not in METRICS[spec["type"]]:
         _fail(
             f"{path}: metric '{metric}' does not fit type {spec['type']}; use one of {', '.join(METRICS[spec['type']])}"
@@ -157,6 +179,7 @@ def load_spec(root: Path) -> dict:
         tok = spec.setdefault("tokenizer", "char")
         if tok not in TOKENIZERS:
             _fail(f"{path}: tokenizer '{tok}' is not one of {', '.join(TOKENIZERS)}")
+        _check_slots(path, tok, metric, labels)
     sr = spec.setdefault("sample_rate", SAMPLE_RATE)
     if not isinstance(sr, int) or isinstance(sr, bool) or sr <= 0:
         _fail(f"{path}: sample_rate must be a positive integer, got {sr!r}")
@@ -164,6 +187,23 @@ def load_spec(root: Path) -> dict:
     if not isinstance(spec.get("allow_outside_paths", False), bool):
         _fail(f"{path}: allow_outside_paths must be true or false, got {spec['allow_outside_paths']!r}")
     return spec
+
+
+def _check_slots(path: Path, tokenizer: str, metric: str, vocabulary: list[str]) -> None:
+    """Slot filling's own rules: its metrics need slot markers, and every marker is a B-/E- pair."""
+    if metric in SLOT_METRICS and tokenizer != "slots":
+        _fail(f"{path}: metric '{metric}' needs tokenizer: slots (transcripts with B-type ... E-type markers)")
+    if tokenizer != "slots":
+        return
+    if metric not in SLOT_METRICS:
+        _fail(f"{path}: a tokenizer: slots task is scored by {' or '.join(SLOT_METRICS)}, not '{metric}'")
+    long = [t for t in vocabulary if len(t) > 1]
+    bad = [t for t in long if not SLOT_MARKER.match(t)]
+    if bad:
+        _fail(f"{path}: tokenizer slots allows single characters and slot markers B-type/E-type, got {bad[:5]}")
+    unpaired = sorted(t for t in long if ("E-" if t[0] == "B" else "B-") + t[2:] not in long)
+    if unpaired:
+        _fail(f"{path}: slot markers {unpaired[:5]} have no partner (each B-type needs its E-type)")
 
 
 def _row_check(task: dict):

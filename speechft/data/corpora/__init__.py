@@ -14,7 +14,7 @@ holding audio, chosen per corpus:
   times) and the Speech Commands `_silence_` class (1-s slices of `_background_noise_`).
 
 Task names are the keys of SUPERB score configs (speechft/configs/superb_paper.yaml: pr, asr,
-sid, er, ks, ic), so `speechft evaluate` scores the folders without renaming; the corpus
+sid, er, ks, ic, sf), so `speechft evaluate` scores the folders without renaming; the corpus
 and options are recorded under `source` in task.yaml.
 
 Every problem with the corpus is one `SpeechFTError` naming the file that was expected.
@@ -23,7 +23,7 @@ where a reader deviates (stated in each reader and in the folder's README.md) it
 be deterministic across machines.
 
 Layout: `transcribed` (LibriSpeech, TED-LIUM 3, AISHELL-3) and `labelled` (VoxCeleb1,
-IEMOCAP, Speech Commands, Fluent Speech Commands) hold the readers, `common` what they
+IEMOCAP, Speech Commands, Fluent Speech Commands) and `slu` (Audio SNIPS) hold the readers, `common` what they
 share; this module is the registry `speechft data prepare` chooses from.
 """
 
@@ -34,6 +34,7 @@ from collections.abc import Callable
 from ...errors import SpeechFTError
 from .common import Prepared, progress_bars
 from .labelled import fluent, iemocap, speech_commands, voxceleb1
+from .slu import audio_snips
 from .transcribed import aishell3, librispeech, tedlium3
 
 __all__ = ["CORPORA", "Prepared", "corpus_reader", "progress_bars"]
@@ -56,6 +57,7 @@ CORPORA: dict[str, tuple[Callable[..., Prepared], tuple[str, ...], str]] = {
     "speechcommands-ks": (speech_commands, ("test_root",), "Speech Commands v0.01 keyword spotting (SUPERB KS)"),
     "fluent-ic": (fluent, (), "Fluent Speech Commands intent classification (SUPERB IC)"),
     "tedlium3-asr": (tedlium3, ("hours", "min_seconds", "max_seconds"), "TED-LIUM 3 ASR, the paper's 10 h subset"),
+    "snips-sf": (audio_snips, (), "Audio SNIPS slot filling (SUPERB SF)"),
     "aishell3": (aishell3, ("dev_fraction",), "AISHELL-3 Mandarin: pre-training audio + character transcripts"),
 }
 

@@ -1,0 +1,126 @@
+"""The SUPERB task types beyond ctc and classification: slot filling (SF) and speaker verification (ASV).
+
+Each: its task-folder rules, its metrics on hand-computed cases, and an end-to-end `speechft evaluate`
+on a tiny task folder with a tiny random encoder that writes the metrics into results.json.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import cli, tone
+
+from speechft.data import load_task
+from speechft.data.audio import write_audio
+from speechft.data.tasks import Vocabulary, write_task_folder
+from speechft.errors import SpeechFTError
+from speechft.probe_sf import plain_text, slot_type_f1, slot_value_cer, slots
+
+FAST = ["--lrs", "1e-2", "--epochs", "2", "--min-steps", "0", "--quiet", "--no-cache"]
+
+
+# ---- slot filling ----------------------------------------------------------------------------
+def test_slot_parsing_and_plain_text():
+    text = "wake me at B-time seven am E-time in B-city new york E-city"
+    assert slots(text) == {"time": ["seven am"], "city": ["new york"]}
+    assert plain_text(text) == "wake me at seven am in new york"
+    assert slots("B-time seven E-city") == {}  # a slot closes with its own type
+    assert slots("play B-artist abba E-artist and B-artist queen E-artist") == {"artist": ["abba", "queen"]}
+
+
+def test_slot_type_f1_by_hand():
+    refs = [
+        "at B-time seven E-time in B-city oslo E-city",  # types {time, city}
+        "B-artist abba E-artist",  # {artist}
+        "hello there",  # none
+        "hello there",  # none
+    ]
+    hyps = [
+        "at B-time seven E-time B-artist x E-artist",  # {time, artist}: P = 1/2, R = 1/2 -> 0.5
+        "B-artist abbey E-artist",  # same type, wrong value: 1.0
+        "hello there",  # none and none: 1.0
+        "B-city oslo E-city",  # a slot where there is none: 0.0
+    ]
+    assert slot_type_f1(refs, hyps) == pytest.approx((0.5 + 1.0 + 1.0 + 0.0) / 4)
+
+
+def test_slot_value_cer_by_hand():
+    refs = ["B-time seven E-time B-city oslo E-city", "B-artist abba E-artist"]
+    hyps = ["B-time seven E-time", "B-artist abbey E-artist B-artist zz E-artist"]
+    # time: "seven" vs "seven" 0 edits (5 chars); city: "oslo" vs "" 4 edits (4 chars);
+    # artist: best of "abbey" (2 edits) and "zz" (4 edits) vs "abba" (4 chars) -> 2 edits.
+    assert slot_value_cer(refs, hyps) == pytest.approx((0 + 4 + 2) / (5 + 4 + 4))
+    assert slot_value_cer(["no slots here"], ["B-x y E-x"]) == 0.0
+
+
+def test_slots_tokenizer_round_trip():
+    v = Vocabulary("ctc", ["|", "a", "b", "m", "B-t", "E-t"], "slots")
+    text = "ab B-t ma E-t b"
+    toks = v.tokens(text)
+    assert toks == ["a", "b", "|", "B-t", "|", "m", "a", "|", "E-t", "|", "b"]
+    assert v.decode(v.encode(text)) == text
+    # markers emitted without separators around them still read as words
+    ids = [v.encode(x)[0] for x in ("a", "B-t", "m", "E-t")]
+    assert v.decode(ids) == "a B-t m E-t"
+
+
+TONES = {"a": 300.0, "b": 900.0, "c": 2000.0}
+
+
+def make_sf_task(root, n: int = 8, seed: int = 0, **spec_over):
+    """Letters as tones; the one slot type `x` holds the letters spoken between two 3.5 kHz beeps."""
+    rng = np.random.default_rng(seed)
+    audio = root.parent / f"{root.name}_audio"
+    audio.mkdir(parents=True, exist_ok=True)
+    splits = {}
+    for split in ("train", "dev", "test"):
+        rows = []
+        for k in range(n if split == "train" else max(2, n // 2)):
+            before, value = rng.choice(list(TONES), size=2), rng.choice(list(TONES), size=2)
+            beep = tone(3500.0, 0.1, seed=k)
+            wav = np.concatenate(
+                [tone(TONES[c], 0.2, seed=k + j) for j, c in enumerate(before)]
+                + [beep]
+                + [tone(TONES[c], 0.2, seed=k + 5 + j) for j, c in enumerate(value)]
+                + [beep]
+            )
+            path = audio / f"{split}_{k}.wav"
+            write_audio(path, wav)
+            transcript = f"{''.join(before)} B-x {''.join(value)} E-x"
+            duration = round(len(wav) / 16000, 3)
+            rows.append({"path": f"audio/{path.name}", "duration": duration, "transcript": transcript})
+        splits[split] = rows
+    spec = {"name": "sf", "type": "ctc", "tokenizer": "slots", "vocabulary": ["|", *TONES, "B-x", "E-x"]}
+    return write_task_folder(root, {**spec, **spec_over}, splits, audio_dir=audio)
+
+
+def test_slot_task_folder_rules(tmp_path):
+    task = load_task(make_sf_task(tmp_path / "sf"))
+    assert task.metric == "slot_type_f1" and task.tokenizer == "slots"  # the default metric of a slot task
+    assert "B-x" in task.tokens(task.split("train")[0].target)
+    for over, needle in [
+        ({"vocabulary": ["|", "a", "b", "c", "B-x"]}, "no partner"),
+        ({"vocabulary": ["|", "a", "b", "c", "B-x", "E-x", "ab"]}, "slot markers B-type/E-type"),
+        ({"metric": "cer"}, "is scored by slot_type_f1 or slot_value_cer"),
+    ]:
+        with pytest.raises(SpeechFTError, match=needle):
+            load_task(make_sf_task(tmp_path / f"bad{len(str(over))}", **over))
+    plain = make_sf_task(tmp_path / "plain", tokenizer="char", vocabulary=["|", "a", "b", "c", "B", "E", "-", "x"])
+    (plain / "task.yaml").write_text((plain / "task.yaml").read_text() + "metric: slot_value_cer\n")
+    with pytest.raises(SpeechFTError, match="needs tokenizer: slots"):
+        load_task(plain)
+
+
+def test_evaluate_scores_a_slot_task_with_both_metrics(tmp_path, tiny_encoder_dir):
+    sf_dir = make_sf_task(tmp_path / "sf")
+    out = tmp_path / "out"
+    assert cli("evaluate", "--encoder", tiny_encoder_dir("hubert"), "--task", sf_dir, "--out", out, *FAST) == 0
+    r = json.loads((out / "results.json").read_text())["models"][0]["tasks"]["sf"]
+    assert r["metric"] == "slot_type_f1" and not r["lower_is_better"]
+    assert set(r["metrics"]) == {"slot_type_f1", "slot_value_cer"}
+    assert r["test"] == r["metrics"]["slot_type_f1"] and 0.0 <= r["test"] <= 1.0
+    assert r["metrics"]["slot_value_cer"] >= 0.0 and r["chosen_lr"] == 1e-2
+    assert len(r["layer_weights"]) == r["num_states"] and r["n"] == {"train": 8, "dev": 4, "test": 4}
+    assert "sf" in (out / "report.md").read_text()
