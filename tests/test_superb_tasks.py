@@ -124,3 +124,70 @@ def test_evaluate_scores_a_slot_task_with_both_metrics(tmp_path, tiny_encoder_di
     assert r["metrics"]["slot_value_cer"] >= 0.0 and r["chosen_lr"] == 1e-2
     assert len(r["layer_weights"]) == r["num_states"] and r["n"] == {"train": 8, "dev": 4, "test": 4}
     assert "sf" in (out / "report.md").read_text()
+
+
+# ---- speaker verification -----------------------------------------------------------------------
+def test_min_dcf_by_hand():
+    from speechft.probe_asv import min_dcf
+
+    scores, same = [0.9, 0.8, 0.7, 0.1], [True, False, True, False]
+    # thresholds 0.1, 0.7, 0.8, 0.9, inf: (p_miss, p_fa) = (0, 1), (0, .5), (.5, .5), (.5, 0), (1, 0)
+    # C_det = 0.01 p_miss + 0.99 p_fa -> minimum at t = 0.9: 0.005; normalised by 0.01 -> 0.5
+    assert min_dcf(scores, same) == pytest.approx(0.5)
+    assert min_dcf([0.9, 0.1], [True, False]) == 0.0
+
+
+def make_asv_task(
+    root, speakers=(("s1", 200), ("s2", 450), ("s3", 800), ("s4", 1300)), held=(("h1", 300), ("h2", 1000))
+):
+    """Speakers are tones of their own pitch; dev and test speakers never speak in train."""
+    audio = root.parent / f"{root.name}_audio"
+    audio.mkdir(parents=True, exist_ok=True)
+    splits, files = {}, {}
+    for split, voices, n in (("train", speakers, 3), ("dev", held, 2), ("test", held, 2)):
+        rows = []
+        for spk, f0 in voices:
+            for k in range(n):
+                path = audio / f"{split}_{spk}_{k}.wav"
+                write_audio(path, tone(f0 * (1 + 0.03 * k), 0.5, seed=k))
+                rows.append({"path": f"audio/{path.name}", "duration": 0.5, "label": spk, "speaker": spk})
+        splits[split] = rows
+        if split != "train":
+            pairs = [(a, b) for i, a in enumerate(rows) for b in rows[i + 1 :]]
+            lines = [f"{int(a['label'] == b['label'])} {a['path']} {b['path']}" for a, b in pairs]
+            files[f"{split}_trials.txt"] = ("\n".join(lines) + "\n").encode()
+    spec = {"name": "asv", "type": "verification"}
+    return write_task_folder(root, spec, splits, files=files, audio_dir=audio)
+
+
+def test_verification_task_folder_rules(tmp_path):
+    task = load_task(make_asv_task(tmp_path / "asv"))
+    assert task.metric == "eer" and task.labels == ["s1", "s2", "s3", "s4"]
+    # 4 dev clips: 6 pairs, 2 of them same-speaker; trials index the split's clips
+    assert len(task.trials["dev"]) == 6 and sum(s for _, _, s in task.trials["dev"]) == 2
+    a, b, same = task.trials["test"][0]
+    assert same == (task.split("test")[a].target == task.split("test")[b].target)
+    folder = make_asv_task(tmp_path / "bad")
+    trials = folder / "dev_trials.txt"
+    for text, needle in [
+        ("1 audio/x.wav audio/dev_h1_0.wav\n", "audio/x.wav is not a path of dev.tsv"),
+        ("2 audio/dev_h1_0.wav audio/dev_h1_1.wav\n", "is not '1|0 PATH_A PATH_B'"),
+        ("1 audio/dev_h1_0.wav audio/dev_h1_1.wav\n", "needs both same-speaker"),
+    ]:
+        trials.write_text(text)
+        with pytest.raises(SpeechFTError, match=needle):
+            load_task(folder)
+    trials.unlink()
+    with pytest.raises(SpeechFTError, match="dev_trials.txt: missing"):
+        load_task(folder)
+
+
+def test_evaluate_scores_a_verification_task_with_eer_and_min_dcf(tmp_path, tiny_encoder_dir):
+    asv = make_asv_task(tmp_path / "asv")
+    out = tmp_path / "out"
+    assert cli("evaluate", "--encoder", tiny_encoder_dir("hubert"), "--task", asv, "--out", out, *FAST) == 0
+    r = json.loads((out / "results.json").read_text())["models"][0]["tasks"]["asv"]
+    assert r["type"] == "verification" and r["metric"] == "eer" and r["lower_is_better"]
+    assert set(r["metrics"]) == {"eer", "min_dcf"} and r["test"] == r["metrics"]["eer"]
+    assert 0.0 <= r["test"] <= 1.0 and 0.0 <= r["metrics"]["min_dcf"]
+    assert r["n"] == {"train": 12, "dev": 4, "test": 4} and len(r["layer_weights"]) == r["num_states"]

@@ -31,11 +31,15 @@ from .audio import SAMPLE_RATE
 from .manifest import ManifestRow, read_manifest, read_text_file
 
 SPLITS = ("train", "dev", "test")
-TASK_TYPES = ("ctc", "classification")
+TASK_TYPES = ("ctc", "classification", "verification")
 METRICS = {
     "ctc": ("per", "cer", "wer", "slot_type_f1", "slot_value_cer"),
     "classification": ("accuracy", "macro_f1"),
+    "verification": ("eer", "min_dcf"),
 }
+# Speaker verification (SUPERB ASV): train.tsv is labelled by speaker; dev and test are scored on trial
+# lists beside them, one trial a line as in VoxCeleb's veri_test2.txt: `1|0 PATH_A PATH_B` (1 = same speaker).
+TRIAL_SPLITS = ("dev", "test")
 TOKENIZERS = ("space", "char", "slots")
 # Slot filling (SUPERB SF): a ctc task with tokenizer `slots` whose transcripts mark each slot value as
 # `B-type value words E-type`; the markers are single tokens, everything else is characters.
@@ -73,7 +77,7 @@ class Vocabulary:
         return [WORD_SEPARATOR if c == " " else c for c in text.strip()]
 
     def encode(self, target: str) -> list[int] | int:
-        if self.kind == "classification":
+        if self.kind in ("classification", "verification"):
             return self._index[target]
         return [self._index[t] + 1 for t in self.tokens(target)]
 
@@ -111,6 +115,8 @@ class Task:
     sample_rate: int
     splits: dict[str, list[Example]]
     spec: dict
+    # verification: split -> trials (index of clip a, index of clip b, same speaker) into that split
+    trials: dict[str, list[tuple[int, int, bool]]] = field(default_factory=dict)
 
     @property
     def num_outputs(self) -> int:
@@ -166,6 +172,8 @@ def load_spec(root: Path) -> dict:
         _fail(
             f"{path}: metric '{metric}' does not fit type {spec['type']}; use one of {', '.join(METRICS[spec['type']])}"
         )
+    if spec["type"] == "verification":  # the classes are the train speakers: read from train.tsv
+        return _check_common(path, spec)
     key = "labels" if spec["type"] == "classification" else "vocabulary"
     labels = spec.get(key)
     if not isinstance(labels, list) or not labels:
@@ -180,6 +188,10 @@ def load_spec(root: Path) -> dict:
         if tok not in TOKENIZERS:
             _fail(f"{path}: tokenizer '{tok}' is not one of {', '.join(TOKENIZERS)}")
         _check_slots(path, tok, metric, labels)
+    return _check_common(path, spec)
+
+
+def _check_common(path: Path, spec: dict) -> dict:
     sr = spec.setdefault("sample_rate", SAMPLE_RATE)
     if not isinstance(sr, int) or isinstance(sr, bool) or sr <= 0:
         _fail(f"{path}: sample_rate must be a positive integer, got {sr!r}")
@@ -208,6 +220,12 @@ def _check_slots(path: Path, tokenizer: str, metric: str, vocabulary: list[str])
 
 def _row_check(task: dict):
     """The task's own rule for a row: a known label, or a non-empty transcript of known tokens."""
+    if task["type"] == "verification":
+
+        def check(row: ManifestRow) -> str | None:
+            return "empty label (the speaker)" if "label" in row.columns and not row.columns["label"].strip() else None
+
+        return check
     if task["type"] == "classification":
         labels = set(task["labels"])
 
@@ -234,11 +252,17 @@ def read_split(root: Path, split: str, task: dict, allow_outside: bool) -> list[
     path = root / f"{split}.tsv"
     if not path.exists():
         _fail(f"{path}: missing; every task folder needs {', '.join(s + '.tsv' for s in SPLITS)}")
-    target_col = "label" if task["type"] == "classification" else "transcript"
+    target_col = "transcript" if task["type"] == "ctc" else "label"
+    # verification's dev and test clips need no label: their trials say which pairs share a speaker
+    required = (
+        ("path", "duration")
+        if task["type"] == "verification" and split != "train"
+        else ("path", "duration", target_col)
+    )
     rows = read_manifest(
         path,
-        ("path", "duration", target_col),
-        hint=f"a {task['type']} manifest needs path, duration, {target_col}",
+        required,
+        hint=f"a {task['type']} {split} manifest needs {', '.join(required)}",
         what=f"the {split} split",
         outside=None if allow_outside else "the task folder (allow with allow_outside_paths)",
         check=_row_check(task),
@@ -247,8 +271,32 @@ def read_split(root: Path, split: str, task: dict, allow_outside: bool) -> list[
     for row in rows:
         speaker = row.columns["speaker"].strip() if "speaker" in row.columns else None
         extra = {h: v for h, v in row.columns.items() if h not in ("path", "duration", target_col, "speaker")}
-        examples.append(Example(row.id, row.path, row.duration, row.columns[target_col].strip(), speaker, extra))
+        target = row.columns.get(target_col, "").strip()
+        examples.append(Example(row.id, row.path, row.duration, target, speaker, extra))
     return examples
+
+
+def read_trials(root: Path, split: str, examples: list[Example]) -> list[tuple[int, int, bool]]:
+    """`{split}_trials.txt` of a verification folder: lines `1|0 PATH_A PATH_B`, paths as in the split's manifest."""
+    path = root / f"{split}_trials.txt"
+    if not path.exists():
+        _fail(f"{path}: missing; a verification task needs {split}_trials.txt (lines '1|0 PATH_A PATH_B')")
+    index = {ex.id: i for i, ex in enumerate(examples)}
+    trials = []
+    for lineno, line in enumerate(read_text_file(path).splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 3 or parts[0] not in ("0", "1"):
+            _fail(f"{path}:{lineno}: '{line.strip()[:80]}' is not '1|0 PATH_A PATH_B' (1 = same speaker)")
+        unknown = [p for p in parts[1:] if p not in index]
+        if unknown:
+            _fail(f"{path}:{lineno}: {unknown[0]} is not a path of {split}.tsv; list every trial clip there")
+        trials.append((index[parts[1]], index[parts[2]], parts[0] == "1"))
+    kinds = {same for _, _, same in trials}
+    if kinds != {True, False}:
+        _fail(f"{path}: needs both same-speaker (1) and different-speaker (0) trials, got {len(trials)} of one kind")
+    return trials
 
 
 def load_task(root: str | os.PathLike, allow_outside_paths: bool = False) -> Task:
@@ -257,7 +305,14 @@ def load_task(root: str | os.PathLike, allow_outside_paths: bool = False) -> Tas
     spec = load_spec(root)
     allow = allow_outside_paths or bool(spec.get("allow_outside_paths", False))
     splits = {s: read_split(root, s, spec, allow) for s in SPLITS}
-    labels = spec["labels"] if spec["type"] == "classification" else spec["vocabulary"]
+    trials = {}
+    if spec["type"] == "verification":
+        labels = sorted({ex.target for ex in splits["train"]})
+        if len(labels) < 2:
+            _fail(f"{root / 'train.tsv'}: a verification task needs at least 2 train speakers, got {labels}")
+        trials = {s: read_trials(root, s, splits[s]) for s in TRIAL_SPLITS}
+    else:
+        labels = spec["labels"] if spec["type"] == "classification" else spec["vocabulary"]
     return Task(
         root=root,
         name=str(spec["name"]),
@@ -268,6 +323,7 @@ def load_task(root: str | os.PathLike, allow_outside_paths: bool = False) -> Tas
         sample_rate=spec["sample_rate"],
         splits=splits,
         spec=spec,
+        trials=trials,
     )
 
 
@@ -288,7 +344,7 @@ def write_task_folder(
     the audio itself lives in a shared cache.
     """
     out = Path(out)
-    target_col = "label" if spec["type"] == "classification" else "transcript"
+    target_col = "transcript" if spec["type"] == "ctc" else "label"
     with atomic_dir(out, overwrite=overwrite) as tmp:
         (tmp / "task.yaml").write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
         for split in SPLITS:
