@@ -21,7 +21,7 @@ from speechft.data import synth_text as T
 from speechft.data import synth_text_de as DE
 from speechft.errors import SpeechFTError
 
-CONTENT_TASKS = ("pr", "asr", "ks", "lid", "style", "pr_de", "sf")
+CONTENT_TASKS = ("pr", "asr", "ks", "lid", "style", "pr_de", "sf", "asv")
 
 
 @pytest.fixture(scope="session")
@@ -196,12 +196,13 @@ def test_every_task_folder_loads_with_audio_that_matches_the_manifest(small_benc
         for split in ("train", "dev", "test"):
             assert len(t.splits[split]) == summary["tasks"][task]["clips"][split] > 0
             for e in t.splits[split]:
-                t.encode(e.target)  # every label / token is in the vocabulary
+                if t.type != "verification" or split == "train":  # verification's dev/test: trials, no labels
+                    t.encode(e.target)  # every label / token is in the vocabulary
             e = t.splits[split][0]
             wav = load_audio(e.path)
             assert abs(len(wav) / 16000 - e.duration) < 1e-3
         longest = max(e.duration for s in t.splits.values() for e in s)
-        assert longest <= (2.5 if task == "sid" else 3.6), (task, longest)
+        assert longest <= (2.5 if task in ("sid", "asv") else 3.6), (task, longest)
 
 
 def test_labels_and_vocabularies(small_bench):
@@ -256,6 +257,17 @@ def test_labels_and_vocabularies(small_bench):
     kinds = {k for e in sf.splits["train"] for k in slots(e.target)}
     assert kinds == {"time", "city", "day", "artist", "genre"}
     assert not {e.extra["text"] for e in sf.splits["train"]} & {e.extra["text"] for e in sf.splits["test"]}
+
+    asv = load_task(out / "asv")
+    assert asv.type == "verification" and asv.metric == "eer" and len(asv.labels) == 24
+    for split in ("dev", "test"):
+        clips = asv.split(split)
+        n = len(clips)
+        assert len(asv.trials[split]) == n * (n - 1) // 2  # every pair (small sizes)
+        for a, b, same in asv.trials[split]:
+            assert same == (clips[a].speaker == clips[b].speaker)
+        assert sum(s for _, _, s in asv.trials[split]) == len({e.speaker for e in clips}) * 3  # C(3, 2) per voice
+    assert not {e.speaker for e in asv.split("dev")} & {e.speaker for e in asv.split("test")}
 
     style = load_task(out / "style")
     assert len(style.labels) == 9 and not any("emotion" in x for x in style.labels)

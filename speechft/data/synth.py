@@ -1,6 +1,6 @@
 """`speechft data synth`: a deterministic, cached synthetic "mini-SUPERB" made with speech synthesis.
 
-    speechft data synth --out bench/ [--size small|demo|full] [--seed 0] [--tasks pr asr ks sid lid style pr_de sf]
+    speechft data synth --out bench/ [--size small|demo|full] [--seed 0] [--tasks pr asr ks sid lid style pr_de sf asv]
 
 writes one task folder per task (see `speechft.data.tasks`), all from espeak-ng (plus flite
 voices when the `flite` program is installed):
@@ -17,17 +17,18 @@ voices when the `flite` program is installed):
            and digit strings (the new language of the continued pre-training scenario: its
            train audio is the "new-language audio")
     sf     slot filling: alarm / weather / music commands, characters plus slot markers (SUPERB SF)
+    asv    speaker verification: train speakers, then trials between held-out voices (SUPERB ASV)
 
 Sizes (seed 0, espeak-ng only; hours of audio summed over all tasks and splits, pr and asr
 each counted although they share their clips - an encoder probed on every task runs over it all):
 
-    small     684 examples   0.26 h   tests and the quick demo; ~10 s to generate here
-    demo    2,092 examples   0.81 h   the full `speechft demo` on 2 CPU cores; ~25 s to generate
-    full   20,310 examples  ~7.8 h    thousands per task (hours estimated from the demo's mean
+    small     954 examples  ~0.37 h   tests and the quick demo; ~15 s to generate here
+    demo    2,494 examples  ~0.98 h   the full `speechft demo` on 2 CPU cores; ~30 s to generate
+    full   22,310 examples  ~8.6 h    thousands per task (hours estimated from the demo's mean
                                       clip lengths); minutes to generate
 
 Voices are espeak-ng accents x voice variants. The variants are split by the seed into
-train / dev / test groups: in pr, asr, ks, lid, style, pr_de and sf the dev and test clips are spoken
+train / dev / test groups: in pr, asr, ks, lid, style, pr_de, sf and asv the dev and test clips are spoken
 by variants that never speak in train, so those tasks measure generalisation to new
 voices. Sentences come from a word-list grammar (`synth_text`), so nothing is downloaded.
 
@@ -55,7 +56,7 @@ from pathlib import Path
 from ..cli import add_quiet_option
 from ..errors import SpeechFTError
 from ..io_utils import atomic_dir, check_output_location, write_json
-from . import synth_slots
+from . import synth_slots, synth_speakers
 from . import synth_text as T
 from .audio import SAMPLE_RATE
 from .synth_clips import ENGINES, Clip, ClipCache, augment, default_cache_dir, load_engines
@@ -77,7 +78,7 @@ from .tasks import write_task_folder
 # What tests, benchmarks and the demo reach through this module (the rest lives in synth_plan / synth_clips).
 __all__ = ["SIZES", "TASKS", "Clip", "augment", "planned_examples", "synthesize_benchmark", "add_arguments", "main"]
 
-GENERATOR_VERSION = "speechft-synth 3"  # 2: task pr_de, size demo; 3: task sf
+GENERATOR_VERSION = "speechft-synth 3"  # 2: task pr_de, size demo; 3: tasks sf, asv
 
 
 # ------------------------------------------------------------------ task specs and READMEs
@@ -103,6 +104,10 @@ TASK_INFO = {
     "`speechft.data.synth_slots`), transcribed as lower-case characters with slot markers around each "
     "value (`set an alarm for B-time seven thirty E-time`); CTC over characters and markers, scored by "
     "slot-type F1 (the main metric) and slot-value CER.",
+    "asv": "Speaker verification (SUPERB ASV's form): train on 24 voices (voice variant + accent) labelled "
+    "by speaker; dev and test are trials (`dev_trials.txt`, `test_trials.txt`, `1|0 PATH_A PATH_B`) between "
+    "voices of held-out variants, each in two accents (`speechft.data.synth_speakers`). Clips augmented as "
+    "sid's. Scored by EER (and minDCF) of the cosine similarity of the head's embeddings.",
     "pr_de": "German phoneme recognition: CTC over a 42-phone German inventory (vowel length kept, stress "
     "stripped); targets are espeak-ng's IPA phoneme events for the German voice, mapped by "
     "`speechft.data.synth_text.ESPEAK_DE_TO_PHONE`. Utterances: sentences from a small German grammar "
@@ -122,6 +127,8 @@ def _task_spec(task: str, rows: dict[str, list[dict]]) -> dict:
             "tokenizer": "space",
             "vocabulary": list(inventory),
         }
+    if task == "asv":
+        return {"name": "synth_asv", "type": "verification", "metric": "eer"}
     if task == "sf":
         return {
             "name": "synth_sf",
@@ -170,6 +177,8 @@ def _task_readme(
             f"{len(spec['labels'])} classes"
             if "labels" in spec
             else f"{len(spec['vocabulary'])} tokens ({spec['tokenizer']} tokenizer)"
+            if "vocabulary" in spec
+            else f"{len({r['label'] for r in rows['train']})} train speakers, trials in dev and test"
         ),
         "",
         "| split | clips | hours | voices |",
@@ -336,11 +345,15 @@ def _write_task(tmp: Path, task: str, rows: dict[str, list[dict]], summary: dict
     readme = _task_readme(
         task, spec, clean, summary["seed"], summary["size"], summary["engines"], summary["variants"], dropped
     )
-    write_task_folder(tmp / task, spec, clean, files={"README.md": readme.encode()}, audio_dir=tmp / "audio" / group)
+    files = {"README.md": readme.encode()}
+    if spec["type"] == "verification":
+        for s in ("dev", "test"):
+            files[f"{s}_trials.txt"] = synth_speakers.trial_lines(clean[s], summary["seed"], s).encode()
+    write_task_folder(tmp / task, spec, clean, files=files, audio_dir=tmp / "audio" / group)
     return {
         "type": spec["type"],
         "metric": spec["metric"],
-        "outputs": len(spec.get("labels") or spec.get("vocabulary")),
+        "outputs": len(spec.get("labels") or spec.get("vocabulary") or {r["label"] for r in clean["train"]}),
         "clips": {s: len(clean[s]) for s in SPLITS},
         "hours": {s: round(sum(r["duration"] for r in clean[s]) / 3600, 4) for s in SPLITS},
         "voices": {s: sorted({r["speaker"] for r in clean[s]}) for s in SPLITS},
@@ -379,7 +392,8 @@ def _top_readme(summary: dict) -> str:
         "",
     ]
     lines += [
-        "Held-out voice variants (dev/test of pr, asr, ks, lid, style, pr_de and sf never share a variant with train):",
+        "Held-out voice variants (dev/test of pr, asr, ks, lid, style, pr_de, sf and asv never share a variant "
+        "with train):",
         "",
     ]
     lines += [f"- {s}: " + ", ".join(v or "(base)" for v in summary["variants"][s]) for s in SPLITS]

@@ -16,7 +16,7 @@ from .synth_clips import Clip, load_engines
 from .synth_text_de import de_utterances
 from .tasks import SPLITS
 
-TASKS = ("pr", "asr", "ks", "sid", "lid", "style", "pr_de", "sf")
+TASKS = ("pr", "asr", "ks", "sid", "lid", "style", "pr_de", "sf", "asv")
 # CTC phone tasks -> the language of their phone inventory (synth_text.INVENTORIES)
 PHONE_TASKS = {"pr": "en", "pr_de": "de"}
 GERMAN_VOICE = "de"  # espeak-ng has one German accent; the voice variants give the speakers
@@ -73,6 +73,7 @@ class SizeSpec:
     style_per_class: tuple[int, int, int]
     sentences_de: tuple[int, int, int]  # pr_de clips per split
     sf: tuple[int, int, int] = (60, 15, 15)  # slot-filling utterances per split
+    asv_per_voice: tuple[int, int, int] = (4, 3, 3)  # speaker-verification clips per voice (synth_speakers)
 
 
 SIZES = {
@@ -93,7 +94,8 @@ SIZES = {
         lid_per_language=(20, 5, 5),
         style_per_class=(20, 5, 5),
         sentences_de=(150, 40, 40),
-        sf=(150, 40, 40),
+        sf=(90, 40, 40),
+        asv_per_voice=(5, 4, 4),
     ),
     "full": SizeSpec(
         sentences=(2400, 300, 300),
@@ -103,6 +105,7 @@ SIZES = {
         style_per_class=(260, 35, 35),
         sentences_de=(1500, 200, 200),
         sf=(180, 50, 50),  # of the 288 utterances the templates make
+        asv_per_voice=(60, 10, 10),
     ),
 }
 
@@ -419,6 +422,8 @@ def check_args(size: str, seed, tasks) -> list[str]:
 
 
 def make_plan(spec_size: SizeSpec, seed: int, voices: Voices, chosen: list[str]) -> Plan:
+    from .synth_speakers import plan_asv  # it imports this module's tables
+
     plan = Plan()
     if {"pr", "asr"} & set(chosen):
         _plan_sentences(plan, spec_size, seed, voices, set(chosen))
@@ -429,6 +434,7 @@ def make_plan(spec_size: SizeSpec, seed: int, voices: Voices, chosen: list[str])
         ("style", _plan_style),
         ("pr_de", _plan_german),
         ("sf", _plan_sf),
+        ("asv", plan_asv),
     ):
         if task in chosen:
             planner(plan, spec_size, seed, voices)
