@@ -570,3 +570,51 @@ def test_audio_snips_bad_line(tmp_path, snips):
     (snips / "all.iob.snips.txt").write_text("Ivy-snips-train-0 BOS wake me EOS\tO O SetAlarm\n")
     with pytest.raises(SpeechFTError, match=r"all.iob.snips.txt:1: expected 'ID BOS words EOS<TAB>O tags INTENT'"):
         prepare_corpus("snips-sf", snips, tmp_path / "sf")
+
+
+# ---------------------------------------------------------------------------------------
+# VoxCeleb1 verification (SUPERB ASV): iden_split.txt + veri_test2.txt, dev/ and test/ archives
+# ---------------------------------------------------------------------------------------
+@pytest.fixture
+def voxceleb_asv(tmp_path):
+    root = tmp_path / "VoxCeleb1"
+    lines = []
+    for s, spk in enumerate(["id10001", "id10002", "id10003"]):
+        for u in range(1, 5):
+            write(root / "dev" / "wav" / spk / "vidA" / f"{u:05d}.wav", 0.4, seed=s * 10 + u)
+            lines.append(f"{2 if u >= 3 else 1} {spk}/vidA/{u:05d}.wav")
+    for s, spk in enumerate(["id10270", "id10271"]):  # test speakers: in iden_split too, never trained on
+        for u in range(1, 3):
+            write(root / "test" / "wav" / spk / "vidT" / f"{u:05d}.wav", 0.4, seed=50 + s * 10 + u)
+            lines.append(f"1 {spk}/vidT/{u:05d}.wav")
+    (root / "iden_split.txt").write_text("\n".join(lines) + "\n")
+    (root / "veri_test2.txt").write_text(
+        "1 id10270/vidT/00001.wav id10270/vidT/00002.wav\n"
+        "0 id10270/vidT/00001.wav id10271/vidT/00001.wav\n"
+        "1 id10271/vidT/00002.wav id10271/vidT/00001.wav\n"
+    )
+    return root
+
+
+def test_voxceleb1_asv(tmp_path, voxceleb_asv):
+    task = load_task(prepare_corpus("voxceleb1-asv", voxceleb_asv, tmp_path / "asv"))
+    assert task.type == "verification" and task.name == "asv" and task.metric == "eer"
+    assert task.labels == ["id10001", "id10002", "id10003"]  # the test speakers are not trained on
+    assert [len(task.splits[s]) for s in ("train", "dev", "test")] == [6, 6, 4]
+    test = task.split("test")
+    assert [(test[a].id, test[b].id, same) for a, b, same in task.trials["test"]] == [
+        ("audio/test/wav/id10270/vidT/00001.wav", "audio/test/wav/id10270/vidT/00002.wav", True),
+        ("audio/test/wav/id10270/vidT/00001.wav", "audio/test/wav/id10271/vidT/00001.wav", False),
+        ("audio/test/wav/id10271/vidT/00002.wav", "audio/test/wav/id10271/vidT/00001.wav", True),
+    ]
+    dev = task.split("dev")  # each dev clip: one same-speaker and one different-speaker partner
+    assert len(task.trials["dev"]) == 12 and sum(same for _, _, same in task.trials["dev"]) == 6
+    for a, b, same in task.trials["dev"]:
+        assert a != b and same == (dev[a].target == dev[b].target)
+
+
+def test_voxceleb1_asv_missing_trials(tmp_path, voxceleb_asv):
+    (voxceleb_asv / "veri_test2.txt").rename(tmp_path / "trials.txt")
+    with pytest.raises(SpeechFTError, match=r"veri_test2.txt: not found; put VoxCeleb1's trial list"):
+        prepare_corpus("voxceleb1-asv", voxceleb_asv, tmp_path / "asv")
+    assert load_task(prepare_corpus("voxceleb1-asv", voxceleb_asv, tmp_path / "asv", trials=tmp_path / "trials.txt"))
