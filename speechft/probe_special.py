@@ -1,7 +1,8 @@
 """Probing for the SUPERB task types that `probe_train.train_probe` does not cover, behind one dispatch.
 
 `probe.probe_task` hands a task to `special_probe` when `is_special(task)`: slot filling (a ctc task with
-tokenizer `slots`: probe_sf.py) and speaker verification (type `verification`: probe_asv.py). Each type
+tokenizer `slots`: probe_sf.py), speaker verification (type `verification`: probe_asv.py) and query by
+example (type `qbe`: probe_qbe.py, which trains nothing and returns its own result). Each trained type
 supplies one function that trains (or scores) one probe at one LR and seed; `grid_probe` runs the LR grid
 x seeds exactly as probe_task does (the LR with the best mean dev value of the task's main metric wins,
 its test values are reported as the mean over seeds) and returns the same result dict, plus `metrics`:
@@ -21,7 +22,7 @@ from .metrics import LOWER_IS_BETTER
 from .progress import progress_bar
 
 # Lower is better for these too (speechft.metrics.LOWER_IS_BETTER has the older ones).
-SPECIAL_LOWER_IS_BETTER = {"slot_value_cer", "eer", "min_dcf"}
+SPECIAL_LOWER_IS_BETTER = {"slot_value_cer", "eer", "min_dcf", "der"}
 
 
 def lower_is_better(metric: str) -> bool:
@@ -35,16 +36,20 @@ def better(metric: str, a: float, b: float) -> bool:
 def is_special(task) -> bool:
     from .probe_sf import is_slot_task
 
-    return task.type == "verification" or is_slot_task(task)
+    return task.type in ("verification", "qbe") or is_slot_task(task)
 
 
 def special_probe(source, task, cfg, cache, recompute=False, progress=True, device="cpu", audio=None) -> dict:
     """probe.probe_task for the task types of this module (same arguments, same result shape)."""
+    provider = FeatureProvider(source, task, cfg, cache, recompute=recompute, progress=progress, audio=audio)
+    if task.type == "qbe":  # nothing to train: DTW on each layer, the layer chosen on dev
+        from .probe_qbe import qbe_probe
+
+        return qbe_probe(provider, cfg, progress)
     if task.type == "verification":
         from .probe_asv import train_asv_probe as train_one
     else:
         from .probe_sf import train_sf_probe as train_one
-    provider = FeatureProvider(source, task, cfg, cache, recompute=recompute, progress=progress, audio=audio)
     return grid_probe(provider, cfg, train_one, progress, device)
 
 

@@ -191,3 +191,87 @@ def test_evaluate_scores_a_verification_task_with_eer_and_min_dcf(tmp_path, tiny
     assert set(r["metrics"]) == {"eer", "min_dcf"} and r["test"] == r["metrics"]["eer"]
     assert 0.0 <= r["test"] <= 1.0 and 0.0 <= r["metrics"]["min_dcf"]
     assert r["n"] == {"train": 12, "dev": 4, "test": 4} and len(r["layer_weights"]) == r["num_states"]
+
+
+# ---- query by example -----------------------------------------------------------------------------
+def test_mtwv_by_hand():
+    from speechft.probe_qbe import mtwv
+
+    occurs = np.array([[True, False, False], [False, True, True]])
+    # query 0: its document scores highest -> at t = 0.9 it is found with no false alarm;
+    # query 1: one document (0.8) above its non-target (0.5), the other (0.1) below it.
+    scores = np.array([[0.9, 0.2, 0.3], [0.5, 0.8, 0.1]])
+    # t = 0.8: q0 hit (P_miss 0), q1 one of two (P_miss 0.5), no false alarm -> TWV 1 - 0.25 = 0.75
+    assert mtwv(scores, occurs) == pytest.approx(0.75)
+    # every target below a non-target of its query: each threshold that finds one costs a false alarm
+    assert mtwv(np.array([[0.1, 0.5, 0.6], [0.9, 0.2, 0.3]]), occurs) == 0.0  # best: detect nothing
+
+
+def test_dtw_finds_the_query_inside_a_document():
+    import torch
+
+    from speechft.probe_qbe import dtw_scores
+
+    rng = np.random.default_rng(0)
+    frames = torch.nn.functional.normalize(torch.tensor(rng.standard_normal((30, 8)), dtype=torch.float32), dim=1)
+    query = frames[10:16]
+    stretched = torch.cat([frames[:10], frames[10:16].repeat_interleave(2, 0), frames[16:]])  # slowed down
+    other = torch.nn.functional.normalize(torch.tensor(rng.standard_normal((36, 8)), dtype=torch.float32), dim=1)
+    docs = torch.nn.utils.rnn.pad_sequence([stretched, other, frames], batch_first=True)
+    s = dtw_scores(query, docs, torch.tensor([36, 36, 30]))
+    assert s[2] == pytest.approx(0.0, abs=1e-5) and s[0] == pytest.approx(0.0, abs=1e-5) and s[1] < -0.3
+
+
+def make_qbe_task(root):
+    """Queries are 3-tone melodies; documents contain one of them (or none) between random tones."""
+    rng = np.random.default_rng(0)
+    audio = root.parent / f"{root.name}_audio"
+    audio.mkdir(parents=True, exist_ok=True)
+    melodies = [(300, 1200, 600), (2000, 500, 900)]
+
+    def melody(freqs, seed):
+        return np.concatenate([tone(f, 0.15, seed=seed + j, noise=0.01) for j, f in enumerate(freqs)])
+
+    splits, files = {}, {}
+    for split in ("dev", "test"):
+        rows, truth = [], []
+        for q, m in enumerate(melodies):
+            path = audio / f"{split}_q{q}.wav"
+            write_audio(path, melody(m, q))
+            rows.append({"path": f"audio/{path.name}", "duration": round(0.45, 3), "role": "query"})
+        for d in range(4):
+            fill = [tone(float(rng.uniform(3000, 4000)), 0.2, seed=d) for _ in range(2)]
+            which = d % 3  # 0, 1: that melody; 2: none
+            inner = melody(melodies[which], 10 + d) if which < 2 else tone(3500.0, 0.45, seed=d)
+            wav = np.concatenate([fill[0], inner, fill[1]])
+            path = audio / f"{split}_d{d}.wav"
+            write_audio(path, wav)
+            rows.append({"path": f"audio/{path.name}", "duration": round(len(wav) / 16000, 4), "role": "document"})
+            if which < 2:
+                truth.append(f"audio/{split}_q{which}.wav audio/{path.name}")
+        splits[split] = rows
+        files[f"{split}_truth.txt"] = ("\n".join(truth) + "\n").encode()
+    return write_task_folder(root, {"name": "qbe", "type": "qbe"}, splits, files=files, audio_dir=audio)
+
+
+def test_qbe_task_folder_rules(tmp_path):
+    task = load_task(make_qbe_task(tmp_path / "qbe"))
+    assert task.metric == "mtwv" and task.split("train") == [] and not (task.root / "train.tsv").exists()
+    assert len(task.trials["dev"]) == 2 * 4 and sum(o for _, _, o in task.trials["dev"]) == 3
+    (task.root / "dev_truth.txt").write_text("audio/dev_d0.wav audio/dev_q0.wav\n")
+    with pytest.raises(SpeechFTError, match="is not 'QUERY_PATH DOCUMENT_PATH' of dev.tsv"):
+        load_task(task.root)
+
+
+def test_evaluate_scores_a_qbe_task_layer_by_layer(tmp_path, tiny_encoder_dir):
+    qbe = make_qbe_task(tmp_path / "qbe")
+    out = tmp_path / "out"
+    assert cli("evaluate", "--encoder", tiny_encoder_dir("hubert"), "fbank", "--task", qbe, "--out", out, *FAST) == 0
+    models = json.loads((out / "results.json").read_text())["models"]
+    for r in (m["tasks"]["qbe"] for m in models):
+        assert r["metric"] == "mtwv" and len(r["layer_search"]) == r["num_states"]
+        best = max(r["layer_search"], key=lambda x: x["dev"])
+        assert r["chosen_layer"] == best["layer"] and r["test"] == best["test"] and r["dev"] == best["dev"]
+        assert r["layer_weights"][r["chosen_layer"]] == 1.0 and sum(r["layer_weights"]) == 1.0
+    fbank = next(m for m in models if m["name"] == "fbank")["tasks"]["qbe"]
+    assert fbank["test"] > 0.5  # filterbank frames find tone melodies

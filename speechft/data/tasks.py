@@ -31,15 +31,20 @@ from .audio import SAMPLE_RATE
 from .manifest import ManifestRow, read_manifest, read_text_file
 
 SPLITS = ("train", "dev", "test")
-TASK_TYPES = ("ctc", "classification", "verification")
+TASK_TYPES = ("ctc", "classification", "verification", "qbe")
 METRICS = {
     "ctc": ("per", "cer", "wer", "slot_type_f1", "slot_value_cer"),
     "classification": ("accuracy", "macro_f1"),
     "verification": ("eer", "min_dcf"),
+    "qbe": ("mtwv",),
 }
 # Speaker verification (SUPERB ASV): train.tsv is labelled by speaker; dev and test are scored on trial
 # lists beside them, one trial a line as in VoxCeleb's veri_test2.txt: `1|0 PATH_A PATH_B` (1 = same speaker).
 TRIAL_SPLITS = ("dev", "test")
+# Query by example (SUPERB QbE): no training. dev.tsv and test.tsv list queries and documents (column
+# `role`: query | document); `{split}_truth.txt` lists `QUERY_PATH DOCUMENT_PATH` for every query that
+# occurs in a document; train.tsv is optional (and unused).
+QBE_ROLES = ("query", "document")
 TOKENIZERS = ("space", "char", "slots")
 # Slot filling (SUPERB SF): a ctc task with tokenizer `slots` whose transcripts mark each slot value as
 # `B-type value words E-type`; the markers are single tokens, everything else is characters.
@@ -115,7 +120,8 @@ class Task:
     sample_rate: int
     splits: dict[str, list[Example]]
     spec: dict
-    # verification: split -> trials (index of clip a, index of clip b, same speaker) into that split
+    # verification: split -> trials (index of clip a, index of clip b, same speaker) into that split;
+    # qbe: split -> every (query index, document index, the query occurs in the document)
     trials: dict[str, list[tuple[int, int, bool]]] = field(default_factory=dict)
 
     @property
@@ -172,7 +178,7 @@ def load_spec(root: Path) -> dict:
         _fail(
             f"{path}: metric '{metric}' does not fit type {spec['type']}; use one of {', '.join(METRICS[spec['type']])}"
         )
-    if spec["type"] == "verification":  # the classes are the train speakers: read from train.tsv
+    if spec["type"] in ("verification", "qbe"):  # verification's classes are its train speakers; qbe has none
         return _check_common(path, spec)
     key = "labels" if spec["type"] == "classification" else "vocabulary"
     labels = spec.get(key)
@@ -250,8 +256,12 @@ def _row_check(task: dict):
 def read_split(root: Path, split: str, task: dict, allow_outside: bool) -> list[Example]:
     """One split's manifest as validated examples (`task` is `load_spec`'s result)."""
     path = root / f"{split}.tsv"
+    if task["type"] == "qbe" and split == "train" and not path.exists():
+        return []
     if not path.exists():
         _fail(f"{path}: missing; every task folder needs {', '.join(s + '.tsv' for s in SPLITS)}")
+    if task["type"] == "qbe":
+        return _read_qbe_split(path, split, allow_outside)
     target_col = "transcript" if task["type"] == "ctc" else "label"
     # verification's dev and test clips need no label: their trials say which pairs share a speaker
     required = (
@@ -274,6 +284,47 @@ def read_split(root: Path, split: str, task: dict, allow_outside: bool) -> list[
         target = row.columns.get(target_col, "").strip()
         examples.append(Example(row.id, row.path, row.duration, target, speaker, extra))
     return examples
+
+
+def _read_qbe_split(path: Path, split: str, allow_outside: bool) -> list[Example]:
+    def check(row: ManifestRow) -> str | None:
+        role = row.columns["role"].strip()
+        return None if role in QBE_ROLES else f"role {role!r} is not query or document"
+
+    rows = read_manifest(
+        path,
+        ("path", "duration", "role"),
+        hint="a qbe manifest needs path, duration, role (query | document)",
+        what=f"the {split} split",
+        outside=None if allow_outside else "the task folder (allow with allow_outside_paths)",
+        check=check,
+    )
+    return [
+        Example(r.id, r.path, r.duration, r.columns["role"].strip(), r.columns.get("speaker", "").strip() or None)
+        for r in rows
+    ]
+
+
+def read_truth(root: Path, split: str, examples: list[Example]) -> list[tuple[int, int, bool]]:
+    """`{split}_truth.txt` of a qbe folder -> every (query index, document index, occurs) of the split."""
+    path = root / f"{split}_truth.txt"
+    if not path.exists():
+        _fail(f"{path}: missing; a qbe task needs {split}_truth.txt (lines 'QUERY_PATH DOCUMENT_PATH')")
+    role = {ex.id: ex.target for ex in examples}
+    index = {ex.id: i for i, ex in enumerate(examples)}
+    occurs = set()
+    for lineno, line in enumerate(read_text_file(path).splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 2 or role.get(parts[0]) != "query" or role.get(parts[1]) != "document":
+            _fail(f"{path}:{lineno}: '{line.strip()[:80]}' is not 'QUERY_PATH DOCUMENT_PATH' of {split}.tsv")
+        occurs.add((index[parts[0]], index[parts[1]]))
+    queries = [i for i, ex in enumerate(examples) if ex.target == "query"]
+    docs = [i for i, ex in enumerate(examples) if ex.target == "document"]
+    if not queries or not docs or not occurs:
+        _fail(f"{path}: a qbe split needs queries, documents and at least one occurrence")
+    return [(q, d, (q, d) in occurs) for q in queries for d in docs]
 
 
 def read_trials(root: Path, split: str, examples: list[Example]) -> list[tuple[int, int, bool]]:
@@ -311,6 +362,9 @@ def load_task(root: str | os.PathLike, allow_outside_paths: bool = False) -> Tas
         if len(labels) < 2:
             _fail(f"{root / 'train.tsv'}: a verification task needs at least 2 train speakers, got {labels}")
         trials = {s: read_trials(root, s, splits[s]) for s in TRIAL_SPLITS}
+    elif spec["type"] == "qbe":
+        labels = list(QBE_ROLES)
+        trials = {s: read_truth(root, s, splits[s]) for s in TRIAL_SPLITS}
     else:
         labels = spec["labels"] if spec["type"] == "classification" else spec["vocabulary"]
     return Task(
@@ -344,11 +398,13 @@ def write_task_folder(
     the audio itself lives in a shared cache.
     """
     out = Path(out)
-    target_col = "transcript" if spec["type"] == "ctc" else "label"
+    target_col = {"ctc": "transcript", "qbe": "role"}.get(spec["type"], "label")
     with atomic_dir(out, overwrite=overwrite) as tmp:
         (tmp / "task.yaml").write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
         for split in SPLITS:
             rows = splits.get(split) or []
+            if not rows and spec["type"] == "qbe":
+                continue  # qbe trains nothing: no train.tsv
             cols = ["path", "duration", target_col]
             extra = sorted({k for r in rows for k in r if k not in cols})
             cols += extra
