@@ -1,6 +1,7 @@
 """`speechft data synth`: a deterministic, cached synthetic "mini-SUPERB" made with speech synthesis.
 
-    speechft data synth --out bench/ [--size small|demo|full] [--seed 0] [--tasks pr asr ks sid lid style pr_de sf asv]
+    speechft data synth --out bench/ [--size small|demo|full] [--seed 0]
+        [--tasks pr asr ks sid lid style pr_de sf asv qbe]
 
 writes one task folder per task (see `speechft.data.tasks`), all from espeak-ng (plus flite
 voices when the `flite` program is installed):
@@ -18,17 +19,18 @@ voices when the `flite` program is installed):
            train audio is the "new-language audio")
     sf     slot filling: alarm / weather / music commands, characters plus slot markers (SUPERB SF)
     asv    speaker verification: train speakers, then trials between held-out voices (SUPERB ASV)
+    qbe    query by example: spoken terms in one voice, sentences holding them in others (SUPERB QbE)
 
 Sizes (seed 0, espeak-ng only; hours of audio summed over all tasks and splits, pr and asr
 each counted although they share their clips - an encoder probed on every task runs over it all):
 
-    small     954 examples  ~0.37 h   tests and the quick demo; ~15 s to generate here
-    demo    2,494 examples  ~0.98 h   the full `speechft demo` on 2 CPU cores; ~30 s to generate
-    full   22,310 examples  ~8.6 h    thousands per task (hours estimated from the demo's mean
+    small   1,014 examples  ~0.39 h   tests and the quick demo; ~15 s to generate here
+    demo    2,574 examples  ~1.0 h    the full `speechft demo` on 2 CPU cores; ~30 s to generate
+    full   22,730 examples  ~8.7 h    thousands per task (hours estimated from the demo's mean
                                       clip lengths); minutes to generate
 
 Voices are espeak-ng accents x voice variants. The variants are split by the seed into
-train / dev / test groups: in pr, asr, ks, lid, style, pr_de, sf and asv the dev and test clips are spoken
+train / dev / test groups: in pr, asr, ks, lid, style, pr_de, sf, asv and qbe the dev and test clips are spoken
 by variants that never speak in train, so those tasks measure generalisation to new
 voices. Sentences come from a word-list grammar (`synth_text`), so nothing is downloaded.
 
@@ -78,7 +80,7 @@ from .tasks import write_task_folder
 # What tests, benchmarks and the demo reach through this module (the rest lives in synth_plan / synth_clips).
 __all__ = ["SIZES", "TASKS", "Clip", "augment", "planned_examples", "synthesize_benchmark", "add_arguments", "main"]
 
-GENERATOR_VERSION = "speechft-synth 3"  # 2: task pr_de, size demo; 3: tasks sf, asv
+GENERATOR_VERSION = "speechft-synth 3"  # 2: task pr_de, size demo; 3: tasks sf, asv, qbe
 
 
 # ------------------------------------------------------------------ task specs and READMEs
@@ -108,6 +110,10 @@ TASK_INFO = {
     "by speaker; dev and test are trials (`dev_trials.txt`, `test_trials.txt`, `1|0 PATH_A PATH_B`) between "
     "voices of held-out variants, each in two accents (`speechft.data.synth_speakers`). Clips augmented as "
     "sid's. Scored by EER (and minDCF) of the cosine similarity of the head's embeddings.",
+    "qbe": "Query by example (SUPERB QbE's form): no training. In dev and test, ten long words "
+    "(`speechft.data.synth_speakers.QBE_TERMS`) are spoken once each by one voice (the queries) and "
+    "short sentences by the split's other voices (the documents), half of them holding one of the words; "
+    "`dev_truth.txt` / `test_truth.txt` list where. Scored by MTWV of per-layer DTW, the layer chosen on dev.",
     "pr_de": "German phoneme recognition: CTC over a 42-phone German inventory (vowel length kept, stress "
     "stripped); targets are espeak-ng's IPA phoneme events for the German voice, mapped by "
     "`speechft.data.synth_text.ESPEAK_DE_TO_PHONE`. Utterances: sentences from a small German grammar "
@@ -129,6 +135,8 @@ def _task_spec(task: str, rows: dict[str, list[dict]]) -> dict:
         }
     if task == "asv":
         return {"name": "synth_asv", "type": "verification", "metric": "eer"}
+    if task == "qbe":
+        return {"name": "synth_qbe", "type": "qbe", "metric": "mtwv"}
     if task == "sf":
         return {
             "name": "synth_sf",
@@ -179,6 +187,8 @@ def _task_readme(
             else f"{len(spec['vocabulary'])} tokens ({spec['tokenizer']} tokenizer)"
             if "vocabulary" in spec
             else f"{len({r['label'] for r in rows['train']})} train speakers, trials in dev and test"
+            if spec["type"] == "verification"
+            else f"{len(synth_speakers.QBE_TERMS)} spoken queries per split, no training"
         ),
         "",
         "| split | clips | hours | voices |",
@@ -340,7 +350,7 @@ def _fill_rows(plan: Plan, results: dict) -> dict[str, Counter]:
 def _write_task(tmp: Path, task: str, rows: dict[str, list[dict]], summary: dict, dropped: Counter) -> dict:
     """One task folder inside the benchmark being written; returns its entry of the summary."""
     spec = _task_spec(task, rows)
-    group = rows["train"][0]["_ref"].split("/")[0]
+    group = next(r for s in SPLITS for r in rows[s])["_ref"].split("/")[0]
     clean = {s: [{k: v for k, v in r.items() if k != "_ref"} for r in rows[s]] for s in SPLITS}
     readme = _task_readme(
         task, spec, clean, summary["seed"], summary["size"], summary["engines"], summary["variants"], dropped
@@ -349,11 +359,14 @@ def _write_task(tmp: Path, task: str, rows: dict[str, list[dict]], summary: dict
     if spec["type"] == "verification":
         for s in ("dev", "test"):
             files[f"{s}_trials.txt"] = synth_speakers.trial_lines(clean[s], summary["seed"], s).encode()
+    if spec["type"] == "qbe":
+        for s in ("dev", "test"):
+            files[f"{s}_truth.txt"] = synth_speakers.truth_lines(clean[s]).encode()
     write_task_folder(tmp / task, spec, clean, files=files, audio_dir=tmp / "audio" / group)
     return {
         "type": spec["type"],
         "metric": spec["metric"],
-        "outputs": len(spec.get("labels") or spec.get("vocabulary") or {r["label"] for r in clean["train"]}),
+        "outputs": len(spec.get("labels") or spec.get("vocabulary") or {r.get("label") for r in clean["train"]}),
         "clips": {s: len(clean[s]) for s in SPLITS},
         "hours": {s: round(sum(r["duration"] for r in clean[s]) / 3600, 4) for s in SPLITS},
         "voices": {s: sorted({r["speaker"] for r in clean[s]}) for s in SPLITS},
@@ -392,7 +405,7 @@ def _top_readme(summary: dict) -> str:
         "",
     ]
     lines += [
-        "Held-out voice variants (dev/test of pr, asr, ks, lid, style, pr_de, sf and asv never share a variant "
+        "Held-out voice variants (dev/test of pr, asr, ks, lid, style, pr_de, sf, asv and qbe never share a variant "
         "with train):",
         "",
     ]

@@ -16,7 +16,7 @@ from .synth_clips import Clip, load_engines
 from .synth_text_de import de_utterances
 from .tasks import SPLITS
 
-TASKS = ("pr", "asr", "ks", "sid", "lid", "style", "pr_de", "sf", "asv")
+TASKS = ("pr", "asr", "ks", "sid", "lid", "style", "pr_de", "sf", "asv", "qbe")
 # CTC phone tasks -> the language of their phone inventory (synth_text.INVENTORIES)
 PHONE_TASKS = {"pr": "en", "pr_de": "de"}
 GERMAN_VOICE = "de"  # espeak-ng has one German accent; the voice variants give the speakers
@@ -74,6 +74,7 @@ class SizeSpec:
     sentences_de: tuple[int, int, int]  # pr_de clips per split
     sf: tuple[int, int, int] = (60, 15, 15)  # slot-filling utterances per split
     asv_per_voice: tuple[int, int, int] = (4, 3, 3)  # speaker-verification clips per voice (synth_speakers)
+    qbe_documents: tuple[int, int, int] = (0, 20, 20)  # query-by-example documents (no train; 10 queries each)
 
 
 SIZES = {
@@ -96,6 +97,7 @@ SIZES = {
         sentences_de=(150, 40, 40),
         sf=(90, 40, 40),
         asv_per_voice=(5, 4, 4),
+        qbe_documents=(0, 30, 30),
     ),
     "full": SizeSpec(
         sentences=(2400, 300, 300),
@@ -106,6 +108,7 @@ SIZES = {
         sentences_de=(1500, 200, 200),
         sf=(180, 50, 50),  # of the 288 utterances the templates make
         asv_per_voice=(60, 10, 10),
+        qbe_documents=(0, 200, 200),
     ),
 }
 
@@ -422,7 +425,7 @@ def check_args(size: str, seed, tasks) -> list[str]:
 
 
 def make_plan(spec_size: SizeSpec, seed: int, voices: Voices, chosen: list[str]) -> Plan:
-    from .synth_speakers import plan_asv  # it imports this module's tables
+    from .synth_speakers import plan_asv, plan_qbe  # they import this module's tables
 
     plan = Plan()
     if {"pr", "asr"} & set(chosen):
@@ -435,6 +438,7 @@ def make_plan(spec_size: SizeSpec, seed: int, voices: Voices, chosen: list[str])
         ("pr_de", _plan_german),
         ("sf", _plan_sf),
         ("asv", plan_asv),
+        ("qbe", plan_qbe),
     ):
         if task in chosen:
             planner(plan, spec_size, seed, voices)

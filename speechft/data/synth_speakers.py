@@ -1,5 +1,6 @@
-"""The synthetic speaker-verification task (`asv`): the train split teaches speakers, dev and test are trials
-between voices that never speak in train.
+"""The synthetic speaker-verification task (`asv`) and query-by-example task (`qbe`, at the end).
+
+asv: the train split teaches speakers, dev and test are trials between voices that never speak in train.
 
 Speakers are espeak-ng voices (a voice variant with an accent). Train: N_ASV_TRAIN voices from the train
 variants; dev and test: every dev (test) variant with N_ASV_HELD_ACCENTS accents each, so a trial pair
@@ -66,3 +67,47 @@ def trial_lines(rows: list[dict], seed: int, split: str) -> str:
         pairs = sorted(targets + keep)
     lines = [f"{int(rows[i]['speaker'] == rows[j]['speaker'])} {rows[i]['path']} {rows[j]['path']}" for i, j in pairs]
     return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------ query by example (`qbe`)
+# Spoken terms: long words outside synth_text's grammar, so a document holds one only where it was put.
+QBE_TERMS = (
+    "elephant", "umbrella", "volcano", "pineapple", "telescope",
+    "dinosaur", "accordion", "kangaroo", "submarine", "avalanche",
+)  # fmt: skip
+
+
+def plan_qbe(plan, size, seed: int, voices) -> None:
+    """qbe (no train split): per split, every term spoken once by one query voice, and documents - short
+    sentences with a term put in half of them - by the split's other voices (held-out variants)."""
+    from .synth_plan import SPLITS, _aug
+
+    rng = np.random.default_rng([seed, 10])
+    plan.rows.setdefault("qbe", {s: [] for s in SPLITS})
+    for split, n_docs in zip(SPLITS, size.qbe_documents):
+        if not n_docs:
+            continue
+        engine, query_voice = voices.english(split, rng)
+        for i, term in enumerate(QBE_TERMS):
+            clip = Clip(engine, query_voice, term, rate=160, pitch=50, aug=_aug("lid", rng))
+            row = {"role": "query", "speaker": query_voice, "text": term, "term": term}
+            plan.add("qbe", split, "qbe", f"{split}-q{i:03d}", clip, row)
+        for i in range(n_docs):
+            words = T.sentence(rng, max_words=4).split()
+            term = QBE_TERMS[(i // 2) % len(QBE_TERMS)] if i % 2 == 0 else ""  # every term, in turn
+            if term:
+                words.insert(int(rng.integers(len(words) + 1)), term)
+            engine, voice = voices.english(split, rng)
+            while voice == query_voice:
+                engine, voice = voices.english(split, rng)
+            clip = Clip(
+                engine, voice, " ".join(words), rate=int(rng.integers(150, 200)), pitch=int(rng.integers(35, 66))
+            )
+            row = {"role": "document", "speaker": voice, "text": clip.text, "term": term}
+            plan.add("qbe", split, "qbe", f"{split}-d{i:05d}", clip, row)
+
+
+def truth_lines(rows: list[dict]) -> str:
+    """`QUERY_PATH DOCUMENT_PATH` for every document that holds a query's term."""
+    query = {r["term"]: r["path"] for r in rows if r["role"] == "query"}
+    return "".join(f"{query[r['term']]} {r['path']}\n" for r in rows if r["role"] == "document" and r["term"])

@@ -299,8 +299,16 @@ def _read_qbe_split(path: Path, split: str, allow_outside: bool) -> list[Example
         outside=None if allow_outside else "the task folder (allow with allow_outside_paths)",
         check=check,
     )
+    fixed = ("path", "duration", "role", "speaker")
     return [
-        Example(r.id, r.path, r.duration, r.columns["role"].strip(), r.columns.get("speaker", "").strip() or None)
+        Example(
+            r.id,
+            r.path,
+            r.duration,
+            r.columns["role"].strip(),
+            r.columns.get("speaker", "").strip() or None,
+            {h: v for h, v in r.columns.items() if h not in fixed},
+        )
         for r in rows
     ]
 
