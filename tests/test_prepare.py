@@ -618,3 +618,59 @@ def test_voxceleb1_asv_missing_trials(tmp_path, voxceleb_asv):
     with pytest.raises(SpeechFTError, match=r"veri_test2.txt: not found; put VoxCeleb1's trial list"):
         prepare_corpus("voxceleb1-asv", voxceleb_asv, tmp_path / "asv")
     assert load_task(prepare_corpus("voxceleb1-asv", voxceleb_asv, tmp_path / "asv", trials=tmp_path / "trials.txt"))
+
+
+# ---------------------------------------------------------------------------------------
+# QUESST 2014 (SUPERB QbE): the quesst14Database layout, English entries only
+# ---------------------------------------------------------------------------------------
+@pytest.fixture
+def quesst(tmp_path):
+    root = tmp_path / "quesst14Database"
+    docs = {"quesst14_00001": "nnenglish", "quesst14_00002": "nnenglish", "quesst14_00003": "czech"}
+    queries = {
+        "dev": {"quesst14_dev_0001": "nnenglish", "quesst14_dev_0002": "basque"},
+        "eval": {"quesst14_eval_0001": "nnenglish", "quesst14_eval_0002": "nnenglish"},
+    }
+    for k, name in enumerate(docs):
+        write(root / "Audio" / f"{name}.wav", 0.6, seed=k)
+    for split, qs in queries.items():
+        for k, name in enumerate(qs):
+            write(root / f"{split}_queries" / f"{name}.wav", 0.3, seed=10 + k)
+    scoring = root / "scoring"
+    scoring.mkdir(parents=True)
+    (scoring / "language_key_utterances.lst").write_text(
+        "".join(f"quesst14Database/Audio/{n}.wav {lang}\n" for n, lang in docs.items())
+    )
+    for split, qs in queries.items():
+        lst = "".join(f"quesst14Database/{split}_queries/{n}.wav {lang}\n" for n, lang in qs.items())
+        (scoring / f"language_key_{split}.lst").write_text(lst)
+    rttm = {
+        "dev": ["quesst14_00002 1 0.10 0.30 quesst14_dev_0001", "quesst14_00003 1 0.1 0.3 quesst14_dev_0001"],
+        "eval": ["quesst14_00001 1 0.20 0.25 quesst14_eval_0002"],
+    }
+    for split, lines in rttm.items():
+        gt = scoring / f"groundtruth_quesst14_{split}"
+        gt.mkdir()
+        (gt / f"quesst14_{split}.rttm").write_text("".join(f"LEXEME {x} lex <NA> 1.0\n" for x in lines))
+    return root
+
+
+def test_quesst14_qbe(tmp_path, quesst):
+    task = load_task(prepare_corpus("quesst14-qbe", quesst, tmp_path / "qbe"))
+    assert task.type == "qbe" and task.name == "qbe" and task.split("train") == []
+    roles = {s: sorted((Path(e.id).stem, e.target) for e in task.split(s)) for s in ("dev", "test")}
+    assert roles["dev"] == [
+        ("quesst14_00001", "document"),
+        ("quesst14_00002", "document"),
+        ("quesst14_dev_0001", "query"),
+    ]
+    assert [x[1] for x in roles["test"]].count("query") == 2  # basque and czech entries left out
+    hits = {
+        s: [(Path(task.split(s)[q].id).stem, Path(task.split(s)[d].id).stem) for q, d, o in task.trials[s] if o]
+        for s in ("dev", "test")
+    }
+    assert hits == {
+        "dev": [("quesst14_dev_0001", "quesst14_00002")],
+        "test": [("quesst14_eval_0002", "quesst14_00001")],
+    }
+    assert len(task.trials["test"]) == 2 * 2

@@ -6,6 +6,7 @@
     speechft data prepare iemocap-er --root /data/IEMOCAP_full_release --fold 1 --out tasks/er1
     speechft data prepare tedlium3-asr --root /data/TEDLIUM_release-3 --out tasks/ted10h
     speechft data prepare snips-sf --root /data/audio_snips --out tasks/sf
+    speechft data prepare quesst14-qbe --root /data/quesst14Database --out tasks/qbe
     speechft data prepare voxceleb1-asv --root /data/VoxCeleb1 --out tasks/asv   (ROOT/veri_test2.txt)
 
 PR transcripts: SUPERB's PR task is LibriSpeech with every word replaced by its phones
@@ -59,7 +60,7 @@ def prepare_corpus(
     with atomic_dir(out, overwrite=overwrite) as tmp:
         with progress_bars(progress):
             prep = reader(root.resolve(), tmp, **opts)
-        for split in ("train", "dev", "test"):
+        for split in ("train", "dev", "test") if prep.spec["type"] != "qbe" else ("dev", "test"):  # qbe: no train
             if not prep.splits.get(split):
                 raise SpeechFTError(f"{root}: the {name} {split} split came out empty; check --root and the options")
         spec = dict(prep.spec)
@@ -112,6 +113,8 @@ def _readme(name: str, root: Path, prep) -> str:
             ]
         else:
             lines += ["", f"{len(spec['labels'])} classes."]
+    elif spec["type"] == "qbe":
+        lines += ["", "No training split; where each query occurs: dev_truth.txt and test_truth.txt."]
     elif spec["type"] == "verification":
         speakers = len({r["label"] for r in prep.splits.get("train", [])})
         lines += ["", f"{speakers} train speakers; dev and test scored on dev_trials.txt and test_trials.txt."]
