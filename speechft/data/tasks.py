@@ -272,7 +272,7 @@ def read_split(root: Path, split: str, task: dict, allow_outside: bool) -> list[
     rows = read_manifest(
         path,
         required,
-        hint=f"a {task['type']} {split} manifest needs {', '.join(required)}",
+        hint=f"a {task['type']} manifest needs {', '.join(required)}",
         what=f"the {split} split",
         outside=None if allow_outside else "the task folder (allow with allow_outside_paths)",
         check=None if task["type"] == "verification" and split != "train" else _row_check(task),
