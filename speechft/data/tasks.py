@@ -2,10 +2,14 @@
 
 A task folder holds::
 
-    task.yaml   name, type (ctc | classification), metric, labels or vocabulary, tokenizer
+    task.yaml   name, type (ctc | classification | verification | qbe), metric, labels or vocabulary, tokenizer
     train.tsv   manifests with a header row; columns: path, duration, and label
-    dev.tsv     (classification) or transcript (ctc); optional speaker; other columns kept
-    test.tsv    as `Example.extra`. Paths are relative to the folder.
+    dev.tsv     (classification, verification) or transcript (ctc) or role (qbe); optional speaker; other
+    test.tsv    columns kept as `Example.extra`. Paths are relative to the folder.
+
+SUPERB's other task types: slot filling is a ctc task with tokenizer `slots`; `verification` adds
+dev_trials.txt / test_trials.txt (its dev/test clips need no label); `qbe` has no train.tsv and adds
+dev_truth.txt / test_truth.txt (docs/task-folder.md).
 
 `load_task` validates everything up front (files exist, columns, labels in the
 vocabulary, non-empty splits, no duplicate paths, no path escaping the folder) so nothing
