@@ -1,7 +1,7 @@
 """Does the synthetic benchmark measure something? Real Whisper tiny.en vs the same network with random weights.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_benchmark_tasks.py [--size small|demo] [--seeds 0,1]
-                                                                 [--tasks pr,asr,ks,sid,lid,style,pr_de]
+                                                                 [--tasks pr,asr,ks,sid,lid,style,pr_de,sf,asv,qbe]
 
 Every task of `speechft data synth` (seed 0, espeak-ng only) is probed, SUPERB-style
 (`speechft.probe.evaluate`: frozen encoder, softmax-weighted sum of all layers, LR grid chosen on
@@ -11,10 +11,12 @@ dev, fixed probe seeds), with four feature sources side by side in one run:
   random   the same architecture and config with random weights (`family_class("whisper").from_config(
            <the real config>, seed=0)`, saved to a temporary folder)
   fbank    80-bin log-mel filterbank (SUPERB's FBANK baseline)
-  chance   no features: the most frequent training class (classification), an empty output (ctc: 100% error)
+  chance   no features: the most frequent training class (classification), an empty output (ctc: 100% error;
+           sf: slot-type F1 0), a coin (asv: EER 50%), no detection (qbe: MTWV 0)
 
 and checks the benchmark's design criteria (issue 3, part 3): the real encoder clearly beats random
-on pr and ks; random features do not solve sid and style (well below ceiling). The script exits 1
+on pr and ks; random features do not solve sid and style (well below ceiling); the real encoder beats
+random on the SUPERB task types sf, asv and qbe (issue 15, any margin). The script exits 1
 when a criterion fails - the fix belongs in the task (speechft/data/synth.py), not in the numbers.
 
 Features are cached under <repo>/.cache/features (git-ignored), so a rerun only retrains the probes.
@@ -61,6 +63,10 @@ def random_twin(real_dir: Path, out: Path) -> Path:
 
 
 def chance(task) -> float:
+    if task.type == "verification":
+        return 0.5
+    if task.type == "qbe" or task.metric == "slot_type_f1":
+        return 0.0
     if task.type == "classification":
         top = Counter(e.target for e in task.split("train")).most_common(1)[0][0]
         return sum(e.target == top for e in task.split("test")) / len(task.split("test"))
@@ -114,8 +120,13 @@ def main() -> int:
     for task, name in zip(tasks, names):
         r = {k: by[k][task.name] for k in ("real", "random", "fbank")}
         metric = r["real"]["metric"]
-        lower = metric in LOWER_IS_BETTER
+        lower = metric in LOWER_IS_BETTER or r["real"]["lower_is_better"]
         rows.append((name, metric, lower, len(task.labels), r, chance(task)))
+        for extra in sorted(set(r["real"].get("metrics") or {}) - {metric}):  # sf's slot-value CER, asv's minDCF
+            r2 = {k: dict(v, test=v["metrics"][extra], test_std=0.0) for k, v in r.items()}
+            rows.append(
+                (f"{name} ({extra})", extra, extra in ("slot_value_cer", "min_dcf"), len(task.labels), r2, float("nan"))
+            )
         gain = (r["random"]["test"] - r["real"]["test"]) if lower else (r["real"]["test"] - r["random"]["test"])
         if name in ("pr", "ks"):
             checks.append(
@@ -125,6 +136,8 @@ def main() -> int:
                     f"{fmt(gain)} points",
                 )
             )
+        if name in ("sf", "asv", "qbe"):
+            checks.append((f"{name}: real beats random", gain > 0, f"{fmt(gain)} points"))
         if name in ("sid", "style"):
             acc = r["random"]["test"]
             checks.append(

@@ -96,6 +96,17 @@ def probe_tasks(
     """The probes of one encoder on every task, by task name. In one process: task by task (features of one
     task in memory at a time without a cache). Across processes (eval_dist.py): every split of every task
     extracted into the cache first, then the whole grid divided among the processes."""
+    from .probe_special import is_special, special_probe
+
+    special = {  # slot filling, speaker verification, query by example: their own heads and metrics
+        t.name: special_probe(source, t, cfg, cache, recompute, progress, ranks.device, audio, ranks=ranks)
+        for t in tasks
+        if is_special(t)
+    }
+    if special:
+        others = [t for t in tasks if not is_special(t)]
+        rest = probe_tasks(source, others, cfg, cache, recompute, progress, ranks, audio)
+        return {t.name: special.get(t.name) or rest[t.name] for t in tasks}
     providers = [
         FeatureProvider(source, t, cfg, cache, recompute=recompute, progress=progress, audio=audio, ranks=ranks)
         for t in tasks

@@ -189,6 +189,12 @@ def load_tasks(task_dirs) -> list:
     tasks = [load_task(t) for t in task_dirs]
     if not tasks:
         raise SpeechFTError("no task given: pass at least one --task TASKDIR")
+    for t in tasks:  # probing-only task types: scored on trials or by DTW, they have no training head
+        if t.type in ("verification", "qbe"):
+            raise SpeechFTError(
+                f"{t.root}: a '{t.type}' task can be evaluated (speechft evaluate) but not fine-tuned on; "
+                "fine-tune on a classification or ctc task (e.g. speaker identification for verification)"
+            )
     names = [t.name for t in tasks]
     bad = [n for n in names if not n or "." in n or "/" in n]
     if bad:

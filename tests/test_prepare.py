@@ -525,3 +525,152 @@ def test_progress_bars_follow_the_switch():
     with progress_bars(False):
         assert progress_bar(range(3)).disable
     assert not progress_bar(range(3)).disable
+
+
+# ---------------------------------------------------------------------------------------
+# Audio SNIPS (SUPERB SF), laid out as s3prl's SNIPS reader expects
+# ---------------------------------------------------------------------------------------
+SNIPS_LINES = {  # uid -> (words, tags, intent)
+    "Ivy-snips-train-0": ("wake me at seven am", "O O O timeRange timeRange", "SetAlarm"),
+    "Joey-snips-train-1": ("play Beyoncé & Jay-z now !", "O artist artist artist O O", "PlayMusic"),
+    "Aditi-snips-valid-0": ("weather in new york", "O O city city", "GetWeather"),
+    "Brian-snips-test-0": ("rate this book five", "O O object_type rating_value", "RateBook"),
+    "Brian-snips-test-1": ("hello", "O", "None"),
+}
+
+
+@pytest.fixture
+def snips(tmp_path):
+    root = tmp_path / "audio_snips"
+    for k, uid in enumerate([*SNIPS_LINES, "Ivy-snips-train-9", "Brian-snips-train-2"]):
+        folder = {"train": "train", "valid": "valid", "test": "test"}[uid.split("-")[2]]
+        write(root / folder / f"{uid}.wav", 0.5, seed=k)
+    lines = [f"{u} BOS {w} EOS\tO {t} {i}" for u, (w, t, i) in SNIPS_LINES.items()]
+    (root / "all.iob.snips.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_audio_snips_sf(tmp_path, snips):
+    task = load_task(prepare_corpus("snips-sf", snips, tmp_path / "sf"))
+    assert task.name == "sf" and task.tokenizer == "slots" and task.metric == "slot_type_f1"
+    targets = {s: {e.path.stem: e.target for e in task.splits[s]} for s in ("train", "dev", "test")}
+    assert targets["train"] == {
+        "Ivy-snips-train-0": "WAKE ME AT B-timeRange SEVEN AM E-timeRange",
+        "Joey-snips-train-1": "PLAY B-artist BEYONCE AND JAY-Z E-artist NOW",  # '!' dropped, & read AND
+    }  # Ivy-snips-train-9 has no transcript; Brian is a test voice: both left out
+    assert targets["dev"] == {"Aditi-snips-valid-0": "WEATHER IN B-city NEW YORK E-city"}
+    rated = "RATE THIS B-object_type BOOK E-object_type B-rating_value FIVE E-rating_value"
+    assert targets["test"]["Brian-snips-test-0"] == rated
+    assert targets["test"]["Brian-snips-test-1"] == "HELLO"
+    assert {"B-city", "E-city", "B-artist", "E-artist"} <= set(task.labels) and "|" in task.labels
+    assert "1 wav file(s) with no line" in (tmp_path / "sf" / "README.md").read_text()
+
+
+def test_audio_snips_bad_line(tmp_path, snips):
+    (snips / "all.iob.snips.txt").write_text("Ivy-snips-train-0 BOS wake me EOS\tO O SetAlarm\n")
+    with pytest.raises(SpeechFTError, match=r"all.iob.snips.txt:1: expected 'ID BOS words EOS<TAB>O tags INTENT'"):
+        prepare_corpus("snips-sf", snips, tmp_path / "sf")
+
+
+# ---------------------------------------------------------------------------------------
+# VoxCeleb1 verification (SUPERB ASV): iden_split.txt + veri_test2.txt, dev/ and test/ archives
+# ---------------------------------------------------------------------------------------
+@pytest.fixture
+def voxceleb_asv(tmp_path):
+    root = tmp_path / "VoxCeleb1"
+    lines = []
+    for s, spk in enumerate(["id10001", "id10002", "id10003"]):
+        for u in range(1, 5):
+            write(root / "dev" / "wav" / spk / "vidA" / f"{u:05d}.wav", 0.4, seed=s * 10 + u)
+            lines.append(f"{2 if u >= 3 else 1} {spk}/vidA/{u:05d}.wav")
+    for s, spk in enumerate(["id10270", "id10271"]):  # test speakers: in iden_split too, never trained on
+        for u in range(1, 3):
+            write(root / "test" / "wav" / spk / "vidT" / f"{u:05d}.wav", 0.4, seed=50 + s * 10 + u)
+            lines.append(f"1 {spk}/vidT/{u:05d}.wav")
+    (root / "iden_split.txt").write_text("\n".join(lines) + "\n")
+    (root / "veri_test2.txt").write_text(
+        "1 id10270/vidT/00001.wav id10270/vidT/00002.wav\n"
+        "0 id10270/vidT/00001.wav id10271/vidT/00001.wav\n"
+        "1 id10271/vidT/00002.wav id10271/vidT/00001.wav\n"
+    )
+    return root
+
+
+def test_voxceleb1_asv(tmp_path, voxceleb_asv):
+    task = load_task(prepare_corpus("voxceleb1-asv", voxceleb_asv, tmp_path / "asv"))
+    assert task.type == "verification" and task.name == "asv" and task.metric == "eer"
+    assert task.labels == ["id10001", "id10002", "id10003"]  # the test speakers are not trained on
+    assert [len(task.splits[s]) for s in ("train", "dev", "test")] == [6, 6, 4]
+    test = task.split("test")
+    assert [(test[a].id, test[b].id, same) for a, b, same in task.trials["test"]] == [
+        ("audio/test/wav/id10270/vidT/00001.wav", "audio/test/wav/id10270/vidT/00002.wav", True),
+        ("audio/test/wav/id10270/vidT/00001.wav", "audio/test/wav/id10271/vidT/00001.wav", False),
+        ("audio/test/wav/id10271/vidT/00002.wav", "audio/test/wav/id10271/vidT/00001.wav", True),
+    ]
+    dev = task.split("dev")  # each dev clip: one same-speaker and one different-speaker partner
+    assert len(task.trials["dev"]) == 12 and sum(same for _, _, same in task.trials["dev"]) == 6
+    for a, b, same in task.trials["dev"]:
+        assert a != b and same == (dev[a].target == dev[b].target)
+
+
+def test_voxceleb1_asv_missing_trials(tmp_path, voxceleb_asv):
+    (voxceleb_asv / "veri_test2.txt").rename(tmp_path / "trials.txt")
+    with pytest.raises(SpeechFTError, match=r"veri_test2.txt: not found; put VoxCeleb1's trial list"):
+        prepare_corpus("voxceleb1-asv", voxceleb_asv, tmp_path / "asv")
+    assert load_task(prepare_corpus("voxceleb1-asv", voxceleb_asv, tmp_path / "asv", trials=tmp_path / "trials.txt"))
+
+
+# ---------------------------------------------------------------------------------------
+# QUESST 2014 (SUPERB QbE): the quesst14Database layout, English entries only
+# ---------------------------------------------------------------------------------------
+@pytest.fixture
+def quesst(tmp_path):
+    root = tmp_path / "quesst14Database"
+    docs = {"quesst14_00001": "nnenglish", "quesst14_00002": "nnenglish", "quesst14_00003": "czech"}
+    queries = {
+        "dev": {"quesst14_dev_0001": "nnenglish", "quesst14_dev_0002": "basque"},
+        "eval": {"quesst14_eval_0001": "nnenglish", "quesst14_eval_0002": "nnenglish"},
+    }
+    for k, name in enumerate(docs):
+        write(root / "Audio" / f"{name}.wav", 0.6, seed=k)
+    for split, qs in queries.items():
+        for k, name in enumerate(qs):
+            write(root / f"{split}_queries" / f"{name}.wav", 0.3, seed=10 + k)
+    scoring = root / "scoring"
+    scoring.mkdir(parents=True)
+    (scoring / "language_key_utterances.lst").write_text(
+        "".join(f"quesst14Database/Audio/{n}.wav {lang}\n" for n, lang in docs.items())
+    )
+    for split, qs in queries.items():
+        lst = "".join(f"quesst14Database/{split}_queries/{n}.wav {lang}\n" for n, lang in qs.items())
+        (scoring / f"language_key_{split}.lst").write_text(lst)
+    rttm = {
+        "dev": ["quesst14_00002 1 0.10 0.30 quesst14_dev_0001", "quesst14_00003 1 0.1 0.3 quesst14_dev_0001"],
+        "eval": ["quesst14_00001 1 0.20 0.25 quesst14_eval_0002"],
+    }
+    for split, lines in rttm.items():
+        gt = scoring / f"groundtruth_quesst14_{split}"
+        gt.mkdir()
+        (gt / f"quesst14_{split}.rttm").write_text("".join(f"LEXEME {x} lex <NA> 1.0\n" for x in lines))
+    return root
+
+
+def test_quesst14_qbe(tmp_path, quesst):
+    task = load_task(prepare_corpus("quesst14-qbe", quesst, tmp_path / "qbe"))
+    assert task.type == "qbe" and task.name == "qbe" and task.split("train") == []
+    roles = {s: sorted((Path(e.id).stem, e.target) for e in task.split(s)) for s in ("dev", "test")}
+    assert roles["dev"] == [
+        ("quesst14_00001", "document"),
+        ("quesst14_00002", "document"),
+        ("quesst14_dev_0001", "query"),
+    ]
+    assert [x[1] for x in roles["test"]].count("query") == 2  # basque and czech entries left out
+    hits = {
+        s: [(Path(task.split(s)[q].id).stem, Path(task.split(s)[d].id).stem) for q, d, o in task.trials[s] if o]
+        for s in ("dev", "test")
+    }
+    assert hits == {
+        "dev": [("quesst14_dev_0001", "quesst14_00002")],
+        "test": [("quesst14_eval_0002", "quesst14_00001")],
+    }
+    assert len(task.trials["test"]) == 2 * 2

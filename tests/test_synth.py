@@ -21,7 +21,7 @@ from speechft.data import synth_text as T
 from speechft.data import synth_text_de as DE
 from speechft.errors import SpeechFTError
 
-CONTENT_TASKS = ("pr", "asr", "ks", "lid", "style", "pr_de")
+CONTENT_TASKS = ("pr", "asr", "ks", "lid", "style", "pr_de", "sf", "asv")
 
 
 @pytest.fixture(scope="session")
@@ -194,14 +194,18 @@ def test_every_task_folder_loads_with_audio_that_matches_the_manifest(small_benc
         t = load_task(out / task)
         assert (out / task / "README.md").read_text().startswith(f"# synth_{task}")
         for split in ("train", "dev", "test"):
-            assert len(t.splits[split]) == summary["tasks"][task]["clips"][split] > 0
+            assert len(t.splits[split]) == summary["tasks"][task]["clips"][split]
+            if t.type == "qbe" and split == "train":
+                continue  # query by example trains nothing
+            assert t.splits[split]
             for e in t.splits[split]:
-                t.encode(e.target)  # every label / token is in the vocabulary
+                if t.type == "classification" or t.type == "ctc" or split == "train":  # else: trials, no labels
+                    t.encode(e.target)  # every label / token is in the vocabulary
             e = t.splits[split][0]
             wav = load_audio(e.path)
             assert abs(len(wav) / 16000 - e.duration) < 1e-3
         longest = max(e.duration for s in t.splits.values() for e in s)
-        assert longest <= (2.5 if task == "sid" else 3.6), (task, longest)
+        assert longest <= (2.5 if task in ("sid", "asv") else 3.6), (task, longest)
 
 
 def test_labels_and_vocabularies(small_bench):
@@ -245,6 +249,38 @@ def test_labels_and_vocabularies(small_bench):
     lid = load_task(out / "lid")
     assert len(lid.labels) >= 8 and {e.target for e in lid.splits["test"]} == set(lid.labels)
     assert all(e.extra["text"].replace(" ", "").isdigit() for e in lid.splits["train"])
+
+    sf = load_task(out / "sf")
+    assert sf.type == "ctc" and sf.tokenizer == "slots" and sf.metric == "slot_type_f1"
+    from speechft.probe_sf import plain_text, slots
+
+    for split in ("train", "dev", "test"):
+        for e in sf.splits[split]:
+            assert plain_text(e.target) == e.extra["text"] and slots(e.target), e.target
+    kinds = {k for e in sf.splits["train"] for k in slots(e.target)}
+    assert kinds == {"time", "city", "day", "artist", "genre"}
+    assert not {e.extra["text"] for e in sf.splits["train"]} & {e.extra["text"] for e in sf.splits["test"]}
+
+    asv = load_task(out / "asv")
+    assert asv.type == "verification" and asv.metric == "eer" and len(asv.labels) == 24
+    for split in ("dev", "test"):
+        clips = asv.split(split)
+        n = len(clips)
+        assert len(asv.trials[split]) == n * (n - 1) // 2  # every pair (small sizes)
+        for a, b, same in asv.trials[split]:
+            assert same == (clips[a].speaker == clips[b].speaker)
+        assert sum(s for _, _, s in asv.trials[split]) == len({e.speaker for e in clips}) * 3  # C(3, 2) per voice
+    assert not {e.speaker for e in asv.split("dev")} & {e.speaker for e in asv.split("test")}
+
+    qbe = load_task(out / "qbe")
+    assert qbe.type == "qbe" and qbe.split("train") == []
+    for split in ("dev", "test"):
+        clips = qbe.split(split)
+        queries = [e for e in clips if e.target == "query"]
+        assert len({e.speaker for e in queries}) == 1 and len(queries) == 10
+        assert queries[0].speaker not in {e.speaker for e in clips if e.target == "document"}
+        hits = [(clips[q], clips[d]) for q, d, o in qbe.trials[split] if o]
+        assert len(hits) == 10 and all(q.extra["text"] in d.extra["text"].split() for q, d in hits)
 
     style = load_task(out / "style")
     assert len(style.labels) == 9 and not any("emotion" in x for x in style.labels)
@@ -338,12 +374,13 @@ def test_demo_size_is_accepted_and_between_small_and_full():
     demo = sizes["demo"]
     assert set(demo) == set(synth.TASKS)
     for task, splits in demo.items():
-        for split in ("train", "dev", "test"):
+        for split in ("train", "dev", "test") if task != "qbe" else ("dev", "test"):  # qbe: no train
             n = [len(sizes[k][task][split]) for k in ("small", "demo", "full")]
             assert n[0] < n[1] < n[2], (task, split, n)
             assert len(splits[split]) >= 40, (task, split)
     assert len(demo["pr_de"]["train"]) >= 100 and len(demo["pr"]["dev"]) >= 40
-    assert sum(len(r) for t in demo.values() for r in t.values()) < 2500  # ~0.8 h: the demo runs ~9 encoders over it
+    # ~1 h (0.8 h before sf, asv and qbe): the demo runs ~9 encoders over it
+    assert sum(len(r) for t in demo.values() for r in t.values()) < 2600
 
 
 def test_bad_requests_raise_speechft_errors(small_bench, tmp_path):

@@ -5,6 +5,9 @@
     speechft data prepare voxceleb1-sid --root /data/VoxCeleb1 --out tasks/sid
     speechft data prepare iemocap-er --root /data/IEMOCAP_full_release --fold 1 --out tasks/er1
     speechft data prepare tedlium3-asr --root /data/TEDLIUM_release-3 --out tasks/ted10h
+    speechft data prepare snips-sf --root /data/audio_snips --out tasks/sf
+    speechft data prepare quesst14-qbe --root /data/quesst14Database --out tasks/qbe
+    speechft data prepare voxceleb1-asv --root /data/VoxCeleb1 --out tasks/asv   (ROOT/veri_test2.txt)
 
 PR transcripts: SUPERB's PR task is LibriSpeech with every word replaced by its phones
 (71 ARPAbet phones with stress marks in s3prl's vocabulary). Give the word -> phones
@@ -60,7 +63,7 @@ def prepare_corpus(
     with atomic_dir(out, overwrite=overwrite) as tmp:
         with progress_bars(progress):
             prep = reader(root.resolve(), tmp, **opts)
-        for split in ("train", "dev", "test"):
+        for split in ("train", "dev", "test") if prep.spec["type"] != "qbe" else ("dev", "test"):  # qbe: no train
             if not prep.splits.get(split):
                 raise SpeechFTError(f"{root}: the {name} {split} split came out empty; check --root and the options")
         spec = dict(prep.spec)
@@ -150,6 +153,11 @@ def _readme(name: str, root: Path, prep) -> str:
             ]
         else:
             lines += ["", f"{len(spec['labels'])} classes."]
+    elif spec["type"] == "qbe":
+        lines += ["", "No training split; where each query occurs: dev_truth.txt and test_truth.txt."]
+    elif spec["type"] == "verification":
+        speakers = len({r["label"] for r in prep.splits.get("train", [])})
+        lines += ["", f"{speakers} train speakers; dev and test scored on dev_trials.txt and test_trials.txt."]
     else:
         lines += [
             "",
@@ -197,7 +205,8 @@ def add_arguments(p):
         metavar="SUBSET",
         help="librispeech-*: the train, dev and test subsets (default train-clean-100 dev-clean test-clean)",
     )
-    g.add_argument("--split-file", help="voxceleb1-sid: iden_split.txt (default ROOT/iden_split.txt)")
+    g.add_argument("--split-file", help="voxceleb1-sid, voxceleb1-asv: iden_split.txt (default ROOT/iden_split.txt)")
+    g.add_argument("--trials", help="voxceleb1-asv: the test trial list (default ROOT/veri_test2.txt)")
     g.add_argument("--fold", type=int, help="iemocap-er: session 1-5 held out as the test set (default 1)")
     g.add_argument(
         "--dev-fraction",
@@ -220,6 +229,7 @@ def main(args):
         skip_oov=args.skip_oov,
         sets=args.sets,
         split_file=args.split_file,
+        trials=args.trials,
         fold=args.fold,
         dev_fraction=args.dev_fraction,
         test_root=args.test_root,

@@ -1,6 +1,7 @@
 """`speechft data synth`: a deterministic, cached synthetic "mini-SUPERB" made with speech synthesis.
 
-    speechft data synth --out bench/ [--size small|demo|full] [--seed 0] [--tasks pr asr ks sid lid style pr_de]
+    speechft data synth --out bench/ [--size small|demo|full] [--seed 0]
+        [--tasks pr asr ks sid lid style pr_de sf asv qbe]
 
 writes one task folder per task (see `speechft.data.tasks`), all from espeak-ng (plus flite
 voices when the `flite` program is installed):
@@ -16,17 +17,20 @@ voices when the `flite` program is installed):
     pr_de  German phoneme recognition: CTC over a 42-phone German inventory, on German sentences
            and digit strings (the new language of the continued pre-training scenario: its
            train audio is the "new-language audio")
+    sf     slot filling: alarm / weather / music commands, characters plus slot markers (SUPERB SF)
+    asv    speaker verification: train speakers, then trials between held-out voices (SUPERB ASV)
+    qbe    query by example: spoken terms in one voice, sentences holding them in others (SUPERB QbE)
 
 Sizes (seed 0, espeak-ng only; hours of audio summed over all tasks and splits, pr and asr
 each counted although they share their clips - an encoder probed on every task runs over it all):
 
-    small     684 examples   0.26 h   tests and the quick demo; ~10 s to generate here
-    demo    2,092 examples   0.81 h   the full `speechft demo` on 2 CPU cores; ~25 s to generate
-    full   20,310 examples  ~7.8 h    thousands per task (hours estimated from the demo's mean
+    small   1,014 examples  ~0.39 h   tests and the quick demo; ~15 s to generate here
+    demo    2,574 examples  ~1.0 h    the full `speechft demo` on 2 CPU cores; ~30 s to generate
+    full   22,730 examples  ~8.7 h    thousands per task (hours estimated from the demo's mean
                                       clip lengths); minutes to generate
 
 Voices are espeak-ng accents x voice variants. The variants are split by the seed into
-train / dev / test groups: in pr, asr, ks, lid, style and pr_de the dev and test clips are spoken
+train / dev / test groups: in pr, asr, ks, lid, style, pr_de, sf, asv and qbe the dev and test clips are spoken
 by variants that never speak in train, so those tasks measure generalisation to new
 voices. Sentences come from a word-list grammar (`synth_text`), so nothing is downloaded.
 
@@ -54,6 +58,7 @@ from pathlib import Path
 from ..cli import add_quiet_option
 from ..errors import SpeechFTError
 from ..io_utils import atomic_dir, check_output_location, write_json
+from . import synth_slots, synth_speakers
 from . import synth_text as T
 from .audio import SAMPLE_RATE
 from .synth_clips import ENGINES, Clip, ClipCache, augment, default_cache_dir, load_engines
@@ -75,7 +80,7 @@ from .tasks import write_task_folder
 # What tests, benchmarks and the demo reach through this module (the rest lives in synth_plan / synth_clips).
 __all__ = ["SIZES", "TASKS", "Clip", "augment", "planned_examples", "synthesize_benchmark", "add_arguments", "main"]
 
-GENERATOR_VERSION = "speechft-synth 2"  # 2: task pr_de, size demo
+GENERATOR_VERSION = "speechft-synth 3"  # 2: task pr_de, size demo; 3: tasks sf, asv, qbe
 
 
 # ------------------------------------------------------------------ task specs and READMEs
@@ -97,6 +102,18 @@ TASK_INFO = {
     "style": "Speaking style: 3 speaking rates (slow 115-135, normal 160-185, fast 215-245 words/min) x 3 "
     "pitch registers (espeak pitch low 15-30, mid 42-58, high 70-85), noise 5-30 dB SNR. A prosody "
     "task; it is not emotion recognition.",
+    "sf": "Slot filling (SUPERB SF's format): assistant commands in three domains (alarms, weather, music; "
+    "`speechft.data.synth_slots`), transcribed as lower-case characters with slot markers around each "
+    "value (`set an alarm for B-time seven thirty E-time`); CTC over characters and markers, scored by "
+    "slot-type F1 (the main metric) and slot-value CER.",
+    "asv": "Speaker verification (SUPERB ASV's form): train on 24 voices (voice variant + accent) labelled "
+    "by speaker; dev and test are trials (`dev_trials.txt`, `test_trials.txt`, `1|0 PATH_A PATH_B`) between "
+    "voices of held-out variants, each in two accents (`speechft.data.synth_speakers`). Clips augmented as "
+    "sid's. Scored by EER (and minDCF) of the cosine similarity of the head's embeddings.",
+    "qbe": "Query by example (SUPERB QbE's form): no training. In dev and test, ten long words "
+    "(`speechft.data.synth_speakers.QBE_TERMS`) are spoken once each by one voice (the queries) and "
+    "short sentences by the split's other voices (the documents), half of them holding one of the words; "
+    "`dev_truth.txt` / `test_truth.txt` list where. Scored by MTWV of per-layer DTW, the layer chosen on dev.",
     "pr_de": "German phoneme recognition: CTC over a 42-phone German inventory (vowel length kept, stress "
     "stripped); targets are espeak-ng's IPA phoneme events for the German voice, mapped by "
     "`speechft.data.synth_text.ESPEAK_DE_TO_PHONE`. Utterances: sentences from a small German grammar "
@@ -115,6 +132,18 @@ def _task_spec(task: str, rows: dict[str, list[dict]]) -> dict:
             "metric": "per",
             "tokenizer": "space",
             "vocabulary": list(inventory),
+        }
+    if task == "asv":
+        return {"name": "synth_asv", "type": "verification", "metric": "eer"}
+    if task == "qbe":
+        return {"name": "synth_qbe", "type": "qbe", "metric": "mtwv"}
+    if task == "sf":
+        return {
+            "name": "synth_sf",
+            "type": "ctc",
+            "metric": "slot_type_f1",
+            "tokenizer": "slots",
+            "vocabulary": list(synth_slots.SF_VOCABULARY),
         }
     if task == "asr":
         # The whole alphabet, not just the letters this seed happened to use: the same head fits every seed.
@@ -156,6 +185,10 @@ def _task_readme(
             f"{len(spec['labels'])} classes"
             if "labels" in spec
             else f"{len(spec['vocabulary'])} tokens ({spec['tokenizer']} tokenizer)"
+            if "vocabulary" in spec
+            else f"{len({r['label'] for r in rows['train']})} train speakers, trials in dev and test"
+            if spec["type"] == "verification"
+            else f"{len(synth_speakers.QBE_TERMS)} spoken queries per split, no training"
         ),
         "",
         "| split | clips | hours | voices |",
@@ -317,16 +350,23 @@ def _fill_rows(plan: Plan, results: dict) -> dict[str, Counter]:
 def _write_task(tmp: Path, task: str, rows: dict[str, list[dict]], summary: dict, dropped: Counter) -> dict:
     """One task folder inside the benchmark being written; returns its entry of the summary."""
     spec = _task_spec(task, rows)
-    group = rows["train"][0]["_ref"].split("/")[0]
+    group = next(r for s in SPLITS for r in rows[s])["_ref"].split("/")[0]
     clean = {s: [{k: v for k, v in r.items() if k != "_ref"} for r in rows[s]] for s in SPLITS}
     readme = _task_readme(
         task, spec, clean, summary["seed"], summary["size"], summary["engines"], summary["variants"], dropped
     )
-    write_task_folder(tmp / task, spec, clean, files={"README.md": readme.encode()}, audio_dir=tmp / "audio" / group)
+    files = {"README.md": readme.encode()}
+    if spec["type"] == "verification":
+        for s in ("dev", "test"):
+            files[f"{s}_trials.txt"] = synth_speakers.trial_lines(clean[s], summary["seed"], s).encode()
+    if spec["type"] == "qbe":
+        for s in ("dev", "test"):
+            files[f"{s}_truth.txt"] = synth_speakers.truth_lines(clean[s]).encode()
+    write_task_folder(tmp / task, spec, clean, files=files, audio_dir=tmp / "audio" / group)
     return {
         "type": spec["type"],
         "metric": spec["metric"],
-        "outputs": len(spec.get("labels") or spec.get("vocabulary")),
+        "outputs": len(spec.get("labels") or spec.get("vocabulary") or {r.get("label") for r in clean["train"]}),
         "clips": {s: len(clean[s]) for s in SPLITS},
         "hours": {s: round(sum(r["duration"] for r in clean[s]) / 3600, 4) for s in SPLITS},
         "voices": {s: sorted({r["speaker"] for r in clean[s]}) for s in SPLITS},
@@ -365,7 +405,8 @@ def _top_readme(summary: dict) -> str:
         "",
     ]
     lines += [
-        "Held-out voice variants (dev/test of pr, asr, ks, lid, style and pr_de never share a variant with train):",
+        "Held-out voice variants (dev/test of pr, asr, ks, lid, style, pr_de, sf, asv and qbe never share a variant "
+        "with train):",
         "",
     ]
     lines += [f"- {s}: " + ", ".join(v or "(base)" for v in summary["variants"][s]) for s in SPLITS]

@@ -10,12 +10,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import SpeechFTError
+from . import synth_slots
 from . import synth_text as T
 from .synth_clips import Clip, load_engines
 from .synth_text_de import de_utterances
 from .tasks import SPLITS
 
-TASKS = ("pr", "asr", "ks", "sid", "lid", "style", "pr_de")
+TASKS = ("pr", "asr", "ks", "sid", "lid", "style", "pr_de", "sf", "asv", "qbe")
 # CTC phone tasks -> the language of their phone inventory (synth_text.INVENTORIES)
 PHONE_TASKS = {"pr": "en", "pr_de": "de"}
 GERMAN_VOICE = "de"  # espeak-ng has one German accent; the voice variants give the speakers
@@ -71,6 +72,9 @@ class SizeSpec:
     lid_per_language: tuple[int, int, int]
     style_per_class: tuple[int, int, int]
     sentences_de: tuple[int, int, int]  # pr_de clips per split
+    sf: tuple[int, int, int] = (60, 15, 15)  # slot-filling utterances per split
+    asv_per_voice: tuple[int, int, int] = (4, 3, 3)  # speaker-verification clips per voice (synth_speakers)
+    qbe_documents: tuple[int, int, int] = (0, 20, 20)  # query-by-example documents (no train; 10 queries each)
 
 
 SIZES = {
@@ -91,6 +95,9 @@ SIZES = {
         lid_per_language=(20, 5, 5),
         style_per_class=(20, 5, 5),
         sentences_de=(150, 40, 40),
+        sf=(90, 40, 40),
+        asv_per_voice=(5, 4, 4),
+        qbe_documents=(0, 30, 30),
     ),
     "full": SizeSpec(
         sentences=(2400, 300, 300),
@@ -99,6 +106,9 @@ SIZES = {
         lid_per_language=(240, 30, 30),
         style_per_class=(260, 35, 35),
         sentences_de=(1500, 200, 200),
+        sf=(180, 50, 50),  # of the 288 utterances the templates make
+        asv_per_voice=(60, 10, 10),
+        qbe_documents=(0, 200, 200),
     ),
 }
 
@@ -337,6 +347,27 @@ def _plan_german(plan: Plan, size: SizeSpec, seed: int, voices: Voices):
             )
 
 
+def _plan_sf(plan: Plan, size: SizeSpec, seed: int, voices: Voices):
+    """sf: tagged assistant commands (synth_slots) read by the split's voices, as pr's sentences."""
+    rng = np.random.default_rng([seed, 7])
+    used: set[str] = set()
+    for split, n in zip(SPLITS, size.sf):
+        items = synth_slots.utterances(rng, n, exclude=used)
+        used.update(plain for plain, _ in items)  # no utterance is spoken in two splits
+        for i, (plain, tagged) in enumerate(items):
+            engine, voice = voices.english(split, rng)
+            clip = Clip(
+                engine,
+                voice,
+                plain,
+                rate=int(round(175 * rng.uniform(0.9, 1.15))),
+                pitch=int(rng.integers(35, 66)),
+                aug=_aug("sentences", rng),
+            )
+            row = {"transcript": tagged, "speaker": speaker_name(engine, voice), "text": plain}
+            plan.add("sf", split, "sf", f"{split}-{i:05d}", clip, dict(row, rate=clip.rate, pitch=clip.pitch))
+
+
 def style_labels() -> list[str]:
     return [f"{r}-{p}" for r in STYLE_RATES for p in STYLE_PITCHES]
 
@@ -394,6 +425,8 @@ def check_args(size: str, seed, tasks) -> list[str]:
 
 
 def make_plan(spec_size: SizeSpec, seed: int, voices: Voices, chosen: list[str]) -> Plan:
+    from .synth_speakers import plan_asv, plan_qbe  # they import this module's tables
+
     plan = Plan()
     if {"pr", "asr"} & set(chosen):
         _plan_sentences(plan, spec_size, seed, voices, set(chosen))
@@ -403,6 +436,9 @@ def make_plan(spec_size: SizeSpec, seed: int, voices: Voices, chosen: list[str])
         ("lid", _plan_lid),
         ("style", _plan_style),
         ("pr_de", _plan_german),
+        ("sf", _plan_sf),
+        ("asv", plan_asv),
+        ("qbe", plan_qbe),
     ):
         if task in chosen:
             planner(plan, spec_size, seed, voices)

@@ -2,10 +2,14 @@
 
 A task folder holds::
 
-    task.yaml   name, type (ctc | classification), metric, labels or vocabulary, tokenizer
+    task.yaml   name, type (ctc | classification | verification | qbe), metric, labels or vocabulary, tokenizer
     train.tsv   manifests with a header row; columns: path, duration, and label
-    dev.tsv     (classification) or transcript (ctc); optional speaker; other columns kept
-    test.tsv    as `Example.extra`. Paths are relative to the folder.
+    dev.tsv     (classification, verification) or transcript (ctc) or role (qbe); optional speaker; other
+    test.tsv    columns kept as `Example.extra`. Paths are relative to the folder.
+
+SUPERB's other task types: slot filling is a ctc task with tokenizer `slots`; `verification` adds
+dev_trials.txt / test_trials.txt (its dev/test clips need no label); `qbe` has no train.tsv and adds
+dev_truth.txt / test_truth.txt (docs/task-folder.md).
 
 `load_task` validates everything up front (files exist, columns, labels in the
 vocabulary, non-empty splits, no duplicate paths, no path escaping the folder) so nothing
@@ -18,6 +22,7 @@ transcripts in the vocabulary, paths confined to the folder unless allowed).
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,9 +35,25 @@ from .audio import SAMPLE_RATE
 from .manifest import ManifestRow, read_manifest, read_text_file
 
 SPLITS = ("train", "dev", "test")
-TASK_TYPES = ("ctc", "classification")
-METRICS = {"ctc": ("per", "cer", "wer"), "classification": ("accuracy", "macro_f1")}
-TOKENIZERS = ("space", "char")
+TASK_TYPES = ("ctc", "classification", "verification", "qbe")
+METRICS = {
+    "ctc": ("per", "cer", "wer", "slot_type_f1", "slot_value_cer"),
+    "classification": ("accuracy", "macro_f1"),
+    "verification": ("eer", "min_dcf"),
+    "qbe": ("mtwv",),
+}
+# Speaker verification (SUPERB ASV): train.tsv is labelled by speaker; dev and test are scored on trial
+# lists beside them, one trial a line as in VoxCeleb's veri_test2.txt: `1|0 PATH_A PATH_B` (1 = same speaker).
+TRIAL_SPLITS = ("dev", "test")
+# Query by example (SUPERB QbE): no training. dev.tsv and test.tsv list queries and documents (column
+# `role`: query | document); `{split}_truth.txt` lists `QUERY_PATH DOCUMENT_PATH` for every query that
+# occurs in a document; train.tsv is optional (and unused).
+QBE_ROLES = ("query", "document")
+TOKENIZERS = ("space", "char", "slots")
+# Slot filling (SUPERB SF): a ctc task with tokenizer `slots` whose transcripts mark each slot value as
+# `B-type value words E-type`; the markers are single tokens, everything else is characters.
+SLOT_METRICS = ("slot_type_f1", "slot_value_cer")
+SLOT_MARKER = re.compile(r"^[BE]-\S+$")
 # In char-tokenized CTC tasks a space is spelled with this token (wav2vec2's convention).
 WORD_SEPARATOR = "|"
 
@@ -43,19 +64,29 @@ class Vocabulary:
     head.json), so the head decodes its own outputs without the task folder.
 
     Classification: the label's index in `labels`. CTC: one token per word (tokenizer "space") or per
-    character (tokenizer "char", a space spelled WORD_SEPARATOR); ids are 1-based, 0 is the CTC blank."""
+    character (tokenizer "char", a space spelled WORD_SEPARATOR); tokenizer "slots" is "char" except that
+    a word that is a slot marker of the vocabulary (`B-time`, `E-time`) is one token, as in SUPERB SF's
+    character-slot tokenizer. Ids are 1-based, 0 is the CTC blank."""
 
     def __init__(self, kind: str, labels: list[str], tokenizer: str | None = None):
         self.kind, self.labels, self.tokenizer = kind, list(labels), tokenizer
         self._index = {t: i for i, t in enumerate(self.labels)}
+        self._markers = {t for t in self.labels if len(t) > 1} if tokenizer == "slots" else set()
 
     def tokens(self, text: str) -> list[str]:
         if self.tokenizer == "space":
             return text.split()
+        if self.tokenizer == "slots":
+            out: list[str] = []
+            for word in text.split():
+                if out:
+                    out.append(WORD_SEPARATOR)
+                out += [word] if word in self._markers else list(word)
+            return out
         return [WORD_SEPARATOR if c == " " else c for c in text.strip()]
 
     def encode(self, target: str) -> list[int] | int:
-        if self.kind == "classification":
+        if self.kind in ("classification", "verification"):
             return self._index[target]
         return [self._index[t] + 1 for t in self.tokens(target)]
 
@@ -64,6 +95,9 @@ class Vocabulary:
         toks = [self.labels[i - 1] for i in ids if i > 0]
         if self.tokenizer == "space":
             return " ".join(toks)
+        if self.tokenizer == "slots":  # markers stand apart as words, however the head spaced them
+            text = "".join(f" {t} " if t in self._markers else (" " if t == WORD_SEPARATOR else t) for t in toks)
+            return " ".join(text.split())
         return "".join(" " if t == WORD_SEPARATOR else t for t in toks)
 
 
@@ -90,6 +124,9 @@ class Task:
     sample_rate: int
     splits: dict[str, list[Example]]
     spec: dict
+    # verification: split -> trials (index of clip a, index of clip b, same speaker) into that split;
+    # qbe: split -> every (query index, document index, the query occurs in the document)
+    trials: dict[str, list[tuple[int, int, bool]]] = field(default_factory=dict)
 
     @property
     def num_outputs(self) -> int:
@@ -139,11 +176,14 @@ def load_spec(root: Path) -> dict:
             _fail(f"{path}: missing key '{key}'")
     if spec["type"] not in TASK_TYPES:
         _fail(f"{path}: type '{spec['type']}' is not one of {', '.join(TASK_TYPES)}")
-    metric = spec.setdefault("metric", METRICS[spec["type"]][0])
+    slot_task = spec["type"] == "ctc" and spec.get("tokenizer") == "slots"
+    metric = spec.setdefault("metric", SLOT_METRICS[0] if slot_task else METRICS[spec["type"]][0])
     if metric not in METRICS[spec["type"]]:
         _fail(
             f"{path}: metric '{metric}' does not fit type {spec['type']}; use one of {', '.join(METRICS[spec['type']])}"
         )
+    if spec["type"] in ("verification", "qbe"):  # verification's classes are its train speakers; qbe has none
+        return _check_common(path, spec)
     key = "labels" if spec["type"] == "classification" else "vocabulary"
     labels = spec.get(key)
     if not isinstance(labels, list) or not labels:
@@ -157,6 +197,11 @@ def load_spec(root: Path) -> dict:
         tok = spec.setdefault("tokenizer", "char")
         if tok not in TOKENIZERS:
             _fail(f"{path}: tokenizer '{tok}' is not one of {', '.join(TOKENIZERS)}")
+        _check_slots(path, tok, metric, labels)
+    return _check_common(path, spec)
+
+
+def _check_common(path: Path, spec: dict) -> dict:
     sr = spec.setdefault("sample_rate", SAMPLE_RATE)
     if not isinstance(sr, int) or isinstance(sr, bool) or sr <= 0:
         _fail(f"{path}: sample_rate must be a positive integer, got {sr!r}")
@@ -166,8 +211,31 @@ def load_spec(root: Path) -> dict:
     return spec
 
 
+def _check_slots(path: Path, tokenizer: str, metric: str, vocabulary: list[str]) -> None:
+    """Slot filling's own rules: its metrics need slot markers, and every marker is a B-/E- pair."""
+    if metric in SLOT_METRICS and tokenizer != "slots":
+        _fail(f"{path}: metric '{metric}' needs tokenizer: slots (transcripts with B-type ... E-type markers)")
+    if tokenizer != "slots":
+        return
+    if metric not in SLOT_METRICS:
+        _fail(f"{path}: a tokenizer: slots task is scored by {' or '.join(SLOT_METRICS)}, not '{metric}'")
+    long = [t for t in vocabulary if len(t) > 1]
+    bad = [t for t in long if not SLOT_MARKER.match(t)]
+    if bad:
+        _fail(f"{path}: tokenizer slots allows single characters and slot markers B-type/E-type, got {bad[:5]}")
+    unpaired = sorted(t for t in long if ("E-" if t[0] == "B" else "B-") + t[2:] not in long)
+    if unpaired:
+        _fail(f"{path}: slot markers {unpaired[:5]} have no partner (each B-type needs its E-type)")
+
+
 def _row_check(task: dict):
     """The task's own rule for a row: a known label, or a non-empty transcript of known tokens."""
+    if task["type"] == "verification":  # train clips need their speaker; dev/test ones may leave it empty
+
+        def check(row: ManifestRow) -> str | None:
+            return None if row.columns.get("label", "x").strip() else "empty label (the speaker)"
+
+        return check
     if task["type"] == "classification":
         labels = set(task["labels"])
 
@@ -192,23 +260,106 @@ def _row_check(task: dict):
 def read_split(root: Path, split: str, task: dict, allow_outside: bool) -> list[Example]:
     """One split's manifest as validated examples (`task` is `load_spec`'s result)."""
     path = root / f"{split}.tsv"
+    if task["type"] == "qbe" and split == "train" and not path.exists():
+        return []
     if not path.exists():
         _fail(f"{path}: missing; every task folder needs {', '.join(s + '.tsv' for s in SPLITS)}")
-    target_col = "label" if task["type"] == "classification" else "transcript"
+    if task["type"] == "qbe":
+        return _read_qbe_split(path, split, allow_outside)
+    target_col = "transcript" if task["type"] == "ctc" else "label"
+    # verification's dev and test clips need no label: their trials say which pairs share a speaker
+    required = (
+        ("path", "duration")
+        if task["type"] == "verification" and split != "train"
+        else ("path", "duration", target_col)
+    )
     rows = read_manifest(
         path,
-        ("path", "duration", target_col),
-        hint=f"a {task['type']} manifest needs path, duration, {target_col}",
+        required,
+        hint=f"a {task['type']} manifest needs {', '.join(required)}",
         what=f"the {split} split",
         outside=None if allow_outside else "the task folder (allow with allow_outside_paths)",
-        check=_row_check(task),
+        check=None if task["type"] == "verification" and split != "train" else _row_check(task),
     )
     examples = []
     for row in rows:
         speaker = row.columns["speaker"].strip() if "speaker" in row.columns else None
         extra = {h: v for h, v in row.columns.items() if h not in ("path", "duration", target_col, "speaker")}
-        examples.append(Example(row.id, row.path, row.duration, row.columns[target_col].strip(), speaker, extra))
+        target = row.columns.get(target_col, "").strip()
+        examples.append(Example(row.id, row.path, row.duration, target, speaker, extra))
     return examples
+
+
+def _read_qbe_split(path: Path, split: str, allow_outside: bool) -> list[Example]:
+    def check(row: ManifestRow) -> str | None:
+        role = row.columns["role"].strip()
+        return None if role in QBE_ROLES else f"role {role!r} is not query or document"
+
+    rows = read_manifest(
+        path,
+        ("path", "duration", "role"),
+        hint="a qbe manifest needs path, duration, role (query | document)",
+        what=f"the {split} split",
+        outside=None if allow_outside else "the task folder (allow with allow_outside_paths)",
+        check=check,
+    )
+    fixed = ("path", "duration", "role", "speaker")
+    return [
+        Example(
+            r.id,
+            r.path,
+            r.duration,
+            r.columns["role"].strip(),
+            r.columns.get("speaker", "").strip() or None,
+            {h: v for h, v in r.columns.items() if h not in fixed},
+        )
+        for r in rows
+    ]
+
+
+def read_truth(root: Path, split: str, examples: list[Example]) -> list[tuple[int, int, bool]]:
+    """`{split}_truth.txt` of a qbe folder -> every (query index, document index, occurs) of the split."""
+    path = root / f"{split}_truth.txt"
+    if not path.exists():
+        _fail(f"{path}: missing; a qbe task needs {split}_truth.txt (lines 'QUERY_PATH DOCUMENT_PATH')")
+    role = {ex.id: ex.target for ex in examples}
+    index = {ex.id: i for i, ex in enumerate(examples)}
+    occurs = set()
+    for lineno, line in enumerate(read_text_file(path).splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 2 or role.get(parts[0]) != "query" or role.get(parts[1]) != "document":
+            _fail(f"{path}:{lineno}: '{line.strip()[:80]}' is not 'QUERY_PATH DOCUMENT_PATH' of {split}.tsv")
+        occurs.add((index[parts[0]], index[parts[1]]))
+    queries = [i for i, ex in enumerate(examples) if ex.target == "query"]
+    docs = [i for i, ex in enumerate(examples) if ex.target == "document"]
+    if not queries or not docs or not occurs:
+        _fail(f"{path}: a qbe split needs queries, documents and at least one occurrence")
+    return [(q, d, (q, d) in occurs) for q in queries for d in docs]
+
+
+def read_trials(root: Path, split: str, examples: list[Example]) -> list[tuple[int, int, bool]]:
+    """`{split}_trials.txt` of a verification folder: lines `1|0 PATH_A PATH_B`, paths as in the split's manifest."""
+    path = root / f"{split}_trials.txt"
+    if not path.exists():
+        _fail(f"{path}: missing; a verification task needs {split}_trials.txt (lines '1|0 PATH_A PATH_B')")
+    index = {ex.id: i for i, ex in enumerate(examples)}
+    trials = []
+    for lineno, line in enumerate(read_text_file(path).splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 3 or parts[0] not in ("0", "1"):
+            _fail(f"{path}:{lineno}: '{line.strip()[:80]}' is not '1|0 PATH_A PATH_B' (1 = same speaker)")
+        unknown = [p for p in parts[1:] if p not in index]
+        if unknown:
+            _fail(f"{path}:{lineno}: {unknown[0]} is not a path of {split}.tsv; list every trial clip there")
+        trials.append((index[parts[1]], index[parts[2]], parts[0] == "1"))
+    kinds = {same for _, _, same in trials}
+    if kinds != {True, False}:
+        _fail(f"{path}: needs both same-speaker (1) and different-speaker (0) trials, got {len(trials)} of one kind")
+    return trials
 
 
 def load_task(root: str | os.PathLike, allow_outside_paths: bool = False) -> Task:
@@ -217,7 +368,17 @@ def load_task(root: str | os.PathLike, allow_outside_paths: bool = False) -> Tas
     spec = load_spec(root)
     allow = allow_outside_paths or bool(spec.get("allow_outside_paths", False))
     splits = {s: read_split(root, s, spec, allow) for s in SPLITS}
-    labels = spec["labels"] if spec["type"] == "classification" else spec["vocabulary"]
+    trials = {}
+    if spec["type"] == "verification":
+        labels = sorted({ex.target for ex in splits["train"]})
+        if len(labels) < 2:
+            _fail(f"{root / 'train.tsv'}: a verification task needs at least 2 train speakers, got {labels}")
+        trials = {s: read_trials(root, s, splits[s]) for s in TRIAL_SPLITS}
+    elif spec["type"] == "qbe":
+        labels = list(QBE_ROLES)
+        trials = {s: read_truth(root, s, splits[s]) for s in TRIAL_SPLITS}
+    else:
+        labels = spec["labels"] if spec["type"] == "classification" else spec["vocabulary"]
     return Task(
         root=root,
         name=str(spec["name"]),
@@ -228,6 +389,7 @@ def load_task(root: str | os.PathLike, allow_outside_paths: bool = False) -> Tas
         sample_rate=spec["sample_rate"],
         splits=splits,
         spec=spec,
+        trials=trials,
     )
 
 
@@ -248,11 +410,13 @@ def write_task_folder(
     the audio itself lives in a shared cache.
     """
     out = Path(out)
-    target_col = "label" if spec["type"] == "classification" else "transcript"
+    target_col = {"ctc": "transcript", "qbe": "role"}.get(spec["type"], "label")
     with atomic_dir(out, overwrite=overwrite) as tmp:
         (tmp / "task.yaml").write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
         for split in SPLITS:
             rows = splits.get(split) or []
+            if not rows and spec["type"] == "qbe":
+                continue  # qbe trains nothing: no train.tsv
             cols = ["path", "duration", target_col]
             extra = sorted({k for r in rows for k in r if k not in cols})
             cols += extra

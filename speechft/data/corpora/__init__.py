@@ -14,7 +14,7 @@ holding audio, chosen per corpus:
   times) and the Speech Commands `_silence_` class (1-s slices of `_background_noise_`).
 
 Task names are the keys of SUPERB score configs (speechft/configs/superb_paper.yaml: pr, asr,
-sid, er, ks, ic), so `speechft evaluate` scores the folders without renaming; the corpus
+sid, er, ks, ic, sf, asv, qbe), so `speechft evaluate` scores the folders without renaming; the corpus
 and options are recorded under `source` in task.yaml.
 
 Every problem with the corpus is one `SpeechFTError` naming the file that was expected.
@@ -22,9 +22,10 @@ The splits and label rules follow s3prl's SUPERB recipes and the Speech-FT refer
 where a reader deviates (stated in each reader and in the folder's README.md) it is to
 be deterministic across machines.
 
-Layout: `transcribed` (LibriSpeech, TED-LIUM 3, AISHELL-3) and `labelled` (VoxCeleb1,
-IEMOCAP, Speech Commands, Fluent Speech Commands) hold the readers, `common` what they
-share; this module is the registry `speechft data prepare` chooses from.
+Layout: `transcribed` (LibriSpeech, TED-LIUM 3, AISHELL-3), `labelled` (VoxCeleb1, IEMOCAP,
+Speech Commands, Fluent Speech Commands), `slu` (Audio SNIPS), `verification` (VoxCeleb1
+trials) and `qbe` (QUESST 2014) hold the readers, `common` what they share; this module is the
+registry `speechft data prepare` chooses from.
 """
 
 from __future__ import annotations
@@ -34,7 +35,10 @@ from collections.abc import Callable
 from ...errors import SpeechFTError
 from .common import Prepared, progress_bars
 from .labelled import fluent, iemocap, speech_commands, voxceleb1
+from .qbe import quesst14
+from .slu import audio_snips
 from .transcribed import aishell3, librispeech, tedlium3
+from .verification import voxceleb1_verification
 
 __all__ = ["CORPORA", "Prepared", "corpus_reader", "progress_bars"]
 
@@ -56,6 +60,13 @@ CORPORA: dict[str, tuple[Callable[..., Prepared], tuple[str, ...], str]] = {
     "speechcommands-ks": (speech_commands, ("test_root",), "Speech Commands v0.01 keyword spotting (SUPERB KS)"),
     "fluent-ic": (fluent, (), "Fluent Speech Commands intent classification (SUPERB IC)"),
     "tedlium3-asr": (tedlium3, ("hours", "min_seconds", "max_seconds"), "TED-LIUM 3 ASR, the paper's 10 h subset"),
+    "voxceleb1-asv": (
+        voxceleb1_verification,
+        ("split_file", "trials"),
+        "VoxCeleb1 speaker verification, veri_test2 trials (SUPERB ASV)",
+    ),
+    "quesst14-qbe": (quesst14, (), "QUESST 2014 English query by example (SUPERB QbE)"),
+    "snips-sf": (audio_snips, (), "Audio SNIPS slot filling (SUPERB SF)"),
     "aishell3": (aishell3, ("dev_fraction",), "AISHELL-3 Mandarin: pre-training audio + character transcripts"),
 }
 

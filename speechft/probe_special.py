@@ -1,0 +1,132 @@
+"""Probing for the SUPERB task types that `probe_train.train_probe` does not cover, behind one dispatch.
+
+`probe.probe_task` hands a task to `special_probe` when `is_special(task)`: slot filling (a ctc task with
+tokenizer `slots`: probe_sf.py), speaker verification (type `verification`: probe_asv.py) and query by
+example (type `qbe`: probe_qbe.py, which trains nothing and returns its own result). Each trained type
+supplies one function that trains (or scores) one probe at one LR and seed; `grid_probe` runs the LR grid
+x seeds exactly as probe_task does (the LR with the best mean dev value of the task's main metric wins,
+its test values are reported as the mean over seeds) and returns the same result dict, plus `metrics`:
+the test value of every metric the type reports (SF: slot-type F1 and slot-value CER), which the SUPERB
+score reads (superb_score.metric_values).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from .features import FeatureProvider
+from .metrics import LOWER_IS_BETTER
+from .progress import progress_bar
+
+
+def lower_is_better(metric: str) -> bool:
+    return metric in LOWER_IS_BETTER
+
+
+def better(metric: str, a: float, b: float) -> bool:
+    return a < b if lower_is_better(metric) else a > b
+
+
+def is_special(task) -> bool:
+    from .probe_sf import is_slot_task
+
+    return task.type in ("verification", "qbe") or is_slot_task(task)
+
+
+def special_probe(
+    source, task, cfg, cache, recompute=False, progress=True, device="cpu", audio=None, ranks=None
+) -> dict:
+    """probe.probe_task for the task types of this module (same arguments, same result shape). Across
+    processes (`ranks`) the extraction is divided as for the other tasks; the probes then run in every
+    process alike (deterministic, so every process holds the same result; the main one writes it)."""
+    provider = FeatureProvider(
+        source, task, cfg, cache, recompute=recompute, progress=progress, audio=audio, ranks=ranks
+    )
+    if task.type == "qbe":  # nothing to train: DTW on each layer, the layer chosen on dev
+        from .probe_qbe import qbe_probe
+
+        return qbe_probe(provider, cfg, progress)
+    if task.type == "verification":
+        from .probe_asv import train_asv_probe as train_one
+    else:
+        from .probe_sf import train_sf_probe as train_one
+    return grid_probe(provider, cfg, train_one, progress, device)
+
+
+def _mean(xs) -> float:
+    return float(np.mean(np.asarray(xs, dtype=np.float64)))
+
+
+def _std(xs) -> float:
+    return float(np.std(np.asarray(xs, dtype=np.float64), ddof=1)) if len(xs) > 1 else 0.0
+
+
+def grid_probe(provider: FeatureProvider, cfg, train_one: Callable, progress: bool, device) -> dict:
+    """LR grid x seeds of `train_one(provider, lr, seed, cfg, on_epoch, device)`, which returns
+    {dev, test, metrics (test value of each reported metric), best_epoch, epochs, layer_weights}."""
+    from .probe_train import probe_epochs
+
+    task, source = provider.task, provider.source
+    t0 = time.perf_counter()
+    if not provider.recompute:
+        for split in ("train", "dev", "test"):
+            provider.get(split)
+    bar = progress_bar(
+        total=len(cfg.lrs) * len(cfg.seeds) * probe_epochs(task, cfg),
+        desc=f"probe {source.name}/{task.name}",
+        unit="epoch",
+        leave=False,
+        disable=not progress,
+    )
+    runs = {
+        lr: [train_one(provider, lr, seed, cfg, lambda: bar.update(1), device) for seed in cfg.seeds] for lr in cfg.lrs
+    }
+    bar.close()
+    search = [
+        {
+            "lr": lr,
+            "dev": _mean([r["dev"] for r in runs[lr]]),
+            "dev_per_seed": [r["dev"] for r in runs[lr]],
+            "test_per_seed": [r["test"] for r in runs[lr]],
+            "best_epoch_per_seed": [r["best_epoch"] for r in runs[lr]],
+            "epochs": runs[lr][0]["epochs"],
+        }
+        for lr in cfg.lrs
+    ]
+    chosen = search[0]
+    for s in search[1:]:
+        if better(task.metric, s["dev"], chosen["dev"]):
+            chosen = s
+    chosen_runs = runs[chosen["lr"]]
+    names = list(chosen_runs[0]["metrics"])
+    return {
+        "task": task.name,
+        "task_dir": str(task.root),
+        "type": task.type,
+        "metric": task.metric,
+        "lower_is_better": lower_is_better(task.metric),
+        "dev": chosen["dev"],
+        "test": _mean(chosen["test_per_seed"]),
+        "test_std": _std(chosen["test_per_seed"]),
+        "metrics": {m: _mean([r["metrics"][m] for r in chosen_runs]) for m in names},
+        "metrics_per_seed": {m: [r["metrics"][m] for r in chosen_runs] for m in names},
+        "dev_per_seed": chosen["dev_per_seed"],
+        "test_per_seed": chosen["test_per_seed"],
+        "seeds": list(cfg.seeds),
+        "chosen_lr": chosen["lr"],
+        "lr_search": search,
+        "layer_weights": np.mean([r["layer_weights"] for r in chosen_runs], axis=0).tolist(),
+        "layer_weights_per_seed": [r["layer_weights"] for r in chosen_runs],
+        "num_states": source.num_states,
+        "cache": dict(provider.status),
+        "encoder_passes": provider.extractions,
+        "n": {s: len(task.split(s)) for s in ("train", "dev", "test")},
+        "seconds": {
+            "extract": provider.extract_seconds,
+            "fingerprint": provider.audio.seconds,
+            "total": time.perf_counter() - t0,
+        },
+    }
