@@ -52,7 +52,8 @@ def test_slot_value_cer_by_hand():
     # time: "seven" vs "seven" 0 edits (5 chars); city: "oslo" vs "" 4 edits (4 chars);
     # artist: best of "abbey" (2 edits) and "zz" (4 edits) vs "abba" (4 chars) -> 2 edits.
     assert slot_value_cer(refs, hyps) == pytest.approx((0 + 4 + 2) / (5 + 4 + 4))
-    assert slot_value_cer(["no slots here"], ["B-x y E-x"]) == 0.0
+    with pytest.raises(ValueError, match="no slot value"):  # undefined (metrics_superb), never a silent 0
+        slot_value_cer(["no slots here"], ["B-x y E-x"])
 
 
 def test_slots_tokenizer_round_trip():

@@ -98,7 +98,7 @@ _RANGES = {
     "min_seconds": (0.0, True, "a number of seconds >= 0"),
     "max_seconds": (0.0, False, "a number of seconds > 0"),
 }
-_PATHS = ("lexicon", "phone_csv", "split_file", "test_root")
+_PATHS = ("lexicon", "phone_csv", "split_file", "test_root", "trials")
 _TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
