@@ -165,6 +165,18 @@ def _divide_by_task(ranks: Ranks, jobs: list[tuple], run) -> list:
     return [results[j] for j in range(len(jobs))]
 
 
+def _reported_metrics(runs: list[dict]) -> dict:
+    """Tasks scored by several metrics (slot filling: F1 and CER; verification: EER and minDCF): each one's
+    test value, mean over seeds and per seed; nothing for a task with one metric."""
+    if not runs or "metrics" not in runs[0]:
+        return {}
+    names = list(runs[0]["metrics"])
+    return {
+        "metrics": {m: _mean_std([r["metrics"][m] for r in runs])[0] for m in names},
+        "metrics_per_seed": {m: [r["metrics"][m] for r in runs] for m in names},
+    }
+
+
 def _summary(provider: FeatureProvider, cfg: ProbeConfig, runs: dict[float, list[dict]], seconds: float) -> dict:
     """One task's entry of results.json from its probes' results (by LR, in seed order)."""
     task, source = provider.task, provider.source
@@ -202,6 +214,7 @@ def _summary(provider: FeatureProvider, cfg: ProbeConfig, runs: dict[float, list
         "lr_search": search,
         "layer_weights": weights,
         "layer_weights_per_seed": [r["layer_weights"] for r in chosen_runs],
+        **_reported_metrics(chosen_runs),
         "num_states": source.num_states,
         "cache": dict(provider.status),
         "encoder_passes": provider.extractions,

@@ -95,7 +95,7 @@ def verification_metrics(scores: np.ndarray, same: np.ndarray) -> dict[str, floa
 def train_asv_probe(provider, lr: float, seed: int, cfg, on_epoch=None, device="cpu") -> dict:
     """One x-vector head at one LR and seed; the epoch with the best dev value of the task's metric is kept."""
     from .data.batching import BucketBatchSampler
-    from .probe_special import better
+    from .metrics import is_better as better
     from .probe_train import probe_epochs
 
     task, source = provider.task, provider.source

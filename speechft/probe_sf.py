@@ -56,7 +56,7 @@ def train_sf_probe(provider, lr: float, seed: int, cfg, on_epoch=None, device="c
     """probe_train.train_probe for a slot-filling task: the same head, loss and epochs; the epoch with the
     best dev value of the task's metric is kept; returns also the test value of both slot metrics."""
     from .heads import TaskHead
-    from .probe_special import better
+    from .metrics import is_better as better
     from .probe_train import _predict, _train_epoch, probe_epochs
 
     task, source = provider.task, provider.source

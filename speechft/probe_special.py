@@ -15,19 +15,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-import numpy as np
-
 from .features import FeatureProvider
-from .metrics import LOWER_IS_BETTER
 from .progress import progress_bar
-
-
-def lower_is_better(metric: str) -> bool:
-    return metric in LOWER_IS_BETTER
-
-
-def better(metric: str, a: float, b: float) -> bool:
-    return a < b if lower_is_better(metric) else a > b
 
 
 def is_special(task) -> bool:
@@ -56,14 +45,6 @@ def special_probe(
     return grid_probe(provider, cfg, train_one, progress, device)
 
 
-def _mean(xs) -> float:
-    return float(np.mean(np.asarray(xs, dtype=np.float64)))
-
-
-def _std(xs) -> float:
-    return float(np.std(np.asarray(xs, dtype=np.float64), ddof=1)) if len(xs) > 1 else 0.0
-
-
 def grid_probe(provider: FeatureProvider, cfg, train_one: Callable, progress: bool, device) -> dict:
     """LR grid x seeds of `train_one(provider, lr, seed, cfg, on_epoch, device)`, which returns
     {dev, test, metrics (test value of each reported metric), best_epoch, epochs, layer_weights}."""
@@ -85,48 +66,6 @@ def grid_probe(provider: FeatureProvider, cfg, train_one: Callable, progress: bo
         lr: [train_one(provider, lr, seed, cfg, lambda: bar.update(1), device) for seed in cfg.seeds] for lr in cfg.lrs
     }
     bar.close()
-    search = [
-        {
-            "lr": lr,
-            "dev": _mean([r["dev"] for r in runs[lr]]),
-            "dev_per_seed": [r["dev"] for r in runs[lr]],
-            "test_per_seed": [r["test"] for r in runs[lr]],
-            "best_epoch_per_seed": [r["best_epoch"] for r in runs[lr]],
-            "epochs": runs[lr][0]["epochs"],
-        }
-        for lr in cfg.lrs
-    ]
-    chosen = search[0]
-    for s in search[1:]:
-        if better(task.metric, s["dev"], chosen["dev"]):
-            chosen = s
-    chosen_runs = runs[chosen["lr"]]
-    names = list(chosen_runs[0]["metrics"])
-    return {
-        "task": task.name,
-        "task_dir": str(task.root),
-        "type": task.type,
-        "metric": task.metric,
-        "lower_is_better": lower_is_better(task.metric),
-        "dev": chosen["dev"],
-        "test": _mean(chosen["test_per_seed"]),
-        "test_std": _std(chosen["test_per_seed"]),
-        "metrics": {m: _mean([r["metrics"][m] for r in chosen_runs]) for m in names},
-        "metrics_per_seed": {m: [r["metrics"][m] for r in chosen_runs] for m in names},
-        "dev_per_seed": chosen["dev_per_seed"],
-        "test_per_seed": chosen["test_per_seed"],
-        "seeds": list(cfg.seeds),
-        "chosen_lr": chosen["lr"],
-        "lr_search": search,
-        "layer_weights": np.mean([r["layer_weights"] for r in chosen_runs], axis=0).tolist(),
-        "layer_weights_per_seed": [r["layer_weights"] for r in chosen_runs],
-        "num_states": source.num_states,
-        "cache": dict(provider.status),
-        "encoder_passes": provider.extractions,
-        "n": {s: len(task.split(s)) for s in ("train", "dev", "test")},
-        "seconds": {
-            "extract": provider.extract_seconds,
-            "fingerprint": provider.audio.seconds,
-            "total": time.perf_counter() - t0,
-        },
-    }
+    from .probe import _summary
+
+    return _summary(provider, cfg, runs, time.perf_counter() - t0)
