@@ -56,7 +56,7 @@ from .features import (
 )
 from .io_utils import atomic_dir, check_output_location, refuse_existing_output, write_json
 from .metrics import LOWER_IS_BETTER, is_better
-from .probe_train import ProbeConfig, probe_epochs, train_probes
+from .probe_train import PROTOCOLS, ProbeConfig, load_protocol, probe_epochs, train_probes
 from .progress import progress_bar
 
 RESULTS_FORMAT = 1
@@ -99,7 +99,7 @@ def probe_tasks(
     from .probe_special import is_special, special_probe
 
     special = {  # slot filling, speaker verification, query by example: their own heads and metrics
-        t.name: special_probe(source, t, cfg, cache, recompute, progress, ranks.device, audio, ranks=ranks)
+        t.name: special_probe(source, t, cfg.for_task(t), cache, recompute, progress, ranks.device, audio, ranks=ranks)
         for t in tasks
         if is_special(t)
     }
@@ -111,6 +111,7 @@ def probe_tasks(
         FeatureProvider(source, t, cfg, cache, recompute=recompute, progress=progress, audio=audio, ranks=ranks)
         for t in tasks
     ]
+    cfgs = [cfg.for_task(t) for t in tasks]  # each task's LR grid, batch and head (ProbeConfig.per_task)
     groups = [[i] for i in range(len(tasks))] if ranks.world == 1 else [list(range(len(tasks)))]
     out = {}
     for group in groups:
@@ -119,10 +120,10 @@ def probe_tasks(
             for i in group:
                 for split in ("train", "dev", "test"):
                     providers[i].get(split)  # extract (or open) everything up front, once
-        jobs = [(i, lr, seed) for i in group for lr in cfg.lrs for seed in cfg.seeds]
+        jobs = [(i, lr, seed) for i in group for lr in cfgs[i].lrs for seed in cfgs[i].seeds]
         mine = jobs[ranks.rank :: ranks.world]
         bar = progress_bar(
-            total=sum(probe_epochs(tasks[i], cfg) for i, _, _ in mine),
+            total=sum(probe_epochs(tasks[i], cfgs[i]) for i, _, _ in mine),
             desc=f"probe {source.name}/" + (tasks[group[0]].name if len(group) == 1 else f"{len(group)} tasks"),
             unit="epoch",
             leave=False,
@@ -132,14 +133,14 @@ def probe_tasks(
         def run(pairs, bar=bar):  # one task's share of this process: its pairs share the standardised features
             i = pairs[0][0]
             return train_probes(
-                providers[i], [p[1:] for p in pairs], cfg, on_epoch=lambda: bar.update(1), device=ranks.device
+                providers[i], [p[1:] for p in pairs], cfgs[i], on_epoch=lambda: bar.update(1), device=ranks.device
             )
 
         results = _divide_by_task(ranks, jobs, run)
         bar.close()
         for i in group:
-            runs = {lr: [r for (j, lr_, _), r in zip(jobs, results) if j == i and lr_ == lr] for lr in cfg.lrs}
-            out[tasks[i].name] = _summary(providers[i], cfg, runs, time.perf_counter() - t0)
+            runs = {lr: [r for (j, lr_, _), r in zip(jobs, results) if j == i and lr_ == lr] for lr in cfgs[i].lrs}
+            out[tasks[i].name] = _summary(providers[i], cfgs[i], runs, time.perf_counter() - t0)
             if cache is None:
                 providers[i].memo.clear()  # features kept in memory: one task at a time
     return out
@@ -210,6 +211,7 @@ def _summary(provider: FeatureProvider, cfg: ProbeConfig, runs: dict[float, list
         "dev_per_seed": chosen["dev_per_seed"],
         "test_per_seed": chosen["test_per_seed"],
         "seeds": list(cfg.seeds),
+        "probe": cfg.task_settings(),  # the LR grid, batch, head and standardisation this task was probed with
         "chosen_lr": chosen["lr"],
         "lr_search": search,
         "layer_weights": weights,
@@ -468,6 +470,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--overwrite", action="store_true", help="replace an existing --out folder (once the new one is complete)"
     )
+    p.add_argument(
+        "--protocol",
+        default="speechft",
+        choices=PROTOCOLS,
+        help="probing protocol preset under --config/flags/--set: speechft (default; the synthetic benchmark's) "
+        "or superb (s3prl's downstream recipes: heads, batches, LR grids, no standardisation)",
+    )
     add_config_options(p, ProbeConfig, "epochs=5")
     add_device_option(p)
     add_quiet_option(p)
@@ -482,7 +491,7 @@ def main(args) -> int:
         if not one and not all(v.isdigit() for v in args.layers):
             raise SpeechFTError(f"--layers {' '.join(args.layers)}: give indices (e.g. 0 2 4) or every:N")
         args.layers = args.layers[0] if one else [int(v) for v in args.layers]
-    cfg = config_from_args(ProbeConfig, args, FLAGS)
+    cfg = config_from_args(ProbeConfig, args, FLAGS, base=load_protocol(args.protocol))
     cache: FeatureCache | bool
     if args.no_cache or args.recompute:
         cache = False

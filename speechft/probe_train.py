@@ -16,9 +16,12 @@ thread count and Adam's single-tensor loop. `train_probes` gives the same number
 from __future__ import annotations
 
 import copy
+import dataclasses
+import typing
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -59,6 +62,11 @@ class ProbeConfig:
     precision: str = "fp32"
     # The hidden states stored and summed (`--layers`): None = all, a list of indices, or "every:N".
     layers: list[int] | str | None = None
+    # The protocol's name, recorded in results.json (`--protocol superb` loads PROTOCOL_DIR/protocol_superb.yaml).
+    name: str = "speechft"
+    # Settings per task over the ones above: {task type or task name: {key: value}} with PER_TASK_KEYS; a task
+    # takes its type's entry, then its name's on top (protocol_superb.yaml: `ctc` = the ASR head, `pr` = PR's).
+    per_task: dict[str, dict] = field(default_factory=dict)
 
     def __post_init__(self):
         # A probe LR above 1 diverges (and inf reaches the plots as NaN); SUPERB's grid is 1e-4 .. 1e-2.
@@ -84,6 +92,45 @@ class ProbeConfig:
         for k in ("batch_size", "ctc_batch_size", "extract_batch_size", "eval_batch_size"):
             if getattr(self, k) < 1:
                 raise SpeechFTError(f"{k} must be >= 1, got {getattr(self, k)}")
+        if not (0 <= self.dropout < 1):
+            raise SpeechFTError(f"dropout must be a number in [0, 1), got {self.dropout}")
+        try:  # the head's widths, refused here rather than when the first head is built
+            HeadConfig(proj_dim=self.proj_dim, lstm_layers=self.lstm_layers, lstm_hidden=self.lstm_hidden)
+        except ValueError as e:
+            raise SpeechFTError(str(e)) from None
+        if not isinstance(self.per_task, dict):
+            raise SpeechFTError(f"per_task must map task types or names to settings, got {self.per_task!r}")
+        for key, entry in self.per_task.items():
+            self._with(key, entry)  # each entry's keys and values, checked as the global ones are
+
+    def _with(self, key: str, entry) -> ProbeConfig:
+        """This config with the per_task entry `key` applied (and no per_task of its own); one-line errors
+        name per_task.KEY and the setting."""
+        from .config import _coerce
+
+        where = f"per_task.{key}"
+        if not isinstance(entry, dict):
+            raise SpeechFTError(f"{where}: expected a mapping of {', '.join(PER_TASK_KEYS)}, got {entry!r}")
+        unknown = [k for k in entry if k not in PER_TASK_KEYS]
+        if unknown:
+            raise SpeechFTError(f"{where}: unknown key '{unknown[0]}'; valid keys: {', '.join(PER_TASK_KEYS)}")
+        hints = typing.get_type_hints(ProbeConfig)
+        values = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in entry.items()}
+        try:
+            return dataclasses.replace(self, per_task={}, **values)
+        except SpeechFTError as e:
+            raise SpeechFTError(f"{where}: {e}") from None
+
+    def for_task(self, task) -> ProbeConfig:
+        """The settings `task` is probed with: the global ones, its type's per_task entry, then its name's."""
+        merged: dict = {}
+        for key in (task.type, task.name):
+            merged.update(self.per_task.get(key) or {})
+        return self._with(task.name, merged) if merged else dataclasses.replace(self, per_task={})
+
+    def task_settings(self) -> dict:
+        """The PER_TASK_KEYS values (a task's entry in results.json records those it was probed with)."""
+        return {k: getattr(self, k) for k in PER_TASK_KEYS}
 
     def head_config(self, task_type: str) -> HeadConfig:
         layers = self.lstm_layers if (task_type == "ctc" and self.ctc_head == "bilstm") else 0
@@ -94,6 +141,35 @@ class ProbeConfig:
             lstm_hidden=self.lstm_hidden,
             dropout=self.dropout,
         )
+
+
+# What a per_task entry may set: the probe's training and its head, not extraction (features are shared by tasks).
+PER_TASK_KEYS = (
+    "lrs",
+    "epochs",
+    "min_steps",
+    "batch_size",
+    "ctc_batch_size",
+    "ctc_head",
+    "lstm_layers",
+    "lstm_hidden",
+    "proj_dim",
+    "dropout",
+    "standardize",
+)
+PROTOCOL_DIR = Path(__file__).resolve().parent / "configs"
+PROTOCOLS = ("speechft", "superb")  # speechft: ProbeConfig's defaults (the synthetic benchmark's protocol)
+
+
+def load_protocol(name: str) -> ProbeConfig:
+    """A packaged protocol preset: `speechft` (the defaults) or `superb` (configs/protocol_superb.yaml)."""
+    if name not in PROTOCOLS:
+        raise SpeechFTError(f"--protocol {name}: unknown protocol; use one of {', '.join(PROTOCOLS)}")
+    if name == "speechft":
+        return ProbeConfig()
+    from .config import load_config
+
+    return load_config(ProbeConfig, PROTOCOL_DIR / f"protocol_{name}.yaml")
 
 
 def _check_layers(layers) -> None:
