@@ -167,6 +167,15 @@ def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def _set_in_mapping(node: dict, path: list[str], value) -> None:
+    """node[path[0]][path[1]]... = value, making (or replacing non-mapping values by) mappings on the way."""
+    for p in path[:-1]:
+        if not isinstance(node.get(p), dict):
+            node[p] = {}
+        node = node[p]
+    node[path[-1]] = value
+
+
 def _set(data: dict, cls, key: str, value, flag: str) -> None:
     """Put `value` at the dotted `key` of `data` (a to_dict of a `cls`), checking every name."""
     parts = key.strip().split(".")
@@ -178,6 +187,9 @@ def _set(data: dict, cls, key: str, value, flag: str) -> None:
             raise SpeechFTError(f"{flag} {key}: unknown key '{p}' in {prefix}; valid keys: {', '.join(fields)}")
         sub = _hints(cls)[p]
         if i < len(parts) - 1:
+            if typing.get_origin(sub) is dict:  # a free mapping (e.g. per_task): its own __post_init__ checks it
+                _set_in_mapping(node, parts[i:], value)
+                return
             if not dataclasses.is_dataclass(sub):
                 raise SpeechFTError(f"{flag} {key}: '{p}' is a value, not a section")
             if not isinstance(node[p], dict):  # an earlier --set replaced the section

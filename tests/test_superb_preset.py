@@ -146,3 +146,11 @@ def test_evaluate_with_the_superb_protocol_records_it(tmp_path, tiny_encoder_dir
     }
     assert [s["lr"] for s in entry["lr_search"]] == [0.01]
     assert entry["lr_search"][0]["epochs"] == 2  # 6 clips at batch 32: one update per epoch; min_steps 2
+
+
+def test_set_reaches_inside_per_task():
+    from speechft.config import load_config
+    from speechft.probe_train import ProbeConfig
+
+    cfg = load_config(ProbeConfig, None, ["per_task.ctc.proj_dim=512", "per_task.ctc.dropout=0.2"])
+    assert cfg.per_task == {"ctc": {"proj_dim": 512, "dropout": 0.2}}
