@@ -288,9 +288,16 @@ def read_split(root: Path, split: str, task: dict, allow_outside: bool) -> list[
             what=f"the {split} split",
             outside=None if allow_outside else "the task folder (allow with allow_outside_paths)",
         )
-        fixed = ("path", "duration", "speaker")
+        fixed = ("path", "duration", "speaker")  # speaker, if given: who speaks in the recording
         return [
-            Example(r.id, r.path, r.duration, "", None, {h: v for h, v in r.columns.items() if h not in fixed})
+            Example(
+                r.id,
+                r.path,
+                r.duration,
+                "",
+                r.columns.get("speaker", "").strip() or None,
+                {h: v for h, v in r.columns.items() if h not in fixed},
+            )
             for r in rows
         ]
     target_col = "transcript" if task["type"] == "ctc" else "label"
