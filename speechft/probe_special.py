@@ -2,7 +2,8 @@
 
 `probe.probe_task` hands a task to `special_probe` when `is_special(task)`: slot filling (a ctc task with
 tokenizer `slots`: probe_sf.py), speaker verification (type `verification`: probe_asv.py) and query by
-example (type `qbe`: probe_qbe.py, which trains nothing and returns its own result). Each trained type
+example (type `qbe`: probe_qbe.py, which trains nothing and returns its own result) and speaker
+diarization (type `diarization`: probe_sd.py). Each trained type
 supplies one function that trains (or scores) one probe at one LR and seed; `grid_probe` runs the LR grid
 x seeds exactly as probe_task does (the LR with the best mean dev value of the task's main metric wins,
 its test values are reported as the mean over seeds) and returns the same result dict, plus `metrics`:
@@ -22,7 +23,7 @@ from .progress import progress_bar
 def is_special(task) -> bool:
     from .probe_sf import is_slot_task
 
-    return task.type in ("verification", "qbe") or is_slot_task(task)
+    return task.type in ("verification", "qbe", "diarization") or is_slot_task(task)
 
 
 def special_probe(
@@ -40,6 +41,8 @@ def special_probe(
         return qbe_probe(provider, cfg, progress)
     if task.type == "verification":
         from .probe_asv import train_asv_probe as train_one
+    elif task.type == "diarization":
+        from .probe_sd import train_sd_probe as train_one
     else:
         from .probe_sf import train_sf_probe as train_one
     return grid_probe(provider, cfg, train_one, progress, device)

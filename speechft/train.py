@@ -190,7 +190,7 @@ def load_tasks(task_dirs) -> list:
     if not tasks:
         raise SpeechFTError("no task given: pass at least one --task TASKDIR")
     for t in tasks:  # probing-only task types: scored on trials or by DTW, they have no training head
-        if t.type in ("verification", "qbe"):
+        if t.type in ("verification", "qbe", "diarization"):
             raise SpeechFTError(
                 f"{t.root}: a '{t.type}' task can be evaluated (speechft evaluate) but not fine-tuned on; "
                 "fine-tune on a classification or ctc task (e.g. speaker identification for verification)"

@@ -674,3 +674,40 @@ def test_quesst14_qbe(tmp_path, quesst):
         "test": [("quesst14_eval_0002", "quesst14_00001")],
     }
     assert len(task.trials["test"]) == 2 * 2
+
+
+# ---------------------------------------------------------------------------------------
+# Libri2Mix (SUPERB SD): LibriMix's wav16k/max layout, metadata CSVs, mix_both mixtures
+# ---------------------------------------------------------------------------------------
+@pytest.fixture
+def librimix(tmp_path):
+    root = tmp_path / "LibriMix"
+    base = root / "Libri2Mix" / "wav16k" / "max"
+    (base / "metadata").mkdir(parents=True)
+    header = "mixture_ID,mixture_path,source_1_path,source_2_path,noise_path,length\n"
+    for k, name in enumerate(("train-100", "dev", "test")):
+        lines = []
+        for j, (a, b, la, lb) in enumerate([(f"103-1240-000{k}", f"1034-121119-00{k}{k}", 0.5, 0.3)]):
+            mix_id = f"{a}_{b}"
+            s1, s2 = np.zeros(int(la * SR), np.float32), np.zeros(int(la * SR), np.float32)
+            s1[:] = wav(la, seed=j)
+            s2[: int(lb * SR)] = wav(lb, seed=j + 1)  # max mode: the shorter source padded with silence
+            for folder, x in (("s1", s1), ("s2", s2), ("mix_both", s1 + s2)):
+                (base / name / folder).mkdir(parents=True, exist_ok=True)
+                sf.write(str(base / name / folder / f"{mix_id}.wav"), x, SR)
+            lines.append(f"{mix_id},/x/{name}/mix_both/{mix_id}.wav,/x/s1.wav,/x/s2.wav,/x/n.wav,{len(s1)}\n")
+        (base / "metadata" / f"mixture_{name}_mix_both.csv").write_text(header + "".join(lines))
+    return root
+
+
+def test_librimix_sd(tmp_path, librimix):
+    task = load_task(prepare_corpus("librimix-sd", librimix, tmp_path / "sd"))
+    assert task.type == "diarization" and task.name == "sd" and task.metric == "der"
+    (ex,) = task.split("dev")
+    assert ex.id == "audio/dev/mix_both/103-1240-0001_1034-121119-0011.wav" and ex.duration == 0.5
+    assert task.segments["dev"] == [[(0.0, 0.5, "103"), (0.0, 0.3, "1034")]]
+    assert (tmp_path / "sd" / "test.rttm").read_text().startswith("SPEAKER 103-1240-0002_1034-121119-0022 1 0.000")
+    (librimix / "Libri2Mix" / "wav16k" / "max" / "dev" / "s2" / "103-1240-0001_1034-121119-0011.wav").unlink()
+    with pytest.raises(SpeechFTError, match="s2/103-1240-0001_1034-121119-0011.wav: not found; expected source 2"):
+        prepare_corpus("librimix-sd", librimix, tmp_path / "sd2")
+    assert not (tmp_path / "sd2").exists()

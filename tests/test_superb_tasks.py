@@ -7,6 +7,7 @@ on a tiny task folder with a tiny random encoder that writes the metrics into re
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -276,3 +277,86 @@ def test_evaluate_scores_a_qbe_task_layer_by_layer(tmp_path, tiny_encoder_dir):
         assert r["layer_weights"][r["chosen_layer"]] == 1.0 and sum(r["layer_weights"]) == 1.0
     fbank = next(m for m in models if m["name"] == "fbank")["tasks"]["qbe"]
     assert fbank["test"] > 0.5  # filterbank frames find tone melodies
+
+
+# ---- speaker diarization --------------------------------------------------------------------------
+def test_frame_labels_from_rttm_segments():
+    from speechft.probe_sd import frame_labels
+
+    # 10 frames over 1 s: frame f covers the instant (f + 0.5) / 10; speakers in sorted order (a, b)
+    y = frame_labels([(0.0, 0.42, "b"), (0.3, 1.0, "a"), (0.9, 2.0, "b")], 10, 1.0, 2)
+    assert y[:, 0].tolist() == [0, 0, 0, 1, 1, 1, 1, 1, 1, 1]  # a: instants 0.35 .. 0.95
+    assert y[:, 1].tolist() == [1, 1, 1, 1, 0, 0, 0, 0, 0, 1]  # b: 0.05 .. 0.35, then 0.95
+    assert frame_labels([], 3, 1.0, 2).tolist() == [[0, 0]] * 3
+
+
+def test_pit_bce_takes_the_better_permutation_per_recording():
+    import torch
+
+    from speechft.probe_sd import pit_bce
+
+    labels = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[1.0, 0.0], [1.0, 0.0]]])  # 2 recordings, 2 frames
+    logits = torch.tensor([[[-2.0, 2.0], [2.0, -2.0]], [[3.0, -1.0], [0.0, 0.0]]])
+    lengths = torch.tensor([2, 1])  # the second recording's second frame is padding
+    # recording 1: the swapped order fits (every logit is +-2 on the right side): softplus(-2) per entry;
+    # recording 2, frame 1 only: the given order, (softplus(-3) + softplus(-1)) / 2, beats the swap
+    rec1 = math.log1p(math.exp(-2))
+    rec2 = (math.log1p(math.exp(-3)) + math.log1p(math.exp(-1))) / 2
+    assert float(pit_bce(logits, labels, lengths)) == pytest.approx((rec1 + rec2) / 2, rel=1e-6)
+    # recording 1 alone: the swapped order's loss, not the given order's softplus(2)
+    assert float(pit_bce(logits[:1], labels[:1], lengths[:1])) == pytest.approx(rec1, rel=1e-6)
+
+
+def make_sd_task(root, n=(6, 3, 3)):
+    """Recordings of two tone 'speakers' overlapping at a random offset; RTTM from the known boundaries."""
+    rng = np.random.default_rng(0)
+    audio = root.parent / f"{root.name}_audio"
+    audio.mkdir(parents=True, exist_ok=True)
+    splits, files = {}, {}
+    for split, count in zip(("train", "dev", "test"), n):
+        rows, lines = [], []
+        for k in range(count):
+            a, b = tone(300, 0.6, seed=k), tone(1500, 0.6, seed=k + 50)
+            offset = int(rng.integers(2, 5)) * 1600  # 0.2 .. 0.4 s
+            wav = np.zeros(offset + len(b), dtype=np.float32)
+            wav[: len(a)] += a
+            wav[offset:] += b
+            name = f"{split}_{k}"
+            write_audio(audio / f"{name}.wav", wav)
+            rows.append({"path": f"audio/{name}.wav", "duration": round(len(wav) / 16000, 3)})
+            lines += [f"SPEAKER {name} 1 0.000 0.600 <NA> <NA> low <NA> <NA>"]
+            lines += [f"SPEAKER {name} 1 {offset / 16000:.3f} 0.600 <NA> <NA> high <NA> <NA>"]
+        splits[split] = rows
+        files[f"{split}.rttm"] = ("\n".join(lines) + "\n").encode()
+    return write_task_folder(root, {"name": "sd", "type": "diarization"}, splits, files=files, audio_dir=audio)
+
+
+def test_diarization_task_folder_rules(tmp_path):
+    task = load_task(make_sd_task(tmp_path / "sd"))
+    assert task.metric == "der" and task.labels == ["speaker1", "speaker2"]
+    assert task.segments["dev"][0][0] == (0.0, 0.6, "low") and len(task.segments["test"]) == 3
+    folder = make_sd_task(tmp_path / "bad")
+    rttm = folder / "dev.rttm"
+    for text, needle in [
+        ("SPEAKER dev_9 1 0.0 0.5 <NA> <NA> low <NA> <NA>\n", "recording dev_9 is not a file of dev.tsv"),
+        ("SPEAKER dev_0 1 0.0 -1 <NA> <NA> low <NA> <NA>\n", "is not 'SPEAKER REC 1 START DUR"),
+        ("SPEAKER dev_0 1 5.0 0.5 <NA> <NA> low <NA> <NA>\n", "after the recording ends"),
+        ("".join(f"SPEAKER dev_0 1 0.0 0.1 <NA> <NA> s{i} <NA> <NA>\n" for i in range(3)), "has 3 speakers"),
+        ("", "lists no segment"),
+    ]:
+        rttm.write_text(text)
+        with pytest.raises(SpeechFTError, match=needle):
+            load_task(folder)
+    rttm.unlink()
+    with pytest.raises(SpeechFTError, match="dev.rttm: missing"):
+        load_task(folder)
+
+
+def test_evaluate_scores_a_diarization_task_with_der(tmp_path, tiny_encoder_dir):
+    sd = make_sd_task(tmp_path / "sd")
+    out = tmp_path / "out"
+    assert cli("evaluate", "--encoder", tiny_encoder_dir("hubert"), "--task", sd, "--out", out, *FAST) == 0
+    r = json.loads((out / "results.json").read_text())["models"][0]["tasks"]["sd"]
+    assert r["type"] == "diarization" and r["metric"] == "der" and r["lower_is_better"]
+    assert r["metrics"] == {"der": r["test"]} and 0.0 <= r["test"] <= 2.0
+    assert r["n"] == {"train": 6, "dev": 3, "test": 3} and len(r["layer_weights"]) == r["num_states"]

@@ -303,6 +303,24 @@ def test_held_out_voices_never_speak_in_training(small_bench):
     assert not set(v["test"]) & set(v["train"]) and not set(v["dev"]) & set(v["train"])
 
 
+def test_diarization_recordings_overlap_two_held_out_voices(small_bench):
+    out, _ = small_bench
+    sd = load_task(out / "sd")
+    assert sd.type == "diarization" and sd.metric == "der" and len(sd.split("train")) == 40
+    train = {v for e in sd.split("train") for v in e.speaker.split(",")}
+    for split in ("train", "dev", "test"):
+        for e, segs in zip(sd.split(split), sd.segments[split]):
+            voices = e.speaker.split(",")
+            assert [s for _, _, s in segs] == voices and len(set(voices)) == 2
+            (a0, a1, _), (b0, b1, _) = segs
+            # a one-speaker start, then the second voice joins while the first still speaks
+            assert a0 == 0.0 and 0.0 < b0 < a1
+            assert max(a1, b1) <= e.duration + 1e-3
+        if split != "train":
+            held = {v for e in sd.split(split) for v in e.speaker.split(",")}
+            assert not held & train and not {variant(v) for v in held} & {variant(v) for v in train}
+
+
 def test_same_seed_is_byte_identical_with_a_fresh_cache(small_bench, tmp_path):
     out, _ = small_bench
     again = tmp_path / "again"
@@ -379,8 +397,8 @@ def test_demo_size_is_accepted_and_between_small_and_full():
             assert n[0] < n[1] < n[2], (task, split, n)
             assert len(splits[split]) >= 40, (task, split)
     assert len(demo["pr_de"]["train"]) >= 100 and len(demo["pr"]["dev"]) >= 40
-    # ~1 h (0.8 h before sf, asv and qbe): the demo runs ~9 encoders over it
-    assert sum(len(r) for t in demo.values() for r in t.values()) < 2600
+    # ~1 h (0.8 h before sf, asv and qbe; sd adds 128 short recordings): the demo runs ~9 encoders over it
+    assert sum(len(r) for t in demo.values() for r in t.values()) < 2750
 
 
 def test_bad_requests_raise_speechft_errors(small_bench, tmp_path):

@@ -8,6 +8,7 @@
     speechft data prepare snips-sf --root /data/audio_snips --out tasks/sf
     speechft data prepare quesst14-qbe --root /data/quesst14Database --out tasks/qbe
     speechft data prepare voxceleb1-asv --root /data/VoxCeleb1 --out tasks/asv   (ROOT/veri_test2.txt)
+    speechft data prepare librimix-sd --root /data/LibriMix --out tasks/sd   (ROOT/Libri2Mix/wav16k/max)
 
 PR transcripts: SUPERB's PR task is LibriSpeech with every word replaced by its phones
 (71 ARPAbet phones with stress marks in s3prl's vocabulary). Give the word -> phones
@@ -155,6 +156,8 @@ def _readme(name: str, root: Path, prep) -> str:
             lines += ["", f"{len(spec['labels'])} classes."]
     elif spec["type"] == "qbe":
         lines += ["", "No training split; where each query occurs: dev_truth.txt and test_truth.txt."]
+    elif spec["type"] == "diarization":
+        lines += ["", "Recordings of 2 speakers; reference segments in train.rttm, dev.rttm, test.rttm; metric der."]
     elif spec["type"] == "verification":
         speakers = len({r["label"] for r in prep.splits.get("train", [])})
         lines += ["", f"{speakers} train speakers; dev and test scored on dev_trials.txt and test_trials.txt."]

@@ -1,7 +1,7 @@
 """`speechft data synth`: a deterministic, cached synthetic "mini-SUPERB" made with speech synthesis.
 
     speechft data synth --out bench/ [--size small|demo|full] [--seed 0]
-        [--tasks pr asr ks sid lid style pr_de sf asv qbe]
+        [--tasks pr asr ks sid lid style pr_de sf asv qbe sd]
 
 writes one task folder per task (see `speechft.data.tasks`), all from espeak-ng (plus flite
 voices when the `flite` program is installed):
@@ -20,17 +20,18 @@ voices when the `flite` program is installed):
     sf     slot filling: alarm / weather / music commands, characters plus slot markers (SUPERB SF)
     asv    speaker verification: train speakers, then trials between held-out voices (SUPERB ASV)
     qbe    query by example: spoken terms in one voice, sentences holding them in others (SUPERB QbE)
+    sd     speaker diarization: two voices overlapping at a random offset, RTTM references (SUPERB SD)
 
 Sizes (seed 0, espeak-ng only; hours of audio summed over all tasks and splits, pr and asr
 each counted although they share their clips - an encoder probed on every task runs over it all):
 
-    small   1,014 examples  ~0.39 h   tests and the quick demo; ~15 s to generate here
-    demo    2,574 examples  ~1.0 h    the full `speechft demo` on 2 CPU cores; ~30 s to generate
-    full   22,730 examples  ~8.7 h    thousands per task (hours estimated from the demo's mean
+    small   1,078 examples  ~0.42 h   tests and the quick demo; ~15 s to generate here
+    demo    2,702 examples  ~1.05 h   the full `speechft demo` on 2 CPU cores; ~30 s to generate
+    full   23,250 examples  ~8.9 h    thousands per task (hours estimated from the demo's mean
                                       clip lengths); minutes to generate
 
 Voices are espeak-ng accents x voice variants. The variants are split by the seed into
-train / dev / test groups: in pr, asr, ks, lid, style, pr_de, sf, asv and qbe the dev and test clips are spoken
+train / dev / test groups: in pr, asr, ks, lid, style, pr_de, sf, asv, qbe and sd the dev and test clips are spoken
 by variants that never speak in train, so those tasks measure generalisation to new
 voices. Sentences come from a word-list grammar (`synth_text`), so nothing is downloaded.
 
@@ -80,7 +81,7 @@ from .tasks import write_task_folder
 # What tests, benchmarks and the demo reach through this module (the rest lives in synth_plan / synth_clips).
 __all__ = ["SIZES", "TASKS", "Clip", "augment", "planned_examples", "synthesize_benchmark", "add_arguments", "main"]
 
-GENERATOR_VERSION = "speechft-synth 3"  # 2: task pr_de, size demo; 3: tasks sf, asv, qbe
+GENERATOR_VERSION = "speechft-synth 4"  # 2: task pr_de, size demo; 3: tasks sf, asv, qbe; 4: task sd
 
 
 # ------------------------------------------------------------------ task specs and READMEs
@@ -114,6 +115,11 @@ TASK_INFO = {
     "(`speechft.data.synth_speakers.QBE_TERMS`) are spoken once each by one voice (the queries) and "
     "short sentences by the split's other voices (the documents), half of them holding one of the words; "
     "`dev_truth.txt` / `test_truth.txt` list where. Scored by MTWV of per-layer DTW, the layer chosen on dev.",
+    "sd": "Speaker diarization (SUPERB SD's form, 2 speakers per recording): two voices of the split read a short "
+    "sentence each; the second starts at 30-70% of the first's speech (both trimmed of silence), so each "
+    "recording has one-speaker parts and an overlap (cut at 3.5 s). Reference segments from the known clip "
+    "boundaries in `train.rttm`, `dev.rttm`, `test.rttm`; dev and test voices are held-out variants "
+    "(`speechft.data.synth_speakers`). Scored by frame-level DER.",
     "pr_de": "German phoneme recognition: CTC over a 42-phone German inventory (vowel length kept, stress "
     "stripped); targets are espeak-ng's IPA phoneme events for the German voice, mapped by "
     "`speechft.data.synth_text.ESPEAK_DE_TO_PHONE`. Utterances: sentences from a small German grammar "
@@ -137,6 +143,8 @@ def _task_spec(task: str, rows: dict[str, list[dict]]) -> dict:
         return {"name": "synth_asv", "type": "verification", "metric": "eer"}
     if task == "qbe":
         return {"name": "synth_qbe", "type": "qbe", "metric": "mtwv"}
+    if task == "sd":
+        return {"name": "synth_sd", "type": "diarization", "metric": "der", "speakers": 2}
     if task == "sf":
         return {
             "name": "synth_sf",
@@ -188,6 +196,8 @@ def _task_readme(
             if "vocabulary" in spec
             else f"{len({r['label'] for r in rows['train']})} train speakers, trials in dev and test"
             if spec["type"] == "verification"
+            else "2 speakers per recording, segments in {split}.rttm"
+            if spec["type"] == "diarization"
             else f"{len(synth_speakers.QBE_TERMS)} spoken queries per split, no training"
         ),
         "",
@@ -255,6 +265,7 @@ def synthesize_benchmark(
     t0 = time.time()
     _synthesize_missing(todo, results, cache, engines, len(plan.clips), f"synth {size}", progress)
     synth_seconds = time.time() - t0
+    synth_speakers.mix_recordings(plan, results, cache, versions)  # sd: two clips per recording
     dropped = _fill_rows(plan, results)
 
     summary = {
@@ -351,7 +362,7 @@ def _write_task(tmp: Path, task: str, rows: dict[str, list[dict]], summary: dict
     """One task folder inside the benchmark being written; returns its entry of the summary."""
     spec = _task_spec(task, rows)
     group = next(r for s in SPLITS for r in rows[s])["_ref"].split("/")[0]
-    clean = {s: [{k: v for k, v in r.items() if k != "_ref"} for r in rows[s]] for s in SPLITS}
+    clean = {s: [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows[s]] for s in SPLITS}
     readme = _task_readme(
         task, spec, clean, summary["seed"], summary["size"], summary["engines"], summary["variants"], dropped
     )
@@ -359,6 +370,9 @@ def _write_task(tmp: Path, task: str, rows: dict[str, list[dict]], summary: dict
     if spec["type"] == "verification":
         for s in ("dev", "test"):
             files[f"{s}_trials.txt"] = synth_speakers.trial_lines(clean[s], summary["seed"], s).encode()
+    if spec["type"] == "diarization":
+        for s in SPLITS:
+            files[f"{s}.rttm"] = synth_speakers.rttm_lines(rows[s]).encode()
     if spec["type"] == "qbe":
         for s in ("dev", "test"):
             files[f"{s}_truth.txt"] = synth_speakers.truth_lines(clean[s]).encode()
@@ -366,7 +380,8 @@ def _write_task(tmp: Path, task: str, rows: dict[str, list[dict]], summary: dict
     return {
         "type": spec["type"],
         "metric": spec["metric"],
-        "outputs": len(spec.get("labels") or spec.get("vocabulary") or {r.get("label") for r in clean["train"]}),
+        "outputs": spec.get("speakers")
+        or len(spec.get("labels") or spec.get("vocabulary") or {r.get("label") for r in clean["train"]}),
         "clips": {s: len(clean[s]) for s in SPLITS},
         "hours": {s: round(sum(r["duration"] for r in clean[s]) / 3600, 4) for s in SPLITS},
         "voices": {s: sorted({r["speaker"] for r in clean[s]}) for s in SPLITS},
@@ -405,8 +420,8 @@ def _top_readme(summary: dict) -> str:
         "",
     ]
     lines += [
-        "Held-out voice variants (dev/test of pr, asr, ks, lid, style, pr_de, sf, asv and qbe never share a variant "
-        "with train):",
+        "Held-out voice variants (dev/test of pr, asr, ks, lid, style, pr_de, sf, asv, qbe and sd never share a "
+        "variant with train):",
         "",
     ]
     lines += [f"- {s}: " + ", ".join(v or "(base)" for v in summary["variants"][s]) for s in SPLITS]

@@ -16,7 +16,7 @@ from .synth_clips import Clip, load_engines
 from .synth_text_de import de_utterances
 from .tasks import SPLITS
 
-TASKS = ("pr", "asr", "ks", "sid", "lid", "style", "pr_de", "sf", "asv", "qbe")
+TASKS = ("pr", "asr", "ks", "sid", "lid", "style", "pr_de", "sf", "asv", "qbe", "sd")
 # CTC phone tasks -> the language of their phone inventory (synth_text.INVENTORIES)
 PHONE_TASKS = {"pr": "en", "pr_de": "de"}
 GERMAN_VOICE = "de"  # espeak-ng has one German accent; the voice variants give the speakers
@@ -75,6 +75,7 @@ class SizeSpec:
     sf: tuple[int, int, int] = (60, 15, 15)  # slot-filling utterances per split
     asv_per_voice: tuple[int, int, int] = (4, 3, 3)  # speaker-verification clips per voice (synth_speakers)
     qbe_documents: tuple[int, int, int] = (0, 20, 20)  # query-by-example documents (no train; 10 queries each)
+    sd: tuple[int, int, int] = (40, 12, 12)  # two-voice diarization recordings per split (synth_speakers)
 
 
 SIZES = {
@@ -98,6 +99,7 @@ SIZES = {
         sf=(90, 40, 40),
         asv_per_voice=(5, 4, 4),
         qbe_documents=(0, 30, 30),
+        sd=(48, 40, 40),
     ),
     "full": SizeSpec(
         sentences=(2400, 300, 300),
@@ -109,6 +111,7 @@ SIZES = {
         sf=(180, 50, 50),  # of the 288 utterances the templates make
         asv_per_voice=(60, 10, 10),
         qbe_documents=(0, 200, 200),
+        sd=(400, 60, 60),
     ),
 }
 
@@ -425,7 +428,7 @@ def check_args(size: str, seed, tasks) -> list[str]:
 
 
 def make_plan(spec_size: SizeSpec, seed: int, voices: Voices, chosen: list[str]) -> Plan:
-    from .synth_speakers import plan_asv, plan_qbe  # they import this module's tables
+    from .synth_speakers import plan_asv, plan_qbe, plan_sd  # they import this module's tables
 
     plan = Plan()
     if {"pr", "asr"} & set(chosen):
@@ -439,6 +442,7 @@ def make_plan(spec_size: SizeSpec, seed: int, voices: Voices, chosen: list[str])
         ("sf", _plan_sf),
         ("asv", plan_asv),
         ("qbe", plan_qbe),
+        ("sd", plan_sd),
     ):
         if task in chosen:
             planner(plan, spec_size, seed, voices)
@@ -451,6 +455,6 @@ def planned_examples(size: str = "small", seed: int = 0, tasks=None, engines=("e
     chosen = check_args(size, seed, tasks)
     plan = make_plan(SIZES[size], seed, Voices(seed, load_engines(engines)), chosen)
     return {
-        task: {s: [{k: v for k, v in r.items() if k != "_ref"} for r in plan.rows[task][s]] for s in SPLITS}
+        task: {s: [{k: v for k, v in r.items() if not k.startswith("_")} for r in plan.rows[task][s]] for s in SPLITS}
         for task in chosen
     }

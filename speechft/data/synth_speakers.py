@@ -1,4 +1,4 @@
-"""The synthetic speaker-verification task (`asv`) and query-by-example task (`qbe`, at the end).
+"""The synthetic speaker-verification (`asv`), query-by-example (`qbe`) and diarization (`sd`) tasks.
 
 asv: the train split teaches speakers, dev and test are trials between voices that never speak in train.
 
@@ -111,3 +111,90 @@ def truth_lines(rows: list[dict]) -> str:
     """`QUERY_PATH DOCUMENT_PATH` for every document that holds a query's term."""
     query = {r["term"]: r["path"] for r in rows if r["role"] == "query"}
     return "".join(f"{query[r['term']]} {r['path']}\n" for r in rows if r["role"] == "document" and r["term"])
+
+
+# ------------------------------------------------------------------ speaker diarization (`sd`)
+# Two voices of the split, each reading a short sentence; the second starts at a random point of the first
+# (MIX_OFFSET: a share of the first's speech), so every recording has a one-speaker start, an overlap and
+# usually a one-speaker end. Mixtures longer than MAX_MIX_SECONDS are cut there (segments with them).
+MIX_OFFSET = (0.3, 0.7)
+MAX_MIX_SECONDS = 3.5
+MIX_VERSION = 1  # bump when mixing changes what it produces (the mixtures are cached by it)
+
+
+def plan_sd(plan, size, seed: int, voices) -> None:
+    """sd: per split, size.sd recordings of two different voices of that split (held-out variants in dev
+    and test); the source clips are planned like any clip, the mixtures made by `mix_recordings`."""
+    from .synth_plan import SPLITS, speaker_name
+
+    rng = np.random.default_rng([seed, 11])
+    plan.rows.setdefault("sd", {s: [] for s in SPLITS})
+    for split, n in zip(SPLITS, size.sd):
+        for i in range(n):
+            a = voices.english(split, rng)
+            b = voices.english(split, rng)
+            while b[1].split("+")[-1] == a[1].split("+")[-1]:  # another voice variant, not just accent
+                b = voices.english(split, rng)
+            name, refs = f"{split}-{i:05d}", []
+            for part, (engine, voice) in zip("ab", (a, b)):
+                clip = Clip(engine, voice, T.sentence(rng, max_words=4), rate=int(rng.integers(165, 200)), pitch=50)
+                refs.append(f"sd_src/{name}{part}")
+                plan.clips[refs[-1]] = clip
+            frac = round(float(rng.uniform(*MIX_OFFSET)), 3)
+            speakers = [speaker_name(*a), speaker_name(*b)]
+            row = {"speaker": ",".join(speakers), "text": " | ".join(plan.clips[r].text for r in refs)}
+            plan.rows["sd"][split].append(
+                dict(row, path=f"audio/{name}.wav", _ref=f"sd/{name}", _mix=(*refs, frac, *speakers))
+            )
+
+
+def trim(wav: np.ndarray, floor: float = 0.01) -> np.ndarray:
+    """The clip without its leading and trailing silence (samples below `floor` x its peak)."""
+    loud = np.flatnonzero(np.abs(wav) > floor * max(float(np.abs(wav).max()), 1e-9))
+    return wav[loud[0] : loud[-1] + 1] if loud.size else wav[:0]
+
+
+def mix(a: np.ndarray, b: np.ndarray, frac: float, sr: int) -> tuple[np.ndarray, list[tuple[float, float]]]:
+    """(mixture, [(start, end) of a, of b] in seconds): trimmed b starts at `frac` of trimmed a."""
+    a, b = trim(a), trim(b)
+    offset = int(frac * len(a))
+    out = np.zeros(max(len(a), offset + len(b)), dtype=np.float32)
+    out[: len(a)] += a
+    out[offset : offset + len(b)] += b
+    out = out[: int(MAX_MIX_SECONDS * sr)]
+    peak = float(np.abs(out).max())
+    if peak > 0.9:
+        out *= 0.9 / peak
+    end = len(out) / sr
+    return out, [(0.0, min(len(a) / sr, end)), (min(offset / sr, end), min((offset + len(b)) / sr, end))]
+
+
+def mix_recordings(plan, results: dict, cache, versions: dict) -> None:
+    """Make (or take from the cache) every sd mixture: results[row _ref] = (wav, meta with its segments)."""
+    import hashlib
+    import json
+
+    from .audio import SAMPLE_RATE, load_audio
+
+    for rows in plan.rows.get("sd", {}).values():
+        for r in rows:
+            ref_a, ref_b, frac, spk_a, spk_b = r["_mix"]
+            keys = [plan.clips[x].key(versions[plan.clips[x].engine]) for x in (ref_a, ref_b)]
+            key = hashlib.sha256(json.dumps(["sd-mix", MIX_VERSION, keys, frac]).encode()).hexdigest()
+            got = cache.get(key)
+            if got is None:
+                wav, spans = mix(load_audio(results[ref_a][0]), load_audio(results[ref_b][0]), frac, SAMPLE_RATE)
+                meta = {"samples": int(len(wav)), "spans": [list(s) for s in spans]}
+                got = cache.put(key, wav, meta)
+            results[r["_ref"]] = got
+            r["_segments"] = [(s, e, spk) for (s, e), spk in zip(got[1]["spans"], (spk_a, spk_b)) if e > s]
+
+
+def rttm_lines(rows: list[dict]) -> str:
+    """The split's reference segments as RTTM (recording = the file name without extension)."""
+    lines = []
+    for r in rows:
+        rec = r["path"].rsplit("/", 1)[-1].removesuffix(".wav")
+        for start, end, spk in r["_segments"]:
+            lines.append(f"SPEAKER {rec} 1 {start:.3f} {end - start:.3f} <NA> <NA> {spk} <NA> <NA>")
+    return "\n".join(lines) + "\n"

@@ -2,14 +2,16 @@
 
 A task folder holds::
 
-    task.yaml   name, type (ctc | classification | verification | qbe), metric, labels or vocabulary, tokenizer
+    task.yaml   name, type (ctc | classification | verification | qbe | diarization), metric, labels or
+                vocabulary, tokenizer
     train.tsv   manifests with a header row; columns: path, duration, and label
     dev.tsv     (classification, verification) or transcript (ctc) or role (qbe); optional speaker; other
     test.tsv    columns kept as `Example.extra`. Paths are relative to the folder.
 
 SUPERB's other task types: slot filling is a ctc task with tokenizer `slots`; `verification` adds
 dev_trials.txt / test_trials.txt (its dev/test clips need no label); `qbe` has no train.tsv and adds
-dev_truth.txt / test_truth.txt (docs/task-folder.md).
+dev_truth.txt / test_truth.txt; `diarization` lists recordings (path, duration) and adds {split}.rttm,
+the reference speaker segments (docs/task-folder.md).
 
 `load_task` validates everything up front (files exist, columns, labels in the
 vocabulary, non-empty splits, no duplicate paths, no path escaping the folder) so nothing
@@ -35,12 +37,13 @@ from .audio import SAMPLE_RATE
 from .manifest import ManifestRow, read_manifest, read_text_file
 
 SPLITS = ("train", "dev", "test")
-TASK_TYPES = ("ctc", "classification", "verification", "qbe")
+TASK_TYPES = ("ctc", "classification", "verification", "qbe", "diarization")
 METRICS = {
     "ctc": ("per", "cer", "wer", "slot_type_f1", "slot_value_cer"),
     "classification": ("accuracy", "macro_f1"),
     "verification": ("eer", "min_dcf"),
     "qbe": ("mtwv",),
+    "diarization": ("der",),
 }
 # Speaker verification (SUPERB ASV): train.tsv is labelled by speaker; dev and test are scored on trial
 # lists beside them, one trial a line as in VoxCeleb's veri_test2.txt: `1|0 PATH_A PATH_B` (1 = same speaker).
@@ -49,6 +52,11 @@ TRIAL_SPLITS = ("dev", "test")
 # `role`: query | document); `{split}_truth.txt` lists `QUERY_PATH DOCUMENT_PATH` for every query that
 # occurs in a document; train.tsv is optional (and unused).
 QBE_ROLES = ("query", "document")
+# Speaker diarization (SUPERB SD, LibriMix's setting): each manifest row is a recording (path, duration);
+# `{split}.rttm` holds its reference segments, standard RTTM lines
+# `SPEAKER REC 1 START DUR <NA> <NA> SPK <NA> <NA>` where REC is the recording's file name without its
+# extension; at most task.yaml's `speakers` (default 2) speakers per recording.
+DIARIZATION_SPEAKERS = 2
 TOKENIZERS = ("space", "char", "slots")
 # Slot filling (SUPERB SF): a ctc task with tokenizer `slots` whose transcripts mark each slot value as
 # `B-type value words E-type`; the markers are single tokens, everything else is characters.
@@ -127,6 +135,8 @@ class Task:
     # verification: split -> trials (index of clip a, index of clip b, same speaker) into that split;
     # qbe: split -> every (query index, document index, the query occurs in the document)
     trials: dict[str, list[tuple[int, int, bool]]] = field(default_factory=dict)
+    # diarization: split -> per recording (in manifest order) its reference (start, end, speaker) segments
+    segments: dict[str, list[list[tuple[float, float, str]]]] = field(default_factory=dict)
 
     @property
     def num_outputs(self) -> int:
@@ -182,7 +192,11 @@ def load_spec(root: Path) -> dict:
         _fail(
             f"{path}: metric '{metric}' does not fit type {spec['type']}; use one of {', '.join(METRICS[spec['type']])}"
         )
-    if spec["type"] in ("verification", "qbe"):  # verification's classes are its train speakers; qbe has none
+    if spec["type"] == "diarization":
+        n = spec.setdefault("speakers", DIARIZATION_SPEAKERS)
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            _fail(f"{path}: speakers must be a positive integer (speakers per recording), got {n!r}")
+    if spec["type"] in ("verification", "qbe", "diarization"):  # verification: classes are its train speakers
         return _check_common(path, spec)
     key = "labels" if spec["type"] == "classification" else "vocabulary"
     labels = spec.get(key)
@@ -266,6 +280,26 @@ def read_split(root: Path, split: str, task: dict, allow_outside: bool) -> list[
         _fail(f"{path}: missing; every task folder needs {', '.join(s + '.tsv' for s in SPLITS)}")
     if task["type"] == "qbe":
         return _read_qbe_split(path, split, allow_outside)
+    if task["type"] == "diarization":  # a recording: its targets are the segments of {split}.rttm
+        rows = read_manifest(
+            path,
+            ("path", "duration"),
+            hint="a diarization manifest needs path, duration",
+            what=f"the {split} split",
+            outside=None if allow_outside else "the task folder (allow with allow_outside_paths)",
+        )
+        fixed = ("path", "duration", "speaker")  # speaker, if given: who speaks in the recording
+        return [
+            Example(
+                r.id,
+                r.path,
+                r.duration,
+                "",
+                r.columns.get("speaker", "").strip() or None,
+                {h: v for h, v in r.columns.items() if h not in fixed},
+            )
+            for r in rows
+        ]
     target_col = "transcript" if task["type"] == "ctc" else "label"
     # verification's dev and test clips need no label: their trials say which pairs share a speaker
     required = (
@@ -362,14 +396,59 @@ def read_trials(root: Path, split: str, examples: list[Example]) -> list[tuple[i
     return trials
 
 
+def read_rttm(root: Path, split: str, examples: list[Example], speakers: int) -> list[list[tuple[float, float, str]]]:
+    """`{split}.rttm` of a diarization folder -> per recording of the split its (start, end, speaker) segments."""
+    path = root / f"{split}.rttm"
+    if not path.exists():
+        _fail(f"{path}: missing; a diarization task needs {split}.rttm (lines 'SPEAKER REC 1 START DUR ... SPK ...')")
+    index: dict[str, int] = {}
+    for i, ex in enumerate(examples):
+        rec = Path(ex.id).stem
+        if rec in index:
+            _fail(
+                f"{root / (split + '.tsv')}: recordings {examples[index[rec]].id} and {ex.id} share the RTTM name {rec}"
+            )
+        index[rec] = i
+    segments: list[list[tuple[float, float, str]]] = [[] for _ in examples]
+    for lineno, line in enumerate(read_text_file(path).splitlines(), 1):
+        parts = line.split()
+        if not parts or parts[0].startswith(";"):
+            continue
+        where = f"{path}:{lineno}: '{line.strip()[:80]}'"
+        try:
+            start, dur = float(parts[3]), float(parts[4])
+        except (IndexError, ValueError):
+            start = dur = float("nan")
+        if len(parts) < 8 or parts[0] != "SPEAKER" or not (start >= 0 and dur > 0):
+            _fail(f"{where} is not 'SPEAKER REC 1 START DUR <NA> <NA> SPK <NA> <NA>' (START >= 0, DUR > 0)")
+        if parts[1] not in index:
+            _fail(f"{where}: recording {parts[1]} is not a file of {split}.tsv (REC is its name without extension)")
+        i = index[parts[1]]
+        if start >= examples[i].duration:
+            _fail(f"{where}: starts at {start}s, after the recording ends ({examples[i].duration}s)")
+        segments[i].append((start, start + dur, parts[7]))
+    for i, segs in enumerate(segments):
+        names = {s for _, _, s in segs}
+        if len(names) > speakers:
+            _fail(
+                f"{path}: recording {Path(examples[i].id).stem} has {len(names)} speakers; task.yaml allows {speakers}"
+            )
+    if not any(segments):
+        _fail(f"{path}: lists no segment of the {split} recordings; DER needs reference speech")
+    return segments
+
+
 def load_task(root: str | os.PathLike, allow_outside_paths: bool = False) -> Task:
     """Load and validate a task folder; raises `SpeechFTError` on the first broken file."""
     root = Path(root)
     spec = load_spec(root)
     allow = allow_outside_paths or bool(spec.get("allow_outside_paths", False))
     splits = {s: read_split(root, s, spec, allow) for s in SPLITS}
-    trials = {}
-    if spec["type"] == "verification":
+    trials, segments = {}, {}
+    if spec["type"] == "diarization":
+        labels = [f"speaker{k + 1}" for k in range(spec["speakers"])]  # the head's outputs, in PIT's order
+        segments = {s: read_rttm(root, s, splits[s], spec["speakers"]) for s in SPLITS}
+    elif spec["type"] == "verification":
         labels = sorted({ex.target for ex in splits["train"]})
         if len(labels) < 2:
             _fail(f"{root / 'train.tsv'}: a verification task needs at least 2 train speakers, got {labels}")
@@ -390,6 +469,7 @@ def load_task(root: str | os.PathLike, allow_outside_paths: bool = False) -> Tas
         splits=splits,
         spec=spec,
         trials=trials,
+        segments=segments,
     )
 
 
@@ -410,14 +490,14 @@ def write_task_folder(
     the audio itself lives in a shared cache.
     """
     out = Path(out)
-    target_col = {"ctc": "transcript", "qbe": "role"}.get(spec["type"], "label")
+    target_col = {"ctc": "transcript", "qbe": "role", "diarization": None}.get(spec["type"], "label")
     with atomic_dir(out, overwrite=overwrite) as tmp:
         (tmp / "task.yaml").write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
         for split in SPLITS:
             rows = splits.get(split) or []
             if not rows and spec["type"] == "qbe":
                 continue  # qbe trains nothing: no train.tsv
-            cols = ["path", "duration", target_col]
+            cols = ["path", "duration"] + ([target_col] if target_col else [])
             extra = sorted({k for r in rows for k in r if k not in cols})
             cols += extra
             lines = ["\t".join(cols)]

@@ -24,8 +24,8 @@ be deterministic across machines.
 
 Layout: `transcribed` (LibriSpeech, TED-LIUM 3, AISHELL-3), `labelled` (VoxCeleb1, IEMOCAP,
 Speech Commands, Fluent Speech Commands), `slu` (Audio SNIPS), `verification` (VoxCeleb1
-trials) and `qbe` (QUESST 2014) hold the readers, `common` what they share; this module is the
-registry `speechft data prepare` chooses from.
+trials), `qbe` (QUESST 2014) and `diarization` (Libri2Mix) hold the readers, `common` what they share;
+this module is the registry `speechft data prepare` chooses from.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from collections.abc import Callable
 
 from ...errors import SpeechFTError
 from .common import Prepared, progress_bars
+from .diarization import librimix
 from .labelled import fluent, iemocap, speech_commands, voxceleb1
 from .qbe import quesst14
 from .slu import audio_snips
@@ -66,6 +67,7 @@ CORPORA: dict[str, tuple[Callable[..., Prepared], tuple[str, ...], str]] = {
         "VoxCeleb1 speaker verification, veri_test2 trials (SUPERB ASV)",
     ),
     "quesst14-qbe": (quesst14, (), "QUESST 2014 English query by example (SUPERB QbE)"),
+    "librimix-sd": (librimix, (), "Libri2Mix 16 kHz max speaker diarization (SUPERB SD)"),
     "snips-sf": (audio_snips, (), "Audio SNIPS slot filling (SUPERB SF)"),
     "aishell3": (aishell3, ("dev_fraction",), "AISHELL-3 Mandarin: pre-training audio + character transcripts"),
 }
