@@ -360,3 +360,42 @@ def test_evaluate_scores_a_diarization_task_with_der(tmp_path, tiny_encoder_dir)
     assert r["type"] == "diarization" and r["metric"] == "der" and r["lower_is_better"]
     assert r["metrics"] == {"der": r["test"]} and 0.0 <= r["test"] <= 2.0
     assert r["n"] == {"train": 6, "dev": 3, "test": 3} and len(r["layer_weights"]) == r["num_states"]
+
+
+# ---- the paper's SUPERB_S end to end ----------------------------------------------------------------
+def test_evaluate_with_superb_speechft_prints_the_paper_comparable_score(tmp_path, tiny_encoder_dir, capsys):
+    """Task folders named pr, sid, er and sf, scored with superb_speechft: the printed and recorded score is
+    1000/4 * sum over tasks of the mean over its metrics of (100 m - baseline) / (reference - baseline)."""
+    from conftest import make_classification_task, make_ctc_task
+
+    tasks = [
+        make_ctc_task(tmp_path / "pr", name="pr"),
+        make_classification_task(tmp_path / "sid", name="sid"),
+        make_classification_task(tmp_path / "er", name="er", seed=1),
+        make_sf_task(tmp_path / "sf"),
+    ]
+    out = tmp_path / "out"
+    argv = ["evaluate", "--encoder", tiny_encoder_dir("hubert"), "--task", *tasks, "--out", out, *FAST]
+    assert cli(*argv, "--score-config", "superb_speechft") == 0
+    printed = capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    t = results["models"][0]["tasks"]
+    points = {  # the config's FBANK baselines and references (speechft/configs/superb_speechft.yaml)
+        ("pr", "per"): (82.01, 2.423),
+        ("sid", "accuracy"): (0.00085, 95.114),
+        ("er", "accuracy"): (35.39, 70.675),
+        ("sf", "slot_type_f1"): (69.64, 92.400),
+        ("sf", "slot_value_cer"): (52.94, 17.692),
+    }
+
+    def value(task, metric):
+        return t[task]["metrics"][metric] if "metrics" in t[task] else t[task]["test"]
+
+    per_task = {}
+    for (task, metric), (base, ref) in points.items():
+        per_task.setdefault(task, []).append((100 * value(task, metric) - base) / (ref - base))
+    expected = 1000 / 4 * sum(sum(v) / len(v) for v in per_task.values())
+    name = results["models"][0]["name"]
+    assert results["superb"]["scores"][name] == pytest.approx(expected, abs=1e-6)
+    assert not results["superb"].get("missing_tasks")
+    assert f"{expected:.1f}" in printed or f"{expected:.2f}" in printed, printed
