@@ -14,8 +14,6 @@ EER and minDCF are computed here until speechft.metrics has minDCF (it has EER).
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import torch
 from torch import nn
@@ -95,7 +93,7 @@ def verification_metrics(scores: np.ndarray, same: np.ndarray) -> dict[str, floa
 def train_asv_probe(provider, lr: float, seed: int, cfg, on_epoch=None, device="cpu") -> dict:
     """One x-vector head at one LR and seed; the epoch with the best dev value of the task's metric is kept."""
     from .data.batching import BucketBatchSampler
-    from .metrics import is_better as better
+    from .probe_special import keep_best
     from .probe_train import probe_epochs
 
     task, source = provider.task, provider.source
@@ -112,10 +110,7 @@ def train_asv_probe(provider, lr: float, seed: int, cfg, on_epoch=None, device="
     def evaluate(split: str) -> dict[str, float]:
         return verification_metrics(*trial_scores(head, task, provider.get(split), split, cfg.eval_batch_size))
 
-    epochs = probe_epochs(task, cfg)
-    best = {"dev": None, "epoch": -1, "state": None}
-    for epoch in range(epochs):
-        head.train()
+    def train_epoch(epoch: int) -> None:
         for ids in sampler.batches(epoch):
             x, lengths = train.batch(ids)
             loss = head.am_softmax_loss(
@@ -124,18 +119,5 @@ def train_asv_probe(provider, lr: float, seed: int, cfg, on_epoch=None, device="
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        dev = evaluate("dev")[task.metric]
-        if best["dev"] is None or better(task.metric, dev, best["dev"]):
-            best = {"dev": dev, "epoch": epoch, "state": copy.deepcopy(head.state_dict())}
-        if on_epoch:
-            on_epoch()
-    head.load_state_dict(best["state"])
-    test = evaluate("test")
-    return {
-        "dev": best["dev"],
-        "test": test[task.metric],
-        "metrics": test,
-        "best_epoch": best["epoch"],
-        "epochs": epochs,
-        "layer_weights": head.select.layer_weights(),
-    }
+
+    return keep_best(head, probe_epochs(task, cfg), train_epoch, evaluate, task.metric, on_epoch)

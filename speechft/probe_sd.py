@@ -12,7 +12,6 @@ mapping per recording) is computed; the state with the best dev DER is kept and 
 
 from __future__ import annotations
 
-import copy
 import itertools
 
 import numpy as np
@@ -94,7 +93,7 @@ def train_sd_probe(provider, lr: float, seed: int, cfg, on_epoch=None, device="c
     """One diarization head at one LR and seed (probe_special.grid_probe's train_one); the epoch with the
     best dev DER is kept."""
     from .data.batching import BucketBatchSampler
-    from .metrics import is_better as better
+    from .probe_special import keep_best
     from .probe_train import probe_epochs
 
     task, source = provider.task, provider.source
@@ -110,13 +109,10 @@ def train_sd_probe(provider, lr: float, seed: int, cfg, on_epoch=None, device="c
     refs = {s: split_labels(task, provider.get(s), s, max_seconds) for s in ("dev", "test")}
     sampler = BucketBatchSampler(train.lengths.tolist(), batch_size=cfg.ctc_batch_size, shuffle=True, seed=seed)
 
-    def evaluate(split: str) -> float:
-        return der_frames(refs[split], _predict(head, provider.get(split), cfg.eval_batch_size))
+    def evaluate(split: str) -> dict[str, float]:
+        return {"der": der_frames(refs[split], _predict(head, provider.get(split), cfg.eval_batch_size))}
 
-    epochs = probe_epochs(task, cfg)
-    best = {"dev": None, "epoch": -1, "state": None}
-    for epoch in range(epochs):
-        head.train()
+    def train_epoch(epoch: int) -> None:
         for ids in sampler.batches(epoch):
             x, lengths = train.batch(ids)
             y = nn.utils.rnn.pad_sequence([labels[i] for i in ids], batch_first=True)
@@ -124,18 +120,5 @@ def train_sd_probe(provider, lr: float, seed: int, cfg, on_epoch=None, device="c
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        dev = evaluate("dev")
-        if best["dev"] is None or better(task.metric, dev, best["dev"]):
-            best = {"dev": dev, "epoch": epoch, "state": copy.deepcopy(head.state_dict())}
-        if on_epoch:
-            on_epoch()
-    head.load_state_dict(best["state"])
-    test = evaluate("test")
-    return {
-        "dev": best["dev"],
-        "test": test,
-        "metrics": {"der": test},
-        "best_epoch": best["epoch"],
-        "epochs": epochs,
-        "layer_weights": head.select.layer_weights(),
-    }
+
+    return keep_best(head, probe_epochs(task, cfg), train_epoch, evaluate, task.metric, on_epoch)

@@ -18,7 +18,6 @@ These metrics live here until speechft.metrics has them (then `compute_metric` d
 
 from __future__ import annotations
 
-import copy
 import re
 from collections.abc import Sequence
 
@@ -56,7 +55,7 @@ def train_sf_probe(provider, lr: float, seed: int, cfg, on_epoch=None, device="c
     """probe_train.train_probe for a slot-filling task: the same head, loss and epochs; the epoch with the
     best dev value of the task's metric is kept; returns also the test value of both slot metrics."""
     from .heads import TaskHead
-    from .metrics import is_better as better
+    from .probe_special import keep_best
     from .probe_train import _predict, _train_epoch, probe_epochs
 
     task, source = provider.task, provider.source
@@ -75,22 +74,7 @@ def train_sf_probe(provider, lr: float, seed: int, cfg, on_epoch=None, device="c
         refs = [ex.target for ex in task.split(split)]
         return slot_metrics(refs, _predict(head, task, provider.get(split), cfg))
 
-    epochs = probe_epochs(task, cfg)
-    best = {"dev": None, "epoch": -1, "state": None}
-    for epoch in range(epochs):
+    def train_epoch(epoch: int) -> None:
         _train_epoch(head, opt, provider.get("train"), task, targets, epoch, seed, gen, cfg)
-        dev = evaluate("dev")[task.metric]
-        if best["dev"] is None or better(task.metric, dev, best["dev"]):
-            best = {"dev": dev, "epoch": epoch, "state": copy.deepcopy(head.state_dict())}
-        if on_epoch:
-            on_epoch()
-    head.load_state_dict(best["state"])
-    test = evaluate("test")
-    return {
-        "dev": best["dev"],
-        "test": test[task.metric],
-        "metrics": test,
-        "best_epoch": best["epoch"],
-        "epochs": epochs,
-        "layer_weights": head.select.layer_weights(),
-    }
+
+    return keep_best(head, probe_epochs(task, cfg), train_epoch, evaluate, task.metric, on_epoch)

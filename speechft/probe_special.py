@@ -72,3 +72,32 @@ def grid_probe(provider: FeatureProvider, cfg, train_one: Callable, progress: bo
     from .probe import _summary
 
     return _summary(provider, cfg, runs, time.perf_counter() - t0)
+
+
+def keep_best(head, epochs: int, train_epoch: Callable, evaluate: Callable, metric: str, on_epoch=None) -> dict:
+    """The epoch loop of every probe here: `train_epoch(epoch)`, then `evaluate("dev")` (a dict of metrics);
+    the state with the best dev value of `metric` is kept and scored on test. Returns train_probe's dict
+    plus `metrics` (the test value of each metric)."""
+    import copy
+
+    from .metrics import is_better
+
+    best = {"dev": None, "epoch": -1, "state": None}
+    for epoch in range(epochs):
+        head.train()
+        train_epoch(epoch)
+        dev = evaluate("dev")[metric]
+        if best["dev"] is None or is_better(metric, dev, best["dev"]):
+            best = {"dev": dev, "epoch": epoch, "state": copy.deepcopy(head.state_dict())}
+        if on_epoch:
+            on_epoch()
+    head.load_state_dict(best["state"])
+    test = evaluate("test")
+    return {
+        "dev": best["dev"],
+        "test": test[metric],
+        "metrics": test,
+        "best_epoch": best["epoch"],
+        "epochs": epochs,
+        "layer_weights": head.select.layer_weights(),
+    }
