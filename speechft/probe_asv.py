@@ -18,22 +18,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from .heads import LayerSelect
 from .metrics import eer
 from .metrics_superb import min_dcf
+from .probe_special import WeightedLayers
 
 AM_MARGIN, AM_SCALE = 0.4, 30.0
 TDNN = ((5, 1), (3, 2), (3, 3), (1, 1), (1, 1))  # (kernel, dilation), as s3prl's XVector
 
 
-class XVectorHead(nn.Module):
+class XVectorHead(WeightedLayers):
     """Weighted layer sum (standardised) -> connector -> TDNN -> stats pooling -> embedding; AM-softmax."""
 
     def __init__(self, input_dim: int, num_states: int, num_speakers: int, width: int = 256):
-        super().__init__()
-        self.select = LayerSelect(num_states, "weighted")
-        self.register_buffer("feature_mean", torch.zeros(num_states, input_dim))
-        self.register_buffer("feature_std", torch.ones(num_states, input_dim))
+        super().__init__(input_dim, num_states)
         self.connector = nn.Linear(input_dim, width)
         dims = [width] * len(TDNN) + [3 * width]
         self.tdnn = nn.ModuleList(
@@ -42,14 +39,9 @@ class XVectorHead(nn.Module):
         self.embedding = nn.Linear(2 * dims[-1], width)
         self.classes = nn.Parameter(torch.randn(num_speakers, width) * 0.01)
 
-    def set_standardization(self, mean: torch.Tensor, std: torch.Tensor, eps: float = 1e-5) -> None:
-        self.feature_mean.copy_(mean)
-        self.feature_std.copy_(std.clamp(min=eps))
-
     def forward(self, states: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """states (S, B, F, D), frame lengths (B,) -> embeddings (B, width)."""
-        x = (states - self.feature_mean[:, None, None]) / self.feature_std[:, None, None]
-        x = self.connector(self.select(x)).transpose(1, 2)  # (B, width, F)
+        x = self.connector(self.weighted(states)).transpose(1, 2)  # (B, width, F)
         for conv in self.tdnn:
             x = torch.relu(conv(x))
         valid = (torch.arange(x.shape[2], device=x.device)[None, :] < lengths[:, None]).to(x.dtype)[:, None]

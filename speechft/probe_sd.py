@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .heads import LayerSelect
 from .metrics_superb import der_frames
+from .probe_special import WeightedLayers
 
 
 def frame_labels(segments, frames: int, seconds: float, speakers: int) -> np.ndarray:
@@ -43,25 +43,17 @@ def pit_bce(logits: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor) -
     return torch.stack(per_perm, 1).min(1).values.mean()
 
 
-class DiarizationHead(nn.Module):
+class DiarizationHead(WeightedLayers):
     """Weighted layer sum (standardised) -> LSTM over frames -> one logit per speaker per frame."""
 
     def __init__(self, input_dim: int, num_states: int, speakers: int, width: int = 256):
-        super().__init__()
-        self.select = LayerSelect(num_states, "weighted")
-        self.register_buffer("feature_mean", torch.zeros(num_states, input_dim))
-        self.register_buffer("feature_std", torch.ones(num_states, input_dim))
+        super().__init__(input_dim, num_states)
         self.lstm = nn.LSTM(input_dim, width, batch_first=True)
         self.out = nn.Linear(width, speakers)
 
-    def set_standardization(self, mean: torch.Tensor, std: torch.Tensor, eps: float = 1e-5) -> None:
-        self.feature_mean.copy_(mean)
-        self.feature_std.copy_(std.clamp(min=eps))
-
     def forward(self, states: torch.Tensor) -> torch.Tensor:
         """states (S, B, F, D) -> logits (B, F, speakers)."""
-        x = (states - self.feature_mean[:, None, None]) / self.feature_std[:, None, None]
-        return self.out(self.lstm(self.select(x))[0])
+        return self.out(self.lstm(self.weighted(states))[0])
 
 
 def split_labels(task, feats, split: str, max_seconds: float | None) -> list[np.ndarray]:

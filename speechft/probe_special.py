@@ -16,7 +16,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import torch
+
 from .features import FeatureProvider
+from .heads import LayerSelect
 from .progress import progress_bar
 
 
@@ -101,3 +104,22 @@ def keep_best(head, epochs: int, train_epoch: Callable, evaluate: Callable, metr
         "epochs": epochs,
         "layer_weights": head.select.layer_weights(),
     }
+
+
+class WeightedLayers(torch.nn.Module):
+    """What the heads here share: SUPERB's softmax-weighted sum of every layer, each layer standardised with
+    the train split's statistics (as probe.py's heads), for heads that do not go through heads.TaskHead."""
+
+    def __init__(self, input_dim: int, num_states: int):
+        super().__init__()
+        self.select = LayerSelect(num_states, "weighted")
+        self.register_buffer("feature_mean", torch.zeros(num_states, input_dim))
+        self.register_buffer("feature_std", torch.ones(num_states, input_dim))
+
+    def set_standardization(self, mean: torch.Tensor, std: torch.Tensor, eps: float = 1e-5) -> None:
+        self.feature_mean.copy_(mean)
+        self.feature_std.copy_(std.clamp(min=eps))
+
+    def weighted(self, states: torch.Tensor) -> torch.Tensor:
+        """states (S, B, F, D) -> (B, F, D)."""
+        return self.select((states - self.feature_mean[:, None, None]) / self.feature_std[:, None, None])
