@@ -16,7 +16,7 @@ dev, fixed probe seeds), with four feature sources side by side in one run:
 
 and checks the benchmark's design criteria (issue 3, part 3): the real encoder clearly beats random
 on pr and ks; random features do not solve sid and style (well below ceiling); the real encoder beats
-random on the SUPERB task types sf, asv and qbe (issue 15, any margin). The script exits 1
+random on the SUPERB task types sf, asv, qbe and sd (issue 15, any margin). The script exits 1
 when a criterion fails - the fix belongs in the task (speechft/data/synth.py), not in the numbers.
 
 Features are cached under <repo>/.cache/features (git-ignored), so a rerun only retrains the probes.
@@ -136,7 +136,7 @@ def main() -> int:
                     f"{fmt(gain)} points",
                 )
             )
-        if name in ("sf", "asv", "qbe"):
+        if name in ("sf", "asv", "qbe", "sd"):
             checks.append((f"{name}: real beats random", gain > 0, f"{fmt(gain)} points"))
         if name in ("sid", "style"):
             acc = r["random"]["test"]

@@ -279,6 +279,16 @@ def test_evaluate_scores_a_qbe_task_layer_by_layer(tmp_path, tiny_encoder_dir):
     assert fbank["test"] > 0.5  # filterbank frames find tone melodies
 
 
+def test_evaluate_caches_a_qbe_task_which_has_no_train_split(tmp_path, tiny_encoder_dir):
+    """The cache plan hashes every split's manifest; a qbe folder has no train.tsv (it was a crash)."""
+    qbe = make_qbe_task(tmp_path / "qbe")
+    args = ["evaluate", "--encoder", "fbank", "--task", qbe, *FAST[:-1], "--cache", tmp_path / "cache"]
+    assert cli(*args, "--out", tmp_path / "a") == 0
+    assert cli(*args, "--out", tmp_path / "b") == 0  # the second run reads what the first cached
+    a, b = (json.loads((tmp_path / x / "results.json").read_text())["models"][0]["tasks"]["qbe"] for x in "ab")
+    assert a["test"] == b["test"] and set(b["cache"].values()) == {"hit"}
+
+
 # ---- speaker diarization --------------------------------------------------------------------------
 def test_frame_labels_from_rttm_segments():
     from speechft.probe_sd import frame_labels
