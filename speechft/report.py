@@ -174,7 +174,8 @@ def _safe(name: str) -> str:
     return re.sub(r"[^\w.-]+", "_", name).strip("_") or "x"
 
 
-def _plots(models: list[dict], scores: dict, out: Path) -> list[Path]:
+def result_figures(models: list[dict], scores: dict, out: Path) -> list[Path]:
+    """One bar chart per task (mean ± std), the SUPERB score chart and each model's layer weights, as PNGs in out."""
     from .plots import figure, save_png
 
     written = []
@@ -303,7 +304,7 @@ def write_report(
         if any(q != p for q in protocols[1:]):
             lines.append("Warning: the results files were produced with different protocols; compare with care.")
     if plots:
-        figures = _plots(models, scores, out)
+        figures = result_figures(models, scores, out)
         lines += ["", "## Figures", ""] + [f"![{f.stem}]({f.name})" for f in figures]
     path = out / "report.md"
     with atomic_file(path) as f:
