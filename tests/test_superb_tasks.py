@@ -113,6 +113,12 @@ def test_slot_task_folder_rules(tmp_path):
     (plain / "task.yaml").write_text((plain / "task.yaml").read_text() + "metric: slot_value_cer\n")
     with pytest.raises(SpeechFTError, match="needs tokenizer: slots"):
         load_task(plain)
+    # a test split with no tagged slot: slot-value CER would divide by zero; one line naming the file instead
+    sf = make_sf_task(tmp_path / "noslot")
+    rows = (sf / "test.tsv").read_text().splitlines()
+    (sf / "test.tsv").write_text("\n".join([rows[0]] + [r.split(" B-x")[0] for r in rows[1:]]) + "\n")
+    with pytest.raises(SpeechFTError, match=r"noslot/test.tsv: no transcript holds a slot value"):
+        load_task(sf)
 
 
 def test_evaluate_scores_a_slot_task_with_both_metrics(tmp_path, tiny_encoder_dir):

@@ -397,8 +397,9 @@ def test_demo_size_is_accepted_and_between_small_and_full():
             assert n[0] < n[1] < n[2], (task, split, n)
             assert len(splits[split]) >= 40, (task, split)
     assert len(demo["pr_de"]["train"]) >= 100 and len(demo["pr"]["dev"]) >= 40
-    # ~1 h (0.8 h before sf, asv and qbe; sd adds 128 short recordings): the demo runs ~9 encoders over it
-    assert sum(len(r) for t in demo.values() for r in t.values()) < 2750
+    # ~1 h (0.8 h before sf, asv and qbe; sd adds 128 short recordings; style's dev and test grew by 135 clips so
+    # the demo's target has a small spread): the demo runs its encoders over the tasks it makes
+    assert sum(len(r) for t in demo.values() for r in t.values()) < 2900
 
 
 def test_bad_requests_raise_speechft_errors(small_bench, tmp_path):

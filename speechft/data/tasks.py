@@ -460,6 +460,15 @@ def load_task(root: str | os.PathLike, allow_outside_paths: bool = False) -> Tas
         trials = {s: read_truth(root, s, splits[s]) for s in TRIAL_SPLITS}
     else:
         labels = spec["labels"] if spec["type"] == "classification" else spec["vocabulary"]
+    if spec.get("tokenizer") == "slots":
+        from ..metrics_superb import parse_slots
+
+        for s in ("dev", "test"):  # slot-value CER divides by the reference slot characters
+            if not any(v for ex in splits[s] for _, v in parse_slots(ex.target)):
+                _fail(
+                    f"{root / f'{s}.tsv'}: no transcript holds a slot value (B-type ... E-type), so slot-value CER "
+                    "is undefined; a slot-filling split needs at least one tagged slot"
+                )
     return Task(
         root=root,
         name=str(spec["name"]),
