@@ -1,7 +1,7 @@
 """`speechft demo --scenario paper`: every table is built from the numbers, and a killed run resumes.
 
 The quick form here runs on a tiny random HuBERT (`--encoder`) and a cut-down plan over four synthetic
-tasks, so the whole scenario (15 trainings, one evaluation of 23 encoders) takes seconds per stage; the
+tasks, so the whole scenario (12 trainings, one evaluation of 23 encoders and fbank) takes seconds per stage; the
 real-encoder path is the same code (test_demo.py runs it on the single scenario).
 """
 
