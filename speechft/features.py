@@ -41,7 +41,7 @@ from .feature_sources import (  # noqa: F401  (re-exported: features.py is where
     with_layers,
 )
 from .heads import mean_pool
-from .io_utils import sha256_file
+from .io_utils import sha256_bytes, sha256_file
 from .progress import progress_bar
 
 
@@ -163,12 +163,14 @@ def feature_fields(
     if audio is None:
         audio = AudioFingerprints(cfg.trust_mtime)
 
+    # The key names the clips (their bytes, order and durations: the durations make the batches), not the
+    # task: tasks over the same audio (asr and pr of one corpus) share one extraction. The targets and the
+    # split's name play no part in the features. A stat-only fingerprint (trust_mtime) names files by
+    # their manifest path, so there the task folder is part of the key.
     fields = {
         "source": source.fingerprint,
-        "task_root": str(Path(task.root).resolve()),
-        "split": split,
-        "manifest": task.manifest_hash(split),
-        "audio": audio.split(task, split),
+        "clips": audio.split(task, split),
+        "durations": sha256_bytes(repr([ex.duration for ex in task.split(split)]).encode()),
         "kind": kind,
         "dtype": cfg.dtype,
         "sample_rate": SAMPLE_RATE,
@@ -178,6 +180,8 @@ def feature_fields(
         "torch": torch.__version__.split("+")[0],
         "transformers": transformers.__version__,
     }
+    if audio.trust_mtime:
+        fields["task_root"] = str(Path(task.root).resolve())
     precision = getattr(cfg, "precision", "fp32")
     if source.autocasts and precision != "fp32":  # absent for fp32: entries made before --precision still match
         fields["precision"] = precision
@@ -409,6 +413,7 @@ class FeatureProvider:
         """What a cache entry of `split` records besides its key's fields."""
         return {
             "kind": self.kind,
+            "made_for": f"{Path(self.task.root).resolve()}/{split}",  # the first task to ask (others may share it)
             "num_states": self.source.num_states,
             "dim": self.source.dim,
             "items": len(self.task.split(split)),

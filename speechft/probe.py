@@ -57,6 +57,7 @@ from .features import (
 from .io_utils import atomic_dir, check_output_location, refuse_existing_output, write_json
 from .metrics import LOWER_IS_BETTER, is_better
 from .probe_train import PROTOCOLS, ProbeConfig, load_protocol, probe_epochs, train_probes
+from .probe_workers import in_workers, resolve_workers
 from .progress import progress_bar
 
 RESULTS_FORMAT = 1
@@ -92,10 +93,12 @@ def probe_tasks(
     progress: bool,
     ranks: Ranks,
     audio: AudioFingerprints | None = None,
+    workers: int = 1,
 ) -> dict[str, dict]:
     """The probes of one encoder on every task, by task name. In one process: task by task (features of one
-    task in memory at a time without a cache). Across processes (eval_dist.py): every split of every task
-    extracted into the cache first, then the whole grid divided among the processes."""
+    task in memory at a time without a cache), each task's pairs over `workers` processes (probe_workers.py).
+    Across processes (eval_dist.py): every split of every task extracted into the cache first, then the
+    whole grid divided among the processes."""
     from .probe_special import is_special, special_probe
 
     special = {  # slot filling, speaker verification, query by example: their own heads and metrics
@@ -105,7 +108,7 @@ def probe_tasks(
     }
     if special:
         others = [t for t in tasks if not is_special(t)]
-        rest = probe_tasks(source, others, cfg, cache, recompute, progress, ranks, audio)
+        rest = probe_tasks(source, others, cfg, cache, recompute, progress, ranks, audio, workers)
         return {t.name: special.get(t.name) or rest[t.name] for t in tasks}
     providers = [
         FeatureProvider(source, t, cfg, cache, recompute=recompute, progress=progress, audio=audio, ranks=ranks)
@@ -132,9 +135,15 @@ def probe_tasks(
 
         def run(pairs, bar=bar):  # one task's share of this process: its pairs share the standardised features
             i = pairs[0][0]
-            return train_probes(
-                providers[i], [p[1:] for p in pairs], cfgs[i], on_epoch=lambda: bar.update(1), device=ranks.device
-            )
+            if cfgs[i].standardize and not recompute:
+                providers[i].train_statistics()  # once, before any worker forks: they inherit it
+
+            def train(share):
+                return train_probes(providers[i], share, cfgs[i], on_epoch=lambda: bar.update(1), device=ranks.device)
+
+            epochs = probe_epochs(tasks[i], cfgs[i])
+            n = 1 if recompute else workers  # s3prl's way counts its encoder passes (and runs the encoder) here
+            return in_workers(train, [p[1:] for p in pairs], n, on_done=lambda k: bar.update(k * epochs))
 
         results = _divide_by_task(ranks, jobs, run)
         bar.close()
@@ -242,6 +251,7 @@ def evaluate(
     progress: bool = True,
     report: bool = True,
     device: str | torch.device | None = None,
+    probe_workers: int | None = None,
     **options,
 ) -> dict:
     """Probe every encoder on every task; write `out/results.json` (and a report).
@@ -256,7 +266,9 @@ def evaluate(
     recompute: run the encoder again for every epoch and every evaluation, as s3prl does
     (no cache). device: where the encoders and the probes run (default: CUDA when available;
     under `accelerate launch`, the launcher's; eval_dist.py). score_config: the SUPERB score
-    config (recorded in results.json). options: ProbeConfig fields.
+    config (recorded in results.json). probe_workers: processes that share a task's probes on the CPU
+    (probe_workers.py; default one per core, at most 4; the results do not depend on it). options:
+    ProbeConfig fields.
     """
     from .superb_score import load_score_config, superb_scores
 
@@ -272,6 +284,7 @@ def evaluate(
     score_cfg = load_score_config(score_config)  # fail early on a bad config
     t_start = time.perf_counter()
     ranks = Ranks.start(None if device is None else str(device))
+    workers = resolve_workers(probe_workers, ranks.device, ranks.world)
     if cfg.precision == "fp16" and ranks.device.type != "cuda":
         raise SpeechFTError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on the CPU")
     task_objs = _load_tasks(tasks)
@@ -296,7 +309,7 @@ def evaluate(
 
         keys = ranks.agree(plan, main_only=True)
     with feature_cache.hold(keys) if feature_cache is not None else contextlib.nullcontext():
-        models = _probe_all(encoders, task_objs, cfg, feature_cache, recompute, progress, ranks, audio)
+        models = _probe_all(encoders, task_objs, cfg, feature_cache, recompute, progress, ranks, audio, workers)
     import datetime
 
     results = {
@@ -311,6 +324,7 @@ def evaluate(
             "selection": "LR with the best mean dev metric; test metric reported (mean over seeds)",
             "cache": "recompute" if recompute else (str(feature_cache.root) if feature_cache else "off"),
             "processes": ranks.world,
+            "probe_workers": workers,
         },
         "models": models,
         "score_config": score_cfg.record(),
@@ -339,7 +353,7 @@ def _open_cache(cache, recompute: bool) -> FeatureCache | None:
     return FeatureCache(None if cache is True else cache)
 
 
-def _probe_all(encoders, task_objs, cfg, feature_cache, recompute, progress, ranks, audio) -> list[dict]:
+def _probe_all(encoders, task_objs, cfg, feature_cache, recompute, progress, ranks, audio, workers) -> list[dict]:
     """Each encoder in turn (loaded onto the device, probed on every task, freed): results.json's models."""
     models = []
     for spec in encoders:
@@ -349,7 +363,7 @@ def _probe_all(encoders, task_objs, cfg, feature_cache, recompute, progress, ran
             k += 1
             source.name = f"{base}-{k}"
         model = {"name": source.name, **source.info, "tasks": {}}
-        model["tasks"] = probe_tasks(source, task_objs, cfg, feature_cache, recompute, progress, ranks, audio)
+        model["tasks"] = probe_tasks(source, task_objs, cfg, feature_cache, recompute, progress, ranks, audio, workers)
         models.append(model)
         inner = getattr(source, "inner", source)
         if isinstance(inner, EncoderSource):
@@ -477,6 +491,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="probing protocol preset under --config/flags/--set: speechft (default; the synthetic benchmark's) "
         "or superb (s3prl's downstream recipes: heads, batches, LR grids, no standardisation)",
     )
+    p.add_argument(
+        "--probe-workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="processes that share each task's probes on the CPU, one core each (default: one per core, at "
+        "most 4; the results do not depend on it)",
+    )
     add_config_options(p, ProbeConfig, "epochs=5")
     add_device_option(p)
     add_quiet_option(p)
@@ -509,6 +531,7 @@ def main(args) -> int:
         overwrite=args.overwrite,
         progress=not args.quiet,
         device=args.device,
+        probe_workers=args.probe_workers,
     )
     if results["protocol"]["processes"] > 1 and not _main_process():
         return 0  # the main process prints (and wrote --out)

@@ -162,7 +162,7 @@ def _entries(cache_dir):
 
 def _entry_for(cache_dir, task_name_dir, split):
     for key, meta in _entries(cache_dir).items():
-        if meta["fields"]["split"] == split and meta["fields"]["task_root"].endswith(task_name_dir):
+        if meta["made_for"].endswith(f"{task_name_dir}/{split}"):
             return cache_dir / key
     raise AssertionError(f"no entry for {task_name_dir}/{split}")
 
@@ -310,8 +310,10 @@ def test_a_failed_write_leaves_nothing_behind(tmp_path):
 
 def test_feature_fields_name_everything_features_depend_on(world):
     fields = feature_fields(open_source(world.enc), load_task(world.cls), "train", "pooled", ProbeConfig())
-    for key in ("source", "manifest", "audio", "dtype", "code", "kind", "max_seconds", "torch"):
+    for key in ("source", "clips", "durations", "dtype", "code", "kind", "max_seconds", "torch"):
         assert key in fields
+    # The clips, not the task: no targets, no task folder, no split name (tasks over one corpus share).
+    assert not {"task_root", "manifest", "split"} & set(fields)
     assert fields["source"]["weights"] != feature_fields(
         FbankSource(), load_task(world.cls), "train", "pooled", ProbeConfig()
     )["source"].get("weights")
