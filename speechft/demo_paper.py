@@ -22,9 +22,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .demo_scenarios import ALPHA, BASELINES, Design, Variant
-
-LANGUAGE_TASK = "pr_de"  # the other language: continued pre-training uses its training audio
+from .demo_scenarios import ALPHA, BASELINES, LANGUAGE_TASK, Design, Variant
 
 # The paper's numbers (HuBERT Base, SUPERB_S over PR, SID, ER, SF; docs: ../speechft-method.md).
 PAPER_TABLE_I = {"asr": (870.20, 870.71, 905.79), "sid": (870.20, 651.42, 881.07)}

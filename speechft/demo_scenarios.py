@@ -19,6 +19,7 @@ from pathlib import Path
 from .io_utils import read_json
 
 ALPHA = 0.25  # the paper's interpolation weight: 25% fine-tuned, 75% pre-trained
+LANGUAGE_TASK = "pr_de"  # the other language: continued pre-training uses its training audio
 # The paper's baselines besides Stable-FT: (row name, `speechft finetune --method`, what it is).
 BASELINES = (
     ("regular FT", "regular", "no frozen phase"),

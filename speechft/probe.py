@@ -266,17 +266,12 @@ def evaluate(
     recompute: run the encoder again for every epoch and every evaluation, as s3prl does
     (no cache). device: where the encoders and the probes run (default: CUDA when available;
     under `accelerate launch`, the launcher's; eval_dist.py). score_config: the SUPERB score
-    config (recorded in results.json). probe_workers: processes that share a task's probes on the CPU
-    (probe_workers.py; default one per core, at most 4; the results do not depend on it). options:
-    ProbeConfig fields.
+    config (recorded in results.json). probe_workers: processes sharing a task's probes on the CPU
+    (probe_workers.py: one per core by default; the same results). options: ProbeConfig fields.
     """
     from .superb_score import load_score_config, superb_scores
 
-    valid = {f.name for f in dataclasses.fields(ProbeConfig)}
-    unknown = sorted(set(options) - valid)
-    if unknown:
-        raise SpeechFTError(f"unknown probe option(s) {unknown}; valid: {', '.join(sorted(valid))}")
-    cfg = dataclasses.replace(config or ProbeConfig(), **options) if options else (config or ProbeConfig())
+    cfg = _with_options(config or ProbeConfig(), options)
     if out is not None:
         out = Path(out)
         check_output_location(out, {"--encoder": encoder_folders(encoders), "--task": list(tasks)})
@@ -343,6 +338,14 @@ def evaluate(
 
                 write_report([results], tmp)  # scored with the config recorded in results
     return results
+
+
+def _with_options(cfg: ProbeConfig, options: dict) -> ProbeConfig:
+    valid = {f.name for f in dataclasses.fields(ProbeConfig)}
+    unknown = sorted(set(options) - valid)
+    if unknown:
+        raise SpeechFTError(f"unknown probe option(s) {unknown}; valid: {', '.join(sorted(valid))}")
+    return dataclasses.replace(cfg, **options) if options else cfg
 
 
 def _open_cache(cache, recompute: bool) -> FeatureCache | None:
