@@ -150,7 +150,7 @@ def test_quick_demo_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
     assert len(summary["outcome"]) == 1 + 3 * (n_rows - 1) and n_rows >= 2  # (1), then (2)-(4) per Speech-FT row
     assert all(" - " in line for line in summary["outcome"])
     for png in (
-        "figures/task_synth_sid.png",
+        "figures/task_synth_style.png",
         "analysis/cka_per_layer.png",
         "sweep/sweep.png",
         "analysis/weight_distance_vs_cka.png",
