@@ -1,7 +1,7 @@
 """Which target can the demo fine-tune on? Stable-FT vs the frozen pre-trained encoder, on the target only.
 
     OMP_NUM_THREADS=1 python benchmarks/calibrate_demo_target.py [--tasks ks,style,lid,sid,pr,asr]
-                                                                 [--steps 300] [--work DIR]
+                                                                 [--steps 200] [--work DIR]
 
 The paper's first claim (Speech-FT improves the fine-tuning task) can only be shown on a target that
 fine-tuning itself learns. This script fine-tunes each candidate with the demo's own plan (`demo.PLANS

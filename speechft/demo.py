@@ -38,8 +38,8 @@ from .provenance import PROVENANCE_FILE
 SCENARIOS = ("single", "multitask", "continued", "paper")
 # The benchmark tasks the demo makes and probes. The SUPERB task types added later (sf, asv, qbe, sd) are
 # left out: with sf, asv and qbe the quick demo took 18.7 min instead of about 5 on the shared 2-core machine
-# (2026-12-02), and the full demo is already past its 15-minute budget without them (29.9 min, 2026-12-03;
-# sd's LSTM probe costs about as much as a CTC probe); `speechft data synth` makes all four for a real run.
+# (2026-12-02), and the full demo is already past its 15-minute budget without them (23.3 min, 2026-12-03;
+# sf's and sd's probes cost about as much as a CTC probe); `speechft data synth` makes all four for a real run.
 DEMO_TASKS = ("pr", "asr", "ks", "sid", "lid", "style", "pr_de")
 # Each scenario's targets, and how many it takes. The single scenario's target is `style`, chosen by
 # benchmarks/calibrate_demo_target.py before any Speech-FT number was seen, by a rule fixed in advance:
@@ -104,8 +104,8 @@ PLANS = {
     # the fine-tuned sid head had not caught up with a probe on the pre-trained encoder, and 300 steps
     # gained style no more (calibration, benchmarks/README.md). Probes: two LRs (with standardised
     # features 1e-2 or 1e-3 won every task in calibration runs), 8 epochs / >= 100 steps. pr_de is
-    # probed where continued pre-training needs it: 14 encoders x 6 tasks x 2 seeds is what 15 minutes
-    # allow on 2 cores (the profile is in benchmarks/README.md).
+    # probed where continued pre-training needs it. 14 encoders x 6 tasks x 2 seeds took 23 min on 2
+    # cores, over the 15-minute budget (the profile is in benchmarks/README.md).
     "full": Plan(
         bench_size="demo",
         steps=200,
@@ -397,6 +397,7 @@ def run_demo(
         f"output in {out}"
     )
     pretrained = d.pretrained()  # a bad --encoder fails before anything is written
+    machine = machine_speed()
     out.mkdir(parents=True, exist_ok=True)
     d.benchmark()
     known = [p.name for p in d.all_tasks()]
@@ -424,6 +425,7 @@ def run_demo(
     report = write_demo_report(d, design, results, analysis, lines, tables, quick)
     total = time.perf_counter() - t0
     summary = {
+        "machine": machine,
         "scenario": scenario,
         "targets": targets,
         "seed": seed,
@@ -447,6 +449,23 @@ def run_demo(
     return summary
 
 
+def machine_speed() -> dict:
+    """What the timings ran on: usable cores, torch threads and the float32 GFLOP/s of 1024 x 1024 matmuls
+    (about half a second), so that two runs' minutes can be compared: the same 2-core VM ran the demo's
+    fine-tuning steps 1.5x slower on one afternoon than on the morning before (benchmarks/README.md)."""
+    import torch
+
+    from .probe_workers import usable_cores
+
+    a = torch.randn(1024, 1024)
+    a @ a  # warm-up
+    n, t0 = 20, time.perf_counter()
+    for _ in range(n):
+        a @ a
+    gflops = n * 2 * 1024**3 / (time.perf_counter() - t0) / 1e9
+    return {"cores": usable_cores(), "torch_threads": torch.get_num_threads(), "matmul_gflops": round(gflops, 1)}
+
+
 def _print_summary(results: dict, tables: list[str], lines: list[str], notes: list[str], summary: dict) -> None:
     from .report import results_table
 
@@ -461,7 +480,11 @@ def _print_summary(results: dict, tables: list[str], lines: list[str], notes: li
     print()
     for x in notes:
         print(f"  note: {x}")
-    print(f"demo finished in {summary['seconds'] / 60:.1f} min (seed {summary['seed']}). Report: {summary['report']}")
+    m = summary["machine"]
+    print(
+        f"demo finished in {summary['seconds'] / 60:.1f} min (seed {summary['seed']}; {m['cores']} cores, "
+        f"matmul {m['matmul_gflops']:.0f} GFLOP/s). Report: {summary['report']}"
+    )
     for k, v in summary["artifacts"].items():
         if Path(v).exists():
             print(f"  {k:<11} {v}")

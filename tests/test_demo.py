@@ -123,6 +123,20 @@ def test_pool_seeds_pools_every_run_and_rescores():
     assert p["superb"]["scores"]["S"] == pytest.approx(562.5)
 
 
+def test_each_scenario_makes_and_probes_its_plans_tasks_and_its_own(tmp_path):
+    """The plan's tasks, plus the targets, plus pr_de where the paper's continued pre-training needs it."""
+    from speechft.demo import DEMO_TASKS, PLANS, Demo
+
+    def names(plan, targets, scenario):
+        return Demo(tmp_path, PLANS[plan], targets, scenario, seed=0).task_names()
+
+    assert names("full", ["style"], "single") == ["pr", "asr", "ks", "sid", "lid", "style"]  # no pr_de
+    assert names("full", ["style", "pr", "sid"], "paper") == list(DEMO_TASKS)  # pr_de included
+    assert names("full", ["pr_de"], "continued") == list(DEMO_TASKS)
+    assert names("quick", ["style"], "single") == ["ks", "lid", "style"]  # in DEMO_TASKS' order
+    assert names("quick", ["pr", "sid"], "multitask") == ["pr", "ks", "sid", "lid", "style"]
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("SPEECHFT_SKIP_DEMO") == "1", reason="SPEECHFT_SKIP_DEMO=1")
 def test_quick_demo_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
@@ -149,6 +163,8 @@ def test_quick_demo_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
     n_rows = 1 + sum(1 for line in summary["outcome"] if line.startswith("(2)"))
     assert len(summary["outcome"]) == 1 + 3 * (n_rows - 1) and n_rows >= 2  # (1), then (2)-(4) per Speech-FT row
     assert all(" - " in line for line in summary["outcome"])
+    assert summary["machine"]["cores"] >= 1 and summary["machine"]["matmul_gflops"] > 0  # to compare runs' minutes
+    assert json.loads((out / "summary.json").read_text())["machine"] == summary["machine"]
     for png in (
         "figures/task_synth_style.png",
         "analysis/cka_per_layer.png",
