@@ -151,7 +151,10 @@ class Demo:
 
             def __exit__(self, *exc):
                 dt = time.perf_counter() - self.t0
-                demo.timings[name] = round(dt, 1)
+                key, k = name, 2
+                while key in demo.timings:  # the same stage twice (a sequential round): both are kept
+                    key, k = f"{name} ({k})", k + 1
+                demo.timings[key] = round(dt, 1)
                 if exc[0] is None:
                     demo.say(f"{name}: done in {dt:.0f} s")
 

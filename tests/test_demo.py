@@ -182,3 +182,14 @@ def test_quick_demo_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
     assert (out / "finetuned" / "stable" / "model.safetensors").stat().st_mtime_ns == stamp
     assert not any(k.startswith(("fine-tune", "evaluate")) for k in again["timings"])
     assert again["outcome"] == summary["outcome"]
+
+
+def test_a_stage_run_twice_keeps_both_timings(tmp_path):
+    """summary.json's timings: a sequential round's fine-tune has the same name as the single-task one."""
+    from speechft.demo import PLANS, Demo
+
+    d = Demo(tmp_path, PLANS["quick"], ["style"], "single", seed=0, progress=False)
+    for _ in range(3):
+        with d.stage("fine-tune stable on sid"):
+            pass
+    assert list(d.timings) == ["fine-tune stable on sid", "fine-tune stable on sid (2)", "fine-tune stable on sid (3)"]
