@@ -124,15 +124,15 @@ def test_pool_seeds_pools_every_run_and_rescores():
 
 
 def test_each_scenario_makes_and_probes_its_plans_tasks_and_its_own(tmp_path):
-    """The plan's tasks, plus the targets, plus pr_de where the paper's continued pre-training needs it."""
+    """The plan's tasks, plus the targets, plus asr and pr_de in the paper scenario."""
     from speechft.demo import DEMO_TASKS, PLANS, Demo
 
     def names(plan, targets, scenario):
         return Demo(tmp_path, PLANS[plan], targets, scenario, seed=0).task_names()
 
-    assert names("full", ["style"], "single") == ["pr", "asr", "ks", "sid", "lid", "style"]  # no pr_de
-    assert names("full", ["style", "pr", "sid"], "paper") == list(DEMO_TASKS)  # pr_de included
-    assert names("full", ["pr_de"], "continued") == list(DEMO_TASKS)
+    assert names("full", ["style"], "single") == ["pr", "ks", "sid", "lid", "style"]  # no asr, no pr_de
+    assert names("full", ["style", "pr", "sid"], "paper") == list(DEMO_TASKS)  # asr and pr_de included
+    assert names("full", ["pr_de"], "continued") == ["pr", "ks", "sid", "lid", "style", "pr_de"]
     assert names("quick", ["style"], "single") == ["ks", "lid", "style"]  # in DEMO_TASKS' order
     assert names("quick", ["pr", "sid"], "multitask") == ["pr", "ks", "sid", "lid", "style"]
 
