@@ -43,6 +43,10 @@ class ProbeConfig:
     batch_size: int = 64  # classification: utterances (pooled vectors) per step
     ctc_batch_size: int = 16  # ctc: utterances per step
     ctc_head: str = "linear"  # "linear" (SUPERB PR) | "bilstm" (SUPERB ASR)
+    # Slot filling's head (ctc tasks with tokenizer `slots`), under the per_task entries: SUPERB's SF takes ASR's
+    # BiLSTM head. A per-frame linear head cannot place the slot markers, which depend on the words around
+    # them, not on the frame (benchmarks/README.md: with it the real encoder lost to random weights on sf).
+    sf_head: str = "bilstm"
     lstm_layers: int = 2  # bilstm only
     lstm_hidden: int = 256
     proj_dim: int = 256
@@ -82,8 +86,9 @@ class ProbeConfig:
             raise SpeechFTError(f"max_seconds must be a number > 0 (or null: no cropping), got {self.max_seconds}")
         if not (0 < self.extract_batch_seconds < float("inf")):
             raise SpeechFTError(f"extract_batch_seconds must be a number > 0, got {self.extract_batch_seconds}")
-        if self.ctc_head not in ("linear", "bilstm"):
-            raise SpeechFTError(f"ctc_head must be 'linear' or 'bilstm', got '{self.ctc_head}'")
+        for k in ("ctc_head", "sf_head"):
+            if getattr(self, k) not in ("linear", "bilstm"):
+                raise SpeechFTError(f"{k} must be 'linear' or 'bilstm', got '{getattr(self, k)}'")
         if self.dtype not in FEATURE_DTYPES:
             raise SpeechFTError(f"dtype must be one of {', '.join(FEATURE_DTYPES)}, got '{self.dtype}'")
         if self.precision not in ("fp32", "bf16", "fp16"):
@@ -122,8 +127,11 @@ class ProbeConfig:
             raise SpeechFTError(f"{where}: {e}") from None
 
     def for_task(self, task) -> ProbeConfig:
-        """The settings `task` is probed with: the global ones, its type's per_task entry, then its name's."""
-        merged: dict = {}
+        """The settings `task` is probed with: the global ones (sf_head for a slot-filling task), its type's
+        per_task entry, then its name's."""
+        from .probe_sf import is_slot_task
+
+        merged: dict = {"ctc_head": self.sf_head} if is_slot_task(task) and self.sf_head != self.ctc_head else {}
         for key in (task.type, task.name):
             merged.update(self.per_task.get(key) or {})
         return self._with(task.name, merged) if merged else dataclasses.replace(self, per_task={})

@@ -154,3 +154,19 @@ def test_set_reaches_inside_per_task():
 
     cfg = load_config(ProbeConfig, None, ["per_task.ctc.proj_dim=512", "per_task.ctc.dropout=0.2"])
     assert cfg.per_task == {"ctc": {"proj_dim": 512, "dropout": 0.2}}
+
+
+def test_slot_filling_takes_the_bilstm_head_by_default_and_per_task_goes_on_top():
+    """SUPERB's SF takes ASR's BiLSTM head; the default protocol gives it to slot tasks (sf_head) and not to
+    other ctc tasks, and a per_task entry still decides over it."""
+    slots = SimpleNamespace(type="ctc", name="synth_sf", tokenizer="slots")
+    chars = SimpleNamespace(type="ctc", name="synth_asr", tokenizer="char")
+    cfg = ProbeConfig()
+    assert cfg.for_task(slots).ctc_head == "bilstm" and cfg.for_task(chars).ctc_head == "linear"
+    head = TaskHead("ctc", list("abc"), 16, 3, cfg.for_task(slots).head_config("ctc")).head
+    assert n_params(head.lstm) == lstm_params(256, 256, 2)  # the default lstm_layers / lstm_hidden
+    assert ProbeConfig(sf_head="linear").for_task(slots).ctc_head == "linear"
+    assert ProbeConfig(per_task={"synth_sf": {"ctc_head": "linear"}}).for_task(slots).ctc_head == "linear"
+    assert ProbeConfig(per_task={"ctc": {"ctc_head": "linear"}}).for_task(slots).ctc_head == "linear"
+    with pytest.raises(SpeechFTError, match="sf_head must be 'linear' or 'bilstm', got 'gru'"):
+        ProbeConfig(sf_head="gru")
