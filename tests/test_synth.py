@@ -205,7 +205,8 @@ def test_every_task_folder_loads_with_audio_that_matches_the_manifest(small_benc
             wav = load_audio(e.path)
             assert abs(len(wav) / 16000 - e.duration) < 1e-3
         longest = max(e.duration for s in t.splits.values() for e in s)
-        assert longest <= (2.5 if task in ("sid", "asv") else 3.6), (task, longest)
+        cap = {"sid": 2.5, "asv": 2.5, "sd": 5.0}.get(task, 3.6)  # sd: three turns, cut at MAX_MIX_SECONDS
+        assert longest <= cap, (task, longest)
 
 
 def test_labels_and_vocabularies(small_bench):
@@ -308,17 +309,23 @@ def test_diarization_recordings_overlap_two_held_out_voices(small_bench):
     sd = load_task(out / "sd")
     assert sd.type == "diarization" and sd.metric == "der" and len(sd.split("train")) == 40
     train = {v for e in sd.split("train") for v in e.speaker.split(",")}
+    last_turn_by = set()
     for split in ("train", "dev", "test"):
         for e, segs in zip(sd.split(split), sd.segments[split]):
             voices = e.speaker.split(",")
-            assert [s for _, _, s in segs] == voices and len(set(voices)) == 2
-            (a0, a1, _), (b0, b1, _) = segs
+            assert len(set(voices)) == 2 and [s for _, _, s in segs[:2]] == voices
+            (a0, a1, _), (b0, b1, _) = segs[:2]
             # a one-speaker start, then the second voice joins while the first still speaks
             assert a0 == 0.0 and 0.0 < b0 < a1
-            assert max(a1, b1) <= e.duration + 1e-3
+            if len(segs) == 3:  # the third turn (unless the 5 s cut took it): after a pause, by either voice
+                c0, c1, c = segs[2]
+                assert b1 + 0.1 - 1e-3 <= c0 < c1 and c in voices
+                last_turn_by.add(voices.index(c))
+            assert max(end for _, end, _ in segs) <= e.duration + 1e-3
         if split != "train":
             held = {v for e in sd.split(split) for v in e.speaker.split(",")}
             assert not held & train and not {variant(v) for v in held} & {variant(v) for v in train}
+    assert last_turn_by == {0, 1}  # the first voice comes back in some recordings, the second goes on in others
 
 
 def test_same_seed_is_byte_identical_with_a_fresh_cache(small_bench, tmp_path):

@@ -81,7 +81,7 @@ from .tasks import write_task_folder
 # What tests, benchmarks and the demo reach through this module (the rest lives in synth_plan / synth_clips).
 __all__ = ["SIZES", "TASKS", "Clip", "augment", "planned_examples", "synthesize_benchmark", "add_arguments", "main"]
 
-GENERATOR_VERSION = "speechft-synth 4"  # 2: task pr_de, size demo; 3: tasks sf, asv, qbe; 4: task sd
+GENERATOR_VERSION = "speechft-synth 5"  # 2: task pr_de, size demo; 3: tasks sf, asv, qbe; 4: task sd; 5: sd in 3 turns
 
 
 # ------------------------------------------------------------------ task specs and READMEs
@@ -115,9 +115,11 @@ TASK_INFO = {
     "(`speechft.data.synth_speakers.QBE_TERMS`) are spoken once each by one voice (the queries) and "
     "short sentences by the split's other voices (the documents), half of them holding one of the words; "
     "`dev_truth.txt` / `test_truth.txt` list where. Scored by MTWV of per-layer DTW, the layer chosen on dev.",
-    "sd": "Speaker diarization (SUPERB SD's form, 2 speakers per recording): two voices of the split read a short "
-    "sentence each; the second starts at 30-70% of the first's speech (both trimmed of silence), so each "
-    "recording has one-speaker parts and an overlap (cut at 3.5 s). Reference segments from the known clip "
+    "sd": "Speaker diarization (SUPERB SD's form, 2 speakers per recording): three turns of two voices of the "
+    "split, a short sentence each; the second voice starts at 30-70% of the first's speech (both trimmed of "
+    "silence), and a third turn, by either voice (a coin), follows the second after a 0.1-0.4 s pause, so each "
+    "recording has one-speaker parts, an overlap and a turn that only the voice attributes (cut at 5 s). "
+    "Reference segments from the known clip "
     "boundaries in `train.rttm`, `dev.rttm`, `test.rttm`; dev and test voices are held-out variants "
     "(`speechft.data.synth_speakers`). Scored by frame-level DER.",
     "pr_de": "German phoneme recognition: CTC over a 42-phone German inventory (vowel length kept, stress "

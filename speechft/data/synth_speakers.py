@@ -114,17 +114,22 @@ def truth_lines(rows: list[dict]) -> str:
 
 
 # ------------------------------------------------------------------ speaker diarization (`sd`)
-# Two voices of the split, each reading a short sentence; the second starts at a random point of the first
-# (MIX_OFFSET: a share of the first's speech), so every recording has a one-speaker start, an overlap and
-# usually a one-speaker end. Mixtures longer than MAX_MIX_SECONDS are cut there (segments with them).
+# Three turns of two voices of the split, each turn a short sentence: A, then B starting at a random point
+# of A's speech (MIX_OFFSET: a share of it), then a third turn by A or by B (a coin per recording) after a
+# pause of MIX_GAP seconds once B has ended. So every recording has a one-speaker start, an overlap, and a
+# last turn whose speaker only the voice tells: its timing is the same for both, and with two speakers in
+# one order only, timing alone would solve the task (measured: random weights reached the real encoder's
+# DER when each recording was A then B). Mixtures longer than MAX_MIX_SECONDS are cut there.
 MIX_OFFSET = (0.3, 0.7)
-MAX_MIX_SECONDS = 3.5
-MIX_VERSION = 1  # bump when mixing changes what it produces (the mixtures are cached by it)
+MIX_GAP = (0.1, 0.4)
+MAX_MIX_SECONDS = 5.0
+MIX_VERSION = 2  # bump when mixing changes what it produces (the mixtures are cached by it); 2: three turns
 
 
 def plan_sd(plan, size, seed: int, voices) -> None:
     """sd: per split, size.sd recordings of two different voices of that split (held-out variants in dev
-    and test); the source clips are planned like any clip, the mixtures made by `mix_recordings`."""
+    and test), three turns each; the source clips are planned like any clip, the mixtures made by
+    `mix_recordings`."""
     from .synth_plan import SPLITS, speaker_name
 
     rng = np.random.default_rng([seed, 11])
@@ -135,16 +140,18 @@ def plan_sd(plan, size, seed: int, voices) -> None:
             b = voices.english(split, rng)
             while b[1].split("+")[-1] == a[1].split("+")[-1]:  # another voice variant, not just accent
                 b = voices.english(split, rng)
+            turns = (a, b, (a, b)[int(rng.integers(2))])
             name, refs = f"{split}-{i:05d}", []
-            for part, (engine, voice) in zip("ab", (a, b)):
+            for part, (engine, voice) in zip("abc", turns):
                 clip = Clip(engine, voice, T.sentence(rng, max_words=4), rate=int(rng.integers(165, 200)), pitch=50)
                 refs.append(f"sd_src/{name}{part}")
                 plan.clips[refs[-1]] = clip
             frac = round(float(rng.uniform(*MIX_OFFSET)), 3)
-            speakers = [speaker_name(*a), speaker_name(*b)]
-            row = {"speaker": ",".join(speakers), "text": " | ".join(plan.clips[r].text for r in refs)}
+            gap = round(float(rng.uniform(*MIX_GAP)), 3)
+            speakers = [speaker_name(*t) for t in turns]
+            row = {"speaker": ",".join(speakers[:2]), "text": " | ".join(plan.clips[r].text for r in refs)}
             plan.rows["sd"][split].append(
-                dict(row, path=f"audio/{name}.wav", _ref=f"sd/{name}", _mix=(*refs, frac, *speakers))
+                dict(row, path=f"audio/{name}.wav", _ref=f"sd/{name}", _mix=(refs, frac, gap, speakers))
             )
 
 
@@ -154,19 +161,21 @@ def trim(wav: np.ndarray, floor: float = 0.01) -> np.ndarray:
     return wav[loud[0] : loud[-1] + 1] if loud.size else wav[:0]
 
 
-def mix(a: np.ndarray, b: np.ndarray, frac: float, sr: int) -> tuple[np.ndarray, list[tuple[float, float]]]:
-    """(mixture, [(start, end) of a, of b] in seconds): trimmed b starts at `frac` of trimmed a."""
-    a, b = trim(a), trim(b)
-    offset = int(frac * len(a))
-    out = np.zeros(max(len(a), offset + len(b)), dtype=np.float32)
-    out[: len(a)] += a
-    out[offset : offset + len(b)] += b
+def mix(turns: list[np.ndarray], frac: float, gap: float, sr: int) -> tuple[np.ndarray, list[tuple[float, float]]]:
+    """(mixture, [(start, end) in seconds of each turn]) of three trimmed turns: the second starts at `frac`
+    of the first, the third `gap` seconds after the second ends."""
+    a, b, c = (trim(t) for t in turns)
+    starts = [0, int(frac * len(a))]
+    starts.append(starts[1] + len(b) + int(gap * sr))
+    out = np.zeros(max(s + len(t) for s, t in zip(starts, (a, b, c))), dtype=np.float32)
+    for s0, t in zip(starts, (a, b, c)):
+        out[s0 : s0 + len(t)] += t
     out = out[: int(MAX_MIX_SECONDS * sr)]
     peak = float(np.abs(out).max())
     if peak > 0.9:
         out *= 0.9 / peak
     end = len(out) / sr
-    return out, [(0.0, min(len(a) / sr, end)), (min(offset / sr, end), min((offset + len(b)) / sr, end))]
+    return out, [(min(s0 / sr, end), min((s0 + len(t)) / sr, end)) for s0, t in zip(starts, (a, b, c))]
 
 
 def mix_recordings(plan, results: dict, cache, versions: dict) -> None:
@@ -178,16 +187,16 @@ def mix_recordings(plan, results: dict, cache, versions: dict) -> None:
 
     for rows in plan.rows.get("sd", {}).values():
         for r in rows:
-            ref_a, ref_b, frac, spk_a, spk_b = r["_mix"]
-            keys = [plan.clips[x].key(versions[plan.clips[x].engine]) for x in (ref_a, ref_b)]
-            key = hashlib.sha256(json.dumps(["sd-mix", MIX_VERSION, keys, frac]).encode()).hexdigest()
+            refs, frac, gap, speakers = r["_mix"]
+            keys = [plan.clips[x].key(versions[plan.clips[x].engine]) for x in refs]
+            key = hashlib.sha256(json.dumps(["sd-mix", MIX_VERSION, keys, frac, gap]).encode()).hexdigest()
             got = cache.get(key)
             if got is None:
-                wav, spans = mix(load_audio(results[ref_a][0]), load_audio(results[ref_b][0]), frac, SAMPLE_RATE)
+                wav, spans = mix([load_audio(results[x][0]) for x in refs], frac, gap, SAMPLE_RATE)
                 meta = {"samples": int(len(wav)), "spans": [list(s) for s in spans]}
                 got = cache.put(key, wav, meta)
             results[r["_ref"]] = got
-            r["_segments"] = [(s, e, spk) for (s, e), spk in zip(got[1]["spans"], (spk_a, spk_b)) if e > s]
+            r["_segments"] = [(s, e, spk) for (s, e), spk in zip(got[1]["spans"], speakers) if e > s]
 
 
 def rttm_lines(rows: list[dict]) -> str:
