@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_inputs import encoder_and_bench
 
 from speechft.data import load_task
 from speechft.feature_cache import FeatureCache
@@ -92,17 +93,7 @@ def main() -> None:
     cfg = ProbeConfig(lrs=args.lrs, seeds=args.seeds, epochs=args.epochs, min_steps=args.min_steps)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        encoder = args.encoder
-        if encoder is None:
-            from speechft.encoders.default import default_encoder_dir
-
-            encoder = default_encoder_dir()
-        bench = args.bench
-        if bench is None:
-            from speechft.data.synth import synthesize_benchmark
-
-            bench = tmp / "bench"
-            synthesize_benchmark(bench, size="small", tasks=args.tasks, engines=["espeak-ng"], progress=False)
+        encoder, bench = encoder_and_bench(args.encoder, args.bench, tmp, "small", args.tasks)
         cache = FeatureCache(tmp / "features")
         print(
             f"torch {torch.__version__}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "

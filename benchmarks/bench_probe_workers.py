@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from bench_inputs import encoder_and_bench
 
 from speechft.feature_cache import FeatureCache
 from speechft.probe import evaluate
@@ -46,17 +47,7 @@ def main() -> None:
     cfg = ProbeConfig(lrs=[1e-2, 1e-3], seeds=[0, 1], epochs=8, min_steps=100)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        encoder = args.encoder
-        if encoder is None:
-            from speechft.encoders.default import default_encoder_dir
-
-            encoder = default_encoder_dir()
-        bench = args.bench
-        if bench is None:
-            from speechft.data.synth import synthesize_benchmark
-
-            bench = tmp / "bench"
-            synthesize_benchmark(bench, size=args.size, tasks=args.tasks, engines=["espeak-ng"], progress=False)
+        encoder, bench = encoder_and_bench(args.encoder, args.bench, tmp, args.size, args.tasks)
         tasks = [bench / name for name in args.tasks]
         cache = FeatureCache(tmp / "features")
 
