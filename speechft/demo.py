@@ -39,8 +39,8 @@ SCENARIOS = ("single", "multitask", "continued", "paper")
 # The benchmark tasks the demo makes and probes. The SUPERB task types added later (sf, asv, qbe, sd) are
 # left out: with sf, asv and qbe the quick demo took 18.7 min instead of about 5 on the shared 2-core machine
 # (2026-12-02), and the full demo without them takes 11.4 min on a normal day and about 17-19 on a slow one
-# (2026-12-07; sf's and sd's probes cost each encoder about as much as a CTC probe, 14 encoders: ~3 min a
-# task); `speechft data synth` makes all four for a real run.
+# (2026-12-07; sd's probe costs each encoder about as much as a CTC probe, 14 encoders: ~3 min, and sf's
+# BiLSTM probe about ten times that); `speechft data synth` makes all four for a real run.
 DEMO_TASKS = ("pr", "asr", "ks", "sid", "lid", "style", "pr_de")
 # Each scenario's targets, and how many it takes. The single scenario's target is `style`, chosen by
 # benchmarks/calibrate_demo_target.py before any Speech-FT number was seen, by a rule fixed in advance:
