@@ -81,7 +81,8 @@ from .tasks import write_task_folder
 # What tests, benchmarks and the demo reach through this module (the rest lives in synth_plan / synth_clips).
 __all__ = ["SIZES", "TASKS", "Clip", "augment", "planned_examples", "synthesize_benchmark", "add_arguments", "main"]
 
-GENERATOR_VERSION = "speechft-synth 5"  # 2: task pr_de, size demo; 3: tasks sf, asv, qbe; 4: task sd; 5: sd in 3 turns
+# 2: task pr_de, size demo; 3: tasks sf, asv, qbe; 4: task sd; 5: sd in 3 turns; 6: sf templates share carriers
+GENERATOR_VERSION = "speechft-synth 6"
 
 
 # ------------------------------------------------------------------ task specs and READMEs

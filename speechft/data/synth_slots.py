@@ -1,8 +1,12 @@
 """The synthetic slot-filling task (`sf`): spoken commands with slot values, tagged as SUPERB SF tags them.
 
 Audio SNIPS (SUPERB's SF corpus) is itself synthesised speech of assistant commands; this is a small
-stand-in in its spirit: three domains (alarms, weather, music), each with two templates and slot values
-drawn from fixed lists (so nothing is downloaded). A transcript marks each value `B-type ... E-type`
+stand-in in its spirit: three domains (alarms, weather, music), four templates each, and slot values
+drawn from fixed lists (so nothing is downloaded). The templates share their carrier words across slot sets
+("set an alarm for {time}" / "... {time} {day}", "play some {genre} music" / "... by {artist}"), so the slot
+types of an utterance are told by its words: with two templates per domain and five slot sets, slot-type F1
+was a guess of the template that length and rhythm answered, and random weights beat the real encoder on it
+(benchmarks/README.md). A transcript marks each value `B-type ... E-type`
 (data/tasks.py, tokenizer `slots`); espeak-ng reads the plain text. Dev and test are spoken by held-out
 voice variants (synth_plan.Voices), and no utterance is spoken in two splits.
 """
@@ -27,13 +31,17 @@ GENRES = ("jazz", "rock", "classical", "pop", "blues", "reggae", "country", "tec
 # template -> slots in order; "{}" is a slot value
 TEMPLATES = (
     ("set an alarm for {}", ("time",)),
-    ("wake me up at {}", ("time",)),
+    ("set an alarm for {} {}", ("time", "day")),
+    ("wake me up at {} {}", ("time", "day")),
+    ("remind me {} at {}", ("day", "time")),
     ("what is the weather in {}", ("city",)),
+    ("what is the weather {}", ("day",)),
     ("will it rain in {} {}", ("city", "day")),
+    ("will it rain in {} at {}", ("city", "time")),
     ("play a song by {}", ("artist",)),
-    ("please play a song by {}", ("artist",)),
     ("play some {} music", ("genre",)),
-    ("please play some {} music", ("genre",)),
+    ("play some {} by {}", ("genre", "artist")),
+    ("play some {} music {}", ("genre", "day")),
 )
 SLOT_TYPES = ("time", "city", "day", "artist", "genre")
 # The whole alphabet and every marker, not just what this seed used: the same head fits every seed.
