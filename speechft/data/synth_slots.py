@@ -2,11 +2,11 @@
 
 Audio SNIPS (SUPERB's SF corpus) is itself synthesised speech of assistant commands; this is a small
 stand-in in its spirit: three domains (alarms, weather, music), four templates each, and slot values
-drawn from fixed lists (so nothing is downloaded). The templates share their carrier words across slot sets
-("set an alarm for {time}" / "... {time} {day}", "play some {genre} music" / "... by {artist}"), so the slot
-types of an utterance are told by its words: with two templates per domain and five slot sets, slot-type F1
-was a guess of the template that length and rhythm answered, and random weights beat the real encoder on it
-(benchmarks/README.md). A transcript marks each value `B-type ... E-type`
+drawn from fixed lists (so nothing is downloaded). The templates share carrier words across slot sets
+("set an alarm for {time}" / "... {time} {day}"; "play some {genre} music" / "play some {genre} by
+{artist}"), so an utterance's slot types are told by its words: with two templates per domain and five
+slot sets, slot-type F1 was a guess of the template that length and rhythm answered, and random weights
+beat the real encoder on it (benchmarks/README.md). A transcript marks each value `B-type ... E-type`
 (data/tasks.py, tokenizer `slots`); espeak-ng reads the plain text. Dev and test are spoken by held-out
 voice variants (synth_plan.Voices), and no utterance is spoken in two splits.
 """
